@@ -1,0 +1,76 @@
+"""Tokenized groups and the padded batch layout: one row per completion, rewards gathered by position."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class TokenizedGroup:
+    """A ranked group as token ids: one row per completion (prompt + completion + EOS)."""
+
+    ids: list[list[int]]
+    ranks: list[int]
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(x) for x in self.ids)
+
+
+def tokenize_groups(model, groups) -> tuple[list[TokenizedGroup], int]:
+    """Tokenize every group through model.render in one tokenizer call; returns (groups, completions truncated)."""
+    prompts = [g.prompt for g in groups for _ in g.completions]
+    completions = [c for g in groups for c in g.completions]
+    ids, truncated = model.tokenize(prompts, completions)
+    out, at = [], 0
+    for g in groups:
+        out.append(TokenizedGroup(ids[at:at + g.k], list(g.ranks)))
+        at += g.k
+    return out, truncated
+
+
+def collate_padded(rows: list[list[int]], pad_id: int, padding_side: str = "right") -> dict:
+    """Pad rows to one length; position ids count real tokens only; end_index is each row's EOS as a flat index."""
+    n, t = len(rows), max(len(r) for r in rows)
+    input_ids = torch.full((n, t), pad_id, dtype=torch.long)  # (N, T)
+    attention_mask = torch.zeros((n, t), dtype=torch.long)  # (N, T)
+    end_index = torch.empty(n, dtype=torch.long)  # (N,)
+    for i, r in enumerate(rows):
+        start = 0 if padding_side == "right" else t - len(r)
+        input_ids[i, start:start + len(r)] = torch.tensor(r)
+        attention_mask[i, start:start + len(r)] = 1
+        end_index[i] = i * t + start + len(r) - 1  # the last real token, found by position, not by pad id
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (N, T): padding does not shift positions
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
+            "end_index": end_index}
+
+
+def collate_groups(groups: list[TokenizedGroup], pad_id: int, padding_side: str = "right") -> dict:
+    """A padded batch of whole groups, with each completion's rank and its group's index in the batch."""
+    rows = [r for g in groups for r in g.ids]
+    batch = collate_padded(rows, pad_id, padding_side)
+    batch["ranks"] = torch.tensor([r for g in groups for r in g.ranks], dtype=torch.long)  # (N,)
+    batch["group_index"] = torch.tensor([gi for gi, g in enumerate(groups) for _ in g.ids], dtype=torch.long)
+    return batch
+
+
+def token_budget_batches(lengths: list[int], budget: int, items_per_unit: list[int] | None = None) -> list[list[int]]:
+    """Indices sorted by length and cut into batches whose padded size (rows x longest) stays within budget.
+
+    With items_per_unit, each index stands for a unit of several rows (a group of K completions): a unit is never
+    split, and a unit larger than the budget gets a batch of its own."""
+    rows = items_per_unit or [1] * len(lengths)
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches, cur, cur_rows, cur_max = [], [], 0, 0
+    for i in order:
+        new_max, new_rows = max(cur_max, lengths[i]), cur_rows + rows[i]
+        if cur and new_max * new_rows > budget:
+            batches.append(cur)
+            cur, new_max, new_rows = [], lengths[i], rows[i]
+        cur.append(i)
+        cur_max, cur_rows = new_max, new_rows
+    if cur:
+        batches.append(cur)
+    return batches

@@ -1,0 +1,76 @@
+"""Pairwise accuracy and log loss over held-out groups, with bootstrap confidence intervals by prompt."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .batching import TokenizedGroup, collate_groups, token_budget_batches
+from .loss import group_pair_stats
+
+
+@dataclass
+class EvalResult:
+    """Per-group pair statistics (G,) and the metrics over all pairs."""
+
+    correct: np.ndarray
+    pairs: np.ndarray
+    nll: np.ndarray
+
+    @property
+    def metrics(self) -> dict:
+        n = float(self.pairs.sum())
+        keep = self.pairs > 0
+        return {"accuracy": float(self.correct.sum() / n), "log_loss": float(self.nll.sum() / n),
+                "group_loss": float((self.nll[keep] / self.pairs[keep]).mean()),
+                "groups": int(keep.sum()), "pairs": int(n),
+                "accuracy_ci95": bootstrap_ci(self, lambda c, p, l: c.sum() / p.sum()),
+                "log_loss_ci95": bootstrap_ci(self, lambda c, p, l: l.sum() / p.sum())}
+
+
+def _resample(n_groups: int, n_boot: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, n_groups, size=(n_boot, n_groups))  # (B, G)
+
+
+def bootstrap_ci(res: EvalResult, stat, n_boot: int = 2000, seed: int = 0) -> list[float]:
+    """95% interval of a statistic, resampling held-out prompts (groups), since pairs of one prompt correlate."""
+    idx = _resample(len(res.pairs), n_boot, seed)
+    vals = [stat(res.correct[i], res.pairs[i], res.nll[i]) for i in idx]
+    return [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))]
+
+
+def compare(before: EvalResult, after: EvalResult, n_boot: int = 2000, seed: int = 0) -> dict:
+    """The change from `before` to `after` on the same groups, with paired bootstrap 95% intervals."""
+    idx = _resample(len(before.pairs), n_boot, seed)
+    d_acc = [(after.correct[i].sum() - before.correct[i].sum()) / before.pairs[i].sum() for i in idx]
+    d_ll = [(after.nll[i].sum() - before.nll[i].sum()) / before.pairs[i].sum() for i in idx]
+    a, b = after.metrics, before.metrics
+    return {"accuracy_gain": a["accuracy"] - b["accuracy"],
+            "accuracy_gain_ci95": [float(np.percentile(d_acc, 2.5)), float(np.percentile(d_acc, 97.5))],
+            "log_loss_change": a["log_loss"] - b["log_loss"],
+            "log_loss_change_ci95": [float(np.percentile(d_ll, 2.5)), float(np.percentile(d_ll, 97.5))]}
+
+
+@torch.no_grad()
+def evaluate(model, groups: list[TokenizedGroup], batch_tokens: int = 16384, progress: bool = False) -> EvalResult:
+    """Score every completion once and collect each group's pair statistics (ties between labels excluded)."""
+    from tqdm.auto import tqdm
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    pad_id = model.tokenizer.pad_token_id
+    g = len(groups)
+    correct, pairs, nll = np.zeros(g), np.zeros(g), np.zeros(g)
+    batches = token_budget_batches([max(len(r) for r in x.ids) for x in groups], batch_tokens,
+                                   [len(x.ids) for x in groups])
+    for idx in tqdm(batches, desc="evaluating", disable=not progress, leave=False):
+        b = collate_groups([groups[i] for i in idx], pad_id)
+        r = model(**{k: b[k].to(device) for k in ("input_ids", "attention_mask", "position_ids", "end_index")})
+        c, p, l = (t.cpu().double().numpy() for t in group_pair_stats(r.double(), b["ranks"].to(device),
+                                                                       b["group_index"].to(device), len(idx)))
+        correct[idx], pairs[idx], nll[idx] = c, p, l
+    model.train(was_training)
+    return EvalResult(correct, pairs, nll)

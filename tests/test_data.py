@@ -1,0 +1,116 @@
+"""Reading ranked groups: the native format, the OpenAssistant exports, validation errors, splitting by prompt."""
+
+import gzip
+import json
+
+import pytest
+
+from rankrm.data import DataError, ReadReport, read_groups, split_by_prompt, overlap, write_native
+from conftest import OASST_FLAT, OASST_TREES, write_jsonl
+
+GOOD = {"prompt": "Say hi", "completions": ["Hi!", "Hello there.", "Go away."], "ranks": [0, 0, 1]}
+
+
+def test_native_reads_ranks_ties_and_default_order(tmp_path):
+    msgs = [{"role": "user", "content": "Hi"}]
+    f = write_jsonl(tmp_path / "d.jsonl", [GOOD, "", {"prompt": msgs, "completions": ["a", "b"]}])
+    g = read_groups(f)
+    assert [x.ranks for x in g] == [(0, 0, 1), (0, 1)]
+    assert g[0].pairs() == [(0, 2), (1, 2)]  # the tie between completions 0 and 1 is no comparison
+    assert g[1].prompt == msgs and g[1].source.endswith("d.jsonl:3")
+
+
+def test_gzip_is_read(tmp_path):
+    f = tmp_path / "d.jsonl.gz"
+    with gzip.open(f, "wt") as h:
+        h.write(json.dumps(GOOD) + "\n")
+    assert len(read_groups(f)) == 1
+
+
+def test_all_tied_groups_are_skipped_and_counted(tmp_path):
+    f = write_jsonl(tmp_path / "d.jsonl", [GOOD, {**GOOD, "ranks": [1, 1, 1]}])
+    report = ReadReport()
+    assert len(read_groups(f, report=report)) == 1
+    assert report.skipped == {"all completions tied: no comparison": 1}
+
+
+@pytest.mark.parametrize("record, field, words", [
+    ('{"prompt": "x", "completions": ["a", "b"]', None, "malformed JSON"),
+    ({"completions": ["a", "b"]}, "prompt", "missing"),
+    ({"prompt": "", "completions": ["a", "b"]}, "prompt", "empty"),
+    ({"prompt": 3, "completions": ["a", "b"]}, "prompt", "expected a string or a list"),
+    ({"prompt": [{"role": "robot", "content": "x"}], "completions": ["a", "b"]}, "prompt[0].role", "unknown role"),
+    ({"prompt": "x", "completions": ["a"]}, "completions", "at least 2"),
+    ({"prompt": "x", "completions": "ab"}, "completions", "expected a list"),
+    ({"prompt": "x", "completions": ["a", " "]}, "completions[1]", "empty"),
+    ({"prompt": "x", "completions": ["a", "a"]}, "completions[1]", "duplicates completions[0]"),
+    ({"prompt": "x", "completions": ["a", "b"], "ranks": [0]}, "ranks", "1 ranks for 2 completions"),
+    ({"prompt": "x", "completions": ["a", "b"], "ranks": [0, 1.5]}, "ranks[1]", "non-negative integer"),
+    ({"prompt": "x", "completions": ["a", "b"], "ranks": [0, -1]}, "ranks[1]", "non-negative integer"),
+])
+def test_bad_records_name_file_line_field_and_fix(tmp_path, record, field, words):
+    f = write_jsonl(tmp_path / "bad.jsonl", [GOOD, record])
+    with pytest.raises(DataError) as e:
+        read_groups(f)
+    msg = str(e.value)
+    assert f"bad.jsonl:2:" in msg and words in msg and "Fix:" in msg
+    if field:
+        assert f"field '{field}'" in msg
+
+
+def test_non_utf8_bytes_name_the_line(tmp_path):
+    f = tmp_path / "bad.jsonl"
+    f.write_bytes((json.dumps(GOOD) + "\n").encode() + b'{"prompt": "caf\xe9", "completions": ["a", "b"]}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2: not valid UTF-8.*Fix: re-encode"):
+        read_groups(f)
+
+
+def test_oasst_nested_trees_match_sources_counts():
+    """SOURCES.md: 212 ranked sibling groups, K=2: 57, K=3: 117, K=4: 27, K=5: 3, K=6: 6, K=8: 1, K=9: 1;
+    every one ranks assistant replies, and none contains a deleted message."""
+    report = ReadReport()
+    g = read_groups(OASST_TREES, report=report)
+    ks = {}
+    for x in g:
+        ks[x.k] = ks.get(x.k, 0) + 1
+    assert ks == {2: 57, 3: 117, 4: 27, 5: 3, 6: 6, 8: 1, 9: 1}
+    assert all(x.prompt[-1]["role"] == "user" and x.prompt[0]["role"] == "user" for x in g)
+    assert len({x.tree for x in g}) == 100
+
+
+def test_oasst_flat_export_drops_deleted_and_reports_it():
+    """SOURCES.md counts 416 groups after dropping deleted messages; one of them lists the same reply text
+    twice, which a ranking cannot compare, so 415 are kept and the other is reported."""
+    report = ReadReport()
+    g = read_groups(OASST_FLAT, report=report)
+    assert len(g) == 415
+    assert report.skipped["groups with duplicate replies"] == 1
+    assert report.skipped["deleted messages"] == 25
+    # a multi-turn prompt alternates user and assistant and ends with the user
+    deep = max(g, key=lambda x: len(x.prompt))
+    roles = [m["role"] for m in deep.prompt]
+    assert roles[-1] == "user" and all(a != b for a, b in zip(roles, roles[1:]))
+
+
+def test_two_oasst_files_share_groups_that_are_read_once():
+    report = ReadReport()
+    g = read_groups([OASST_TREES, OASST_FLAT], report=report)
+    dupes = report.skipped["duplicate groups (same prompt and completions in an earlier record or file)"]
+    assert dupes > 0 and len(g) == 212 + 415 - dupes
+
+
+def test_split_by_prompt_never_puts_a_tree_on_both_sides():
+    g = read_groups([OASST_TREES, OASST_FLAT])
+    train, held = split_by_prompt(g, 0.2, seed=3)
+    assert len(train) + len(held) == len(g)
+    assert overlap(train, held) == 0
+    assert not {x.tree for x in train} & {x.tree for x in held}
+    assert split_by_prompt(g, 0.2, seed=3)[1] == held  # seeded
+    assert split_by_prompt(g, 0.2, seed=4)[1] != held
+
+
+def test_write_native_round_trips(tmp_path):
+    g = read_groups(OASST_TREES)[:20]
+    write_native(g, tmp_path / "n.jsonl")
+    back = read_groups(tmp_path / "n.jsonl")
+    assert [(x.prompt, x.completions, x.ranks) for x in back] == [(x.prompt, x.completions, x.ranks) for x in g]

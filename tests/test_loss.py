@@ -1,0 +1,70 @@
+"""The K-wise loss against values worked out by hand.
+
+Notation: -log sigmoid(d) = log(1 + e^-d); at d = 1 it is 0.31326169, at d = 2 it is 0.12692801, at 0 it is ln 2."""
+
+import math
+
+import pytest
+import torch
+
+from rankrm.loss import group_losses, group_pair_stats, kwise_loss
+
+NLL1, NLL2, LN2 = math.log1p(math.exp(-1)), math.log1p(math.exp(-2)), math.log(2)
+
+
+def t(x, dtype=torch.float64):
+    return torch.tensor(x, dtype=dtype)
+
+
+def test_three_completions_mean_over_the_three_pairs():
+    """Ranks (0, 1, 2), rewards (1, 0, -1): pairs (a>b) d=1, (a>c) d=2, (b>c) d=1 -> (2*NLL1 + NLL2) / C(3,2)."""
+    loss = kwise_loss(t([1.0, 0.0, -1.0]), torch.tensor([0, 1, 2]), torch.tensor([0, 0, 0]))
+    assert loss.item() == pytest.approx((2 * NLL1 + NLL2) / 3, abs=1e-12)
+
+
+def test_ties_give_no_pair():
+    """Ranks (0, 0, 1), rewards (1, 2, 0): a and b tie, so only (a>c) d=1 and (b>c) d=2 count: (NLL1 + NLL2) / 2."""
+    loss = kwise_loss(t([1.0, 2.0, 0.0]), torch.tensor([0, 0, 1]), torch.tensor([0, 0, 0]))
+    assert loss.item() == pytest.approx((NLL1 + NLL2) / 2, abs=1e-12)
+
+
+def test_order_of_completions_does_not_matter():
+    """The same group listed in another order gives the same loss."""
+    a = kwise_loss(t([1.0, 0.0, -1.0]), torch.tensor([0, 1, 2]), torch.tensor([0, 0, 0]))
+    b = kwise_loss(t([-1.0, 1.0, 0.0]), torch.tensor([2, 0, 1]), torch.tensor([0, 0, 0]))
+    assert a.item() == pytest.approx(b.item(), abs=1e-12)
+
+
+def test_batch_is_the_mean_over_groups_not_pairs():
+    """Group 0 (K=3, above): (2*NLL1 + NLL2)/3. Group 1 (K=2, equal rewards): ln 2. Batch: their plain mean,
+    so the K=3 group's three pairs do not outweigh the K=2 group's one."""
+    rewards = t([1.0, 0.0, -1.0, 0.5, 0.5])
+    ranks = torch.tensor([0, 1, 2, 0, 1])
+    groups = torch.tensor([0, 0, 0, 1, 1])
+    g0 = (2 * NLL1 + NLL2) / 3
+    assert kwise_loss(rewards, ranks, groups).item() == pytest.approx((g0 + LN2) / 2, abs=1e-12)
+    losses, counts = group_losses(rewards, ranks, groups, 2)
+    assert losses.tolist() == pytest.approx([g0, LN2], abs=1e-12)
+    assert counts.tolist() == [3.0, 1.0]
+
+
+def test_gradient_of_one_pair():
+    """K=2, d = r_w - r_l = 1: dL/dr_w = -(1 - sigmoid(1)) = -0.26894142, dL/dr_l = +0.26894142."""
+    r = t([1.0, 0.0]).requires_grad_()
+    kwise_loss(r, torch.tensor([0, 1]), torch.tensor([0, 0])).backward()
+    g = 1 - 1 / (1 + math.exp(-1))
+    assert r.grad.tolist() == pytest.approx([-g, g], abs=1e-12)
+
+
+def test_all_tied_group_is_left_out_of_the_mean():
+    """Group 1 is all tied (no comparison): the batch loss is group 0's alone, NLL1."""
+    loss = kwise_loss(t([1.0, 0.0, 3.0, -3.0]), torch.tensor([0, 1, 0, 0]), torch.tensor([0, 0, 1, 1]))
+    assert loss.item() == pytest.approx(NLL1, abs=1e-12)
+
+
+def test_pair_stats_count_reward_ties_as_half():
+    """Ranks (0,1,2), rewards (1,1,2): a>b tie in reward (1/2), a>c wrong (0), b>c wrong (0): 0.5 of 3 correct;
+    nll = ln2 + NLL1 + NLL1 (d = 0, -1, -1: -log sigmoid(-1) = 1 + NLL1)."""
+    c, p, nll = group_pair_stats(t([1.0, 1.0, 2.0]), torch.tensor([0, 1, 2]), torch.tensor([0, 0, 0]), 1)
+    assert c.item() == 0.5 and p.item() == 3.0
+    assert nll.item() == pytest.approx(LN2 + 2 * (1 + NLL1), abs=1e-12)

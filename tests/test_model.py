@@ -1,0 +1,132 @@
+"""RewardModel: rendering, reading the reward at each completion's EOS by position, and the Hugging Face round trip."""
+
+import pytest
+import torch
+
+from rankrm.batching import collate_groups, collate_padded, tokenize_groups
+from rankrm.data import RankedGroup
+from rankrm.model import PAD_TOKEN, RewardModel
+
+ARCHS = ["llama", "qwen2", "gpt2"]
+MSGS = [{"role": "user", "content": "What is the capital of France?"}]
+GROUPS = [
+    RankedGroup(MSGS, ("Paris.", "It is Paris, a city on the Seine.", "Lyon, I think, or maybe Paris? Hard to say."),
+                (0, 1, 2)),
+    RankedGroup("Plain prompt: name a colour.", ("red", "Blue is a colour of the sky at noon."), (1, 0)),
+    RankedGroup([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
+                 {"role": "assistant", "content": "4"}, {"role": "user", "content": "and 3+3?"}],
+                ("6", "six", "It is 6.", "7"), (0, 0, 1, 2)),
+]
+
+
+def load(model_dirs, name) -> RewardModel:
+    torch.manual_seed(0)
+    return RewardModel.from_pretrained(str(model_dirs[name]), max_length=256)
+
+
+def rewards_of(model, groups, padding_side="right"):
+    tok, _ = tokenize_groups(model, groups)
+    b = collate_groups(tok, model.tokenizer.pad_token_id, padding_side)
+    with torch.no_grad():
+        return model(b["input_ids"], b["attention_mask"], b["position_ids"], b["end_index"])
+
+
+def test_render_uses_the_chat_template_and_ends_with_eos(model_dirs):
+    m = load(model_dirs, "llama-chat")
+    text = m.render(MSGS, "Paris.")
+    assert text == ("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+                    "Paris.<|im_end|>")
+    ids, _ = m.tokenize([MSGS], ["Paris."])
+    assert ids[0][-1] == m.tokenizer.eos_token_id
+
+
+def test_render_without_chat_template_is_a_plain_documented_concatenation(model_dirs):
+    m = load(model_dirs, "llama-plain")
+    assert m.render(MSGS, "Paris.") == "User: What is the capital of France?\n\nAssistant: Paris.<|im_end|>"
+    assert m.render("Q: hi\nA:", " hello") == "Q: hi\nA: hello<|im_end|>"  # strings are used verbatim
+
+
+def test_pad_equal_to_eos_gets_a_distinct_pad_token(model_dirs):
+    m = load(model_dirs, "llama-pad_eos")
+    assert m.tokenizer.pad_token == PAD_TOKEN
+    assert m.tokenizer.pad_token_id != m.tokenizer.eos_token_id == 2
+    assert m.hf.config.pad_token_id == m.tokenizer.pad_token_id
+    assert m.hf.get_input_embeddings().num_embeddings == len(m.tokenizer)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("kind", ["chat", "pad_eos"])
+def test_rewards_do_not_depend_on_padding_side_company_or_order(model_dirs, arch, kind):
+    m = load(model_dirs, f"{arch}-{kind}")
+    right = rewards_of(m, GROUPS, "right")
+    left = rewards_of(m, GROUPS, "left")
+    torch.testing.assert_close(left, right, rtol=1e-4, atol=1e-5)
+    alone = torch.cat([rewards_of(m, [g]) for g in GROUPS])  # no batch company, no padding at all
+    torch.testing.assert_close(alone, right, rtol=1e-4, atol=1e-5)
+    rev = rewards_of(m, GROUPS[::-1])  # groups in another order
+    sizes = [g.k for g in GROUPS[::-1]]
+    back = torch.cat(list(torch.split(rev, sizes))[::-1])
+    torch.testing.assert_close(back, right, rtol=1e-4, atol=1e-5)
+    assert right.std() > 0  # the rewards differ, so the comparisons above can fail
+
+
+def test_reward_is_read_at_eos_by_position_even_when_pad_is_eos(model_dirs):
+    """With pad == eos, a pad-id search would stop at the first EOS; the reward must be at the last token."""
+    m = load(model_dirs, "llama-pad_eos")
+    ids, _ = m.tokenize(["a"], ["b"])
+    row = ids[0]
+    b = collate_padded([row, row + [5, 6, 7]], m.tokenizer.pad_token_id)
+    assert b["end_index"].tolist() == [len(row) - 1, b["input_ids"].shape[1] + len(row) + 2]
+    with torch.no_grad():
+        full = m.backbone(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
+        want = m.head(full[0, len(row) - 1]).squeeze()
+        got = m(b["input_ids"], b["attention_mask"], b["position_ids"], b["end_index"])[0]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["llama-chat", "qwen2-chat", "gpt2-chat", "llama-pad_eos", "gpt2-pad_eos",
+                                  "llama-plain"])
+def test_saved_model_round_trips_through_plain_transformers(model_dirs, tmp_path, name):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    m = load(model_dirs, name)
+    with torch.no_grad():
+        m.head.weight.normal_()  # a head far from its initialisation
+    m.save_pretrained(tmp_path / "rm")
+    hf = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
+    tok = AutoTokenizer.from_pretrained(tmp_path / "rm")
+    again = RewardModel.from_pretrained(str(tmp_path / "rm"))
+    assert again.max_length == 256 and tok.pad_token_id != tok.eos_token_id
+    for g in GROUPS:
+        ours = m.score([g.prompt] * g.k, list(g.completions))
+        reloaded = again.score([g.prompt] * g.k, list(g.completions))
+        for c, r, r2 in zip(g.completions, ours, reloaded):
+            enc = tok(m.render(g.prompt, c), add_special_tokens=False, return_tensors="pt")
+            with torch.no_grad():
+                logit = hf(**enc).logits[0, 0].item()
+            assert logit == pytest.approx(r, abs=1e-4)
+            assert r2 == pytest.approx(r, abs=1e-5)
+        # and batched through plain transformers, padded with the saved pad token
+        enc = tok([m.render(g.prompt, c) for c in g.completions], add_special_tokens=False, padding=True,
+                  return_tensors="pt")
+        with torch.no_grad():
+            logits = hf(**enc).logits[:, 0].tolist()
+        assert logits == pytest.approx(ours, abs=1e-4)
+
+
+def test_score_returns_input_order_and_rank_sorts(model_dirs):
+    m = load(model_dirs, "llama-chat")
+    g = GROUPS[0]
+    one_by_one = [m.score([g.prompt], [c])[0] for c in g.completions]
+    together = m.score([g.prompt] * g.k, list(g.completions), batch_tokens=64)  # several length-sorted batches
+    assert together == pytest.approx(one_by_one, abs=1e-5)
+    rewards, order = m.rank(g.prompt, list(g.completions))
+    assert sorted(rewards, reverse=True) == [rewards[i] for i in order]
+
+
+def test_truncation_cuts_the_prompt_from_the_left_and_keeps_the_eos(model_dirs):
+    m = load(model_dirs, "llama-chat")
+    m.max_length = 12
+    ids, truncated = m.tokenize([MSGS * 5], ["Paris."])
+    full = m.tokenizer(m.render(MSGS * 5, "Paris."), add_special_tokens=False).input_ids
+    assert truncated == 1 and ids[0] == full[-12:] and ids[0][-1] == m.tokenizer.eos_token_id

@@ -1,0 +1,121 @@
+"""The training entry point end to end on tiny models: learning a known rule, resuming, the CLI, bad input."""
+
+import json
+import random
+
+import pytest
+import torch
+
+from rankrm.cli import main
+from rankrm.config import TrainConfig
+from rankrm.model import RewardModel
+from rankrm.train import train
+from conftest import SYNTH_WORDS, write_jsonl
+
+
+def synthetic_groups(n: int, seed: int, k: int = 4):
+    """A known preference rule: the more times a completion says 'good', the better it ranks (equal counts tie)."""
+    rng = random.Random(seed)
+    rows = []
+    while len(rows) < n:
+        counts = rng.sample(range(5), k)  # distinct counts of 'good', so no group is all tied
+        comps = []
+        for c in counts:
+            words = ["good"] * c + [rng.choice(SYNTH_WORDS[2:]) for _ in range(6 - c)]
+            rng.shuffle(words)
+            comps.append(" ".join(words))
+        ranks = [sorted(counts, reverse=True).index(c) for c in counts]
+        rows.append({"prompt": [{"role": "user", "content": "Say something good."}], "completions": comps,
+                     "ranks": ranks})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    d = tmp_path_factory.mktemp("synth")
+    return write_jsonl(d / "train.jsonl", synthetic_groups(240, 1)), write_jsonl(d / "eval.jsonl", synthetic_groups(60, 2))
+
+
+def tiny_cfg(model_dirs, synth, out, **kw):
+    base = dict(model=str(model_dirs["llama-chat"]), train_data=[str(synth[0])], eval_data=[str(synth[1])],
+                output_dir=str(out), epochs=4, learning_rate=3e-3, batch_size=8, max_length=64, seed=0,
+                warmup_ratio=0.1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_tiny_model_learns_a_known_rule_to_95_percent(model_dirs, synth, tmp_path):
+    res = train(tiny_cfg(model_dirs, synth, tmp_path / "run"))
+    assert res["before"]["accuracy"] < 0.8
+    assert res["after"]["accuracy"] >= 0.95, res["after"]
+    assert res["after"]["log_loss"] < res["before"]["log_loss"]
+    saved = json.loads((tmp_path / "run" / "eval_results.json").read_text())
+    assert saved["after"]["accuracy"] == res["after"]["accuracy"]
+    # the saved model scores as it did at the end of training
+    m = RewardModel.from_pretrained(str(tmp_path / "run"))
+    rows = [json.loads(x) for x in synth[1].read_text().splitlines()]
+    g = rows[0]
+    rewards = m.score([g["prompt"]] * 4, g["completions"])
+    best, worst = g["ranks"].index(0), g["ranks"].index(3)
+    assert rewards[best] > rewards[worst]
+
+
+def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(model_dirs, synth, tmp_path):
+    kw = dict(epochs=1, max_steps=6, save_steps=3, keep_checkpoints=5, train_layers=1)
+    full = train(tiny_cfg(model_dirs, synth, tmp_path / "full", **kw))
+    # a run stopped at step 3: the same schedule (max_steps 6), but it only gets as far as its first checkpoint
+    ckpt = tmp_path / "full" / "checkpoints" / "step-3"
+    assert ckpt.is_dir()
+    resumed = train(tiny_cfg(model_dirs, synth, tmp_path / "resumed", resume=str(ckpt), **kw))
+    assert resumed["after"]["accuracy"] == full["after"]["accuracy"]
+    assert resumed["after"]["log_loss"] == pytest.approx(full["after"]["log_loss"], rel=1e-6)
+    a = RewardModel.from_pretrained(str(tmp_path / "full"))
+    b = RewardModel.from_pretrained(str(tmp_path / "resumed"))
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=n)
+    # and the resumed run really did start at step 3, with a model different from the start
+    fresh = RewardModel.from_pretrained(str(model_dirs["llama-chat"]))
+    assert not torch.allclose(fresh.backbone.layers[-1].mlp.up_proj.weight, b.backbone.layers[-1].mlp.up_proj.weight)
+
+
+def test_train_layers_freezes_all_but_the_top(model_dirs, synth, tmp_path):
+    from rankrm.train import select_trainable
+
+    m = RewardModel.from_pretrained(str(model_dirs["gpt2-chat"]))
+    names = select_trainable(m, 1)
+    assert names and all(n.startswith(("hf.transformer.h.1.", "hf.transformer.ln_f.", "hf.score.")) for n in names)
+    assert any(n.startswith("hf.transformer.ln_f.") for n in names)
+    assert select_trainable(m, 0) == ["hf.score.weight"]
+
+
+def test_cli_trains_from_a_yaml_config_and_evaluates(model_dirs, synth, tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"model: {model_dirs['qwen2-chat']}\ntrain-data: {synth[0]}\neval_fraction: 0.25\n"
+                   f"max-steps: 2\nbatch-size: 4\nlearning-rate: 1.0e-3\nmax-length: 64\n")
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--output-dir", str(out), "--seed", "3"]) == 0
+    res = json.loads((out / "eval_results.json").read_text())
+    assert res["config"]["seed"] == 3 and res["config"]["max_steps"] == 2 and res["steps"] == 2
+    assert res["eval_groups"] == 60  # a quarter of the 240 prompts
+    capsys.readouterr()
+    assert main(["eval", "--model", str(out), "--data", str(synth[1]), "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert m["groups"] == 60 and m["pairs"] == 60 * 6 and 0 <= m["accuracy"] <= 1 and m["log_loss"] > 0
+
+
+def test_cli_bad_data_names_file_and_line_and_writes_nothing(model_dirs, synth, tmp_path, capsys):
+    bad = write_jsonl(tmp_path / "bad.jsonl", synthetic_groups(3, 5) + ['{"prompt": "x", "completions": ["a"]}'])
+    out = tmp_path / "run"
+    code = main(["train", "--model", str(model_dirs["llama-chat"]), "--train-data", str(bad), "--output-dir",
+                 str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "bad.jsonl:4:" in err and "'completions'" in err and "Fix:" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_cli_unknown_yaml_key_is_named(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train-data: x.jsonl\nlearning_rat: 1\n")
+    assert main(["train", "--config", str(cfg)]) == 2
+    assert "unknown setting 'learning_rat'" in capsys.readouterr().err
