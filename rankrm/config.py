@@ -45,7 +45,9 @@ class TrainConfig:
     max_length: int = opt(512, "tokens per prompt + completion; longer ones lose the start of the prompt")
     max_train_groups: int = opt(0, "use only this many training groups, chosen at random by --seed (0: all)")
     train_layers: int = opt(-1, "train only the top N transformer layers plus the final norm and head "
-                                "(-1: the whole model; 0: the head alone)")
+                                "(-1: the whole model; 0: the final norm and head)")
+    cache_frozen: bool = opt(True, "with --train-layers N >= 0, run the frozen layers below the top N once per "
+                                   "sequence and reuse their output in later epochs and evaluations")
     max_grad_norm: float = opt(1.0, "clip the gradient norm to this (0: no clipping)")
     bf16: bool = opt(False, "bf16 autocast (fast on GPUs and CPUs with AMX/AVX512-BF16; slow on plain AVX2)")
     seed: int = opt(0, "seed of the head's initialisation, the split and the data order")

@@ -54,8 +54,12 @@ def compare(before: EvalResult, after: EvalResult, n_boot: int = 2000, seed: int
 
 
 @torch.no_grad()
-def evaluate(model, groups: list[TokenizedGroup], batch_tokens: int = 16384, progress: bool = False) -> EvalResult:
-    """Score every completion once and collect each group's pair statistics (ties between labels excluded)."""
+def evaluate(model, groups: list[TokenizedGroup], batch_tokens: int = 16384, progress: bool = False,
+             prefix=None, tag: str = "eval") -> EvalResult:
+    """Score every completion once and collect each group's pair statistics (ties between labels excluded).
+
+    With a FrozenPrefix cache, the frozen layers run only the first time a completion is seen (keys: tag, group,
+    completion)."""
     from tqdm.auto import tqdm
 
     was_training = model.training
@@ -68,9 +72,12 @@ def evaluate(model, groups: list[TokenizedGroup], batch_tokens: int = 16384, pro
                                    [len(x.ids) for x in groups])
     for idx in tqdm(batches, desc="evaluating", disable=not progress, leave=False):
         b = collate_groups([groups[i] for i in idx], pad_id)
-        r = model(**{k: b[k].to(device) for k in ("input_ids", "attention_mask", "position_ids", "end_index")})
-        c, p, l = (t.cpu().double().numpy() for t in group_pair_stats(r.double(), b["ranks"].to(device),
-                                                                       b["group_index"].to(device), len(idx)))
+        b = {k: v.to(device) for k, v in b.items()}
+        if prefix is None:
+            r = model(b["input_ids"], b["attention_mask"], b["position_ids"], b["end_index"])
+        else:
+            r = prefix.forward(model, b, [(tag, gi, ci) for gi in idx for ci in range(len(groups[gi].ids))])
+        c, p, l = (t.cpu().double().numpy() for t in group_pair_stats(r.double(), b["ranks"], b["group_index"], len(idx)))
         correct[idx], pairs[idx], nll[idx] = c, p, l
     model.train(was_training)
     return EvalResult(correct, pairs, nll)

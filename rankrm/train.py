@@ -20,39 +20,12 @@ from .batching import collate_groups, token_budget_batches, tokenize_groups
 from .config import TrainConfig
 from .data import ReadReport, overlap, read_groups, split_by_prompt
 from .evaluate import EvalResult, compare, evaluate
+from .freeze import FrozenPrefix, select_trainable
 from .loss import group_losses, group_pair_stats
 from .model import RewardModel
 
 log = logging.getLogger("rankrm")
 CKPT_FILE = "checkpoint.pt"
-
-
-def layer_stack(backbone: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The backbone's list of transformer blocks (model.layers, transformer.h, ...): its largest ModuleList."""
-    lists = [(n, m) for n, m in backbone.named_children() if isinstance(m, nn.ModuleList)]
-    if not lists:
-        raise ValueError(f"{type(backbone).__name__} has no list of layers; use --train-layers -1")
-    return max(lists, key=lambda nm: len(nm[1]))
-
-
-def select_trainable(model: RewardModel, train_layers: int) -> list[str]:
-    """Freeze all but the top `train_layers` blocks, what follows them (final norm) and the head; -1 keeps all."""
-    if train_layers < 0:
-        return [n for n, p in model.named_parameters() if p.requires_grad]
-    backbone = model.backbone
-    name, layers = layer_stack(backbone)
-    if train_layers > len(layers):
-        raise ValueError(f"--train-layers {train_layers} exceeds the backbone's {len(layers)} layers")
-    for p in model.parameters():
-        p.requires_grad_(False)
-    children = [n for n, _ in backbone.named_children()]
-    after = children[children.index(name) + 1:]  # the final norm (Llama: norm, GPT-2: ln_f) follows the blocks
-    for block in list(layers)[len(layers) - train_layers:]:
-        block.requires_grad_(True)
-    for n in after:
-        getattr(backbone, n).requires_grad_(True)
-    model.head.requires_grad_(True)
-    return [n for n, p in model.named_parameters() if p.requires_grad]
 
 
 def disable_dropout(model: nn.Module) -> None:
@@ -62,6 +35,21 @@ def disable_dropout(model: nn.Module) -> None:
             m.p = 0.0
         if isinstance(getattr(m, "attention_dropout", None), float):
             m.attention_dropout = 0.0
+
+
+def check_prefix(model, prefix: FrozenPrefix, b: dict, keys, say) -> FrozenPrefix | None:
+    """Compare the cached replay with a full forward on one batch; keep the cache only if they agree."""
+    with torch.no_grad():
+        full = prefix.forward(model, b, keys)  # fills the cache
+        replayed = prefix.forward(model, b, keys)
+    prefix.store.clear()
+    err = float((full - replayed).abs().max() / full.abs().max().clamp(min=1e-6))
+    if err > 1e-3:
+        say(f"warning: frozen-layer cache disagrees with a full forward (relative error {err:.1e}) on this "
+            "backbone; training without it")
+        return None
+    say(f"frozen layers run once per sequence (cache checked against a full forward: relative error {err:.1e})")
+    return prefix
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -208,12 +196,15 @@ def train(cfg: TrainConfig) -> dict:
         start, state = blob["step"], blob["state"]
         say(f"resumed from {ckpt} at step {start}")
 
+    prefix = FrozenPrefix(core.backbone, cfg.train_layers) if cfg.cache_frozen and cfg.train_layers >= 0 else None
+
     # -- evaluation before training ------------------------------------------------------------------------------
     if "before" in state:
         before = _result_from_json(state["before"])
     else:
         t0 = time.time()
-        before = evaluate(core, tok_eval, cfg.eval_batch_tokens, progress=accelerator.is_local_main_process)
+        before = evaluate(core, tok_eval, cfg.eval_batch_tokens, progress=accelerator.is_local_main_process,
+                          prefix=prefix)
         state["before"] = _result_to_json(before)
         say(f"before training: {_fmt(before.metrics)}  [{time.time() - t0:.0f}s]")
 
@@ -228,11 +219,12 @@ def train(cfg: TrainConfig) -> dict:
     for step in range(start, total_steps):
         epoch, i = divmod(step, steps_per_epoch)
         order = epoch_order(len(tok_train), cfg.seed, epoch)
-        step_groups = [tok_train[j] for j in order[i * cfg.batch_size:(i + 1) * cfg.batch_size]]
-        mine = step_groups[rank::world]
-        weight = world / len(step_groups)  # each group weighs 1/G after DDP averages over the processes
-        if not mine:  # more processes than groups in this step: take part with a zero-weight group
-            mine, weight = step_groups[:1], 0.0
+        step_ids = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]  # this step's groups
+        mine_ids = step_ids[rank::world]  # this process's share
+        weight = world / len(step_ids)  # each group weighs 1/G after DDP averages over the processes
+        if not mine_ids:  # more processes than groups in this step: take part with a zero-weight group
+            mine_ids, weight = step_ids[:1], 0.0
+        mine = [tok_train[j] for j in mine_ids]
         micro = token_budget_batches([max(len(r) for r in g.ids) for g in mine], cfg.micro_batch_tokens,
                                      [len(g.ids) for g in mine])
         step_loss = torch.zeros((), device=device)
@@ -241,8 +233,14 @@ def train(cfg: TrainConfig) -> dict:
             tokens_seen += sum(len(r) for j in idx for r in mine[j].ids)
             b = {k: v.to(device) for k, v in b.items()}
             sync = mi == len(micro) - 1
+            keys = [("train", mine_ids[j], c) for j in idx for c in range(len(mine[j].ids))]  # same every epoch
+            if prefix is not None and step == start and mi == 0:
+                prefix = check_prefix(model, prefix, b, keys, say)
             with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                rewards = model(b["input_ids"], b["attention_mask"], b["position_ids"], b["end_index"])  # (N,)
+                if prefix is None:
+                    rewards = model(b["input_ids"], b["attention_mask"], b["position_ids"], b["end_index"])  # (N,)
+                else:
+                    rewards = prefix.forward(model, b, keys)  # (N,)
                 losses, _ = group_losses(rewards, b["ranks"], b["group_index"], len(idx))  # (g,)
                 accelerator.backward(losses.sum() * weight)
             step_loss += losses.detach().sum()
@@ -259,7 +257,7 @@ def train(cfg: TrainConfig) -> dict:
                         lr=f"{scheduler.get_last_lr()[0]:.2e}", epoch=f"{(step + 1) / steps_per_epoch:.2f}")
         done = step + 1
         if cfg.eval_steps and done % cfg.eval_steps == 0 and done < total_steps:
-            m = evaluate(core, tok_eval, cfg.eval_batch_tokens).metrics
+            m = evaluate(core, tok_eval, cfg.eval_batch_tokens, prefix=prefix).metrics
             state["history"].append({"step": done, "epoch": done / steps_per_epoch,
                                      "train_loss": float(np.mean(run_loss[-cfg.eval_steps:])), **m})
             bar.write(f"step {done}: {_fmt(m)}")
@@ -271,7 +269,8 @@ def train(cfg: TrainConfig) -> dict:
     elapsed = time.time() - t0
 
     # -- evaluation after training, and the saved model -----------------------------------------------------------
-    after = evaluate(core, tok_eval, cfg.eval_batch_tokens, progress=accelerator.is_local_main_process)
+    after = evaluate(core, tok_eval, cfg.eval_batch_tokens, progress=accelerator.is_local_main_process,
+                     prefix=prefix)
     results = {"before": before.metrics, "after": after.metrics, "change": compare(before, after),
                "steps": total_steps, "train_groups": len(tok_train), "eval_groups": len(tok_eval),
                "train_seconds": round(elapsed, 1), "train_tokens_per_second": round(tokens_seen / max(elapsed, 1e-9), 1),

@@ -130,3 +130,30 @@ def test_truncation_cuts_the_prompt_from_the_left_and_keeps_the_eos(model_dirs):
     ids, truncated = m.tokenize([MSGS * 5], ["Paris."])
     full = m.tokenizer(m.render(MSGS * 5, "Paris."), add_special_tokens=False).input_ids
     assert truncated == 1 and ids[0] == full[-12:] and ids[0][-1] == m.tokenizer.eos_token_id
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("top", [0, 1])
+def test_frozen_prefix_replay_equals_a_full_forward(model_dirs, arch, top):
+    """Rewards and gradients of the top layers are the same whether the frozen layers run or are replayed."""
+    from rankrm.freeze import FrozenPrefix, select_trainable
+
+    m = load(model_dirs, f"{arch}-chat")
+    select_trainable(m, top)
+    tok, _ = tokenize_groups(m, GROUPS)
+    b = collate_groups(tok, m.tokenizer.pad_token_id)
+    keys = list(range(len(b["end_index"])))
+    prefix = FrozenPrefix(m.backbone, top)
+    calls = []
+    m.backbone.get_submodule(prefix.name)[0].register_forward_hook(lambda *a: calls.append(1))  # a frozen layer
+    grads = []
+    for _ in range(2):  # first a full forward that fills the cache, then the replay
+        m.zero_grad()
+        r = prefix.forward(m, b, keys)
+        (r * torch.arange(len(r))).sum().backward()
+        grads.append((r.detach(), [p.grad.clone() for p in m.parameters() if p.requires_grad]))
+    assert prefix.has(keys) and len(calls) == 1  # the frozen layer ran on the first pass only
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-4, atol=1e-5)
+    for g1, g0 in zip(grads[1][1], grads[0][1]):
+        torch.testing.assert_close(g1, g0, rtol=1e-4, atol=1e-5)
+    assert len(m.backbone.get_submodule(prefix.name)) == 2  # the full layer list is back after the replay

@@ -25,7 +25,7 @@ def synthetic_groups(n: int, seed: int, k: int = 4):
             rng.shuffle(words)
             comps.append(" ".join(words))
         ranks = [sorted(counts, reverse=True).index(c) for c in counts]
-        rows.append({"prompt": [{"role": "user", "content": "Say something good."}], "completions": comps,
+        rows.append({"prompt": [{"role": "user", "content": f"Say something good, please (#{seed}-{len(rows)})."}], "completions": comps,
                      "ranks": ranks})
     return rows
 
@@ -79,13 +79,13 @@ def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(model_dirs, synth
 
 
 def test_train_layers_freezes_all_but_the_top(model_dirs, synth, tmp_path):
-    from rankrm.train import select_trainable
+    from rankrm.freeze import select_trainable
 
     m = RewardModel.from_pretrained(str(model_dirs["gpt2-chat"]))
     names = select_trainable(m, 1)
     assert names and all(n.startswith(("hf.transformer.h.1.", "hf.transformer.ln_f.", "hf.score.")) for n in names)
     assert any(n.startswith("hf.transformer.ln_f.") for n in names)
-    assert select_trainable(m, 0) == ["hf.score.weight"]
+    assert select_trainable(m, 0) == ["hf.transformer.ln_f.weight", "hf.transformer.ln_f.bias", "hf.score.weight"]
 
 
 def test_cli_trains_from_a_yaml_config_and_evaluates(model_dirs, synth, tmp_path, capsys):

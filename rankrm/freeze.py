@@ -1,0 +1,110 @@
+"""Training only the top layers: which parameters train, and a cache that runs the frozen layers once per sequence."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+
+def layer_stack(backbone: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The backbone's list of transformer blocks (model.layers, transformer.h, ...): its largest ModuleList."""
+    lists = [(n, m) for n, m in backbone.named_children() if isinstance(m, nn.ModuleList)]
+    if not lists:
+        raise ValueError(f"{type(backbone).__name__} has no list of layers; use --train-layers -1")
+    return max(lists, key=lambda nm: len(nm[1]))
+
+
+def select_trainable(model, train_layers: int) -> list[str]:
+    """Freeze all but the top `train_layers` blocks, what follows them (final norm) and the head; -1 keeps all."""
+    if train_layers < 0:
+        return [n for n, p in model.named_parameters() if p.requires_grad]
+    backbone = model.backbone
+    name, layers = layer_stack(backbone)
+    if train_layers > len(layers):
+        raise ValueError(f"--train-layers {train_layers} exceeds the backbone's {len(layers)} layers")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    children = [n for n, _ in backbone.named_children()]
+    after = children[children.index(name) + 1:]  # the final norm (Llama: norm, GPT-2: ln_f) follows the blocks
+    for block in list(layers)[len(layers) - train_layers:]:
+        block.requires_grad_(True)
+    for n in after:
+        getattr(backbone, n).requires_grad_(True)
+    model.head.requires_grad_(True)
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+class FrozenPrefix:
+    """The hidden states entering the first trainable layer, kept per sequence.
+
+    When only the top N layers train, everything below them computes the same thing at every epoch. The first
+    pass over a sequence records the input of the first trainable layer (a forward pre-hook); later passes hand
+    that input straight to it, with the layer list cut to the top N, so the frozen layers are not run again.
+    Works for backbones that loop over their layer list and pass the hidden states first (Llama, Qwen2, Mistral,
+    GPT-2, ...); `train.py` checks the replay against a full forward once and turns the cache off on mismatch."""
+
+    def __init__(self, backbone: nn.Module, train_layers: int):
+        self.backbone = backbone
+        self.name, layers = layer_stack(backbone)
+        n = len(layers)
+        self.top = nn.ModuleList(list(layers)[n - train_layers:])
+        if train_layers > 0:
+            self.entry = layers[n - train_layers]
+        else:  # head only: resume at the module after the blocks (the final norm)
+            children = [m for k, m in backbone.named_children()]
+            i = children.index(layers)
+            if i + 1 >= len(children):
+                raise ValueError("no module follows the layer list")
+            self.entry = children[i + 1]
+        self.store: dict = {}
+
+    def has(self, keys) -> bool:
+        return all(k in self.store for k in keys)
+
+    @contextlib.contextmanager
+    def capture(self, keys, lengths):
+        """Record the entry input of each row i (its first lengths[i] positions: right padding) under keys[i]."""
+        def hook(module, args):
+            h = args[0].detach()  # (B, T, H)
+            for i, (k, n) in enumerate(zip(keys, lengths)):
+                self.store[k] = h[i, :n].to("cpu", copy=True)
+        handle = self.entry.register_forward_pre_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def batch(self, keys, t: int, device, dtype=None) -> torch.Tensor:
+        """The recorded inputs of keys, right-padded with zeros to length t: (B, T, H)."""
+        first = self.store[keys[0]]
+        out = torch.zeros((len(keys), t, first.shape[-1]), dtype=dtype or first.dtype)
+        for i, k in enumerate(keys):
+            h = self.store[k]
+            out[i, :h.shape[0]] = h
+        return out.to(device)
+
+    @contextlib.contextmanager
+    def replay(self, prefix: torch.Tensor):
+        """Run only the top layers: the layer list is cut to them and the entry's input replaced by `prefix`."""
+        def hook(module, args):
+            return (prefix.to(args[0].dtype),) + tuple(args[1:])
+        full = getattr(self.backbone, self.name)
+        setattr(self.backbone, self.name, self.top)
+        handle = self.entry.register_forward_pre_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
+            setattr(self.backbone, self.name, full)
+
+    def forward(self, model, batch: dict, keys) -> torch.Tensor:
+        """Rewards for a right-padded batch: replayed from the cache when every row is in it, else a full forward
+        that fills the cache."""
+        args = (batch["input_ids"], batch["attention_mask"], batch["position_ids"], batch["end_index"])
+        if self.has(keys):
+            with self.replay(self.batch(keys, batch["input_ids"].shape[1], batch["input_ids"].device)):
+                return model(*args)
+        with self.capture(keys, batch["attention_mask"].sum(dim=1).tolist()):
+            return model(*args)
