@@ -13,6 +13,7 @@ class TokenizedGroup:
 
     ids: list[list[int]]
     ranks: list[int]
+    pairs: list[tuple[int, int]] | None = None  # stated (winner, loser) pairs of a partial order, else from ranks
 
     @property
     def tokens(self) -> int:
@@ -26,7 +27,8 @@ def tokenize_groups(model, groups) -> tuple[list[TokenizedGroup], int]:
     ids, truncated = model.tokenize(prompts, completions)
     out, at = [], 0
     for g in groups:
-        out.append(TokenizedGroup(ids[at:at + g.k], list(g.ranks)))
+        out.append(TokenizedGroup(ids[at:at + g.k], list(g.ranks),
+                                  None if g.comparisons is None else [tuple(p) for p in g.comparisons]))
         at += g.k
     return out, truncated
 
@@ -47,12 +49,35 @@ def collate_padded(rows: list[list[int]], pad_id: int, padding_side: str = "righ
             "end_index": end_index}
 
 
+def pair_mask_of(groups: list[TokenizedGroup]) -> torch.Tensor | None:
+    """(N, N) bool of the comparisons the groups state, (i, j) = i beat j; None when ranks state them all."""
+    if all(g.pairs is None for g in groups):
+        return None
+    n = sum(len(g.ids) for g in groups)
+    mask = torch.zeros((n, n), dtype=torch.bool)  # (N, N)
+    at = 0
+    for g in groups:
+        k = len(g.ids)
+        pairs = g.pairs if g.pairs is not None else [(i, j) for i in range(k) for j in range(k)
+                                                     if g.ranks[i] < g.ranks[j]]
+        for w, l in pairs:
+            mask[at + w, at + l] = True
+        at += k
+    return mask
+
+
 def collate_groups(groups: list[TokenizedGroup], pad_id: int, padding_side: str = "right") -> dict:
-    """A padded batch of whole groups, with each completion's rank and its group's index in the batch."""
+    """A padded batch of whole groups, with each completion's rank and its group's index in the batch.
+
+    When a group states only some comparisons (a partial order), the batch also holds "pair_mask" (N, N), which
+    the loss and metrics use instead of the ranks."""
     rows = [r for g in groups for r in g.ids]
     batch = collate_padded(rows, pad_id, padding_side)
     batch["ranks"] = torch.tensor([r for g in groups for r in g.ranks], dtype=torch.long)  # (N,)
     batch["group_index"] = torch.tensor([gi for gi, g in enumerate(groups) for _ in g.ids], dtype=torch.long)
+    mask = pair_mask_of(groups)
+    if mask is not None:
+        batch["pair_mask"] = mask  # (N, N)
     return batch
 
 

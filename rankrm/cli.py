@@ -26,7 +26,7 @@ def cmd_eval(args) -> int:
     from .model import RewardModel
 
     report = ReadReport()
-    groups = read_groups(args.data, args.format, report)
+    groups = read_groups(args.data, args.format, report, skip_invalid=args.skip_invalid)
     model = RewardModel.from_pretrained(args.model, max_length=args.max_length)
     tok, truncated = tokenize_groups(model, groups)
     m = evaluate(model, tok, args.batch_tokens, progress=not args.json).metrics
@@ -38,6 +38,47 @@ def cmd_eval(args) -> int:
         print(f"accuracy {m['accuracy']:.4f} (95% CI {m['accuracy_ci95'][0]:.4f} .. {m['accuracy_ci95'][1]:.4f})  "
               f"log loss {m['log_loss']:.4f}  groups {m['groups']}  pairs {m['pairs']}")
     return 0
+
+
+FORMAT_HELP = "data format: auto (from the fields), native, pairwise, implicit, scored or oasst"
+SKIP_HELP = "skip invalid records, counting them by reason, instead of stopping at the first"
+
+
+def cmd_data(args) -> int:
+    from .inspect_data import convert_data, format_inspection, inspect_data
+
+    if args.data_command == "inspect":
+        d = inspect_data(args.files, args.format, args.skip_invalid, args.model, args.max_length, args.against)
+        print(json.dumps(d, indent=2) if args.json else format_inspection(d))
+    else:
+        report, n = convert_data(args.inputs, args.output, args.to, args.format, args.skip_invalid)
+        print(f"read {report.summary()}; wrote {n} {args.to} records to {args.output}")
+    return 0
+
+
+def add_data_parser(sub) -> None:
+    """`rankrm data inspect|convert`."""
+    d = sub.add_parser("data", help="inspect a data set, or convert it to another format")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    i = dsub.add_parser("inspect", help="groups, K, comparisons, ties, duplicates, lengths, truncation")
+    i.add_argument("files", nargs="+", help="data file(s), datasets directories or hf:OWNER/NAME[:SPLIT]")
+    i.add_argument("--format", default="auto", help=FORMAT_HELP)
+    i.add_argument("--skip-invalid", action="store_true", help=SKIP_HELP)
+    i.add_argument("--json", action="store_true", help="print the inspection as JSON")
+    i.add_argument("--model", default=None, help="count tokens with this model's tokenizer and template")
+    i.add_argument("--max-length", type=int, default=None, help="tokens per prompt + completion for the "
+                                                               "truncation count (default: the model's own)")
+    i.add_argument("--against", nargs="+", default=None, help="other file(s), e.g. the eval set: count prompts "
+                                                              "and conversations found in both")
+    c = dsub.add_parser("convert", help="write data as native or TRL pairwise JSONL")
+    c.add_argument("inputs", nargs="+", help="data file(s) to read")
+    c.add_argument("output", help="the JSONL file to write (gzip-compressed if it ends in .gz)")
+    c.add_argument("--to", required=True, choices=["native", "pairwise"],
+                   help="native: one ranked group per line; pairwise: one prompt/chosen/rejected record per stated "
+                        "comparison (TRL's format)")
+    c.add_argument("--format", default="auto", help=FORMAT_HELP)
+    c.add_argument("--skip-invalid", action="store_true", help=SKIP_HELP)
+    d.set_defaults(func=cmd_data)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,12 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="pairwise accuracy and log loss of a model on ranked data")
     e.add_argument("--model", required=True, help="a saved reward model directory (or hub id)")
     e.add_argument("--data", required=True, nargs="+", help="file(s) of ranked groups")
-    e.add_argument("--format", default="auto", help="data format: auto, native or oasst")
+    e.add_argument("--format", default="auto", help=FORMAT_HELP)
+    e.add_argument("--skip-invalid", action="store_true", help=SKIP_HELP)
     e.add_argument("--max-length", type=int, default=None, help="tokens per prompt + completion "
                                                                "(default: the model's own)")
     e.add_argument("--batch-tokens", type=int, default=16384, help="padded tokens per forward pass")
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
     e.set_defaults(func=cmd_eval)
+
+    add_data_parser(sub)
     return p
 
 

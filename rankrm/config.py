@@ -27,10 +27,13 @@ class TrainConfig:
 
     model: str = opt(DEFAULT_MODEL, "backbone: a hub id or a local Hugging Face directory (a saved rankrm model "
                                     "continues training)")
-    train_data: list[str] = opt([], "training file(s) of ranked groups (native JSONL or OpenAssistant export)")
+    train_data: list[str] = opt([], "training file(s) of ranked groups: JSONL, JSON, CSV, Parquet (gzip allowed), a "
+                                    "datasets directory or hf:OWNER/NAME[:SPLIT]; any format of --format")
     eval_data: list[str] = opt([], "held-out file(s); without them --eval-fraction of the prompts is held out")
     eval_fraction: float = opt(0.1, "share of prompts (conversation trees) held out when no --eval-data is given")
-    format: str = opt("auto", "data format: auto, native or oasst")
+    format: str = opt("auto", "data format: auto (from the fields), native, pairwise, implicit, scored or oasst")
+    skip_invalid: bool = opt(False, "skip invalid records (counted by reason in the data report) instead of "
+                                    "stopping at the first with an error")
     output_dir: str = opt("runs/rm", "where the model, metrics and checkpoints are written")
     epochs: float = opt(1.0, "passes over the training groups (fractions allowed)")
     max_steps: int = opt(0, "stop after this many optimizer steps (0: run the epochs)")

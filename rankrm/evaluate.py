@@ -77,7 +77,8 @@ def evaluate(model, groups: list[TokenizedGroup], batch_tokens: int = 16384, pro
             r = model(b["input_ids"], b["attention_mask"], b["position_ids"], b["end_index"])
         else:
             r = prefix.forward(model, b, [(tag, gi, ci) for gi in idx for ci in range(len(groups[gi].ids))])
-        c, p, l = (t.cpu().double().numpy() for t in group_pair_stats(r.double(), b["ranks"], b["group_index"], len(idx)))
+        stats = group_pair_stats(r.double(), b["ranks"], b["group_index"], len(idx), b.get("pair_mask"))
+        c, p, l = (t.cpu().double().numpy() for t in stats)
         correct[idx], pairs[idx], nll[idx] = c, p, l
     model.train(was_training)
     return EvalResult(correct, pairs, nll)

@@ -129,11 +129,11 @@ def train(cfg: TrainConfig) -> dict:
 
     # -- data: read, validate, split by prompt ------------------------------------------------------------------
     report = ReadReport()
-    groups = read_groups(cfg.train_data, cfg.format, report)
+    groups = read_groups(cfg.train_data, cfg.format, report, skip_invalid=cfg.skip_invalid)
     say(f"train data: {report.summary()}")
     if cfg.eval_data:
         eval_report = ReadReport()
-        held = read_groups(cfg.eval_data, cfg.format, eval_report)
+        held = read_groups(cfg.eval_data, cfg.format, eval_report, skip_invalid=cfg.skip_invalid)
         say(f"eval data: {eval_report.summary()}")
         leaks = overlap(groups, held)
         if leaks:
@@ -241,10 +241,10 @@ def train(cfg: TrainConfig) -> dict:
                     rewards = model(b["input_ids"], b["attention_mask"], b["position_ids"], b["end_index"])  # (N,)
                 else:
                     rewards = prefix.forward(model, b, keys)  # (N,)
-                losses, _ = group_losses(rewards, b["ranks"], b["group_index"], len(idx))  # (g,)
+                losses, _ = group_losses(rewards, b["ranks"], b["group_index"], len(idx), b.get("pair_mask"))  # (g,)
                 accelerator.backward(losses.sum() * weight)
             step_loss += losses.detach().sum()
-            c, p, _ = group_pair_stats(rewards.detach(), b["ranks"], b["group_index"], len(idx))
+            c, p, _ = group_pair_stats(rewards.detach(), b["ranks"], b["group_index"], len(idx), b.get("pair_mask"))
             run_correct, run_pairs = run_correct + c.sum(), run_pairs + p.sum()
         if cfg.max_grad_norm > 0:
             accelerator.clip_grad_norm_(trainable_params, cfg.max_grad_norm)

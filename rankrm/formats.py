@@ -1,0 +1,323 @@
+"""Readers of the other preference formats: pairwise (explicit or implicit prompt) and scored completions.
+
+Every reader turns records into RankedGroups with the validators of data.py, and takes (path, report,
+skip_invalid): a bad record raises a DataError naming the file, the line (or record), the field and the fix, or,
+with skip_invalid, is counted in report.skipped under its reason. Pairwise records of one prompt become one group
+stating exactly their comparisons (see merge_comparisons)."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .data import (DataError, Location, Prompt, RankedGroup, ReadReport, check_completions, check_number,
+                   check_prompt, find_cycle, group_from_pairs, iter_records)
+
+
+@dataclass
+class Comparison:
+    """One pairwise record: chosen beat rejected for this prompt."""
+
+    prompt: Prompt
+    chosen: str
+    rejected: str
+    margin: float | None
+    line: Location
+
+
+def _at(loc: Location) -> str:
+    return f"line {loc}" if isinstance(loc, int) else str(loc)
+
+
+def _require(obj: dict, keys, path, line, fix: str) -> None:
+    for key in keys:
+        if key not in obj:
+            raise DataError(path, line, key, "is missing", fix)
+
+
+def _margin(obj: dict, path, line) -> float | None:
+    return None if obj.get("margin") is None else check_number(obj["margin"], path, line, "margin")
+
+
+def _check_sides(chosen: str, rejected: str, path, line, allow_empty: bool = False) -> None:
+    """A comparison needs two different, non-empty replies (empty ones only where the source means them)."""
+    for name, text in (("chosen", chosen), ("rejected", rejected)):
+        if not text.strip() and not allow_empty:
+            raise DataError(path, line, name, "is empty",
+                            "give the reply's text, or drop the record (--skip-invalid drops such records)",
+                            reason="empty completion")
+    if chosen == rejected:
+        raise DataError(path, line, "rejected", "is the same text as 'chosen'",
+                        "a comparison needs two different replies: fix or drop the record",
+                        reason="duplicate completions in a group")
+
+
+def merge_comparisons(comps: list[Comparison], path, report: ReadReport, skip_invalid: bool) -> list[RankedGroup]:
+    """One group per prompt, stating exactly the comparisons of its records; contradictions and cycles are errors.
+
+    A comparison stated twice is kept once (the repeat is counted as skipped). When the records of a prompt
+    state a full ranking the group is a plain ranked group; otherwise it carries its comparisons (a partial order)."""
+    by_prompt: dict[str, list[Comparison]] = {}
+    for c in comps:
+        by_prompt.setdefault(json.dumps(c.prompt, ensure_ascii=False, sort_keys=True), []).append(c)
+    groups = []
+    for cs in by_prompt.values():
+        texts: dict[str, int] = {}
+        stated: dict[tuple[int, int], Comparison] = {}
+        for c in cs:
+            w, l = (texts.setdefault(t, len(texts)) for t in (c.chosen, c.rejected))
+            if (w, l) in stated:
+                report.skipped["repeated comparisons (same prompt, chosen and rejected as an earlier record)"] += 1
+                continue
+            stated[(w, l)] = c
+        pairs = list(stated)
+        try:
+            has_margin = [c.margin is not None for c in stated.values()]
+            if any(has_margin) and not all(has_margin):
+                a = next(c for c in stated.values() if c.margin is not None)
+                b = next(c for c in stated.values() if c.margin is None)
+                raise DataError(path, b.line, "margin", f"is missing, and {_at(a.line)} gives one for the same prompt",
+                                "give a margin on every record of a prompt, or on none", reason="margin: missing")
+            cycle = find_cycle(len(texts), pairs)
+            if cycle is not None:
+                links = [stated[(a, b)] for a, b in zip(cycle, cycle[1:])]
+                what = "contradictory" if len(cycle) == 3 else "cyclic"
+                chain = " > ".join(repr(_short(list(texts)[i])) for i in cycle)
+                raise DataError(path, links[-1].line, "chosen",
+                                f"{what} labels for one prompt ({', '.join(_at(x.line) for x in links)}): {chain}",
+                                "fix or drop the records that disagree", reason=f"{what} comparisons")
+            margins = [c.margin for c in stated.values()] if any(has_margin) else None
+            g = group_from_pairs(cs[0].prompt, list(texts), pairs, margins, path, cs[0].line)
+        except DataError as e:
+            if not skip_invalid:
+                raise
+            report.skipped[f"invalid: {e.reason} (records)"] += len(cs)
+            continue
+        if len(cs) > 1:
+            report.notes["pairwise records merged with others of the same prompt"] += len(cs)
+        if g.comparisons is not None:
+            report.notes["groups stating a partial order (only the labeled comparisons)"] += 1
+        if g.margins is not None:
+            report.notes["groups with margins (kept, not used by the loss)"] += 1
+        groups.append(g)
+    report.groups += len(groups)
+    return groups
+
+
+def _short(text: str, n: int = 30) -> str:
+    return text if len(text) <= n else text[:n] + "..."
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pairwise with an explicit prompt (TRL's preference format)
+
+
+def _reply(value, path, line, name: str) -> str:
+    """A pairwise side as text: a string, or a list of one assistant message (TRL's conversational form)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        if (len(value) == 1 and isinstance(value[0], dict) and value[0].get("role") == "assistant"
+                and isinstance(value[0].get("content"), str)):
+            return value[0]["content"]
+        raise DataError(path, line, name, f"expected one assistant message, got a list of {len(value)} item(s)",
+                        f'write {name} as [{{"role": "assistant", "content": "..."}}] or as a string',
+                        reason=f"{name}: not one assistant message")
+    raise DataError(path, line, name, f"expected a string or a list of messages, got {type(value).__name__}",
+                    f"give {name} as text, or as a list with one assistant message",
+                    reason=f"{name}: not text or messages")
+
+
+def read_pairwise(path: Path, report: ReadReport | None = None, skip_invalid: bool = False) -> list[RankedGroup]:
+    """Read TRL pairwise records {"prompt", "chosen", "rejected", "margin"?}, standard or conversational."""
+    report = report if report is not None else ReadReport()
+    comps = []
+    for line, obj in iter_records(path, report, skip_invalid):
+        try:
+            _require(obj, ("prompt", "chosen", "rejected"), path, line,
+                     'write {"prompt": ..., "chosen": ..., "rejected": ...}')
+            prompt = check_prompt(obj["prompt"], path, line)
+            chosen, rejected = (_reply(obj[k], path, line, k) for k in ("chosen", "rejected"))
+            _check_sides(chosen, rejected, path, line)
+            comps.append(Comparison(prompt, chosen, rejected, _margin(obj, path, line), line))
+        except DataError as e:
+            report.skip(e, skip_invalid)
+    return merge_comparisons(comps, path, report, skip_invalid)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pairwise with an implicit prompt: whole dialogues sharing a prefix (HH-RLHF strings, or message lists)
+
+HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
+_TURN = re.compile(r"\n\n(Human|Assistant):")
+
+
+def dialogue_messages(text: str, path, line, name: str) -> list[dict]:
+    """An HH-RLHF dialogue "\\n\\nHuman: ...\\n\\nAssistant: ..." as user/assistant messages (contents stripped)."""
+    if text.startswith(("Human:", "Assistant:")):
+        text = "\n\n" + text
+    parts = _TURN.split(text)  # [before, role, content, role, content, ...]
+    if parts[0].strip() or len(parts) < 3:
+        raise DataError(path, line, name, "does not start with a '\\n\\nHuman:' turn",
+                        "give HH-RLHF dialogues, or an explicit prompt field (pairwise format)",
+                        reason=f"{name}: not an HH dialogue")
+    return [{"role": "user" if role == "Human" else "assistant", "content": content.strip()}
+            for role, content in zip(parts[1::2], parts[2::2])]
+
+
+def split_dialogues(chosen: str, rejected: str, path, line) -> tuple[list[dict], str, str, bool]:
+    """(prompt messages, chosen reply, rejected reply, diverged): cut at the last shared "\\n\\nAssistant:".
+
+    Usually that is the last "\\n\\nAssistant:" of both; when the dialogues part earlier (a reply that goes on
+    to write further turns itself), the replies keep everything after the shared prefix, and diverged is True."""
+    n = 0
+    for a, b in zip(chosen, rejected):
+        if a != b:
+            break
+        n += 1
+    cut = chosen.rfind(ASSISTANT, 0, n)
+    if cut < 0:
+        raise DataError(path, line, "rejected", "shares no dialogue with 'chosen' up to an '\\n\\nAssistant:' turn",
+                        "give both dialogues with the same prompt, or an explicit prompt field (pairwise format)",
+                        reason="chosen and rejected share no prompt")
+    prompt = dialogue_messages(chosen[:cut], path, line, "chosen")
+    c, r = chosen[cut + len(ASSISTANT):].strip(), rejected[cut + len(ASSISTANT):].strip()
+    diverged = chosen.rfind(ASSISTANT) != cut or rejected.rfind(ASSISTANT) != cut
+    return prompt, c, r, diverged
+
+
+def split_message_lists(chosen: list, rejected: list, path, line) -> tuple[list[dict], str, str]:
+    """(prompt messages, chosen reply, rejected reply) from two conversations sharing all but their last reply."""
+    c_msgs, r_msgs = check_prompt(chosen, path, line, "chosen"), check_prompt(rejected, path, line, "rejected")
+    n = 0
+    for a, b in zip(c_msgs, r_msgs):
+        if a != b:
+            break
+        n += 1
+    if n == 0:
+        raise DataError(path, line, "rejected", "shares no messages with 'chosen'",
+                        "give both conversations with the same prompt, or an explicit prompt field (pairwise format)",
+                        reason="chosen and rejected share no prompt")
+    replies = []
+    for name, msgs in (("chosen", c_msgs), ("rejected", r_msgs)):
+        tail = msgs[n:]
+        if len(tail) != 1 or tail[0]["role"] != "assistant":
+            if c_msgs == r_msgs:
+                raise DataError(path, line, "rejected", "is the same conversation as 'chosen'",
+                                "a comparison needs two different replies: fix or drop the record",
+                                reason="duplicate completions in a group")
+            raise DataError(path, line, name, f"goes on for {len(tail)} message(s) after the shared prompt, expected "
+                            "one assistant reply", "end both conversations with the one reply they compare",
+                            reason=f"{name}: not one reply after the prompt")
+        replies.append(tail[0]["content"])
+    return c_msgs[:n], replies[0], replies[1]
+
+
+def read_implicit(path: Path, report: ReadReport | None = None, skip_invalid: bool = False) -> list[RankedGroup]:
+    """Read {"chosen", "rejected", "margin"?} whole dialogues sharing their prompt: HH-RLHF text or message lists.
+
+    An empty final assistant turn in an HH dialogue is kept as an empty reply (in HH-RLHF's harmless data the
+    labeler preferred the assistant saying nothing) and counted in report.notes."""
+    report = report if report is not None else ReadReport()
+    comps = []
+    for line, obj in iter_records(path, report, skip_invalid):
+        try:
+            _require(obj, ("chosen", "rejected"), path, line,
+                     'write {"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ...", "rejected": ...}')
+            c, r = obj["chosen"], obj["rejected"]
+            if isinstance(c, str) and isinstance(r, str):
+                prompt, chosen, rejected, diverged = split_dialogues(c, r, path, line)
+                _check_sides(chosen, rejected, path, line, allow_empty=True)
+            elif isinstance(c, list) and isinstance(r, list):
+                prompt, chosen, rejected = split_message_lists(c, r, path, line)
+                _check_sides(chosen, rejected, path, line)
+                diverged = False
+            else:
+                raise DataError(path, line, "rejected", f"is a {type(r).__name__} and 'chosen' a {type(c).__name__}",
+                                "give both as dialogue strings or both as message lists",
+                                reason="chosen and rejected of different types")
+            comps.append(Comparison(prompt, chosen, rejected, _margin(obj, path, line), line))
+        except DataError as e:
+            report.skip(e, skip_invalid)
+            continue
+        if diverged:
+            report.notes["dialogues that part before their last assistant turn (split where they part)"] += 1
+        empty = sum(1 for x in (chosen, rejected) if not x.strip())
+        if empty:
+            report.notes["empty assistant replies kept (the dialogue's last turn is empty)"] += empty
+    return merge_comparisons(comps, path, report, skip_invalid)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Scored completions (UltraFeedback-like): ratings become ranks, the higher the better, equal ratings tie
+
+TEXT_KEYS = ("response", "text", "completion", "content")
+# UltraFeedback: the mean of the fine-grained ratings before overall_score, which is known to be unreliable
+SCORE_KEYS = ("score", "rating", "fine-grained_score", "overall_score")
+
+
+def _from_objects(comps: list[dict], path, line) -> tuple[list, list, str]:
+    """(texts, scores, score field) from completion objects such as UltraFeedback's."""
+    tkey = next((k for k in TEXT_KEYS if k in comps[0]), None)
+    skey = next((k for k in SCORE_KEYS if any(k in c for c in comps)), None)
+    if tkey is None or skey is None:
+        missing = f"a text ({', '.join(TEXT_KEYS)})" if tkey is None else f"a score ({', '.join(SCORE_KEYS)})"
+        raise DataError(path, line, "completions[0]", f"has no field for {missing}",
+                        'write completions as {"response": "...", "score": 4.5}', reason="completions: no text/score")
+    texts, scores = [], []
+    for i, c in enumerate(comps):
+        for key in (tkey, skey):
+            if c.get(key) is None:
+                raise DataError(path, line, f"completions[{i}].{key}", "is missing",
+                                f"give every completion its {key}, or drop the record",
+                                reason=f"completions: {key} missing")
+        texts.append(c[tkey])
+        scores.append(check_number(c[skey], path, line, f"completions[{i}].{skey}"))
+    return texts, scores, skey
+
+
+def ranks_from_scores(scores) -> tuple[int, ...]:
+    """Dense ranks from scores, the higher the better: [7, 9, 7, 3] -> (1, 0, 1, 2)."""
+    levels = sorted(set(scores), reverse=True)
+    return tuple(levels.index(s) for s in scores)
+
+
+def read_scored(path: Path, report: ReadReport | None = None, skip_invalid: bool = False) -> list[RankedGroup]:
+    """Read scored completions: {"prompt" | "instruction", "completions": [str], "scores" | "ratings": [number]},
+    or completions as objects {"response", "score" | "rating" | "fine-grained_score" | "overall_score"}."""
+    report = report if report is not None else ReadReport()
+    groups = []
+    for line, obj in iter_records(path, report, skip_invalid):
+        try:
+            pkey = "instruction" if "prompt" not in obj and "instruction" in obj else "prompt"
+            fix = 'write {"prompt": ..., "completions": [...], "scores": [...]}'
+            _require(obj, (pkey, "completions"), path, line, fix)
+            prompt = check_prompt(obj[pkey], path, line, pkey)
+            comps = obj["completions"]
+            if isinstance(comps, list) and comps and all(isinstance(c, dict) for c in comps):
+                texts, scores, _ = _from_objects(comps, path, line)
+            else:
+                skey = "ratings" if "scores" not in obj and "ratings" in obj else "scores"
+                _require(obj, (skey,), path, line, fix)
+                raw = obj[skey]
+                if not isinstance(raw, list):
+                    raise DataError(path, line, skey, f"expected a list of numbers, got {type(raw).__name__}", fix,
+                                    reason=f"{skey}: not a list")
+                texts = comps
+                if isinstance(comps, list) and len(raw) != len(comps):
+                    raise DataError(path, line, skey, f"has {len(raw)} scores for {len(comps)} completions",
+                                    "give exactly one score per completion", reason="scores of the wrong length")
+                scores = [check_number(x, path, line, f"{skey}[{i}]") for i, x in enumerate(raw)]
+            completions = check_completions(texts, path, line)
+        except DataError as e:
+            report.skip(e, skip_invalid)
+            continue
+        g = RankedGroup(prompt, completions, ranks_from_scores(scores), source=f"{path}:{line}")
+        if not g.pairs():
+            report.skipped["all completions tied: no comparison"] += 1
+            continue
+        groups.append(g)
+    report.groups += len(groups)
+    return groups

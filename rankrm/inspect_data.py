@@ -1,0 +1,175 @@
+"""`rankrm data inspect` and `rankrm data convert`: what a data set holds, and writing it in another format."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from .data import (RankedGroup, ReadReport, detect_format, identical_prompts, overlap, read_groups, write_jsonl,
+                   write_native)
+
+CONVERT_TARGETS = ("native", "pairwise")
+
+
+def length_stats(values) -> dict:
+    """min, median, mean, 95th percentile and max of a list of lengths (zeros when empty)."""
+    a = np.asarray(list(values), dtype=float)
+    if a.size == 0:
+        return {"min": 0, "median": 0, "mean": 0, "p95": 0, "max": 0}
+    return {"min": int(a.min()), "median": float(np.median(a)), "mean": round(float(a.mean()), 1),
+            "p95": float(np.percentile(a, 95)), "max": int(a.max())}
+
+
+def prompt_chars(prompt) -> int:
+    """Characters of a prompt's text (the contents of its messages, without a chat template)."""
+    return len(prompt) if isinstance(prompt, str) else sum(len(m["content"]) for m in prompt)
+
+
+def token_stats(groups: list[RankedGroup], model_name: str, max_length: int | None) -> dict:
+    """Token lengths under a model's template and tokenizer, and what its length policy would cut.
+
+    The policy is RewardModel.tokenize's: a row (prompt + completion + EOS) longer than max_length loses the
+    start of its prompt; the EOS is never cut; nothing is dropped. A completion longer than max_length by itself
+    loses its own start as well (the prompt is cut away entirely)."""
+    from .model import RewardModel
+
+    model = RewardModel.from_pretrained(model_name, max_length=max_length)
+    limit = model.max_length
+    prompts = [g.prompt for g in groups for _ in g.completions]
+    completions = [c for g in groups for c in g.completions]
+    model.max_length = 1 << 62  # full lengths; the cut is counted below with the same rule as tokenize's
+    rows, _ = model.tokenize(prompts, completions)
+    model.max_length = limit
+    unique = {id(g.prompt): model.render_prompt(g.prompt) for g in groups}
+    prompt_ids = dict(zip(unique, model.tokenizer(list(unique.values()), add_special_tokens=False)["input_ids"]))
+    p_len = [len(prompt_ids[id(g.prompt)]) for g in groups for _ in g.completions]
+    lengths = [len(r) for r in rows]
+    c_len = [n - p for n, p in zip(lengths, p_len)]
+    cut = [n > limit for n in lengths]
+    at, groups_cut = 0, 0
+    for g in groups:
+        groups_cut += any(cut[at:at + g.k])
+        at += g.k
+    return {"model": model_name, "max_length": limit, "sequence_tokens": length_stats(lengths),
+            "prompt_tokens": length_stats(p_len[i] for i in _first_of_each(groups)),
+            "completion_tokens": length_stats(c_len), "truncated_completions": int(sum(cut)),
+            "groups_with_truncation": groups_cut,
+            "completions_cut_into": int(sum(c > limit for c in c_len)), "dropped": 0}
+
+
+def _first_of_each(groups):
+    at = 0
+    for g in groups:
+        yield at
+        at += g.k
+
+
+def inspect_groups(groups: list[RankedGroup], report: ReadReport) -> dict:
+    """Counts and length statistics of a list of groups, with what the reader skipped and noted."""
+    k_hist = Counter(g.k for g in groups)
+    tied = sum(1 for g in groups if g.comparisons is None
+               for i in range(g.k) for j in range(i + 1, g.k) if g.ranks[i] == g.ranks[j])
+    texts = Counter(c for g in groups for c in set(g.completions))
+    return {
+        "records": report.records, "groups": len(groups), "skipped": dict(sorted(report.skipped.items())),
+        "notes": dict(sorted(report.notes.items())), "k_histogram": dict(sorted(k_hist.items())),
+        "comparisons": sum(len(g.pairs()) for g in groups),
+        "partial_order_groups": sum(1 for g in groups if g.comparisons is not None),
+        "tied_pairs": tied, "groups_with_ties": sum(1 for g in groups if g.comparisons is None
+                                                     and len(set(g.ranks)) < g.k),
+        "groups_with_margins": sum(1 for g in groups if g.margins is not None),
+        "completions": sum(g.k for g in groups),
+        "completions_in_several_groups": sum(1 for n in texts.values() if n > 1),
+        "prompt_turns": length_stats(1 if isinstance(g.prompt, str) else len(g.prompt) for g in groups),
+        "prompt_chars": length_stats(prompt_chars(g.prompt) for g in groups),
+        "completion_chars": length_stats(len(c) for g in groups for c in g.completions),
+    }
+
+
+def inspect_data(paths, fmt: str = "auto", skip_invalid: bool = False, model: str | None = None,
+                 max_length: int | None = None, against=None) -> dict:
+    """Read files as `rankrm train` would and describe them; with a model, token lengths and truncation too."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    report = ReadReport()
+    groups = read_groups(paths, fmt, report, skip_invalid)
+    out = {"files": [str(p) for p in paths],
+           "format": {str(p): detect_format(p, skip_invalid) if fmt == "auto" else fmt for p in paths}}
+    out.update(inspect_groups(groups, report))
+    if model:
+        out["tokens"] = token_stats(groups, model, max_length)
+    if against:
+        other = read_groups(against, fmt, ReadReport(), skip_invalid)
+        out["against"] = {"files": [str(p) for p in against], "groups": len(other),
+                          "identical_prompts": identical_prompts(other, groups),
+                          "shared_conversations": overlap(other, groups)}
+    return out
+
+
+def _stats_line(s: dict) -> str:
+    return f"min {s['min']}, median {s['median']:g}, mean {s['mean']:g}, p95 {s['p95']:g}, max {s['max']}"
+
+
+def format_inspection(d: dict) -> str:
+    """The inspection as lines of text."""
+    fmts = ", ".join(f"{p} ({f})" for p, f in d["format"].items())
+    lines = [f"data: {fmts}",
+             f"records: {d['records']}  groups: {d['groups']}  comparisons: {d['comparisons']}  "
+             f"completions: {d['completions']}",
+             "K histogram: " + ", ".join(f"K={k}: {n}" for k, n in d["k_histogram"].items()),
+             f"ties: {d['tied_pairs']} tied pairs in {d['groups_with_ties']} groups;  partial orders: "
+             f"{d['partial_order_groups']} groups state only some pairs;  margins: {d['groups_with_margins']} groups",
+             f"duplicates: {d['completions_in_several_groups']} completion texts appear in more than one group"]
+    lines += ["skipped: " + ("none" if not d["skipped"] else
+                             "; ".join(f"{n} {reason}" for reason, n in d["skipped"].items()))]
+    lines += [f"note: {n} {note}" for note, n in d["notes"].items()]
+    lines += [f"prompt turns: {_stats_line(d['prompt_turns'])}",
+              f"prompt characters: {_stats_line(d['prompt_chars'])}",
+              f"completion characters: {_stats_line(d['completion_chars'])}"]
+    if "tokens" in d:
+        t = d["tokens"]
+        lines += [f"tokens ({t['model']}, max length {t['max_length']}):",
+                  f"  prompt + completion + EOS: {_stats_line(t['sequence_tokens'])}",
+                  f"  prompt: {_stats_line(t['prompt_tokens'])}",
+                  f"  completion: {_stats_line(t['completion_tokens'])}",
+                  f"  truncated: {t['truncated_completions']} completions in {t['groups_with_truncation']} groups "
+                  f"lose the start of their prompt ({t['completions_cut_into']} of them the start of the completion "
+                  f"too); EOS never cut; dropped: {t['dropped']}"]
+    if "against" in d:
+        a = d["against"]
+        lines += [f"against {', '.join(a['files'])} ({a['groups']} groups): {a['identical_prompts']} groups have an "
+                  f"identical prompt there, {a['shared_conversations']} share a conversation (tree or first message)"]
+    return "\n".join(lines)
+
+
+def pairwise_records(groups: list[RankedGroup]):
+    """TRL pairwise records, one per stated comparison: strings for a text prompt, messages for a conversation."""
+    for g in groups:
+        for i, (w, l) in enumerate(g.pairs()):
+            if isinstance(g.prompt, str):
+                rec = {"prompt": g.prompt, "chosen": g.completions[w], "rejected": g.completions[l]}
+            else:
+                rec = {"prompt": g.prompt, "chosen": [{"role": "assistant", "content": g.completions[w]}],
+                       "rejected": [{"role": "assistant", "content": g.completions[l]}]}
+            if g.margins is not None:
+                rec["margin"] = g.margins[i]
+            yield rec
+
+
+def convert_data(paths, out, to: str, fmt: str = "auto", skip_invalid: bool = False) -> tuple[ReadReport, int]:
+    """Read files and write their groups as native JSONL or TRL pairwise JSONL, atomically; (report, records)."""
+    if to not in CONVERT_TARGETS:
+        raise ValueError(f"unknown target format {to!r}. Fix: use one of {', '.join(CONVERT_TARGETS)}")
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    report = ReadReport()
+    groups = read_groups(paths, fmt, report, skip_invalid)  # every error is raised before anything is written
+    empty = sum(1 for g in groups for c in g.completions if not c.strip())
+    if empty:  # only HH-style dialogues give them; the native and pairwise readers refuse empty completions
+        report.notes["empty replies written: reading this file back needs --skip-invalid, which drops them"] += empty
+    if to == "native":
+        write_native(groups, out)
+        return report, len(groups)
+    rows = list(pairwise_records(groups))
+    write_jsonl(rows, out)
+    return report, len(rows)
