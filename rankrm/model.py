@@ -110,6 +110,7 @@ class RewardModel(nn.Module):
         self.hf = hf_model
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.normalization: dict | None = None  # statistics of the demonstrations, once normalized (rankrm.json)
         probe = tokenizer("a").input_ids
         self.adds_bos = tokenizer.bos_token_id is not None and len(probe) > 0 and probe[0] == tokenizer.bos_token_id
 
@@ -133,7 +134,9 @@ class RewardModel(nn.Module):
             hf = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
         finally:
             hf_logging.set_verbosity(verbosity)
-        return cls(hf, tokenizer, max_length=max_length or meta.get("max_length", 1024))
+        model = cls(hf, tokenizer, max_length=max_length or meta.get("max_length", 1024))
+        model.normalization = meta.get("normalization")
+        return model
 
     def save_pretrained(self, out_dir) -> None:
         """Save a plain Hugging Face directory (safetensors, config, tokenizer, chat template) plus rankrm.json."""
@@ -144,7 +147,8 @@ class RewardModel(nn.Module):
         self.hf.save_pretrained(tmp, safe_serialization=True)
         self.tokenizer.save_pretrained(tmp)
         meta = {"format": "rankrm-reward-model", "max_length": self.max_length, "eos_token": self.tokenizer.eos_token,
-                "pad_token": self.tokenizer.pad_token, "chat_template": bool(self.tokenizer.chat_template)}
+                "pad_token": self.tokenizer.pad_token, "chat_template": bool(self.tokenizer.chat_template),
+                "normalization": self.normalization}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         for f in tmp.iterdir():  # move into place only once everything is written
             f.replace(out / f.name)
@@ -159,6 +163,15 @@ class RewardModel(nn.Module):
     @property
     def head(self) -> nn.Linear:
         return self.hf.score
+
+    @property
+    def reward_bias(self) -> float:
+        """An offset added to every reward, for heads that cannot hold a bias (see normalize.py); in config.json."""
+        return float(getattr(self.hf.config, "reward_bias", 0.0))
+
+    @reward_bias.setter
+    def reward_bias(self, value: float) -> None:
+        self.hf.config.reward_bias = float(value)
 
     def render_prompt(self, prompt) -> str:
         """The prompt as text: a string verbatim; messages through the chat template, else 'Role: text' blocks."""
@@ -199,7 +212,7 @@ class RewardModel(nn.Module):
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                use_cache=False).last_hidden_state  # (B, T, H)
         h_end = hidden.reshape(-1, hidden.shape[-1])[end_index]  # (N, H)
-        return self.head(h_end).squeeze(-1).float()  # (N,)
+        return self.head(h_end).squeeze(-1).float() + self.reward_bias  # (N,)
 
     @torch.no_grad()
     def score(self, prompts, completions, batch_tokens: int = 16384, progress: bool = False) -> list[float]:
