@@ -339,7 +339,8 @@ def _raw_rows(path):
     yield from _jsonl_rows(path)
 
 
-def iter_records(path, report: "ReadReport | None" = None, skip_invalid: bool = False) -> Iterator[tuple[Location, dict]]:
+def iter_records(path, report: ReadReport | None = None,
+                 skip_invalid: bool = False) -> Iterator[tuple[Location, dict]]:
     """Yield (location, record) from any supported container; a bad record raises, or is counted and skipped."""
     for loc, obj in _raw_rows(path):
         if report is not None:
@@ -576,11 +577,14 @@ def _role(message: dict) -> str:
 
 
 def _check_oasst_message(m, path, line, name: str) -> None:
-    """Validate the fields of one OpenAssistant message that the readers use."""
+    """Validate the fields of one OpenAssistant message that the readers use (a NaN rank, as pandas writes a
+    missing integer, is set to null)."""
     fix = "give OpenAssistant messages with text, role (prompter/assistant), rank (null or an integer), replies"
     if not isinstance(m, dict):
         raise DataError(path, line, name, f"expected a message object, got {type(m).__name__}", fix,
                         reason="oasst: not a message")
+    if isinstance(m.get("rank"), float) and math.isnan(m["rank"]):
+        m["rank"] = None
     if not isinstance(m.get("text"), str):
         raise DataError(path, line, f"{name}.text" if name else "text", "missing or not a string", fix,
                         reason="oasst: text missing or not a string")
@@ -678,7 +682,8 @@ def read_oasst(path: Path, report: ReadReport | None = None, skip_invalid: bool 
                     if key not in obj:
                         raise DataError(path, line, key, "is missing",
                                         "give OpenAssistant messages with message_id, parent_id, text, role, rank")
-                _check_oasst_message({k: v for k, v in obj.items() if k != "replies"}, path, line, "")
+                obj.pop("replies", None)  # the flat export links messages by parent_id only
+                _check_oasst_message(obj, path, line, "")
                 for key in ("message_id", "message_tree_id", "parent_id"):
                     if not isinstance(obj[key] if key != "parent_id" else obj.get(key) or "", str):
                         raise DataError(path, line, key, "expected a string id", "give message ids as strings",

@@ -139,12 +139,31 @@ def read_pairwise(path: Path, report: ReadReport | None = None, skip_invalid: bo
             _require(obj, ("prompt", "chosen", "rejected"), path, line,
                      'write {"prompt": ..., "chosen": ..., "rejected": ...}')
             prompt = check_prompt(obj["prompt"], path, line)
-            chosen, rejected = (_reply(obj[k], path, line, k) for k in ("chosen", "rejected"))
+            c, r = obj["chosen"], obj["rejected"]
+            if isinstance(c, list) and isinstance(r, list) and (len(c) > 1 or len(r) > 1):
+                prompt, chosen, rejected = _whole_conversations(prompt, c, r, path, line)
+            else:
+                chosen, rejected = _reply(c, path, line, "chosen"), _reply(r, path, line, "rejected")
             _check_sides(chosen, rejected, path, line)
             comps.append(Comparison(prompt, chosen, rejected, _margin(obj, path, line), line))
         except DataError as e:
             report.skip(e, skip_invalid)
     return merge_comparisons(comps, path, report, skip_invalid)
+
+
+def _whole_conversations(prompt: Prompt, chosen: list, rejected: list, path, line) -> tuple[list[dict], str, str]:
+    """(prompt messages, chosen reply, rejected reply) when chosen and rejected repeat the prompt before their reply
+    (as in ultrafeedback_binarized: a string prompt, and chosen = [user: prompt, assistant: reply])."""
+    want = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+    replies = []
+    for name, value in (("chosen", chosen), ("rejected", rejected)):
+        msgs = check_prompt(value, path, line, name)
+        if msgs[-1]["role"] != "assistant" or msgs[:-1] != want:
+            raise DataError(path, line, name, "is a conversation that is not the prompt followed by one assistant "
+                            "reply", f'write {name} as [{{"role": "assistant", "content": "..."}}], or as the '
+                            "prompt's messages plus that reply", reason=f"{name}: not the prompt plus one reply")
+        replies.append(msgs[-1]["content"])
+    return want, replies[0], replies[1]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -11,9 +11,9 @@ from rankrm.batching import TokenizedGroup, collate_groups, pair_mask_of
 from rankrm.config import TrainConfig
 from rankrm.data import (READERS, DataError, RankedGroup, ReadReport, detect_format, identical_prompts, read_groups,
                          write_native)
-from rankrm.formats import ranks_from_scores, split_dialogues
+from rankrm.formats import ranks_from_scores
 from rankrm.loss import group_losses, kwise_loss
-from conftest import OASST_TREES, SHIPPED, write_jsonl
+from conftest import OASST_FLAT, OASST_TREES, SHIPPED, write_jsonl
 
 HH = SHIPPED / "hh_harmless_base_test.jsonl.gz"
 SKY = [{"role": "user", "content": "What color is the sky?"}]
@@ -46,6 +46,13 @@ ULTRAFEEDBACK = [
          {"model": "c", "response": "Seven.", "fine-grained_score": 4.75, "overall_score": 7.5, "annotations": ANN},
          {"model": "d", "response": "Two is prime.", "fine-grained_score": 4.5, "overall_score": 9.0,
           "annotations": ANN}]},
+]
+# HuggingFaceH4/ultrafeedback_binarized's shape: a string prompt; chosen and rejected repeat it as a user turn
+UF_BINARIZED = [
+    {"prompt": "Name a prime number.", "prompt_id": "0f3c", "score_chosen": 9.0, "score_rejected": 2.0,
+     "chosen": [{"role": "user", "content": "Name a prime number."}, {"role": "assistant", "content": "7"}],
+     "rejected": [{"role": "user", "content": "Name a prime number."}, {"role": "assistant", "content": "9"}],
+     "messages": [{"role": "user", "content": "Name a prime number."}, {"role": "assistant", "content": "7"}]},
 ]
 SCORED = [{"prompt": "Say hi", "completions": ["Hi!", "Hello there.", "Go away."], "scores": [7, 9, 2]},
           {"prompt": SKY, "completions": ["Blue.", "Green."], "ratings": [0.9, 0.1]}]
@@ -93,6 +100,14 @@ def test_pairwise_conversational(tmp_path):
     g, _ = read(write_jsonl(tmp_path / "c.jsonl", CONVERSATIONAL))
     assert g[0].prompt == SKY and g[0].completions == ("It is blue.", "It is green.") and g[0].ranks == (0, 1)
     assert g[1].prompt[0] == {"role": "system", "content": "Be brief."} and g[1].completions == ("4", "5")
+
+
+def test_pairwise_whose_replies_repeat_the_prompt(tmp_path):
+    (g,), _ = read(write_jsonl(tmp_path / "u.jsonl", UF_BINARIZED))
+    assert g.prompt == [{"role": "user", "content": "Name a prime number."}] and g.completions == ("7", "9")
+    bad = {**UF_BINARIZED[0], "prompt": "Name a composite number."}
+    with pytest.raises(DataError, match=r"u.jsonl:2: field 'chosen': is a conversation that is not the prompt"):
+        read_groups(write_jsonl(tmp_path / "u.jsonl", UF_BINARIZED + [bad]))
 
 
 def test_contradictory_labels_name_both_lines(tmp_path):
@@ -192,7 +207,7 @@ def test_native_pairs_and_margins_round_trip(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "n.jsonl").read_text().splitlines()]
     assert rows[0]["pairs"] == [[0, 1], [1, 2]] and rows[0]["margins"] == [2.0, 0.5] and "pairs" not in rows[1]
     back, _ = read(tmp_path / "n.jsonl")
-    assert back[0].comparisons == g[0].comparisons and back[0].margins == g[0].margins and back[1] .pairs() == [(0, 1)]
+    assert back[0].comparisons == g[0].comparisons and back[0].margins == g[0].margins and back[1].pairs() == [(0, 1)]
 
 
 def test_native_pairs_must_be_acyclic_and_agree_with_ranks(tmp_path):
@@ -238,6 +253,22 @@ def test_parquet(tmp_path):
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "bad.parquet")
     with pytest.raises(DataError, match=r"bad.parquet:record 1: field 'scores\[1\]': is inf"):
         read_groups(tmp_path / "bad.parquet")
+
+
+def test_oasst_flat_export_as_parquet_written_by_pandas(tmp_path):
+    """pandas stores the missing ranks of unranked messages as NaN: they read as null, and the groups are those of
+    the JSONL lines."""
+    import pandas as pd
+
+    lines = OASST_FLAT.read_text(encoding="utf-8").splitlines()[:300]
+    write_jsonl(tmp_path / "o.jsonl", lines)
+    cols = ["message_id", "parent_id", "message_tree_id", "text", "role", "rank", "deleted", "synthetic", "lang"]
+    df = pd.DataFrame([json.loads(x) for x in lines])[cols]
+    assert df["rank"].isna().any()
+    df.to_parquet(tmp_path / "o.parquet")
+    a, b = read(tmp_path / "o.jsonl")[0], read(tmp_path / "o.parquet")[0]
+    assert len(a) > 20 and [(x.prompt, x.completions, x.ranks) for x in a] == [(x.prompt, x.completions, x.ranks)
+                                                                               for x in b]
 
 
 def test_csv_with_message_lists_as_json_cells(tmp_path):
@@ -295,7 +326,7 @@ def test_missing_file_is_named(tmp_path):
         read_groups(tmp_path / "nope.jsonl")
 
 
-@pytest.mark.parametrize("rows, fmt", [(PAIRWISE, "pairwise"), (CONVERSATIONAL, "pairwise"),
+@pytest.mark.parametrize("rows, fmt", [(PAIRWISE, "pairwise"), (CONVERSATIONAL, "pairwise"), (UF_BINARIZED, "pairwise"),
                                        (IMPLICIT_MESSAGES, "implicit"), (SCORED, "scored"),
                                        (ULTRAFEEDBACK, "scored"),
                                        ([{"prompt": "p", "completions": ["a", "b"]}], "native")])
@@ -405,7 +436,7 @@ def _reader_property_test(max_examples: int):
             | st.sampled_from(["user", "assistant", "prompter", "\n\nHuman: hi\n\nAssistant: a"]) | st.text(max_size=5))
     value = st.recursive(leaf, lambda ch: st.lists(ch, max_size=4) | st.dictionaries(st.sampled_from(fields), ch,
                                                                                          max_size=4), max_leaves=10)
-    samples = PAIRWISE + CONVERSATIONAL + IMPLICIT_MESSAGES + SCORED + ULTRAFEEDBACK + [
+    samples = PAIRWISE + CONVERSATIONAL + UF_BINARIZED + IMPLICIT_MESSAGES + SCORED + ULTRAFEEDBACK + [
         {"prompt": "p", "completions": ["a", "b", "c"], "ranks": [0, 1, 1], "pairs": [[0, 1]], "margins": [1.0]},
         {"message_id": "m1", "parent_id": None, "message_tree_id": "t", "text": "hi", "role": "prompter"},
         {"message_id": "m2", "parent_id": "m1", "message_tree_id": "t", "text": "a", "role": "assistant", "rank": 0},

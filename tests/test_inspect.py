@@ -2,8 +2,6 @@
 
 import json
 
-import pytest
-
 from rankrm.batching import tokenize_groups
 from rankrm.cli import main
 from rankrm.data import ReadReport, read_groups
