@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from .data import DataError
 
@@ -81,6 +82,63 @@ def add_data_parser(sub) -> None:
     d.set_defaults(func=cmd_data)
 
 
+def cmd_normalize(args) -> int:
+    from .model import RewardModel
+    from .normalize import demonstrations, file_sha256, normalize
+
+    prompts, responses, source = demonstrations(args.demonstrations, args.format)
+    model = RewardModel.from_pretrained(args.model, max_length=args.max_length)
+    stats = normalize(model, prompts, responses, args.target_std, args.batch_tokens, progress=True)
+    stats.update({"file": str(args.demonstrations), "sha256": file_sha256(args.demonstrations), "source": source})
+    model.normalization = stats
+    out = args.output_dir or args.model
+    model.save_pretrained(out)
+    check = model.score(prompts, responses, batch_tokens=args.batch_tokens)
+    mean = sum(check) / len(check)
+    print(f"{stats['count']} demonstrations ({source}): mean {stats['mean']:+.4f}, std {stats['std']:.4f} before; "
+          f"offset {stats['offset']:+.4f} ({stats['offset_in']}), gain {stats['gain']:.4f}; "
+          f"mean after {mean:+.2e}; saved to {out}")
+    return 0
+
+
+def cmd_score(args) -> int:
+    from .model import RewardModel
+    from .scoring import score_file
+
+    model = RewardModel.from_pretrained(args.model, max_length=args.max_length)
+    n = score_file(model, args.input, args.output, args.chunk_lines, args.batch_tokens, progress=not args.quiet)
+    print(f"scored {n} records into {args.output}")
+    return 0
+
+
+def add_model_parsers(sub) -> None:
+    """`rankrm normalize` and `rankrm score`."""
+    n = sub.add_parser("normalize", help="set a bias so that demonstrations score a mean of 0 (InstructGPT)")
+    n.add_argument("--model", required=True, help="a saved reward model directory")
+    n.add_argument("--demonstrations", required=True, type=Path,
+                   help="JSONL of {prompt, response}, or ranked data whose rank-0 completions serve as "
+                        "demonstrations (e.g. the heldout.jsonl that `rankrm train` writes)")
+    n.add_argument("--output-dir", default=None, help="where to save the normalized model (default: in place)")
+    n.add_argument("--target-std", type=float, default=None, help="also set a gain so the demonstrations' "
+                                                                  "rewards have this standard deviation")
+    n.add_argument("--format", default="auto", help="format of a ranked-data demonstrations file")
+    n.add_argument("--max-length", type=int, default=None, help="tokens per prompt + response "
+                                                               "(default: the model's own)")
+    n.add_argument("--batch-tokens", type=int, default=16384, help="padded tokens per forward pass")
+    n.set_defaults(func=cmd_normalize)
+
+    s = sub.add_parser("score", help="add a reward to every (prompt, completion) record of a JSONL file")
+    s.add_argument("--model", required=True, help="a saved reward model directory")
+    s.add_argument("input", help="JSONL with prompt (string or messages) and completion per line; .gz is read too")
+    s.add_argument("output", help="JSONL to write: the input records with \"reward\" added, in input order")
+    s.add_argument("--max-length", type=int, default=None, help="tokens per prompt + completion "
+                                                               "(default: the model's own)")
+    s.add_argument("--batch-tokens", type=int, default=16384, help="padded tokens per forward pass")
+    s.add_argument("--chunk-lines", type=int, default=4096, help="records held in memory at once")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_score)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .config import add_config_arguments
 
@@ -105,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
 
     add_data_parser(sub)
+    add_model_parsers(sub)
     return p
 
 

@@ -49,6 +49,11 @@ class TrainConfig:
     max_train_groups: int = opt(0, "use only this many training groups, chosen at random by --seed (0: all)")
     train_layers: int = opt(-1, "train only the top N transformer layers plus the final norm and head "
                                 "(-1: the whole model; 0: the final norm and head)")
+    lora_r: int = opt(0, "LoRA rank for the backbone's linear layers (0: no LoRA); adapters merge into the saved "
+                         "model, which stays a plain Hugging Face model")
+    lora_alpha: float = opt(16.0, "LoRA scaling numerator (the update is alpha / r * B A)")
+    lora_targets: list[str] = opt(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                                  "names of the linear layers that get LoRA adapters (GPT-2: c_attn c_proj c_fc)")
     cache_frozen: bool = opt(True, "with --train-layers N >= 0, run the frozen layers below the top N once per "
                                    "sequence and reuse their output in later epochs and evaluations")
     max_grad_norm: float = opt(1.0, "clip the gradient norm to this (0: no clipping)")
@@ -65,6 +70,8 @@ class TrainConfig:
             raise ValueError("no training data. Fix: pass --train-data FILE (or train-data: in the YAML config)")
         if self.lr_schedule not in ("cosine", "linear", "constant"):
             raise ValueError(f"lr_schedule {self.lr_schedule!r} unknown. Fix: use cosine, linear or constant")
+        if self.lora_r and self.train_layers >= 0:
+            raise ValueError("--lora-r and --train-layers both choose what trains. Fix: give one of them")
         for name in ("batch_size", "micro_batch_tokens", "max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -18,9 +18,10 @@ from torch import nn
 
 from .batching import collate_groups, token_budget_batches, tokenize_groups
 from .config import TrainConfig
-from .data import ReadReport, overlap, read_groups, split_by_prompt
+from .data import ReadReport, overlap, read_groups, split_by_prompt, write_native
 from .evaluate import EvalResult, compare, evaluate
 from .freeze import FrozenPrefix, select_trainable
+from .lora import add_lora, merge_lora
 from .loss import group_losses, group_pair_stats
 from .model import RewardModel
 
@@ -42,9 +43,9 @@ def check_prefix(model, prefix: FrozenPrefix, b: dict, keys, say) -> FrozenPrefi
     with torch.no_grad():
         full = prefix.forward(model, b, keys)  # fills the cache
         replayed = prefix.forward(model, b, keys)
-    prefix.store.clear()
     err = float((full - replayed).abs().max() / full.abs().max().clamp(min=1e-6))
     if err > 1e-3:
+        prefix.store.clear()
         say(f"warning: frozen-layer cache disagrees with a full forward (relative error {err:.1e}) on this "
             "backbone; training without it")
         return None
@@ -152,10 +153,13 @@ def train(cfg: TrainConfig) -> dict:
     set_seed(cfg.seed)
     model = RewardModel.from_pretrained(cfg.model, max_length=cfg.max_length)
     disable_dropout(model)
-    trainable = select_trainable(model, cfg.train_layers)
+    trainable = (add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_targets) if cfg.lora_r
+                 else select_trainable(model, cfg.train_layers))
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
-    what = "the whole model" if cfg.train_layers < 0 else f"the top {cfg.train_layers} layers + final norm + head"
+    what = ("the whole model" if cfg.train_layers < 0 and not cfg.lora_r else
+            f"LoRA adapters (r={cfg.lora_r}, alpha={cfg.lora_alpha}) + head" if cfg.lora_r else
+            f"the top {cfg.train_layers} layers + final norm + head")
     say(f"model: {cfg.model} ({type(model.hf).__name__}); training {what}: {n_train / 1e6:.2f}M of "
         f"{n_all / 1e6:.1f}M parameters; max length {cfg.max_length}; {'bf16 autocast' if cfg.bf16 else 'fp32'}")
     tok_train, cut_train = tokenize_groups(model, train_groups)
@@ -276,7 +280,10 @@ def train(cfg: TrainConfig) -> dict:
                "train_seconds": round(elapsed, 1), "train_tokens_per_second": round(tokens_seen / max(elapsed, 1e-9), 1),
                "data": {"train": report.summary()}, "history": state["history"], "config": asdict(cfg)}
     if accelerator.is_main_process:
+        if cfg.lora_r:
+            merge_lora(core)  # the saved model is a plain Hugging Face model
         core.save_pretrained(out)
+        write_native(held, out / "heldout.jsonl")  # the held-out prompts, to evaluate or normalize on later
         (out / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
     ch = results["change"]
     say(f"before training: {_fmt(before.metrics)}")
