@@ -19,6 +19,18 @@ class TokenizedGroup:
     def tokens(self) -> int:
         return sum(len(x) for x in self.ids)
 
+    def comparisons(self) -> list[tuple[int, int]]:
+        """The (winner, loser) index pairs this group states: its partial order, else every pair its ranks order."""
+        if self.pairs is not None:
+            return list(self.pairs)
+        k = len(self.ids)
+        return [(i, j) for i in range(k) for j in range(k) if self.ranks[i] < self.ranks[j]]
+
+
+def shuffled_pairs(groups: list[TokenizedGroup]) -> list[TokenizedGroup]:
+    """Every comparison as its own K=2 group (the pairwise-only regime InstructGPT found to overfit)."""
+    return [TokenizedGroup([g.ids[w], g.ids[l]], [0, 1]) for g in groups for w, l in g.comparisons()]
+
 
 def tokenize_groups(model, groups) -> tuple[list[TokenizedGroup], int]:
     """Tokenize every group through model.render in one tokenizer call; returns (groups, completions truncated)."""
@@ -58,9 +70,7 @@ def pair_mask_of(groups: list[TokenizedGroup]) -> torch.Tensor | None:
     at = 0
     for g in groups:
         k = len(g.ids)
-        pairs = g.pairs if g.pairs is not None else [(i, j) for i in range(k) for j in range(k)
-                                                     if g.ranks[i] < g.ranks[j]]
-        for w, l in pairs:
+        for w, l in g.comparisons():
             mask[at + w, at + l] = True
         at += k
     return mask

@@ -42,6 +42,9 @@ class TrainConfig:
     weight_decay: float = opt(0.0, "AdamW weight decay")
     lr_schedule: str = opt("cosine", "decay after warmup: cosine, linear or constant")
     warmup_ratio: float = opt(0.05, "share of the steps spent warming the learning rate up from 0")
+    regime: str = opt("grouped", "grouped: one batch element = one prompt with all its C(K,2) comparisons, each "
+                                 "completion forwarded once (InstructGPT); shuffled-pairs: every comparison a separate "
+                                 "example, shuffled across the data set, with the same number of comparisons per step")
     batch_size: int = opt(16, "groups (prompts, each with all its completions) per optimizer step")
     micro_batch_tokens: int = opt(4096, "padded tokens per forward pass; a step accumulates gradients over as "
                                         "many as it needs, weighted so the update is the mean over its groups")
@@ -70,6 +73,8 @@ class TrainConfig:
             raise ValueError("no training data. Fix: pass --train-data FILE (or train-data: in the YAML config)")
         if self.lr_schedule not in ("cosine", "linear", "constant"):
             raise ValueError(f"lr_schedule {self.lr_schedule!r} unknown. Fix: use cosine, linear or constant")
+        if self.regime not in ("grouped", "shuffled-pairs"):
+            raise ValueError(f"regime {self.regime!r} unknown. Fix: use grouped or shuffled-pairs")
         if self.lora_r and self.train_layers >= 0:
             raise ValueError("--lora-r and --train-layers both choose what trains. Fix: give one of them")
         for name in ("batch_size", "micro_batch_tokens", "max_length"):

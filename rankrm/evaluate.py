@@ -55,11 +55,10 @@ def compare(before: EvalResult, after: EvalResult, n_boot: int = 2000, seed: int
 
 @torch.no_grad()
 def evaluate(model, groups: list[TokenizedGroup], batch_tokens: int = 16384, progress: bool = False,
-             prefix=None, tag: str = "eval") -> EvalResult:
+             prefix=None) -> EvalResult:
     """Score every completion once and collect each group's pair statistics (ties between labels excluded).
 
-    With a FrozenPrefix cache, the frozen layers run only the first time a completion is seen (keys: tag, group,
-    completion)."""
+    With a FrozenPrefix cache, the frozen layers run only the first time a token sequence is seen."""
     from tqdm.auto import tqdm
 
     was_training = model.training
@@ -76,7 +75,7 @@ def evaluate(model, groups: list[TokenizedGroup], batch_tokens: int = 16384, pro
         if prefix is None:
             r = model(b["input_ids"], b["attention_mask"], b["position_ids"], b["end_index"])
         else:
-            r = prefix.forward(model, b, [(tag, gi, ci) for gi in idx for ci in range(len(groups[gi].ids))])
+            r = prefix.forward(model, b, [tuple(r) for gi in idx for r in groups[gi].ids])
         stats = group_pair_stats(r.double(), b["ranks"], b["group_index"], len(idx), b.get("pair_mask"))
         c, p, l = (t.cpu().double().numpy() for t in stats)
         correct[idx], pairs[idx], nll[idx] = c, p, l

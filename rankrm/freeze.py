@@ -101,7 +101,8 @@ class FrozenPrefix:
 
     def forward(self, model, batch: dict, keys) -> torch.Tensor:
         """Rewards for a right-padded batch: replayed from the cache when every row is in it, else a full forward
-        that fills the cache."""
+        that fills the cache. keys name the rows; their token ids as tuples make the cache content-addressed, so
+        a sequence seen in any split, epoch or training regime is computed once."""
         args = (batch["input_ids"], batch["attention_mask"], batch["position_ids"], batch["end_index"])
         if self.has(keys):
             with self.replay(self.batch(keys, batch["input_ids"].shape[1], batch["input_ids"].device)):

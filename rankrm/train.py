@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .batching import collate_groups, token_budget_batches, tokenize_groups
+from .batching import collate_groups, shuffled_pairs, token_budget_batches, tokenize_groups
 from .config import TrainConfig
 from .data import ReadReport, overlap, read_groups, split_by_prompt, write_native
 from .evaluate import EvalResult, compare, evaluate
@@ -117,8 +117,11 @@ def _fmt(m: dict) -> str:
             f"log loss {m['log_loss']:.4f}  ({m['groups']} prompts, {m['pairs']} pairs)")
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Train a reward model on ranked groups; returns the metrics before and after (also in eval_results.json)."""
+def train(cfg: TrainConfig, frozen_cache: dict | None = None) -> dict:
+    """Train a reward model on ranked groups; returns the metrics before and after (also in eval_results.json).
+
+    frozen_cache: a dict to keep the frozen layers' outputs in, shared by several runs on the same backbone
+    (benchmarks/grouping.py); by default each run has its own."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
@@ -174,7 +177,15 @@ def train(cfg: TrainConfig) -> dict:
                     {"params": [params[n] for n in trainable if n in head_names],
                      "lr": cfg.head_learning_rate or cfg.learning_rate}]
     optimizer = torch.optim.AdamW([g for g in param_groups if g["params"]], weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(tok_train) / cfg.batch_size)
+    # the units of an optimizer step: whole groups, or (shuffled-pairs) single comparisons, as many per step as
+    # batch_size groups hold on average, so both regimes take the same steps over the same comparisons
+    if cfg.regime == "shuffled-pairs":
+        units = shuffled_pairs(tok_train)
+        step_size = max(1, round(cfg.batch_size * len(units) / len(tok_train)))
+        say(f"regime shuffled-pairs: {len(units)} comparisons as separate examples, {step_size} per step")
+    else:
+        units, step_size = tok_train, cfg.batch_size
+    steps_per_epoch = math.ceil(len(units) / step_size)
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
     warmup = int(cfg.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.lr_schedule, warmup, total_steps))
@@ -200,7 +211,11 @@ def train(cfg: TrainConfig) -> dict:
         start, state = blob["step"], blob["state"]
         say(f"resumed from {ckpt} at step {start}")
 
-    prefix = FrozenPrefix(core.backbone, cfg.train_layers) if cfg.cache_frozen and cfg.train_layers >= 0 else None
+    prefix = None
+    if cfg.cache_frozen and cfg.train_layers >= 0 and not cfg.lora_r:
+        prefix = FrozenPrefix(core.backbone, cfg.train_layers)
+        if frozen_cache is not None:
+            prefix.store = frozen_cache
 
     # -- evaluation before training ------------------------------------------------------------------------------
     if "before" in state:
@@ -218,26 +233,27 @@ def train(cfg: TrainConfig) -> dict:
     trainable_params = [p for p in model.parameters() if p.requires_grad]
     bar = tqdm(total=total_steps, initial=start, desc="training", disable=not accelerator.is_local_main_process)
     run_loss, run_correct, run_pairs = [], 0.0, 0.0
-    t0, tokens_seen = time.time(), 0
+    t0, tokens_seen, forwarded, eval_seconds = time.time(), 0, 0, 0.0
     model.train()
     for step in range(start, total_steps):
         epoch, i = divmod(step, steps_per_epoch)
-        order = epoch_order(len(tok_train), cfg.seed, epoch)
-        step_ids = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]  # this step's groups
+        order = epoch_order(len(units), cfg.seed, epoch)
+        step_ids = order[i * step_size:(i + 1) * step_size]  # this step's groups
         mine_ids = step_ids[rank::world]  # this process's share
         weight = world / len(step_ids)  # each group weighs 1/G after DDP averages over the processes
         if not mine_ids:  # more processes than groups in this step: take part with a zero-weight group
             mine_ids, weight = step_ids[:1], 0.0
-        mine = [tok_train[j] for j in mine_ids]
+        mine = [units[j] for j in mine_ids]
         micro = token_budget_batches([max(len(r) for r in g.ids) for g in mine], cfg.micro_batch_tokens,
                                      [len(g.ids) for g in mine])
         step_loss = torch.zeros((), device=device)
         for mi, idx in enumerate(micro):
             b = collate_groups([mine[j] for j in idx], pad_id)
             tokens_seen += sum(len(r) for j in idx for r in mine[j].ids)
+            forwarded += sum(len(mine[j].ids) for j in idx)
             b = {k: v.to(device) for k, v in b.items()}
             sync = mi == len(micro) - 1
-            keys = [("train", mine_ids[j], c) for j in idx for c in range(len(mine[j].ids))]  # same every epoch
+            keys = [tuple(r) for j in idx for r in mine[j].ids]  # the cache is keyed by content
             if prefix is not None and step == start and mi == 0:
                 prefix = check_prefix(model, prefix, b, keys, say)
             with contextlib.nullcontext() if sync else accelerator.no_sync(model):
@@ -261,22 +277,27 @@ def train(cfg: TrainConfig) -> dict:
                         lr=f"{scheduler.get_last_lr()[0]:.2e}", epoch=f"{(step + 1) / steps_per_epoch:.2f}")
         done = step + 1
         if cfg.eval_steps and done % cfg.eval_steps == 0 and done < total_steps:
+            t_eval = time.time()
             m = evaluate(core, tok_eval, cfg.eval_batch_tokens, prefix=prefix).metrics
+            eval_seconds += time.time() - t_eval
             state["history"].append({"step": done, "epoch": done / steps_per_epoch,
-                                     "train_loss": float(np.mean(run_loss[-cfg.eval_steps:])), **m})
+                                     "train_loss": float(np.mean(run_loss[-cfg.eval_steps:])),
+                                     "completions_forwarded": forwarded,
+                                     "train_seconds": round(time.time() - t0 - eval_seconds, 2), **m})
             bar.write(f"step {done}: {_fmt(m)}")
         if (cfg.save_steps and done % cfg.save_steps == 0 and done < total_steps) or done == total_steps:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
                 save_checkpoint(cfg, core, optimizer, scheduler, done, state)
     bar.close()
-    elapsed = time.time() - t0
+    elapsed = time.time() - t0 - eval_seconds  # training time, periodic evaluations left out
 
     # -- evaluation after training, and the saved model -----------------------------------------------------------
     after = evaluate(core, tok_eval, cfg.eval_batch_tokens, progress=accelerator.is_local_main_process,
                      prefix=prefix)
     results = {"before": before.metrics, "after": after.metrics, "change": compare(before, after),
                "steps": total_steps, "train_groups": len(tok_train), "eval_groups": len(tok_eval),
+               "regime": cfg.regime, "completions_forwarded": forwarded,
                "train_seconds": round(elapsed, 1), "train_tokens_per_second": round(tokens_seen / max(elapsed, 1e-9), 1),
                "data": {"train": report.summary()}, "history": state["history"], "config": asdict(cfg)}
     if accelerator.is_main_process:
