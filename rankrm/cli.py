@@ -124,7 +124,7 @@ def add_model_parsers(sub) -> None:
     n.add_argument("--format", default="auto", help="format of a ranked-data demonstrations file")
     n.add_argument("--max-length", type=int, default=None, help="tokens per prompt + response "
                                                                "(default: the model's own)")
-    n.add_argument("--batch-tokens", type=int, default=16384, help="padded tokens per forward pass")
+    n.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per forward pass")
     n.set_defaults(func=cmd_normalize)
 
     s = sub.add_parser("score", help="add a reward to every (prompt, completion) record of a JSONL file")
@@ -133,7 +133,7 @@ def add_model_parsers(sub) -> None:
     s.add_argument("output", help="JSONL to write: the input records with \"reward\" added, in input order")
     s.add_argument("--max-length", type=int, default=None, help="tokens per prompt + completion "
                                                                "(default: the model's own)")
-    s.add_argument("--batch-tokens", type=int, default=16384, help="padded tokens per forward pass")
+    s.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per forward pass")
     s.add_argument("--chunk-lines", type=int, default=4096, help="records held in memory at once")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_score)
@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--skip-invalid", action="store_true", help=SKIP_HELP)
     e.add_argument("--max-length", type=int, default=None, help="tokens per prompt + completion "
                                                                "(default: the model's own)")
-    e.add_argument("--batch-tokens", type=int, default=16384, help="padded tokens per forward pass")
+    e.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per forward pass")
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
     e.set_defaults(func=cmd_eval)
 

@@ -54,7 +54,7 @@ def compare(before: EvalResult, after: EvalResult, n_boot: int = 2000, seed: int
 
 
 @torch.no_grad()
-def evaluate(model, groups: list[TokenizedGroup], batch_tokens: int = 16384, progress: bool = False,
+def evaluate(model, groups: list[TokenizedGroup], batch_tokens: int = 4096, progress: bool = False,
              prefix=None) -> EvalResult:
     """Score every completion once and collect each group's pair statistics (ties between labels excluded).
 

@@ -215,7 +215,7 @@ class RewardModel(nn.Module):
         return self.head(h_end).squeeze(-1).float() + self.reward_bias  # (N,)
 
     @torch.no_grad()
-    def score(self, prompts, completions, batch_tokens: int = 16384, progress: bool = False) -> list[float]:
+    def score(self, prompts, completions, batch_tokens: int = 4096, progress: bool = False) -> list[float]:
         """Rewards of (prompt, completion) pairs, batched by token budget and length-sorted; in input order."""
         from .batching import collate_padded, token_budget_batches
 

@@ -82,7 +82,7 @@ def set_normalization(model, mean: float, gain: float = 1.0) -> str:
     return "config reward_bias"
 
 
-def normalize(model, prompts, responses, target_std: float | None = None, batch_tokens: int = 16384,
+def normalize(model, prompts, responses, target_std: float | None = None, batch_tokens: int = 4096,
               progress: bool = False) -> dict:
     """Score demonstrations and set bias (and gain, with target_std) so they score mean 0 (and std target_std)."""
     rewards = torch.tensor(model.score(prompts, responses, batch_tokens=batch_tokens, progress=progress),

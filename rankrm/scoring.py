@@ -19,7 +19,7 @@ def _check(obj: dict, path, line) -> tuple:
     return prompt, completion
 
 
-def score_file(model, src, dst, chunk_lines: int = 4096, batch_tokens: int = 16384, progress: bool = True) -> int:
+def score_file(model, src, dst, chunk_lines: int = 4096, batch_tokens: int = 4096, progress: bool = True) -> int:
     """Add "reward" to every record of a JSONL file, chunk by chunk (memory bounded by chunk_lines); returns count.
 
     The output is written to a temporary file and renamed into place at the end: a bad record stops the run with
