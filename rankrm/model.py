@@ -97,6 +97,41 @@ def ensure_pad_token(hf, tokenizer) -> None:
     hf.config.pad_token_id = tokenizer.pad_token_id
 
 
+_PROBE = [{"role": "user", "content": "Which colour is the sky?"}]
+
+
+def end_at_eos(model, template: str) -> str:
+    """The chat template to keep with the reward model: a conversation that ends with an assistant message then
+    ends at that message's EOS, as RewardModel.render does.
+
+    ChatML-style templates put a newline after each turn's end token. Tools that score by rendering the whole
+    conversation (TRL's GRPO trainer: apply_chat_template(prompt + completion), then the logit at the last
+    non-pad token) would otherwise read the reward at that newline instead of at the EOS it was trained on. The
+    original template is kept whole inside a Jinja block; only that one trailing suffix is cut, and only when the
+    conversation ends with an assistant turn and no generation prompt is asked for."""
+    tok = model.tokenizer
+    full = tok.apply_chat_template(_PROBE + [{"role": "assistant", "content": "Blue."}], tokenize=False)
+    ours = model.render(_PROBE, "Blue.")
+    if full == ours or not full.startswith(ours):
+        return template  # already ends at the EOS, or renders completions differently: leave it as it is
+    suffix = full[len(ours):]
+    wrapped = ("{% set rankrm_rendered %}" + template + "{% endset %}"
+               "{% if messages and messages[-1]['role'] == 'assistant' and not add_generation_prompt "
+               f"and rankrm_rendered.endswith({suffix!r}) %}}{{{{ rankrm_rendered[:-{len(suffix)}] }}}}"
+               "{% else %}{{ rankrm_rendered }}{% endif %}")
+    def render_with(t, messages, gen):
+        tok.chat_template, saved = t, tok.chat_template
+        try:
+            return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
+        finally:
+            tok.chat_template = saved
+
+    convo = _PROBE + [{"role": "assistant", "content": "Blue."}]
+    ok = (render_with(wrapped, convo, False) == full[:-len(suffix)]
+          and render_with(wrapped, _PROBE, True) == render_with(template, _PROBE, True))
+    return wrapped if ok else template
+
+
 class RewardModel(nn.Module):
     """A Hugging Face backbone without its LM head plus a scalar head; r(x, y) is read at y's last token (EOS)."""
 
@@ -113,6 +148,8 @@ class RewardModel(nn.Module):
         self.normalization: dict | None = None  # statistics of the demonstrations, once normalized (rankrm.json)
         probe = tokenizer("a").input_ids
         self.adds_bos = tokenizer.bos_token_id is not None and len(probe) > 0 and probe[0] == tokenizer.bos_token_id
+        if tokenizer.chat_template:
+            tokenizer.chat_template = end_at_eos(self, tokenizer.chat_template)
 
     # -- loading and saving ------------------------------------------------------------------------------------
 
