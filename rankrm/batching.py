@@ -58,7 +58,66 @@ def collate_padded(rows: list[list[int]], pad_id: int, padding_side: str = "righ
         end_index[i] = i * t + start + len(r) - 1  # the last real token, found by position, not by pad id
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (N, T): padding does not shift positions
     return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
-            "end_index": end_index}
+            "end_index": end_index, "rows": rows, "lengths": [len(r) for r in rows]}
+
+
+def shared_prefix(rows: list[list[int]]) -> int:
+    """How many leading tokens all rows share (the prompt, at least), leaving each row its last token."""
+    n = min(len(r) for r in rows) - 1
+    first = rows[0]
+    for i in range(n):
+        if any(r[i] != first[i] for r in rows[1:]):
+            return i
+    return n
+
+
+def collate_packed(groups: list[TokenizedGroup], pad_id: int) -> dict:
+    """One row per group, [shared prefix | rest of c1 | ... | rest of cK]: the prompt is forwarded once.
+
+    The 4D mask lets a completion token see the shared prefix and its own earlier tokens only; position ids
+    restart after the prefix for every completion; end_index is each completion's EOS. So every completion's
+    hidden states equal those of its own padded row (tested to 1e-4), at a fraction of the tokens when the
+    prompt is long. Right-padded; pad queries attend only themselves (no empty softmax row)."""
+    rows, pos, seg, ends = [], [], [], []
+    for g in groups:
+        n = shared_prefix(g.ids)
+        ids, p, s, e = list(g.ids[0][:n]), list(range(n)), [0] * n, []
+        for i, r in enumerate(g.ids, start=1):
+            tail = r[n:]
+            ids += tail
+            p += range(n, n + len(tail))
+            s += [i] * len(tail)
+            e.append(len(ids) - 1)
+        rows.append(ids), pos.append(p), seg.append(s), ends.append(e)
+    b, t = len(rows), max(len(r) for r in rows)
+    input_ids = torch.full((b, t), pad_id, dtype=torch.long)  # (B, T)
+    position_ids = torch.zeros((b, t), dtype=torch.long)  # (B, T)
+    segment = torch.full((b, t), -1, dtype=torch.long)  # (B, T): 0 shared prefix, i completion i, -1 padding
+    for i, (r, p, s) in enumerate(zip(rows, pos, seg)):
+        input_ids[i, :len(r)] = torch.tensor(r)
+        position_ids[i, :len(r)] = torch.tensor(p)
+        segment[i, :len(r)] = torch.tensor(s)
+    q, k = segment[:, :, None], segment[:, None, :]  # (B, T, 1), (B, 1, T)
+    causal = torch.ones((t, t), dtype=torch.bool).tril()  # (T, T): index order is position order within a segment
+    allowed = causal & (k >= 0) & ((k == 0) | (k == q))  # (B, T, T)
+    allowed |= torch.eye(t, dtype=torch.bool)
+    end_index = torch.tensor([i * t + e for i, es in enumerate(ends) for e in es], dtype=torch.long)  # (N,)
+    return {"input_ids": input_ids, "attention_mask": allowed[:, None], "position_ids": position_ids,
+            "end_index": end_index, "rows": rows, "lengths": [len(r) for r in rows]}
+
+
+def packed_length(g: TokenizedGroup) -> int:
+    """Tokens of a group's packed row: the shared prefix once, then each completion's own tokens."""
+    n = shared_prefix(g.ids)
+    return n + sum(len(r) - n for r in g.ids)
+
+
+def layout_cost(rows: int, length: int, attention_per_token: float) -> float:
+    """The cost model of `--layout auto`: padded tokens plus attention area, weighted by its relative cost.
+
+    attention_per_token: FLOPs of one (query, key) pair relative to one token's matmul FLOPs (RewardModel's
+    attention_per_token: 4 * hidden / (2 * non-embedding parameters per layer))."""
+    return rows * length * (1 + attention_per_token * length)
 
 
 def pair_mask_of(groups: list[TokenizedGroup]) -> torch.Tensor | None:
@@ -76,13 +135,30 @@ def pair_mask_of(groups: list[TokenizedGroup]) -> torch.Tensor | None:
     return mask
 
 
-def collate_groups(groups: list[TokenizedGroup], pad_id: int, padding_side: str = "right") -> dict:
-    """A padded batch of whole groups, with each completion's rank and its group's index in the batch.
+def choose_layout(groups: list[TokenizedGroup], layout: str, attention_per_token: float) -> str:
+    """padded or packed as asked; for auto, the cheaper of the two for this batch by layout_cost."""
+    if layout != "auto":
+        return layout
+    padded = layout_cost(sum(len(g.ids) for g in groups), max(len(r) for g in groups for r in g.ids),
+                         attention_per_token)
+    packed = layout_cost(len(groups), max(packed_length(g) for g in groups), attention_per_token)
+    return "packed" if packed < padded else "padded"
+
+
+def to_device(batch: dict, device) -> dict:
+    """The batch's tensors moved to device (the token lists stay where they are)."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def collate_groups(groups: list[TokenizedGroup], pad_id: int, padding_side: str = "right",
+                   layout: str = "padded") -> dict:
+    """A batch of whole groups (padded rows, or packed: one row per group), with each completion's rank and its
+    group's index in the batch.
 
     When a group states only some comparisons (a partial order), the batch also holds "pair_mask" (N, N), which
     the loss and metrics use instead of the ranks."""
     rows = [r for g in groups for r in g.ids]
-    batch = collate_padded(rows, pad_id, padding_side)
+    batch = collate_padded(rows, pad_id, padding_side) if layout == "padded" else collate_packed(groups, pad_id)
     batch["ranks"] = torch.tensor([r for g in groups for r in g.ranks], dtype=torch.long)  # (N,)
     batch["group_index"] = torch.tensor([gi for gi, g in enumerate(groups) for _ in g.ids], dtype=torch.long)
     mask = pair_mask_of(groups)

@@ -48,6 +48,9 @@ class TrainConfig:
     batch_size: int = opt(16, "groups (prompts, each with all its completions) per optimizer step")
     micro_batch_tokens: int = opt(4096, "padded tokens per forward pass; a step accumulates gradients over as "
                                         "many as it needs, weighted so the update is the mean over its groups")
+    layout: str = opt("padded", "batch layout: padded (one row per completion), packed (one row per prompt, the "
+                                "prompt forwarded once, a 4D mask keeping completions apart) or auto (the cheaper "
+                                "per batch, by tokens and attention area)")
     max_length: int = opt(512, "tokens per prompt + completion; longer ones lose the start of the prompt")
     max_train_groups: int = opt(0, "use only this many training groups, chosen at random by --seed (0: all)")
     train_layers: int = opt(-1, "train only the top N transformer layers plus the final norm and head "
@@ -74,6 +77,8 @@ class TrainConfig:
             raise ValueError("no training data. Fix: pass --train-data FILE (or train-data: in the YAML config)")
         if self.lr_schedule not in ("cosine", "linear", "constant"):
             raise ValueError(f"lr_schedule {self.lr_schedule!r} unknown. Fix: use cosine, linear or constant")
+        if self.layout not in ("padded", "packed", "auto"):
+            raise ValueError(f"layout {self.layout!r} unknown. Fix: use padded, packed or auto")
         if self.regime not in ("grouped", "shuffled-pairs"):
             raise ValueError(f"regime {self.regime!r} unknown. Fix: use grouped or shuffled-pairs")
         if self.lora_r and self.train_layers >= 0:

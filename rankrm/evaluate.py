@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .batching import TokenizedGroup, collate_groups, token_budget_batches
+from .batching import TokenizedGroup, choose_layout, collate_groups, to_device, token_budget_batches
 from .loss import group_pair_stats
 
 
@@ -55,7 +55,7 @@ def compare(before: EvalResult, after: EvalResult, n_boot: int = 2000, seed: int
 
 @torch.no_grad()
 def evaluate(model, groups: list[TokenizedGroup], batch_tokens: int = 4096, progress: bool = False,
-             prefix=None) -> EvalResult:
+             prefix=None, layout: str = "padded") -> EvalResult:
     """Score every completion once and collect each group's pair statistics (ties between labels excluded).
 
     With a FrozenPrefix cache, the frozen layers run only the first time a token sequence is seen."""
@@ -70,12 +70,13 @@ def evaluate(model, groups: list[TokenizedGroup], batch_tokens: int = 4096, prog
     batches = token_budget_batches([max(len(r) for r in x.ids) for x in groups], batch_tokens,
                                    [len(x.ids) for x in groups])
     for idx in tqdm(batches, desc="evaluating", disable=not progress, leave=False):
-        b = collate_groups([groups[i] for i in idx], pad_id)
-        b = {k: v.to(device) for k, v in b.items()}
+        chunk = [groups[i] for i in idx]
+        b = to_device(collate_groups(chunk, pad_id, layout=choose_layout(chunk, layout, model.attention_per_token)),
+                      device)
         if prefix is None:
             r = model(b["input_ids"], b["attention_mask"], b["position_ids"], b["end_index"])
         else:
-            r = prefix.forward(model, b, [tuple(r) for gi in idx for r in groups[gi].ids])
+            r = prefix.forward(model, b)
         stats = group_pair_stats(r.double(), b["ranks"], b["group_index"], len(idx), b.get("pair_mask"))
         c, p, l = (t.cpu().double().numpy() for t in stats)
         correct[idx], pairs[idx], nll[idx] = c, p, l

@@ -99,13 +99,14 @@ class FrozenPrefix:
             handle.remove()
             setattr(self.backbone, self.name, full)
 
-    def forward(self, model, batch: dict, keys) -> torch.Tensor:
+    def forward(self, model, batch: dict) -> torch.Tensor:
         """Rewards for a right-padded batch: replayed from the cache when every row is in it, else a full forward
-        that fills the cache. keys name the rows; their token ids as tuples make the cache content-addressed, so
-        a sequence seen in any split, epoch or training regime is computed once."""
+        that fills the cache. Rows are keyed by their token ids (batch["rows"]): the cache is content-addressed,
+        so a sequence seen in any split, epoch or training regime is computed once."""
+        keys = [tuple(r) for r in batch["rows"]]
         args = (batch["input_ids"], batch["attention_mask"], batch["position_ids"], batch["end_index"])
         if self.has(keys):
             with self.replay(self.batch(keys, batch["input_ids"].shape[1], batch["input_ids"].device)):
                 return model(*args)
-        with self.capture(keys, batch["attention_mask"].sum(dim=1).tolist()):
+        with self.capture(keys, batch["lengths"]):
             return model(*args)

@@ -202,6 +202,14 @@ class RewardModel(nn.Module):
         return self.hf.score
 
     @property
+    def attention_per_token(self) -> float:
+        """FLOPs of one attention (query, key) pair relative to one token's matmuls: the layout cost model."""
+        cfg = self.hf.config
+        per_layer = sum(p.numel() for p in self.backbone.parameters()) - self.hf.get_input_embeddings().weight.numel()
+        per_layer /= cfg.num_hidden_layers
+        return 4 * cfg.hidden_size / (2 * per_layer)
+
+    @property
     def reward_bias(self) -> float:
         """An offset added to every reward, for heads that cannot hold a bias (see normalize.py); in config.json."""
         return float(getattr(self.hf.config, "reward_bias", 0.0))
@@ -245,7 +253,12 @@ class RewardModel(nn.Module):
     # -- forward -----------------------------------------------------------------------------------------------
 
     def forward(self, input_ids, attention_mask, position_ids, end_index) -> torch.Tensor:
-        """Rewards (N,) at the flat positions end_index of the (B, T) batch; the mask may be 2D or 4D."""
+        """Rewards (N,) at the flat positions end_index of the (B, T) batch; the mask may be 2D or 4D (bool)."""
+        if attention_mask.dim() == 4 and self.hf.config._attn_implementation == "eager":
+            # eager attention adds its mask to the scores: allowed 0, masked the most negative float
+            dtype = next(self.parameters()).dtype
+            attention_mask = torch.zeros(attention_mask.shape, dtype=dtype).masked_fill(
+                ~attention_mask.cpu(), torch.finfo(dtype).min).to(input_ids.device)
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                use_cache=False).last_hidden_state  # (B, T, H)
         h_end = hidden.reshape(-1, hidden.shape[-1])[end_index]  # (N, H)
@@ -254,7 +267,7 @@ class RewardModel(nn.Module):
     @torch.no_grad()
     def score(self, prompts, completions, batch_tokens: int = 4096, progress: bool = False) -> list[float]:
         """Rewards of (prompt, completion) pairs, batched by token budget and length-sorted; in input order."""
-        from .batching import collate_padded, token_budget_batches
+        from .batching import collate_padded, to_device, token_budget_batches
 
         ids, _ = self.tokenize(prompts, completions)
         was_training = self.training
@@ -265,8 +278,8 @@ class RewardModel(nn.Module):
         from tqdm.auto import tqdm
 
         for idx in tqdm(batches, desc="scoring", disable=not progress, unit="batch"):
-            b = collate_padded([ids[i] for i in idx], self.tokenizer.pad_token_id)
-            r = self(**{k: b[k].to(device) for k in ("input_ids", "attention_mask", "position_ids", "end_index")})
+            b = to_device(collate_padded([ids[i] for i in idx], self.tokenizer.pad_token_id), device)
+            r = self(b["input_ids"], b["attention_mask"], b["position_ids"], b["end_index"])
             for i, v in zip(idx, r.tolist()):
                 out[i] = v
         self.train(was_training)

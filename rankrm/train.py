@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .batching import collate_groups, shuffled_pairs, token_budget_batches, tokenize_groups
+from .batching import (choose_layout, collate_groups, shuffled_pairs, to_device, token_budget_batches,
+                       tokenize_groups)
 from .config import TrainConfig
 from .data import ReadReport, overlap, read_groups, split_by_prompt, write_native
 from .evaluate import EvalResult, compare, evaluate
@@ -38,11 +39,11 @@ def disable_dropout(model: nn.Module) -> None:
             m.attention_dropout = 0.0
 
 
-def check_prefix(model, prefix: FrozenPrefix, b: dict, keys, say) -> FrozenPrefix | None:
+def check_prefix(model, prefix: FrozenPrefix, b: dict, say) -> FrozenPrefix | None:
     """Compare the cached replay with a full forward on one batch; keep the cache only if they agree."""
     with torch.no_grad():
-        full = prefix.forward(model, b, keys)  # fills the cache
-        replayed = prefix.forward(model, b, keys)
+        full = prefix.forward(model, b)  # fills the cache
+        replayed = prefix.forward(model, b)
     err = float((full - replayed).abs().max() / full.abs().max().clamp(min=1e-6))
     if err > 1e-3:
         prefix.store.clear()
@@ -126,7 +127,8 @@ def train(cfg: TrainConfig, frozen_cache: dict | None = None) -> dict:
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
-    accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no")
+    # bf16 is plain torch autocast around the forward, not Accelerate's setting, which is fixed once per process
+    accelerator = Accelerator()
     say = accelerator.print
     out = Path(cfg.output_dir)
     ckpt = find_checkpoint(cfg)
@@ -223,7 +225,7 @@ def train(cfg: TrainConfig, frozen_cache: dict | None = None) -> dict:
     else:
         t0 = time.time()
         before = evaluate(core, tok_eval, cfg.eval_batch_tokens, progress=accelerator.is_local_main_process,
-                          prefix=prefix)
+                          prefix=prefix, layout=cfg.layout)
         state["before"] = _result_to_json(before)
         say(f"before training: {_fmt(before.metrics)}  [{time.time() - t0:.0f}s]")
 
@@ -248,19 +250,20 @@ def train(cfg: TrainConfig, frozen_cache: dict | None = None) -> dict:
                                      [len(g.ids) for g in mine])
         step_loss = torch.zeros((), device=device)
         for mi, idx in enumerate(micro):
-            b = collate_groups([mine[j] for j in idx], pad_id)
+            chunk = [mine[j] for j in idx]
+            b = collate_groups(chunk, pad_id, layout=choose_layout(chunk, cfg.layout, core.attention_per_token))
             tokens_seen += sum(len(r) for j in idx for r in mine[j].ids)
             forwarded += sum(len(mine[j].ids) for j in idx)
-            b = {k: v.to(device) for k, v in b.items()}
+            b = to_device(b, device)
             sync = mi == len(micro) - 1
-            keys = [tuple(r) for j in idx for r in mine[j].ids]  # the cache is keyed by content
             if prefix is not None and step == start and mi == 0:
-                prefix = check_prefix(model, prefix, b, keys, say)
+                prefix = check_prefix(model, prefix, b, say)
             with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                if prefix is None:
-                    rewards = model(b["input_ids"], b["attention_mask"], b["position_ids"], b["end_index"])  # (N,)
-                else:
-                    rewards = prefix.forward(model, b, keys)  # (N,)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                    if prefix is None:
+                        rewards = model(b["input_ids"], b["attention_mask"], b["position_ids"], b["end_index"])
+                    else:
+                        rewards = prefix.forward(model, b)  # (N,)
                 losses, _ = group_losses(rewards, b["ranks"], b["group_index"], len(idx), b.get("pair_mask"))  # (g,)
                 accelerator.backward(losses.sum() * weight)
             step_loss += losses.detach().sum()
@@ -278,7 +281,7 @@ def train(cfg: TrainConfig, frozen_cache: dict | None = None) -> dict:
         done = step + 1
         if cfg.eval_steps and done % cfg.eval_steps == 0 and done < total_steps:
             t_eval = time.time()
-            m = evaluate(core, tok_eval, cfg.eval_batch_tokens, prefix=prefix).metrics
+            m = evaluate(core, tok_eval, cfg.eval_batch_tokens, prefix=prefix, layout=cfg.layout).metrics
             eval_seconds += time.time() - t_eval
             state["history"].append({"step": done, "epoch": done / steps_per_epoch,
                                      "train_loss": float(np.mean(run_loss[-cfg.eval_steps:])),
@@ -294,7 +297,7 @@ def train(cfg: TrainConfig, frozen_cache: dict | None = None) -> dict:
 
     # -- evaluation after training, and the saved model -----------------------------------------------------------
     after = evaluate(core, tok_eval, cfg.eval_batch_tokens, progress=accelerator.is_local_main_process,
-                     prefix=prefix)
+                     prefix=prefix, layout=cfg.layout)
     results = {"before": before.metrics, "after": after.metrics, "change": compare(before, after),
                "steps": total_steps, "train_groups": len(tok_train), "eval_groups": len(tok_eval),
                "regime": cfg.regime, "completions_forwarded": forwarded,

