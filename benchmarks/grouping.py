@@ -16,7 +16,7 @@ Cost: the bottom layers are frozen and run once per distinct sequence for all ru
 whose time is reported apart), so the training times compare what the regimes themselves cost: the top layers
 and head, forward and backward, once per completion forwarded.
 
-    python benchmarks/grouping.py            # ~35 minutes on 2 CPU cores; needs matplotlib for the plot
+    python benchmarks/grouping.py   # 46 min measured on 2 CPU cores (shared with other work); needs matplotlib
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import logging
@@ -201,7 +202,7 @@ class RewardModel(nn.Module):
     def head(self) -> nn.Linear:
         return self.hf.score
 
-    @property
+    @functools.cached_property
     def attention_per_token(self) -> float:
         """FLOPs of one attention (query, key) pair relative to one token's matmuls: the layout cost model."""
         cfg = self.hf.config
