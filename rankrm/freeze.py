@@ -16,22 +16,27 @@ def layer_stack(backbone: nn.Module) -> tuple[str, nn.ModuleList]:
     return max(lists, key=lambda nm: len(nm[1]))
 
 
+def after_layers(backbone: nn.Module) -> list[nn.Module]:
+    """The backbone's modules registered after its blocks: the final norm (Llama: norm, GPT-2: ln_f), ..."""
+    name, _ = layer_stack(backbone)
+    names = [n for n, _ in backbone.named_children()]
+    return [getattr(backbone, n) for n in names[names.index(name) + 1:]]
+
+
 def select_trainable(model, train_layers: int) -> list[str]:
     """Freeze all but the top `train_layers` blocks, what follows them (final norm) and the head; -1 keeps all."""
     if train_layers < 0:
         return [n for n, p in model.named_parameters() if p.requires_grad]
     backbone = model.backbone
-    name, layers = layer_stack(backbone)
+    _, layers = layer_stack(backbone)
     if train_layers > len(layers):
         raise ValueError(f"--train-layers {train_layers} exceeds the backbone's {len(layers)} layers")
     for p in model.parameters():
         p.requires_grad_(False)
-    children = [n for n, _ in backbone.named_children()]
-    after = children[children.index(name) + 1:]  # the final norm (Llama: norm, GPT-2: ln_f) follows the blocks
     for block in list(layers)[len(layers) - train_layers:]:
         block.requires_grad_(True)
-    for n in after:
-        getattr(backbone, n).requires_grad_(True)
+    for module in after_layers(backbone):
+        module.requires_grad_(True)
     model.head.requires_grad_(True)
     return [n for n, p in model.named_parameters() if p.requires_grad]
 
@@ -53,11 +58,10 @@ class FrozenPrefix:
         if train_layers > 0:
             self.entry = layers[n - train_layers]
         else:  # head only: resume at the module after the blocks (the final norm)
-            children = [m for k, m in backbone.named_children()]
-            i = children.index(layers)
-            if i + 1 >= len(children):
+            after = after_layers(backbone)
+            if not after:
                 raise ValueError("no module follows the layer list")
-            self.entry = children[i + 1]
+            self.entry = after[0]
         self.store: dict = {}
 
     def has(self, keys) -> bool:

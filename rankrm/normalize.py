@@ -18,7 +18,6 @@ also sets a gain for a target standard deviation. Both are folded into the saved
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from pathlib import Path
 
@@ -53,13 +52,9 @@ def file_sha256(path) -> str:
 
 def final_norm(model):
     """The module between the last transformer block and the head (Llama: norm, GPT-2: ln_f), or None."""
-    from .freeze import layer_stack
+    from .freeze import after_layers
 
-    name, _ = layer_stack(model.backbone)
-    children = [m for n, m in model.backbone.named_children()]
-    names = [n for n, m in model.backbone.named_children()]
-    after = children[names.index(name) + 1:]
-    return next((m for m in after if sum(p.numel() for p in m.parameters()) > 0), None)
+    return next((m for m in after_layers(model.backbone) if sum(p.numel() for p in m.parameters()) > 0), None)
 
 
 @torch.no_grad()

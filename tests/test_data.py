@@ -53,7 +53,7 @@ def test_bad_records_name_file_line_field_and_fix(tmp_path, record, field, words
     with pytest.raises(DataError) as e:
         read_groups(f)
     msg = str(e.value)
-    assert f"bad.jsonl:2:" in msg and words in msg and "Fix:" in msg
+    assert "bad.jsonl:2:" in msg and words in msg and "Fix:" in msg
     if field:
         assert f"field '{field}'" in msg
 
