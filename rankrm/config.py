@@ -48,9 +48,19 @@ class TrainConfig:
     batch_size: int = opt(16, "groups (prompts, each with all its completions) per optimizer step")
     micro_batch_tokens: int = opt(4096, "padded tokens per forward pass; a step accumulates gradients over as "
                                         "many as it needs, weighted so the update is the mean over its groups")
-    layout: str = opt("padded", "batch layout: padded (one row per completion), packed (one row per prompt, the "
-                                "prompt forwarded once, a 4D mask keeping completions apart) or auto (the cheaper "
-                                "per batch, by tokens and attention area)")
+    layout: str = opt("padded", "batch layout: padded (one row per completion), packed (the prompt forwarded once: "
+                                "[prompt | c1 | ... | cK] rows, several groups per row, a 4D mask keeping completions "
+                                "apart), kv (the prompt forwarded once, its keys and values shared by its completions' "
+                                "rows) or auto (the cheapest per batch by tokens and attention area)")
+    length_buckets: int = opt(0, "compose steps of groups of similar length, to cut padding: the shuffled epoch is "
+                                 "cut into chunks of N steps, each sorted by length, and the steps shuffled (0: "
+                                 "steps are plain slices of the shuffled epoch)")
+    gradient_checkpointing: bool = opt(False, "recompute each trained layer's activations in the backward pass: "
+                                              "less memory, about a third more compute")
+    attn_implementation: str = opt("sdpa", "attention kernel: sdpa (PyTorch's fused attention, which picks flash or "
+                                           "memory-efficient kernels on GPUs), eager, or another name transformers "
+                                           "knows (flash_attention_2 and flex_attention on GPUs; padded layout only "
+                                           "for flash_attention_2, which takes no 4D mask)")
     max_length: int = opt(512, "tokens per prompt + completion; longer ones lose the start of the prompt")
     max_train_groups: int = opt(0, "use only this many training groups, chosen at random by --seed (0: all)")
     train_layers: int = opt(-1, "train only the top N transformer layers plus the final norm and head "
@@ -77,8 +87,16 @@ class TrainConfig:
             raise ValueError("no training data. Fix: pass --train-data FILE (or train-data: in the YAML config)")
         if self.lr_schedule not in ("cosine", "linear", "constant"):
             raise ValueError(f"lr_schedule {self.lr_schedule!r} unknown. Fix: use cosine, linear or constant")
-        if self.layout not in ("padded", "packed", "auto"):
-            raise ValueError(f"layout {self.layout!r} unknown. Fix: use padded, packed or auto")
+        if self.layout not in ("padded", "packed", "kv", "auto"):
+            raise ValueError(f"layout {self.layout!r} unknown. Fix: use padded, packed, kv or auto")
+        if self.layout == "kv" and self.gradient_checkpointing:
+            raise ValueError("the kv layout keeps the prompt's keys and values, which gradient checkpointing drops. "
+                             "Fix: use --layout auto (it then chooses between padded and packed) or no checkpointing")
+        if self.length_buckets < 0:
+            raise ValueError(f"length_buckets must be >= 0, got {self.length_buckets}")
+        if self.attn_implementation == "flash_attention_2" and self.layout != "padded":
+            raise ValueError("flash_attention_2 takes no 4D attention mask, which the packed layout needs. Fix: use "
+                             "--layout padded with it, or --attn-implementation sdpa")
         if self.regime not in ("grouped", "shuffled-pairs"):
             raise ValueError(f"regime {self.regime!r} unknown. Fix: use grouped or shuffled-pairs")
         if self.lora_r and self.train_layers >= 0:

@@ -685,7 +685,8 @@ def read_oasst(path: Path, report: ReadReport | None = None, skip_invalid: bool 
                 obj.pop("replies", None)  # the flat export links messages by parent_id only
                 _check_oasst_message(obj, path, line, "")
                 for key in ("message_id", "message_tree_id", "parent_id"):
-                    if not isinstance(obj[key] if key != "parent_id" else obj.get(key) or "", str):
+                    value = obj.get(key)
+                    if not isinstance(value, str) and not (key == "parent_id" and value is None):
                         raise DataError(path, line, key, "expected a string id", "give message ids as strings",
                                         reason="oasst: id not a string")
                 if obj["message_id"] in by_id:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .batching import TokenizedGroup, choose_layout, collate_groups, to_device, token_budget_batches
+from .batching import TokenizedGroup, collate_groups, plan_batches, to_device
 from .loss import group_pair_stats
 
 
@@ -67,14 +67,12 @@ def evaluate(model, groups: list[TokenizedGroup], batch_tokens: int = 4096, prog
     pad_id = model.tokenizer.pad_token_id
     g = len(groups)
     correct, pairs, nll = np.zeros(g), np.zeros(g), np.zeros(g)
-    batches = token_budget_batches([max(len(r) for r in x.ids) for x in groups], batch_tokens,
-                                   [len(x.ids) for x in groups])
-    for idx in tqdm(batches, desc="evaluating", disable=not progress, leave=False):
-        chunk = [groups[i] for i in idx]
-        b = to_device(collate_groups(chunk, pad_id, layout=choose_layout(chunk, layout, model.attention_per_token)),
-                      device)
+    for idx, how in tqdm(plan_batches(groups, batch_tokens, layout, model.attention_per_token,
+                                         kv=prefix is None), desc="evaluating",
+                         disable=not progress, leave=False):
+        b = to_device(collate_groups([groups[i] for i in idx], pad_id, layout=how), device)
         if prefix is None:
-            r = model(b["input_ids"], b["attention_mask"], b["position_ids"], b["end_index"])
+            r = model(b["input_ids"], b["attention_mask"], b["position_ids"], b["end_index"], b.get("prompt"))
         else:
             r = prefix.forward(model, b)
         stats = group_pair_stats(r.double(), b["ranks"], b["group_index"], len(idx), b.get("pair_mask"))

@@ -68,25 +68,28 @@ class FrozenPrefix:
         return all(k in self.store for k in keys)
 
     @contextlib.contextmanager
-    def capture(self, keys, lengths):
-        """Record the entry input of each row i (its first lengths[i] positions: right padding) under keys[i]."""
+    def capture(self, pieces):
+        """Record the entry input of each piece (row, spans, key) of the batch under its key: the sequence's states
+        gathered from its (start, length) spans of the row."""
         def hook(module, args):
             h = args[0].detach()  # (B, T, H)
-            for i, (k, n) in enumerate(zip(keys, lengths)):
-                self.store[k] = h[i, :n].to("cpu", copy=True)
+            for row, spans, key in pieces:
+                self.store[key] = torch.cat([h[row, s:s + n] for s, n in spans]).to("cpu", copy=True)
         handle = self.entry.register_forward_pre_hook(hook)
         try:
             yield
         finally:
             handle.remove()
 
-    def batch(self, keys, t: int, device, dtype=None) -> torch.Tensor:
-        """The recorded inputs of keys, right-padded with zeros to length t: (B, T, H)."""
-        first = self.store[keys[0]]
-        out = torch.zeros((len(keys), t, first.shape[-1]), dtype=dtype or first.dtype)
-        for i, k in enumerate(keys):
-            h = self.store[k]
-            out[i, :h.shape[0]] = h
+    def batch(self, pieces, shape: tuple[int, int], device, dtype=None) -> torch.Tensor:
+        """The recorded inputs of the pieces put back where they sit in the (B, T) batch, zeros elsewhere: (B, T, H)."""
+        first = self.store[pieces[0][2]]
+        out = torch.zeros((*shape, first.shape[-1]), dtype=dtype or first.dtype)
+        for row, spans, key in pieces:
+            h, at = self.store[key], 0
+            for s, n in spans:
+                out[row, s:s + n] = h[at:at + n]
+                at += n
         return out.to(device)
 
     @contextlib.contextmanager
@@ -104,13 +107,18 @@ class FrozenPrefix:
             setattr(self.backbone, self.name, full)
 
     def forward(self, model, batch: dict) -> torch.Tensor:
-        """Rewards for a right-padded batch: replayed from the cache when every row is in it, else a full forward
-        that fills the cache. Rows are keyed by their token ids (batch["rows"]): the cache is content-addressed,
-        so a sequence seen in any split, epoch or training regime is computed once."""
-        keys = [tuple(r) for r in batch["rows"]]
+        """Rewards for a batch: replayed from the cache when every sequence in it is there, else a full forward that
+        fills the cache. Sequences are keyed by their tokens (batch["pieces"]): the cache is content-addressed and
+        holds each (prompt + completion) row, whether it ran as a padded row or inside a packed one (the states of a
+        packed row's shared prefix and of a completion's tail are those of its own padded row), so a sequence seen
+        in any split, epoch, batch company, layout or training regime is computed once."""
+        if "prompt" in batch:
+            raise ValueError("the frozen-layer cache needs a single forward pass per batch; the kv layout makes two. "
+                             "Fix: use --layout padded, packed or auto with it, or --no-cache-frozen")
+        pieces = batch["pieces"]
         args = (batch["input_ids"], batch["attention_mask"], batch["position_ids"], batch["end_index"])
-        if self.has(keys):
-            with self.replay(self.batch(keys, batch["input_ids"].shape[1], batch["input_ids"].device)):
+        if self.has(p[2] for p in pieces):
+            with self.replay(self.batch(pieces, tuple(batch["input_ids"].shape), batch["input_ids"].device)):
                 return model(*args)
-        with self.capture(keys, batch["lengths"]):
+        with self.capture(pieces):
             return model(*args)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -155,8 +156,11 @@ class RewardModel(nn.Module):
     # -- loading and saving ------------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str = DEFAULT_MODEL, dtype=torch.float32, max_length: int | None = None):
-        """Load a saved reward model, or a pretrained LM (hub id or local path) with a new scalar head."""
+    def from_pretrained(cls, name_or_path: str = DEFAULT_MODEL, dtype=torch.float32, max_length: int | None = None,
+                        attn_implementation: str | None = None):
+        """Load a saved reward model, or a pretrained LM (hub id or local path) with a new scalar head.
+
+        attn_implementation: sdpa, eager, ... as transformers names them (None: transformers' default, sdpa)."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
@@ -169,7 +173,8 @@ class RewardModel(nn.Module):
         if not meta:  # a fresh head is expected to be missing from an LM checkpoint: no load report for it
             hf_logging.set_verbosity_error()
         try:
-            hf = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
+            extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+            hf = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype, **extra)
         finally:
             hf_logging.set_verbosity(verbosity)
         model = cls(hf, tokenizer, max_length=max_length or meta.get("max_length", 1024))
@@ -197,6 +202,15 @@ class RewardModel(nn.Module):
     @property
     def backbone(self) -> nn.Module:
         return getattr(self.hf, self.hf.base_model_prefix)
+
+    def enable_checkpointing(self) -> None:
+        """Recompute each layer's activations in the backward pass (transformers' activation checkpointing,
+        non-reentrant, so frozen layers and replayed inputs work)."""
+        kw = {"use_reentrant": False}
+        if hasattr(self.hf, "activation_checkpointing_enable"):  # transformers >= 5.2x
+            self.hf.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+        else:
+            self.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
 
     @property
     def head(self) -> nn.Linear:
@@ -253,15 +267,29 @@ class RewardModel(nn.Module):
 
     # -- forward -----------------------------------------------------------------------------------------------
 
-    def forward(self, input_ids, attention_mask, position_ids, end_index) -> torch.Tensor:
-        """Rewards (N,) at the flat positions end_index of the (B, T) batch; the mask may be 2D or 4D (bool)."""
-        if attention_mask.dim() == 4 and self.hf.config._attn_implementation == "eager":
-            # eager attention adds its mask to the scores: allowed 0, masked the most negative float
+    def _mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """A 4D bool mask as the attention implementation takes it: eager adds it to the scores (allowed 0, masked
+        the most negative float); sdpa and the others take the bool mask as it is."""
+        if mask.dim() == 4 and self.hf.config._attn_implementation == "eager":
             dtype = next(self.parameters()).dtype
-            attention_mask = torch.zeros(attention_mask.shape, dtype=dtype).masked_fill(
-                ~attention_mask.cpu(), torch.finfo(dtype).min).to(input_ids.device)
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                               use_cache=False).last_hidden_state  # (B, T, H)
+            return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+        return mask
+
+    def forward(self, input_ids, attention_mask, position_ids, end_index, prompt: dict | None = None) -> torch.Tensor:
+        """Rewards (N,) at the flat positions end_index of the (B, T) batch; the mask may be 2D or 4D (bool).
+
+        prompt (the kv layout, batching.collate_kv): a first pass over each group's prompt keeps its keys and values;
+        every completion row then attends to its group's (gathered by prompt["group_index"]) and its own tokens."""
+        kw = {"use_cache": False}
+        if prompt is not None:
+            name = "cache" if "cache" in inspect.signature(self.backbone.forward).parameters else "past_key_values"
+            first = self.backbone(input_ids=prompt["input_ids"], attention_mask=self._mask(prompt["attention_mask"]),
+                                  position_ids=prompt["position_ids"], use_cache=True)
+            cache = getattr(first, name)
+            cache.batch_select_indices(prompt["group_index"])  # (G, ...) -> (N, ...): each row its group's prompt
+            kw = {"use_cache": True, name: cache}
+        hidden = self.backbone(input_ids=input_ids, attention_mask=self._mask(attention_mask),
+                               position_ids=position_ids, **kw).last_hidden_state  # (B, T, H)
         h_end = hidden.reshape(-1, hidden.shape[-1])[end_index]  # (N, H)
         return self.head(h_end).squeeze(-1).float() + self.reward_bias  # (N,)
 

@@ -16,8 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .batching import (choose_layout, collate_groups, shuffled_pairs, to_device, token_budget_batches,
-                       tokenize_groups)
+from .batching import collate_groups, plan_batches, shuffled_pairs, to_device, tokenize_groups
 from .config import TrainConfig
 from .data import ReadReport, overlap, read_groups, split_by_prompt, write_native
 from .evaluate import EvalResult, compare, evaluate
@@ -54,11 +53,60 @@ def check_prefix(model, prefix: FrozenPrefix, b: dict, say) -> FrozenPrefix | No
     return prefix
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """The order of the training groups in an epoch: a function of (seed, epoch), so a resumed run repeats it."""
-    order = list(range(n))
-    random.Random(seed * 1_000_003 + epoch).shuffle(order)
-    return order
+def epoch_steps(lengths: list[int], step_size: int, seed: int, epoch: int, buckets: int = 0) -> list[list[int]]:
+    """The steps of an epoch (lists of unit indices): a function of (seed, epoch), so a resumed run repeats it.
+
+    buckets = 0: consecutive slices of a shuffled order. buckets = B > 0: the shuffled order is cut into chunks of
+    B steps, each chunk sorted by length and cut into steps, and the steps shuffled (the last, short step stays
+    last): every step then holds units of similar length, so its micro-batches carry little padding, while each
+    unit is still seen once per epoch and every step still has step_size units."""
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if buckets > 0:
+        chunk = buckets * step_size
+        order = [i for c in range(0, len(order), chunk) for i in sorted(order[c:c + chunk], key=lambda i: lengths[i])]
+    steps = [order[i:i + step_size] for i in range(0, len(order), step_size)]
+    if buckets > 0:
+        full = [st for st in steps if len(st) == step_size]
+        rng.shuffle(full)
+        steps = full + [st for st in steps if len(st) < step_size]
+    return steps
+
+
+def backward_step(model, groups, weight: float, cfg: TrainConfig, attention_per_token: float, pad_id: int,
+                  prefix: FrozenPrefix | None = None, accelerator=None) -> dict:
+    """Forward and backward over one step's groups, in micro-batches of cfg.micro_batch_tokens with cfg.layout;
+    the gradients accumulate in .grad with each group weighted by `weight` (1/G for a step of G groups), so the
+    update is the mean over the step's groups however they are batched. Returns the summed loss (a tensor, to
+    avoid a sync), correct and stated pairs, tokens and completions forwarded, and the layout of each micro-batch."""
+    device = next(p for p in model.parameters()).device
+    micro = plan_batches(groups, cfg.micro_batch_tokens, cfg.layout, attention_per_token,
+                         kv=prefix is None and not cfg.gradient_checkpointing)
+    out = {"loss": torch.zeros((), device=device), "correct": 0.0, "pairs": 0.0, "tokens": 0, "completions": 0,
+           "layouts": [layout for _, layout in micro]}
+    for mi, (idx, layout) in enumerate(micro):
+        b = to_device(collate_groups([groups[j] for j in idx], pad_id, layout=layout), device)
+        out["tokens"] += sum(len(r) for j in idx for r in groups[j].ids)
+        out["completions"] += sum(len(groups[j].ids) for j in idx)
+        sync = mi == len(micro) - 1 or accelerator is None
+        with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                if prefix is None:
+                    rewards = model(b["input_ids"], b["attention_mask"], b["position_ids"], b["end_index"],
+                                    b.get("prompt"))  # (N,)
+                else:
+                    rewards = prefix.forward(model, b)  # (N,)
+            losses, _ = group_losses(rewards, b["ranks"], b["group_index"], len(idx), b.get("pair_mask"))  # (g,)
+            if accelerator is None:
+                (losses.sum() * weight).backward()
+            else:
+                accelerator.backward(losses.sum() * weight)
+        out["loss"] += losses.detach().sum()
+        c, p, _ = group_pair_stats(rewards.detach(), b["ranks"], b["group_index"], len(idx), b.get("pair_mask"))
+        out["correct"] += c.sum()
+        out["pairs"] += p.sum()
+    return out
 
 
 def lr_lambda(schedule: str, warmup: int, total: int):
@@ -156,17 +204,22 @@ def train(cfg: TrainConfig, frozen_cache: dict | None = None) -> dict:
 
     # -- model ---------------------------------------------------------------------------------------------------
     set_seed(cfg.seed)
-    model = RewardModel.from_pretrained(cfg.model, max_length=cfg.max_length)
+    model = RewardModel.from_pretrained(cfg.model, max_length=cfg.max_length,
+                                        attn_implementation=cfg.attn_implementation)
     disable_dropout(model)
     trainable = (add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_targets) if cfg.lora_r
                  else select_trainable(model, cfg.train_layers))
+    if cfg.gradient_checkpointing:
+        model.enable_checkpointing()
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
     what = ("the whole model" if cfg.train_layers < 0 and not cfg.lora_r else
             f"LoRA adapters (r={cfg.lora_r}, alpha={cfg.lora_alpha}) + head" if cfg.lora_r else
             f"the top {cfg.train_layers} layers + final norm + head")
     say(f"model: {cfg.model} ({type(model.hf).__name__}); training {what}: {n_train / 1e6:.2f}M of "
-        f"{n_all / 1e6:.1f}M parameters; max length {cfg.max_length}; {'bf16 autocast' if cfg.bf16 else 'fp32'}")
+        f"{n_all / 1e6:.1f}M parameters; max length {cfg.max_length}; {'bf16 autocast' if cfg.bf16 else 'fp32'}; "
+        f"{model.hf.config._attn_implementation} attention; layout {cfg.layout}"
+        f"{'; gradient checkpointing' if cfg.gradient_checkpointing else ''}")
     tok_train, cut_train = tokenize_groups(model, train_groups)
     tok_eval, cut_eval = tokenize_groups(model, held)
     say(f"tokens: {sum(g.tokens for g in tok_train)} training, {sum(g.tokens for g in tok_eval)} held out; "
@@ -214,7 +267,10 @@ def train(cfg: TrainConfig, frozen_cache: dict | None = None) -> dict:
         say(f"resumed from {ckpt} at step {start}")
 
     prefix = None
-    if cfg.cache_frozen and cfg.train_layers >= 0 and not cfg.lora_r:
+    if cfg.cache_frozen and cfg.train_layers >= 0 and not cfg.lora_r and cfg.layout == "kv":
+        say("layout kv: the frozen layers run at every step (their cache needs one forward pass per batch; "
+            "--layout auto, packed or padded keep it)")
+    elif cfg.cache_frozen and cfg.train_layers >= 0 and not cfg.lora_r:
         prefix = FrozenPrefix(core.backbone, cfg.train_layers)
         if frozen_cache is not None:
             prefix.store = frozen_cache
@@ -237,38 +293,25 @@ def train(cfg: TrainConfig, frozen_cache: dict | None = None) -> dict:
     run_loss, run_correct, run_pairs = [], 0.0, 0.0
     t0, tokens_seen, forwarded, eval_seconds = time.time(), 0, 0, 0.0
     model.train()
+    unit_lengths, plan = [sum(len(r) for r in u.ids) for u in units], {}
     for step in range(start, total_steps):
         epoch, i = divmod(step, steps_per_epoch)
-        order = epoch_order(len(units), cfg.seed, epoch)
-        step_ids = order[i * step_size:(i + 1) * step_size]  # this step's groups
+        if epoch not in plan:
+            plan = {epoch: epoch_steps(unit_lengths, step_size, cfg.seed, epoch, cfg.length_buckets)}
+        step_ids = plan[epoch][i]  # this step's groups
         mine_ids = step_ids[rank::world]  # this process's share
         weight = world / len(step_ids)  # each group weighs 1/G after DDP averages over the processes
         if not mine_ids:  # more processes than groups in this step: take part with a zero-weight group
             mine_ids, weight = step_ids[:1], 0.0
         mine = [units[j] for j in mine_ids]
-        micro = token_budget_batches([max(len(r) for r in g.ids) for g in mine], cfg.micro_batch_tokens,
-                                     [len(g.ids) for g in mine])
-        step_loss = torch.zeros((), device=device)
-        for mi, idx in enumerate(micro):
-            chunk = [mine[j] for j in idx]
-            b = collate_groups(chunk, pad_id, layout=choose_layout(chunk, cfg.layout, core.attention_per_token))
-            tokens_seen += sum(len(r) for j in idx for r in mine[j].ids)
-            forwarded += sum(len(mine[j].ids) for j in idx)
-            b = to_device(b, device)
-            sync = mi == len(micro) - 1
-            if prefix is not None and step == start and mi == 0:
-                prefix = check_prefix(model, prefix, b, say)
-            with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                    if prefix is None:
-                        rewards = model(b["input_ids"], b["attention_mask"], b["position_ids"], b["end_index"])
-                    else:
-                        rewards = prefix.forward(model, b)  # (N,)
-                losses, _ = group_losses(rewards, b["ranks"], b["group_index"], len(idx), b.get("pair_mask"))  # (g,)
-                accelerator.backward(losses.sum() * weight)
-            step_loss += losses.detach().sum()
-            c, p, _ = group_pair_stats(rewards.detach(), b["ranks"], b["group_index"], len(idx), b.get("pair_mask"))
-            run_correct, run_pairs = run_correct + c.sum(), run_pairs + p.sum()
+        if prefix is not None and step == start:
+            first = plan_batches(mine, cfg.micro_batch_tokens, cfg.layout, core.attention_per_token, kv=False)[0]
+            b = to_device(collate_groups([mine[j] for j in first[0]], pad_id, layout=first[1]), device)
+            prefix = check_prefix(model, prefix, b, say)
+        st = backward_step(model, mine, weight, cfg, core.attention_per_token, pad_id, prefix, accelerator)
+        step_loss = st["loss"]
+        tokens_seen, forwarded = tokens_seen + st["tokens"], forwarded + st["completions"]
+        run_correct, run_pairs = run_correct + st["correct"], run_pairs + st["pairs"]
         if cfg.max_grad_norm > 0:
             accelerator.clip_grad_norm_(trainable_params, cfg.max_grad_norm)
         optimizer.step()

@@ -471,6 +471,19 @@ def test_every_reader_raises_only_data_errors_on_malformed_records(tmp_path_fact
     _reader_property_test(100)(tmp_path_factory.mktemp("hyp"))
 
 
+@pytest.mark.parametrize("parent", [[], {}, 0, ["m1"]])
+def test_oasst_flat_parent_id_of_the_wrong_type_is_a_data_error(tmp_path, parent):
+    """Found by the property test: an empty list as parent_id passed the check (it is falsy) and crashed later."""
+    f = tmp_path / "flat.jsonl"
+    f.write_text(json.dumps({"message_id": "m1", "parent_id": None, "message_tree_id": "t", "text": "hi",
+                             "role": "prompter"}) + "\n" +
+                 json.dumps({"message_id": "m2", "parent_id": parent, "message_tree_id": "t", "text": "a",
+                             "role": "assistant", "rank": 0}) + "\n")
+    with pytest.raises(DataError) as e:
+        read_groups(f, "oasst")
+    assert "flat.jsonl:2" in str(e.value) and "parent_id" in str(e.value) and "Fix:" in str(e.value)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Partial orders reach the loss; identical prompts across files
 

@@ -144,7 +144,7 @@ def test_frozen_prefix_replay_equals_a_full_forward(model_dirs, arch, top):
     select_trainable(m, top)
     tok, _ = tokenize_groups(m, GROUPS)
     b = collate_groups(tok, m.tokenizer.pad_token_id)
-    keys = [tuple(r) for r in b["rows"]]
+    keys = [p[2] for p in b["pieces"]]
     prefix = FrozenPrefix(m.backbone, top)
     calls = []
     m.backbone.get_submodule(prefix.name)[0].register_forward_hook(lambda *a: calls.append(1))  # a frozen layer

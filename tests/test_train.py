@@ -136,3 +136,83 @@ def test_shuffled_pairs_regime_forwards_each_completion_k_minus_1_times(model_di
 def test_bf16_autocast_trains(model_dirs, synth, tmp_path):
     res = train(tiny_cfg(model_dirs, synth, tmp_path / "b", max_steps=2, bf16=True))
     assert res["steps"] == 2 and math.isfinite(res["after"]["log_loss"])
+
+
+def test_epoch_steps_with_length_buckets_keep_every_unit_once_and_group_similar_lengths():
+    from rankrm.train import epoch_steps
+
+    rng = random.Random(0)
+    lengths = [rng.randint(10, 500) for _ in range(203)]
+    plain = epoch_steps(lengths, 8, seed=1, epoch=0)
+    bucketed = epoch_steps(lengths, 8, seed=1, epoch=0, buckets=5)
+    for steps in (plain, bucketed):
+        assert sorted(i for st in steps for i in st) == list(range(203))
+        assert [len(st) for st in steps] == [8] * 25 + [3]
+    spread = lambda steps: sum(max(lengths[i] for i in st) - min(lengths[i] for i in st) for st in steps)  # noqa: E731
+    assert spread(bucketed) < spread(plain) / 3
+    assert bucketed == epoch_steps(lengths, 8, seed=1, epoch=0, buckets=5)  # a resumed run repeats it
+    assert bucketed != epoch_steps(lengths, 8, seed=1, epoch=1, buckets=5)
+
+
+def _step_gradients(model_dirs, rows, arch="llama-chat", attn=None, checkpointing=False, frozen=False, **cfg_kw):
+    from rankrm.batching import tokenize_groups
+    from rankrm.data import RankedGroup
+    from rankrm.evaluate import evaluate
+    from rankrm.freeze import FrozenPrefix, select_trainable
+    from rankrm.train import backward_step
+
+    torch.manual_seed(0)
+    m = RewardModel.from_pretrained(str(model_dirs[arch]), max_length=64, attn_implementation=attn)
+    m.train()
+    if checkpointing:
+        m.enable_checkpointing()
+    groups, _ = tokenize_groups(m, [RankedGroup(r["prompt"], tuple(r["completions"]), tuple(r["ranks"]))
+                                    for r in rows])
+    prefix = None
+    if frozen:  # train the top layer only, the frozen ones replayed from the cache the first pass filled
+        select_trainable(m, 1)
+        prefix = FrozenPrefix(m.backbone, 1)
+        evaluate(m, groups, layout=cfg_kw.get("layout", "padded"), prefix=prefix)
+        m.train()
+    from rankrm.freeze import layer_stack
+
+    calls = []
+    inner = next(layer_stack(m.backbone)[1][-1].children())  # inside the layer: rerun when it is recomputed
+    inner.register_forward_hook(lambda *a: calls.append(1))
+    out = backward_step(m, groups, 1 / len(groups), TrainConfig(train_data=["x"], **cfg_kw), m.attention_per_token,
+                        m.tokenizer.pad_token_id, prefix)
+    passes = sum(2 if how == "kv" else 1 for how in out["layouts"])  # kv: a prompt pass, then a completion pass
+    assert len(calls) == (2 if checkpointing else 1) * passes  # checkpointing: recomputed in the backward pass
+    return out, {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("variant", [dict(micro_batch_tokens=40), dict(layout="packed"), dict(layout="kv"),
+                                     dict(layout="auto"), dict(layout="kv", arch="qwen2-chat"),
+                                     dict(checkpointing=True), dict(attn="eager"), dict(arch="gpt2-chat"),
+                                     dict(frozen=True, layout="packed", micro_batch_tokens=100)])
+def test_the_step_gradient_is_the_same_whatever_the_batching(model_dirs, variant):
+    """One step of 8 groups (K = 2..4, ties) as one forward pass (padded), one pass per group (a 40-token budget),
+    packed rows, kv, auto, with checkpointing, eager attention, or replayed from the frozen-layer cache: the gradient is
+    the mean over the step's groups of each group's loss gradient, either way."""
+    rows = synthetic_groups(8, 7, k=4)
+    for i, r in enumerate(rows):  # mixed K and a tie
+        r["completions"], r["ranks"] = r["completions"][:2 + i % 3], r["ranks"][:2 + i % 3]
+    rows[0]["ranks"][0] = rows[0]["ranks"][1] = 0
+    rows[0]["completions"].append("good good good")
+    rows[0]["ranks"].append(1)
+    arch = variant.pop("arch", "llama-chat")
+    base = {k: variant[k] for k in ("frozen",) if k in variant}
+    want_stats, want = _step_gradients(model_dirs, rows, arch=arch, **base)
+    got_stats, got = _step_gradients(model_dirs, rows, arch=arch, **variant)
+    assert len(got) == len(want) > 3 and any(g.abs().sum() > 0 for g in want.values())
+    for n, g in want.items():
+        torch.testing.assert_close(got[n], g, rtol=1e-4, atol=1e-6, msg=n)
+    assert float(got_stats["loss"]) == pytest.approx(float(want_stats["loss"]), rel=1e-5)
+    assert got_stats["completions"] == want_stats["completions"] == sum(len(r["completions"]) for r in rows)
+
+
+def test_training_with_buckets_packing_and_checkpointing_runs(model_dirs, synth, tmp_path):
+    res = train(tiny_cfg(model_dirs, synth, tmp_path / "r", max_steps=3, length_buckets=4, layout="auto",
+                         gradient_checkpointing=True, train_layers=1))
+    assert res["steps"] == 3 and math.isfinite(res["after"]["log_loss"])
+    assert res["config"]["length_buckets"] == 4
