@@ -53,7 +53,7 @@ def warm_cache(cfg: TrainConfig, cache: dict) -> float:
     prefix = FrozenPrefix(model.backbone, cfg.train_layers)
     prefix.store = cache
     groups, _ = tokenize_groups(model, read_groups(cfg.train_data))
-    evaluate(model, groups, cfg.eval_batch_tokens, progress=True, prefix=prefix)
+    evaluate(model, groups, cfg.eval_batch_tokens, progress=True, prefix=prefix, layout=cfg.layout)
     return time.time() - t0
 
 
@@ -143,7 +143,7 @@ def main() -> None:
 
     base = dict(model=args.model, train_data=DATA, eval_fraction=0.2, max_length=args.max_length,
                 train_layers=args.train_layers, epochs=args.epochs, batch_size=args.batch_size,
-                learning_rate=5e-5, head_learning_rate=5e-4, warmup_ratio=0.05, layout="padded")
+                learning_rate=5e-5, head_learning_rate=5e-4, warmup_ratio=0.05, layout="padded", length_buckets=0)
     n_train = round(0.8 * len(read_groups(DATA)))  # about: the split is by conversation tree
     steps = int(args.epochs * -(-n_train // args.batch_size))
     base["eval_steps"] = max(1, steps // (args.eval_points + 1))

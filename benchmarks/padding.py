@@ -42,12 +42,13 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = p.parse_args()
     d = TrainConfig(train_data=DATA)  # the defaults
-    settings = [(512, d.batch_size, "rankrm train defaults"), (160, 8, "configs/demo.yaml")]
+    # (max length, groups per step, whose settings, whether kv may be chosen: not with the demo's frozen-layer cache)
+    settings = [(512, d.batch_size, "rankrm train defaults", True), (160, 8, "configs/demo.yaml", False)]
     model = RewardModel.from_pretrained(args.model)
     apt, pad_id = model.attention_per_token, model.tokenizer.pad_token_id
     train_groups, held = split_by_prompt(read_groups(DATA), 0.2, 0)
     rows, results = [], []
-    for max_length, batch_size, where in settings:
+    for max_length, batch_size, where, kv in settings:
         model.max_length = max_length
         tok_train, _ = tokenize_groups(model, train_groups)
         tok_eval, _ = tokenize_groups(model, held)
@@ -58,9 +59,9 @@ def main() -> None:
                 slots = pad = passes = 0
                 for st in steps:
                     groups = [tok_train[i] for i in st]
-                    s, q, n = count(groups, plan_batches(groups, d.micro_batch_tokens, layout, apt), pad_id)
+                    s, q, n = count(groups, plan_batches(groups, d.micro_batch_tokens, layout, apt, kv), pad_id)
                     slots, pad, passes = slots + s, pad + q, passes + n
-                ev = count(tok_eval, plan_batches(tok_eval, d.eval_batch_tokens, layout, apt), pad_id)
+                ev = count(tok_eval, plan_batches(tok_eval, d.eval_batch_tokens, layout, apt, kv), pad_id)
                 real = sum(g.tokens for g in tok_train)
                 r = {"max_length": max_length, "batch_size": batch_size, "settings": where, "layout": layout,
                      "length_buckets": buckets, "train_slots": slots, "train_padding": pad,

@@ -22,7 +22,7 @@ The bound: the tokens TRL processes over the tokens rankrm processes for the sam
 K (P + C) padded or P + K C packed and kv. A layout whose cost is proportional to its tokens reaches it; attention over a
 packed row costs more than its tokens and the fixed optimizer step less.
 
-    python benchmarks/throughput.py            # about 10 min on 2 CPU cores; needs trl (a dev dependency)
+    python benchmarks/throughput.py            # 16 min measured on 2 CPU cores; needs trl (a dev dependency)
 """
 
 from __future__ import annotations
@@ -120,10 +120,10 @@ def run_rankrm(model: RewardModel, steps: list[list[TokenizedGroup]], layout: st
     cfg = TrainConfig(train_data=["synthetic"], layout=layout)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-6)
-    ends, tokens = [], 0
+    ends = []
     with PeakMemory(device) as mem:
-        for i, groups in enumerate(steps):
-            st = backward_step(model, groups, 1 / len(groups), cfg, model.attention_per_token,
+        for groups in steps:
+            backward_step(model, groups, 1 / len(groups), cfg, model.attention_per_token,
                                model.tokenizer.pad_token_id)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
@@ -178,7 +178,7 @@ def main() -> None:
     p.add_argument("--ks", type=int, nargs="+", default=[2, 4, 9])
     p.add_argument("--prompt-factors", type=float, nargs="+", default=[0.25, 1, 4], help="P / C")
     p.add_argument("--groups-per-step", type=int, default=8)
-    p.add_argument("--steps", type=int, default=3, help="optimizer steps per run, the first one untimed")
+    p.add_argument("--steps", type=int, default=4, help="optimizer steps per run, the first one untimed")
     p.add_argument("--bf16", action="store_true", help="bf16 weights on both sides (GPU)")
     p.add_argument("--train-embeddings", action="store_true", help="train the input embeddings too (by default "
                    "frozen on both sides: their AdamW update is a fixed cost per step, the same for both, which with "
@@ -262,7 +262,7 @@ def main() -> None:
             "over the layout's; share of bound = speedup / bound. Peak memory: above the level at the run's start.\n\n"
             "| K | P | C | method | prompts/s | tokens/s | peak memory (MiB) | speedup vs TRL | token-ratio bound | "
             "share of bound | vs padded |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    table = head + "\n" + "\n".join(rows) + f"\n\nReproduce: `python benchmarks/throughput.py`\n"
+    table = head + "\n" + "\n".join(rows) + "\n\nReproduce: `python benchmarks/throughput.py`\n"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.md").write_text(table)
     (args.out / f"{args.name}.json").write_text(json.dumps({"settings": vars(args) | {"out": str(args.out)},

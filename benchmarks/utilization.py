@@ -8,7 +8,7 @@ convention: 6 x non-embedding parameters x tokens, plus attention 12 x layers x 
 (forward 4 T^2 d per layer for the scores and the weighted sum, backward twice that). The step's FLOPs are also
 counted by torch.utils.flop_counter on one untimed step, as a check of the formula.
 
-    python benchmarks/utilization.py     # about 5 min on 2 CPU cores (bf16 is slow on CPUs without bf16 units)
+    python benchmarks/utilization.py     # 7.6 min measured on 2 CPU cores (bf16 is slow on CPUs without bf16 units)
 """
 
 from __future__ import annotations
@@ -30,19 +30,24 @@ from rankrm.model import DEFAULT_MODEL, RewardModel  # noqa: E402
 from rankrm.train import backward_step, disable_dropout  # noqa: E402
 
 
-def matmul_peak(dtype, device, sizes=(512, 1024, 2048), seconds: float = 2.0) -> tuple[float, int]:
-    """Best FLOP/s of an n x n matrix product over sizes: (FLOP/s, n)."""
-    best = (0.0, 0)
+def matmul_peak(dtype, device, sizes=(512, 1024, 2048), seconds: float = 2.0) -> tuple[float, str]:
+    """Best FLOP/s of an n x n x n matrix product over sizes and over the two ways the model's layers can reach
+    it (torch.mm, and F.linear, which on CPUs takes oneDNN's path: for bf16 the faster one by far here): (FLOP/s,
+    what reached it)."""
+    import torch.nn.functional as F
+
+    best = (0.0, "")
     for n in sizes:
         a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-        a @ b  # warm-up
-        sync(device)
-        reps, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            a @ b
-            reps += 1
-        sync(device)
-        best = max(best, (2 * n**3 * reps / (time.perf_counter() - t0), n))
+        for name, op in (("mm", lambda: a @ b), ("linear", lambda: F.linear(a, b))):
+            op()  # warm-up
+            sync(device)
+            reps, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < seconds:
+                op()
+                reps += 1
+            sync(device)
+            best = max(best, (2 * n**3 * reps / (time.perf_counter() - t0), f"{name}, n={n}"))
     return best
 
 
@@ -57,8 +62,9 @@ def main() -> None:
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--k", type=int, default=4)
     p.add_argument("--tokens", type=int, default=128, help="tokens per completion row (prompt + completion)")
-    p.add_argument("--groups", type=int, default=4, help="groups per step")
-    p.add_argument("--steps", type=int, default=2, help="timed steps (after one warm-up step)")
+    p.add_argument("--groups", type=int, default=2, help="groups per step")
+    p.add_argument("--steps", type=int, default=2, help="timed fp32 steps (after one warm-up step)")
+    p.add_argument("--bf16-steps", type=int, default=1, help="timed bf16 steps (slow on CPUs without bf16 units)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -70,7 +76,7 @@ def main() -> None:
     special = set(tok.all_special_ids)
     vocab = [i for i in range(100, 40000) if i not in special]
     half = args.tokens // 2
-    groups = synthetic_groups(args.k, half, args.tokens - half, args.groups * (args.steps + 1), vocab,
+    groups = synthetic_groups(args.k, half, args.tokens - half, args.groups * (max(args.steps, args.bf16_steps) + 1), vocab,
                               tok.eos_token_id, seed=0)
     steps = [groups[i:i + args.groups] for i in range(0, len(groups), args.groups)]
     rows = args.groups * args.k
@@ -80,7 +86,7 @@ def main() -> None:
     results, lines = [], []
     for name, bf16 in (("fp32", False), ("bf16", True)):
         peak, n = matmul_peak(torch.bfloat16 if bf16 else torch.float32, device)
-        cfg = TrainConfig(train_data=["synthetic"], bf16=bf16)
+        cfg = TrainConfig(train_data=["synthetic"], bf16=bf16, layout="padded")  # the tokens the formula counts
 
         def step(groups):
             backward_step(model, groups, 1 / len(groups), cfg, model.attention_per_token, tok.pad_token_id)
@@ -90,32 +96,36 @@ def main() -> None:
 
         from torch.utils.flop_counter import FlopCounterMode
 
-        with FlopCounterMode(display=False) as counter:
-            step(steps[0])  # warm-up, and the count of the FLOPs the step really runs (backward_step's matmuls)
-        counted = counter.get_total_flops()
+        if not bf16:
+            with FlopCounterMode(display=False) as counter:
+                step(steps[0])  # warm-up, and the count of the FLOPs the step really runs (backward_step's matmuls)
+            counted = counter.get_total_flops()
+        else:
+            step(steps[0])  # warm-up; the same matmuls as in fp32
+        timed = steps[1:1 + (args.bf16_steps if bf16 else args.steps)]
         t0 = time.perf_counter()
-        for groups in steps[1:]:
+        for groups in timed:
             step(groups)
-        per_step = (time.perf_counter() - t0) / args.steps
+        per_step = (time.perf_counter() - t0) / len(timed)
         achieved = flops / per_step
-        r = {"precision": name, "matmul_peak_flops": peak, "peak_at_n": n, "step_seconds": per_step,
+        r = {"precision": name, "matmul_peak_flops": peak, "peak_reached_by": n, "step_seconds": per_step, "timed_steps": len(timed),
              "model_flops_per_step": flops, "counted_flops_per_step": counted, "tokens_per_step": rows * args.tokens,
              "model_flops_per_s": achieved, "utilization": achieved / peak}
         results.append(r)
-        lines.append(f"| {name} | {peak / 1e9:.1f} (n={n}) | {rows * args.tokens} | {per_step:.2f} | "
+        lines.append(f"| {name} | {peak / 1e9:.1f} ({n}) | {len(timed)} | {rows * args.tokens} | {per_step:.2f} | "
                      f"{rows * args.tokens / per_step:.0f} | {flops / 1e9:.1f} | {counted / 1e9:.1f} | "
                      f"{achieved / 1e9:.1f} | {100 * achieved / peak:.0f}% |")
         print(lines[-1], flush=True)
     head = (f"# Utilization of a training step\n\n{device}, {torch.get_num_threads()} threads; "
             f"{Path(args.model).name} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters), whole "
             f"model trained with AdamW; a step of {args.groups} groups x K={args.k} rows of {args.tokens} tokens "
-            f"(padded layout, no padding), {args.steps} timed steps after a warm-up step.\n\n"
+            f"(padded layout, no padding), timed after a warm-up step.\n\n"
             "Model FLOPs = 6 x non-embedding parameters x tokens + 12 x layers x hidden x T^2 per row; counted = "
             "torch.utils.flop_counter on the same step. Utilization = model FLOP/s over the matmul peak of the same "
             "precision measured in this run.\n\n"
-            "| precision | matmul peak (GFLOP/s) | tokens per step | seconds per step | tokens/s | model GFLOP per "
+            "| precision | matmul peak (GFLOP/s) | timed steps | tokens per step | seconds per step | tokens/s | model GFLOP per "
             "step | counted GFLOP per step | model GFLOP/s | utilization |\n"
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     table = head + "\n" + "\n".join(lines) + "\n\nReproduce: `python benchmarks/utilization.py`\n"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "utilization.md").write_text(table)

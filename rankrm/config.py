@@ -48,13 +48,13 @@ class TrainConfig:
     batch_size: int = opt(16, "groups (prompts, each with all its completions) per optimizer step")
     micro_batch_tokens: int = opt(4096, "padded tokens per forward pass; a step accumulates gradients over as "
                                         "many as it needs, weighted so the update is the mean over its groups")
-    layout: str = opt("padded", "batch layout: padded (one row per completion), packed (the prompt forwarded once: "
+    layout: str = opt("auto", "batch layout: padded (one row per completion), packed (the prompt forwarded once: "
                                 "[prompt | c1 | ... | cK] rows, several groups per row, a 4D mask keeping completions "
                                 "apart), kv (the prompt forwarded once, its keys and values shared by its completions' "
                                 "rows) or auto (the cheapest per batch by tokens and attention area)")
-    length_buckets: int = opt(0, "compose steps of groups of similar length, to cut padding: the shuffled epoch is "
-                                 "cut into chunks of N steps, each sorted by length, and the steps shuffled (0: "
-                                 "steps are plain slices of the shuffled epoch)")
+    length_buckets: int = opt(16, "compose steps of groups of similar length, to cut padding: the shuffled epoch is "
+                                  "cut into chunks of N steps, each sorted by length, and the steps shuffled (0: "
+                                  "steps are plain slices of the shuffled epoch)")
     gradient_checkpointing: bool = opt(False, "recompute each trained layer's activations in the backward pass: "
                                               "less memory, about a third more compute")
     attn_implementation: str = opt("sdpa", "attention kernel: sdpa (PyTorch's fused attention, which picks flash or "

@@ -55,7 +55,7 @@ def compare(before: EvalResult, after: EvalResult, n_boot: int = 2000, seed: int
 
 @torch.no_grad()
 def evaluate(model, groups: list[TokenizedGroup], batch_tokens: int = 4096, progress: bool = False,
-             prefix=None, layout: str = "padded") -> EvalResult:
+             prefix=None, layout: str = "auto") -> EvalResult:
     """Score every completion once and collect each group's pair statistics (ties between labels excluded).
 
     With a FrozenPrefix cache, the frozen layers run only the first time a token sequence is seen."""

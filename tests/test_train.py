@@ -161,6 +161,7 @@ def _step_gradients(model_dirs, rows, arch="llama-chat", attn=None, checkpointin
     from rankrm.freeze import FrozenPrefix, select_trainable
     from rankrm.train import backward_step
 
+    cfg_kw.setdefault("layout", "padded")
     torch.manual_seed(0)
     m = RewardModel.from_pretrained(str(model_dirs[arch]), max_length=64, attn_implementation=attn)
     m.train()
@@ -172,7 +173,7 @@ def _step_gradients(model_dirs, rows, arch="llama-chat", attn=None, checkpointin
     if frozen:  # train the top layer only, the frozen ones replayed from the cache the first pass filled
         select_trainable(m, 1)
         prefix = FrozenPrefix(m.backbone, 1)
-        evaluate(m, groups, layout=cfg_kw.get("layout", "padded"), prefix=prefix)
+        evaluate(m, groups, layout=cfg_kw["layout"], prefix=prefix)
         m.train()
     from rankrm.freeze import layer_stack
 
