@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,11 @@ class TokenizedGroup:
     @property
     def tokens(self) -> int:
         return sum(len(x) for x in self.ids)
+
+    @functools.cached_property
+    def prefix(self) -> int:
+        """Leading tokens all completions share (shared_prefix), computed once: the layouts ask for it often."""
+        return shared_prefix(self.ids)
 
     def comparisons(self) -> list[tuple[int, int]]:
         """The (winner, loser) index pairs this group states: its partial order, else every pair its ranks order."""
@@ -95,7 +101,7 @@ def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
 def packed_group(g: TokenizedGroup) -> tuple[list[int], list[int], list[int], list[int], int]:
     """A group as one sequence [shared prefix | rest of c1 | ... | rest of cK]: (ids, positions, segment 0 for the
     prefix and i for completion i, each completion's last index, prefix length)."""
-    n = shared_prefix(g.ids)
+    n = g.prefix
     ids, pos, seg, ends = list(g.ids[0][:n]), list(range(n)), [0] * n, []
     for i, r in enumerate(g.ids, start=1):
         tail = r[n:]
@@ -158,7 +164,7 @@ def collate_kv(groups: list[TokenizedGroup], pad_id: int) -> dict:
     the completion pass's tensors as a batch does (input_ids (N, T), a 4D bool mask (N, 1, T, P + T), position
     ids continuing the prompt's, end_index) and the prompt pass under "prompt" (input_ids, a 4D mask (G, 1, P, P),
     position_ids, group_index (N,) mapping completions to their group's cache row). Pad queries attend themselves."""
-    n = [shared_prefix(g.ids) for g in groups]
+    n = [g.prefix for g in groups]
     tails = [r[k:] for g, k in zip(groups, n) for r in g.ids]
     gidx = [gi for gi, g in enumerate(groups) for _ in g.ids]
     p_len, t = max(n), max(len(x) for x in tails)
@@ -193,7 +199,7 @@ def collate_kv(groups: list[TokenizedGroup], pad_id: int) -> dict:
 def kv_cost(groups: list[TokenizedGroup], attention_per_token: float) -> float:
     """layout_cost's terms for the kv layout: the prompt pass (G x P, attention P^2 per row) and the completion pass
     (N x T, attention T (P + T) per row)."""
-    n = [shared_prefix(g.ids) for g in groups]
+    n = [g.prefix for g in groups]
     p_len, t = max(n), max(len(r) - k for g, k in zip(groups, n) for r in g.ids)
     rows = sum(len(g.ids) for g in groups)
     return len(groups) * layout_cost(1, p_len, attention_per_token) + rows * t * (1 + attention_per_token * (p_len + t))
@@ -201,7 +207,7 @@ def kv_cost(groups: list[TokenizedGroup], attention_per_token: float) -> float:
 
 def packed_length(g: TokenizedGroup) -> int:
     """Tokens of a group's packed sequence: the shared prefix once, then each completion's own tokens."""
-    n = shared_prefix(g.ids)
+    n = g.prefix
     return n + sum(len(r) - n for r in g.ids)
 
 
