@@ -189,11 +189,11 @@ def collate_kv(groups: list[TokenizedGroup], pad_id: int) -> dict:
     to_self = (causal_t & real[:, None, :] & real[:, :, None]) | torch.eye(t, dtype=torch.bool)  # (N, T, T)
     mask = torch.cat([to_prompt & real[:, :, None], to_self], dim=-1)  # (N, T, P + T): pad queries see themselves
     end_index = torch.tensor([i * t + len(x) - 1 for i, x in enumerate(tails)], dtype=torch.long)  # (N,)
-    pieces = []  # two passes: not for the frozen-layer cache
+    prompt = {"input_ids": prompt_ids, "attention_mask": prompt_mask[:, None], "group_index": group_index,
+              "position_ids": torch.arange(p_len).expand(len(groups), -1).clone()}
     return {"input_ids": ids, "attention_mask": mask[:, None], "position_ids": position_ids, "end_index": end_index,
-            "pieces": pieces, "tokens": sum(n) + sum(len(x) for x in tails), "prompt": {"input_ids": prompt_ids, "attention_mask": prompt_mask[:, None],
-                                         "position_ids": torch.arange(p_len).expand(len(groups), -1).clone(),
-                                         "group_index": group_index}}
+            "pieces": [],  # two passes: not for the frozen-layer cache
+            "tokens": sum(n) + sum(len(x) for x in tails), "prompt": prompt}
 
 
 def kv_cost(groups: list[TokenizedGroup], attention_per_token: float) -> float:
@@ -234,7 +234,7 @@ def pair_mask_of(groups: list[TokenizedGroup]) -> torch.Tensor | None:
     return mask
 
 
-LAYOUTS = ("padded", "packed", "kv", "auto")
+LAYOUTS = ("padded", "packed", "kv", "auto")  # auto: one of the others, chosen per batch
 
 
 def batch_cost(groups: list[TokenizedGroup], layout: str, attention_per_token: float) -> float:
@@ -266,13 +266,15 @@ def plan_batches(groups: list[TokenizedGroup], budget: int, layout: str, attenti
     budget. packed: groups sorted by packed length, filled while groups x longest stays within it (shared rows then
     take fewer slots). auto: both plans, the first with the cheapest layout for each pass (choose_layout), and the
     cheaper plan by batch_cost kept. A group that alone exceeds the budget gets a pass of its own."""
-    by_rows = token_budget_batches([max(len(r) for r in g.ids) for g in groups], budget, [len(g.ids) for g in groups])
-    by_packed = token_budget_batches([packed_length(g) for g in groups], budget)
+    def by_rows():
+        return token_budget_batches([max(len(r) for r in g.ids) for g in groups], budget, [len(g.ids) for g in groups])
+
+    by_packed = [] if layout in ("padded", "kv") else token_budget_batches([packed_length(g) for g in groups], budget)
     if layout == "packed":
         return [(idx, "packed") for idx in by_packed]
     if layout != "auto":
-        return [(idx, layout) for idx in by_rows]
-    plans = [[(idx, choose_layout([groups[i] for i in idx], "auto", attention_per_token, kv)) for idx in by_rows],
+        return [(idx, layout) for idx in by_rows()]
+    plans = [[(idx, choose_layout([groups[i] for i in idx], "auto", attention_per_token, kv)) for idx in by_rows()],
              [(idx, "packed") for idx in by_packed]]
     return min(plans, key=lambda plan: sum(batch_cost([groups[i] for i in idx], how, attention_per_token)
                                            for idx, how in plan))
@@ -300,7 +302,7 @@ def collate_groups(groups: list[TokenizedGroup], pad_id: int, padding_side: str 
     When a group states only some comparisons (a partial order), the batch also holds "pair_mask" (N, N), which
     the loss and metrics use instead of the ranks."""
     rows = [r for g in groups for r in g.ids]
-    if layout not in ("padded", "packed", "kv"):
+    if layout not in LAYOUTS[:-1]:
         raise ValueError(f"layout {layout!r} unknown. Fix: use padded, packed or kv (auto is chosen per batch)")
     batch = (collate_padded(rows, pad_id, padding_side) if layout == "padded" else
              collate_packed(groups, pad_id) if layout == "packed" else collate_kv(groups, pad_id))

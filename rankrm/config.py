@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from .batching import LAYOUTS
 from .model import DEFAULT_MODEL
 
 
@@ -87,7 +88,7 @@ class TrainConfig:
             raise ValueError("no training data. Fix: pass --train-data FILE (or train-data: in the YAML config)")
         if self.lr_schedule not in ("cosine", "linear", "constant"):
             raise ValueError(f"lr_schedule {self.lr_schedule!r} unknown. Fix: use cosine, linear or constant")
-        if self.layout not in ("padded", "packed", "kv", "auto"):
+        if self.layout not in LAYOUTS:
             raise ValueError(f"layout {self.layout!r} unknown. Fix: use padded, packed, kv or auto")
         if self.layout == "kv" and self.gradient_checkpointing:
             raise ValueError("the kv layout keeps the prompt's keys and values, which gradient checkpointing drops. "

@@ -267,6 +267,11 @@ class RewardModel(nn.Module):
 
     # -- forward -----------------------------------------------------------------------------------------------
 
+    @functools.cached_property
+    def _cache_argument(self) -> str:
+        """The backbone's name for a key/value cache: `cache` (transformers >= 5.2x) or `past_key_values`."""
+        return "cache" if "cache" in inspect.signature(self.backbone.forward).parameters else "past_key_values"
+
     def _mask(self, mask: torch.Tensor) -> torch.Tensor:
         """A 4D bool mask as the attention implementation takes it: eager adds it to the scores (allowed 0, masked
         the most negative float); sdpa and the others take the bool mask as it is."""
@@ -282,7 +287,7 @@ class RewardModel(nn.Module):
         every completion row then attends to its group's (gathered by prompt["group_index"]) and its own tokens."""
         kw = {"use_cache": False}
         if prompt is not None:
-            name = "cache" if "cache" in inspect.signature(self.backbone.forward).parameters else "past_key_values"
+            name = self._cache_argument
             first = self.backbone(input_ids=prompt["input_ids"], attention_mask=self._mask(prompt["attention_mask"]),
                                   position_ids=prompt["position_ids"], use_cache=True)
             cache = getattr(first, name)
