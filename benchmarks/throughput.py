@@ -22,7 +22,7 @@ The bound: the tokens TRL processes over the tokens rankrm processes for the sam
 K (P + C) padded or P + K C packed and kv. A layout whose cost is proportional to its tokens reaches it; attention over a
 packed row costs more than its tokens and the fixed optimizer step less.
 
-    python benchmarks/throughput.py            # 16 min measured on 2 CPU cores; needs trl (a dev dependency)
+    python benchmarks/throughput.py            # 14 min measured on 2 CPU cores; needs trl (a dev dependency)
 """
 
 from __future__ import annotations
