@@ -11,7 +11,6 @@ forward pass runs, so this takes seconds.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rankrm.batching import collate_groups, padding_share, plan_batches, tokenize_groups  # noqa: E402
+from benchmarks._results import save  # noqa: E402
 from rankrm.config import TrainConfig  # noqa: E402
 from rankrm.data import read_groups, split_by_prompt  # noqa: E402
 from rankrm.model import DEFAULT_MODEL, RewardModel  # noqa: E402
@@ -79,11 +79,7 @@ def main() -> None:
             "| max length | groups per step | layout | length buckets | training token slots | padding share "
             "(training) | forward passes | slots per completion token | padding share (evaluation) |\n"
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    table = head + "\n" + "\n".join(rows) + "\n\nReproduce: `python benchmarks/padding.py`\n"
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "padding.md").write_text(table)
-    (args.out / "padding.json").write_text(json.dumps(results, indent=1) + "\n")
-    print(table)
+    save(args.out, "padding", head, rows, results, "padding.py")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
-import json
 import os
 import random
 import sys
@@ -46,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rankrm.batching import TokenizedGroup, plan_batches  # noqa: E402
+from benchmarks._results import save  # noqa: E402
 from rankrm.config import TrainConfig  # noqa: E402
 from rankrm.model import DEFAULT_MODEL, RewardModel  # noqa: E402
 from rankrm.train import backward_step, disable_dropout  # noqa: E402
@@ -262,12 +262,8 @@ def main() -> None:
             "over the layout's; share of bound = speedup / bound. Peak memory: above the level at the run's start.\n\n"
             "| K | P | C | method | prompts/s | tokens/s | peak memory (MiB) | speedup vs TRL | token-ratio bound | "
             "share of bound | vs padded |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    table = head + "\n" + "\n".join(rows) + "\n\nReproduce: `python benchmarks/throughput.py`\n"
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.md").write_text(table)
-    (args.out / f"{args.name}.json").write_text(json.dumps({"settings": vars(args) | {"out": str(args.out)},
-                                                             "device": str(device), "results": results}, indent=1))
-    print(table)
+    save(args.out, args.name, head, rows, {"settings": vars(args) | {"out": str(args.out)}, "device": str(device),
+                                           "results": results}, "throughput.py")
 
 
 if __name__ == "__main__":

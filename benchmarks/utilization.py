@@ -14,7 +14,6 @@ counted by torch.utils.flop_counter on one untimed step, as a check of the formu
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.throughput import synthetic_groups, sync  # noqa: E402
+from benchmarks._results import save  # noqa: E402
 from rankrm.config import TrainConfig  # noqa: E402
 from rankrm.model import DEFAULT_MODEL, RewardModel  # noqa: E402
 from rankrm.train import backward_step, disable_dropout  # noqa: E402
@@ -126,11 +126,7 @@ def main() -> None:
             "| precision | matmul peak (GFLOP/s) | timed steps | tokens per step | seconds per step | tokens/s | model GFLOP per "
             "step | counted GFLOP per step | model GFLOP/s | utilization |\n"
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    table = head + "\n" + "\n".join(lines) + "\n\nReproduce: `python benchmarks/utilization.py`\n"
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "utilization.md").write_text(table)
-    (args.out / "utilization.json").write_text(json.dumps({"device": str(device), "results": results}, indent=1))
-    print(table)
+    save(args.out, "utilization", head, lines, {"device": str(device), "results": results}, "utilization.py")
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ def backward_step(model, groups, weight: float, cfg: TrainConfig, attention_per_
     the gradients accumulate in .grad with each group weighted by `weight` (1/G for a step of G groups), so the
     update is the mean over the step's groups however they are batched. Returns the summed loss (a tensor, to
     avoid a sync), correct and stated pairs, tokens and completions forwarded, and the layout of each micro-batch."""
-    device = next(p for p in model.parameters()).device
+    device = next(model.parameters()).device
     micro = plan_batches(groups, cfg.micro_batch_tokens, cfg.layout, attention_per_token,
                          kv=prefix is None and not cfg.gradient_checkpointing)
     out = {"loss": torch.zeros((), device=device), "correct": 0.0, "pairs": 0.0, "tokens": 0, "completions": 0,
