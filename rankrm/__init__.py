@@ -1,18 +1,20 @@
-"""rankrm: reward models trained on K-wise human rankings, the InstructGPT way."""
+"""rankrm: reward models trained on K-wise human rankings, the InstructGPT way.
 
-from .data import DataError, RankedGroup, read_groups, split_by_prompt
-from .loss import group_losses, kwise_loss
+The public API, imported eagerly on purpose: `rankrm.train`, `rankrm.evaluate` and `rankrm.normalize` are functions
+that share their names with submodules, and binding them here, after their submodules are loaded, keeps them
+functions whatever is imported later (`import rankrm.train` then finds the submodule loaded and rebinds nothing)."""
+
+__version__ = "0.2.0"
+
+from .batch import TokenizedGroup, tokenize_groups
+from .config import TrainConfig
+from .data import DataError, RankedGroup, ReadReport, read_groups, split_by_prompt, write_native
+from .evaluate import EvalResult, compare, evaluate
+from .loss import GroupStats, group_stats, kwise_loss
 from .model import RewardModel
+from .normalize import normalize
+from .train import train
 
-__version__ = "0.1.0"
-
-
-def train(config):
-    """Train a reward model from a TrainConfig (see rankrm.config); returns the metrics before and after."""
-    from .train import train as _train
-
-    return _train(config)
-
-
-__all__ = ["DataError", "RankedGroup", "RewardModel", "group_losses", "kwise_loss", "read_groups",
-           "split_by_prompt", "train"]
+__all__ = ["DataError", "EvalResult", "GroupStats", "RankedGroup", "ReadReport", "RewardModel", "TokenizedGroup",
+           "TrainConfig", "compare", "evaluate", "group_stats", "kwise_loss", "normalize", "read_groups",
+           "split_by_prompt", "tokenize_groups", "train", "write_native"]

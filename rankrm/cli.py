@@ -1,4 +1,7 @@
-"""The `rankrm` command: each subcommand parses its flags and calls the library."""
+"""The `rankrm` command: each subcommand parses its flags and calls the library.
+
+Exit codes: 0 done; 2 bad input or settings (a one-line error naming the file, line or setting, and the fix);
+128 + N when training stopped on signal N after writing a checkpoint (130 Ctrl-C, 143 SIGTERM, 138 SIGUSR1)."""
 
 from __future__ import annotations
 
@@ -21,17 +24,20 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .batching import tokenize_groups
+    from .batch import tokenize_groups
     from .data import ReadReport, read_groups
-    from .evaluate import evaluate
+    from .evaluate import evaluate_groups
     from .model import RewardModel
 
     report = ReadReport()
     groups = read_groups(args.data, args.format, report, skip_invalid=args.skip_invalid)
     model = RewardModel.from_pretrained(args.model, max_length=args.max_length)
     tok, truncated = tokenize_groups(model, groups)
-    m = evaluate(model, tok, args.batch_tokens, progress=not args.json).metrics
+    m = dict(evaluate_groups(model, tok, args.batch_tokens, progress=not args.json).metrics)
     m.update({"model": args.model, "data": args.data, "truncated_completions": truncated, "read": report.summary()})
+    if truncated:
+        print(f"rankrm eval: {truncated} completions had their prompt cut from the left to fit --max-length "
+              f"{model.max_length}", file=sys.stderr)
     if args.json:
         print(json.dumps(m, indent=2))
     else:
@@ -107,14 +113,49 @@ def cmd_score(args) -> int:
 
     model = RewardModel.from_pretrained(args.model, max_length=args.max_length)
     n = score_file(model, args.input, args.output, args.chunk_lines, args.batch_tokens, progress=not args.quiet)
-    print(f"scored {n} records into {args.output}")
+    if n["truncated"]:
+        print(f"rankrm score: {n['truncated']} of {n['records']} records had their prompt cut from the left to fit "
+              f"--max-length {model.max_length} (marked \"truncated\": true)", file=sys.stderr)
+    print(f"scored {n['records']} records into {args.output}")
     return 0
 
 
-def add_model_parsers(sub) -> None:
-    """`rankrm normalize` and `rankrm score`."""
-    n = sub.add_parser("normalize", help="set a bias so that demonstrations score a mean of 0 (InstructGPT)")
-    n.add_argument("--model", required=True, help="a saved reward model directory")
+def shared_flags() -> dict[str, argparse.ArgumentParser]:
+    """Parent parsers (argparse parents=) for the flags several subcommands share."""
+    model = argparse.ArgumentParser(add_help=False)
+    model.add_argument("--model", required=True, help="a saved reward model directory (or hub id)")
+    model.add_argument("--max-length", type=int, default=None, help="tokens per prompt + completion "
+                                                                   "(default: the model's own)")
+    model.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per forward pass")
+    data = argparse.ArgumentParser(add_help=False)
+    data.add_argument("--format", default="auto", help=FORMAT_HELP)
+    data.add_argument("--skip-invalid", action="store_true", help=SKIP_HELP)
+    return {"model": model, "data": data}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .config import train_flags
+
+    p = argparse.ArgumentParser(prog="rankrm", description="Train reward models on K-wise human rankings, "
+                                                           "the InstructGPT way.")
+    sub = p.add_subparsers(dest="command", required=True)
+    shared = shared_flags()
+
+    t = sub.add_parser("train", parents=[train_flags()], help="train a reward model",
+                       description="Train a reward model on ranked groups. Launch on several GPUs or nodes with "
+                                   "`accelerate launch -m rankrm train ...`.")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", parents=[shared["model"], shared["data"]],
+                       help="pairwise accuracy and log loss of a model on ranked data")
+    e.add_argument("--data", required=True, nargs="+", help="file(s) of ranked groups")
+    e.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    e.set_defaults(func=cmd_eval)
+
+    add_data_parser(sub)
+
+    n = sub.add_parser("normalize", parents=[shared["model"]],
+                       help="set a bias so that demonstrations score a mean of 0 (InstructGPT)")
     n.add_argument("--demonstrations", required=True, type=Path,
                    help="JSONL of {prompt, response}, or ranked data whose rank-0 completions serve as "
                         "demonstrations (e.g. the heldout.jsonl that `rankrm train` writes)")
@@ -122,57 +163,32 @@ def add_model_parsers(sub) -> None:
     n.add_argument("--target-std", type=float, default=None, help="also set a gain so the demonstrations' "
                                                                   "rewards have this standard deviation")
     n.add_argument("--format", default="auto", help="format of a ranked-data demonstrations file")
-    n.add_argument("--max-length", type=int, default=None, help="tokens per prompt + response "
-                                                               "(default: the model's own)")
-    n.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per forward pass")
     n.set_defaults(func=cmd_normalize)
 
-    s = sub.add_parser("score", help="add a reward to every (prompt, completion) record of a JSONL file")
-    s.add_argument("--model", required=True, help="a saved reward model directory")
+    s = sub.add_parser("score", parents=[shared["model"]],
+                       help="add a reward to every (prompt, completion) record of a JSONL file")
     s.add_argument("input", help="JSONL with prompt (string or messages) and completion per line; .gz is read too")
     s.add_argument("output", help="JSONL to write: the input records with \"reward\" added, in input order")
-    s.add_argument("--max-length", type=int, default=None, help="tokens per prompt + completion "
-                                                               "(default: the model's own)")
-    s.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per forward pass")
     s.add_argument("--chunk-lines", type=int, default=4096, help="records held in memory at once")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_score)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from .config import add_config_arguments
-
-    p = argparse.ArgumentParser(prog="rankrm", description="Train reward models on K-wise human rankings, "
-                                                           "the InstructGPT way.")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    t = sub.add_parser("train", help="train a reward model", description="Train a reward model on ranked groups. "
-                       "Launch on several GPUs or nodes with `accelerate launch -m rankrm train ...`.")
-    add_config_arguments(t)
-    t.set_defaults(func=cmd_train)
-
-    e = sub.add_parser("eval", help="pairwise accuracy and log loss of a model on ranked data")
-    e.add_argument("--model", required=True, help="a saved reward model directory (or hub id)")
-    e.add_argument("--data", required=True, nargs="+", help="file(s) of ranked groups")
-    e.add_argument("--format", default="auto", help=FORMAT_HELP)
-    e.add_argument("--skip-invalid", action="store_true", help=SKIP_HELP)
-    e.add_argument("--max-length", type=int, default=None, help="tokens per prompt + completion "
-                                                               "(default: the model's own)")
-    e.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per forward pass")
-    e.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    e.set_defaults(func=cmd_eval)
-
-    add_data_parser(sub)
-    add_model_parsers(sub)
     return p
 
 
 def main(argv=None) -> int:
+    from .signals import TrainingInterrupted
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except TrainingInterrupted as e:
+        print(f"rankrm {args.command}: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"rankrm {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (DataError, ValueError, OSError) as e:
         print(f"rankrm {args.command}: error: {e}", file=sys.stderr)
         return 2

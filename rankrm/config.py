@@ -1,25 +1,36 @@
-"""TrainConfig: every training setting with its help text; the same names serve flags and YAML keys."""
+"""TrainConfig: every training setting with its help text; the same names serve flags and YAML keys.
+
+Flags come from the dataclass through transformers' HfArgumentParser (dashed and underscored spellings); a YAML
+file given with --config fills what the command line leaves out; every value is checked where it enters, before
+any model loads, and a bad one is a ValueError naming the setting and the fix."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import types
+import functools
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from .batching import LAYOUTS
-from .model import DEFAULT_MODEL
+from .batch import LAYOUTS
+from .hub import DEFAULT_MODEL
+
+FORMATS = ("auto", "native", "pairwise", "implicit", "scored", "oasst")
+ALIASES = {"length_buckets": "length_sort_window"}  # earlier names of settings, still read
 
 
-def opt(default, help: str, **kw):
+def opt(default, help: str, aliases: list[str] | None = None):
     """A config field with its help text (shown by --help)."""
+    meta = {"help": f"{help} (default: {default})"}
+    if aliases:
+        meta["aliases"] = aliases
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -53,9 +64,9 @@ class TrainConfig:
                                 "[prompt | c1 | ... | cK] rows, several groups per row, a 4D mask keeping completions "
                                 "apart), kv (the prompt forwarded once, its keys and values shared by its completions' "
                                 "rows) or auto (the cheapest per batch by tokens and attention area)")
-    length_buckets: int = opt(16, "compose steps of groups of similar length, to cut padding: the shuffled epoch is "
-                                  "cut into chunks of N steps, each sorted by length, and the steps shuffled (0: "
-                                  "steps are plain slices of the shuffled epoch)")
+    length_sort_window: int = opt(16, "compose steps of groups of similar length, to cut padding: the shuffled epoch "
+                                      "is cut into windows of N steps, each sorted by length, and the steps shuffled "
+                                      "(0: steps are plain slices of the shuffled epoch)", aliases=["--length-buckets"])
     gradient_checkpointing: bool = opt(False, "recompute each trained layer's activations in the backward pass: "
                                               "less memory, about a third more compute")
     attn_implementation: str = opt("sdpa", "attention kernel: sdpa (PyTorch's fused attention, which picks flash or "
@@ -78,82 +89,153 @@ class TrainConfig:
     seed: int = opt(0, "seed of the head's initialisation, the split and the data order")
     eval_steps: int = opt(0, "evaluate every N steps (0: only before and after training)")
     save_steps: int = opt(0, "write a resumable checkpoint every N steps (0: only at the end)")
+    save_minutes: float = opt(0.0, "also write a checkpoint when this many minutes have passed since the last one "
+                                   "(0: off); preemptible clusters")
+    on_nonfinite: str = opt("stop", "a NaN or infinite loss or gradient norm: stop (the run ends with an error naming "
+                                    "the step; no model is saved) or skip (that step's update is dropped and counted)")
     keep_checkpoints: int = opt(2, "how many of the latest checkpoints to keep")
     resume: str = opt("", "resume from a checkpoint directory, or 'latest' for the newest in --output-dir")
     eval_batch_tokens: int = opt(4096, "padded tokens per forward pass when evaluating (on CPUs, small batches "
                                        "run faster per token)")
 
     def __post_init__(self):
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, coerce(f.name, getattr(self, f.name), _hints()[f.name], "TrainConfig"))
+        for problem in self.problems():
+            raise ValueError(problem)
+
+    def problems(self) -> typing.Iterator[str]:
+        """Each bad setting as a message naming the flag and the fix (the first one is raised)."""
         if not self.train_data:
-            raise ValueError("no training data. Fix: pass --train-data FILE (or train-data: in the YAML config)")
-        if self.lr_schedule not in ("cosine", "linear", "constant"):
-            raise ValueError(f"lr_schedule {self.lr_schedule!r} unknown. Fix: use cosine, linear or constant")
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"layout {self.layout!r} unknown. Fix: use padded, packed, kv or auto")
+            yield "no training data. Fix: pass --train-data FILE (or train-data: in the YAML config)"
+        for name, choices in (("lr_schedule", ("cosine", "linear", "constant")), ("layout", LAYOUTS),
+                              ("regime", ("grouped", "shuffled-pairs")), ("format", FORMATS),
+                              ("on_nonfinite", ("stop", "skip"))):
+            if getattr(self, name) not in choices:
+                yield f"{_flag(name)} {getattr(self, name)!r} unknown. Fix: use one of {', '.join(choices)}"
+        positive = ("learning_rate", "batch_size", "micro_batch_tokens", "eval_batch_tokens", "lora_alpha",
+                    "keep_checkpoints")
+        at_least_zero = ("head_learning_rate", "weight_decay", "max_steps", "length_sort_window", "max_train_groups",
+                         "lora_r", "max_grad_norm", "eval_steps", "save_steps", "save_minutes")
+        for name in positive + at_least_zero:
+            v = getattr(self, name)
+            if not math.isfinite(v) or v < 0 or (name in positive and v == 0):
+                yield (f"{_flag(name)} must be {'> 0' if name in positive else '>= 0'}, got {v}. Fix: give a "
+                       f"{'positive' if name in positive else 'non-negative'} number")
+        if not (math.isfinite(self.epochs) and self.epochs > 0) and not self.max_steps:
+            yield f"--epochs must be > 0, got {self.epochs}. Fix: give a positive number of epochs (or --max-steps N)"
+        if not 0 <= self.warmup_ratio < 1:
+            yield f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}. Fix: e.g. 0.05"
+        if not 0 < self.eval_fraction < 1:
+            yield f"--eval-fraction must be in (0, 1), got {self.eval_fraction}. Fix: e.g. 0.1"
+        if self.max_length < MIN_LENGTH:
+            yield (f"--max-length {self.max_length} leaves no room for a prompt and a completion. Fix: give at least "
+                   f"{MIN_LENGTH} (prompts are cut from the left; a completion needs its own tokens and its EOS)")
+        if self.train_layers < -1:
+            yield f"--train-layers must be -1 (the whole model) or >= 0, got {self.train_layers}"
         if self.layout == "kv" and self.gradient_checkpointing:
-            raise ValueError("the kv layout keeps the prompt's keys and values, which gradient checkpointing drops. "
-                             "Fix: use --layout auto (it then chooses between padded and packed) or no checkpointing")
-        if self.length_buckets < 0:
-            raise ValueError(f"length_buckets must be >= 0, got {self.length_buckets}")
+            yield ("the kv layout keeps the prompt's keys and values, which gradient checkpointing drops. Fix: use "
+                   "--layout auto (it then chooses between padded and packed) or no checkpointing")
         if self.attn_implementation == "flash_attention_2" and self.layout != "padded":
-            raise ValueError("flash_attention_2 takes no 4D attention mask, which the packed layout needs. Fix: use "
-                             "--layout padded with it, or --attn-implementation sdpa")
-        if self.regime not in ("grouped", "shuffled-pairs"):
-            raise ValueError(f"regime {self.regime!r} unknown. Fix: use grouped or shuffled-pairs")
+            yield ("flash_attention_2 takes no 4D attention mask, which the packed and kv layouts need. Fix: use "
+                   "--layout padded with it, or --attn-implementation sdpa")
         if self.lora_r and self.train_layers >= 0:
-            raise ValueError("--lora-r and --train-layers both choose what trains. Fix: give one of them")
-        for name in ("batch_size", "micro_batch_tokens", "max_length"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            yield "--lora-r and --train-layers both choose what trains. Fix: give one of them"
+
+    @property
+    def frozen_cache_on(self) -> bool:
+        """Whether the frozen layers run once per sequence (top layers trained, the cache on, not LoRA)."""
+        return self.cache_frozen and self.train_layers >= 0 and not self.lora_r
+
+
+MIN_LENGTH = 8
+
+
+@functools.cache
+def _hints() -> dict:
+    return typing.get_type_hints(TrainConfig)
 
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _base_type(tp):
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        tp = next(a for a in typing.get_args(tp) if a is not type(None))
-    return tp
+def coerce(name: str, value, tp, where: str):
+    """A setting's value as its field's type: numbers written as text ('1e-5', "8") are read as numbers, a single
+    path as a list of one; anything else of the wrong type is a ValueError naming where and the setting."""
+    def bad(expected: str):
+        return ValueError(f"{where}: setting {name.replace('_', '-')!r}: expected {expected}, got {value!r}. Fix: "
+                          f"write {expected} (see rankrm train --help)")
+
+    if typing.get_origin(tp) is list:
+        if isinstance(value, (str, Path)):
+            return [str(value)]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, (str, Path)) for v in value):
+            raise bad("a list of strings")
+        return [str(v) for v in value]
+    if tp is bool:
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.lower() in ("true", "yes", "1")
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise bad("a number")
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise bad("an integer" if tp is int else "a number") from None
+        if not isinstance(value, (int, float)):
+            raise bad("an integer" if tp is int else "a number")
+        if tp is int:
+            if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+                raise bad("an integer")
+            return int(value)
+        return float(value)
+    if tp is str and not isinstance(value, str):
+        raise bad("a string")
+    return value
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls=TrainConfig) -> None:
-    """One flag per field (--train-data for train_data), defaulting to None so YAML values can fill in."""
-    hints = typing.get_type_hints(cls)
+def train_flags() -> argparse.ArgumentParser:
+    """A parent parser (argparse parents=) with --config and one flag per TrainConfig field, via HfArgumentParser."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(TrainConfig, add_help=False)
+    parser.set_defaults(**{f.name: None for f in dataclasses.fields(TrainConfig)})  # None: not on the command line
     parser.add_argument("--config", type=Path, help="YAML file whose keys mirror the flags (train-data or "
                                                     "train_data); flags given on the command line win")
-    for f in dataclasses.fields(cls):
-        tp = _base_type(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        kw = {"help": f"{f.metadata['help']} (default: {default})", "default": None, "dest": f.name}
-        if tp is bool:
-            kw["action"] = argparse.BooleanOptionalAction
-        elif typing.get_origin(tp) is list:
-            kw.update(nargs="+", type=typing.get_args(tp)[0])
-        else:
-            kw["type"] = tp
-        parser.add_argument(_flag(f.name), **kw)
+    return parser
 
 
-def config_from_args(args: argparse.Namespace, cls=TrainConfig):
-    """Merge dataclass defaults < YAML config < command-line flags into a config object."""
+def read_yaml(path: Path) -> dict:
+    """The settings of a YAML config file, by field name, typed; unknown keys are named."""
+    if not path.is_file():
+        raise ValueError(f"{path}: no such config file. Fix: check the --config path")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]}). Fix: write 'key: value' lines") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping of settings. Fix: write 'key: value' lines")
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {}
-    names = {f.name for f in dataclasses.fields(cls)}
-    if args.config is not None:
-        if not args.config.is_file():
-            raise ValueError(f"{args.config}: no such config file. Fix: check the --config path")
-        raw = yaml.safe_load(args.config.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ValueError(f"{args.config}: expected a mapping of settings. Fix: write 'key: value' lines")
-        for key, value in raw.items():
-            name = str(key).replace("-", "_")
-            if name not in names:
-                raise ValueError(f"{args.config}: unknown setting {key!r}. Fix: use one of "
-                                 f"{', '.join(sorted(n.replace('_', '-') for n in names))}")
-            if name in ("train_data", "eval_data") and isinstance(value, str):
-                value = [value]
-            values[name] = value
-    for name in names:
-        if getattr(args, name, None) is not None:
-            values[name] = getattr(args, name)
-    return cls(**values)
+    for key, value in raw.items():
+        name = str(key).replace("-", "_")
+        name = ALIASES.get(name, name)
+        if name not in names:
+            raise ValueError(f"{path}: unknown setting {key!r}. Fix: use one of "
+                             f"{', '.join(sorted(n.replace('_', '-') for n in names))}")
+        values[name] = coerce(name, value, _hints()[name], str(path))
+    return values
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Merge dataclass defaults < YAML config < command-line flags into a TrainConfig."""
+    values = read_yaml(args.config) if getattr(args, "config", None) is not None else {}
+    for f in dataclasses.fields(TrainConfig):
+        if getattr(args, f.name, None) is not None:
+            values[f.name] = getattr(args, f.name)
+    return TrainConfig(**values)

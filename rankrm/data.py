@@ -53,17 +53,17 @@ class RankedGroup:
     ranks: tuple[int, ...]
     tree: str | None = None  # conversation this prompt belongs to; groups of one tree are never split apart
     source: str = ""  # "file:line" the group came from, for messages
-    comparisons: tuple[tuple[int, int], ...] | None = None  # the stated (winner, loser) pairs, if not all of ranks'
+    stated_pairs: tuple[tuple[int, int], ...] | None = None  # the stated (winner, loser) pairs, if not all of ranks'
     margins: tuple[float, ...] | None = None  # one per pair of pairs(), in that order
 
     @property
     def k(self) -> int:
         return len(self.completions)
 
-    def pairs(self) -> list[tuple[int, int]]:
+    def comparisons(self) -> list[tuple[int, int]]:
         """The ordered (winner, loser) index pairs this group states; tied or unstated pairs give none."""
-        if self.comparisons is not None:
-            return list(self.comparisons)
+        if self.stated_pairs is not None:
+            return list(self.stated_pairs)
         return [(i, j) for i in range(self.k) for j in range(self.k) if self.ranks[i] < self.ranks[j]]
 
     @property
@@ -77,8 +77,8 @@ class RankedGroup:
     def to_json(self) -> dict:
         """The group as a native record (pairs, margins and tree only when it has them)."""
         out = {"prompt": self.prompt, "completions": list(self.completions), "ranks": list(self.ranks)}
-        if self.comparisons is not None:
-            out["pairs"] = [list(p) for p in self.comparisons]
+        if self.stated_pairs is not None:
+            out["pairs"] = [list(p) for p in self.stated_pairs]
         if self.margins is not None:
             out["margins"] = list(self.margins)
         if self.tree is not None:
@@ -503,12 +503,12 @@ def group_from_pairs(prompt: Prompt, completions, pairs, margins, path, line, tr
                         reason=f"{what} comparisons")
     ranks = depth_ranks(len(completions), pairs)
     g = RankedGroup(prompt, tuple(completions), ranks, tree=tree, source=f"{path}:{line}")
-    implied = g.pairs()
+    implied = g.comparisons()
     if set(implied) == set(pairs):  # a ranking states exactly these comparisons: keep the plain form
         order = {p: i for i, p in enumerate(pairs)}
         m = None if margins is None else tuple(margins[order[p]] for p in implied)
         return RankedGroup(prompt, tuple(completions), ranks, tree=tree, source=g.source, margins=m)
-    return RankedGroup(prompt, tuple(completions), ranks, tree=tree, source=g.source, comparisons=pairs,
+    return RankedGroup(prompt, tuple(completions), ranks, tree=tree, source=g.source, stated_pairs=pairs,
                        margins=None if margins is None else tuple(margins))
 
 
@@ -559,7 +559,7 @@ def read_native(path: Path, report: ReadReport | None = None, skip_invalid: bool
         except DataError as e:
             report.skip(e, skip_invalid)
             continue
-        if not g.pairs():
+        if not g.comparisons():
             report.skipped["all completions tied: no comparison"] += 1
             continue
         if g.margins is not None:

@@ -97,7 +97,7 @@ def merge_comparisons(comps: list[Comparison], path, report: ReadReport, skip_in
             continue
         if len(cs) > 1:
             report.notes["pairwise records merged with others of the same prompt"] += len(cs)
-        if g.comparisons is not None:
+        if g.stated_pairs is not None:
             report.notes["groups stating a partial order (only the labeled comparisons)"] += 1
         if g.margins is not None:
             report.notes["groups with margins (kept, not used by the loss)"] += 1
@@ -334,7 +334,7 @@ def read_scored(path: Path, report: ReadReport | None = None, skip_invalid: bool
             report.skip(e, skip_invalid)
             continue
         g = RankedGroup(prompt, completions, ranks_from_scores(scores), source=f"{path}:{line}")
-        if not g.pairs():
+        if not g.comparisons():
             report.skipped["all completions tied: no comparison"] += 1
             continue
         groups.append(g)

@@ -1,6 +1,8 @@
-"""The K-wise ranking loss of InstructGPT and pair metrics: pure functions of tensors."""
+"""The K-wise ranking loss of InstructGPT and the pair statistics, in one pass: pure functions of tensors."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -12,35 +14,41 @@ def pair_mask(ranks: torch.Tensor, group_index: torch.Tensor) -> torch.Tensor:
     return same & (ranks[:, None] < ranks[None, :])
 
 
-def group_losses(rewards, ranks, group_index, num_groups: int, mask=None):
-    """Per-group loss (G,): mean over the group's ordered pairs of -log sigmoid(r_w - r_l); and pairs per group (G,).
+@dataclass
+class GroupStats:
+    """Per group (G,): the loss (mean over its pairs of -log sigmoid(r_w - r_l)), its number of pairs, the pairs
+    ordered right (a reward tie counts 1/2) and the summed -log sigmoid(r_w - r_l)."""
 
-    Each completion appears once in `rewards`, so each is forwarded once however many pairs it is in.
-    Tied completions (equal rank) give no pair. A group with no pair has loss 0 and count 0. An explicit (N, N)
-    `mask` of stated comparisons (a partial order, see batching.pair_mask_of) replaces the pairs the ranks imply."""
+    loss: torch.Tensor
+    pairs: torch.Tensor
+    correct: torch.Tensor
+    nll: torch.Tensor
+
+
+def group_stats(rewards, ranks, group_index, num_groups: int, mask=None) -> GroupStats:
+    """Each group's loss and pair statistics from one (N, N) pass over the rewards.
+
+    Each completion appears once in `rewards`, so each is forwarded once however many pairs it is in. Tied
+    completions (equal rank) give no pair; a group with no pair has loss 0 and count 0. An explicit (N, N) `mask` of
+    stated comparisons (a partial order, batch.stated_pair_mask) replaces the pairs the ranks imply."""
     mask = pair_mask(ranks, group_index) if mask is None else mask  # (N, N)
     diff = rewards[:, None] - rewards[None, :]  # (N, N): r_i - r_j
-    nll = torch.where(mask, -F.logsigmoid(diff), torch.zeros_like(diff))
-    per_row = nll.sum(dim=1)  # (N,) summed over the losers j of winner i
-    sums = rewards.new_zeros(num_groups).index_add(0, group_index, per_row)  # (G,)
-    counts = rewards.new_zeros(num_groups).index_add(0, group_index, mask.sum(dim=1).to(rewards.dtype))  # (G,)
-    return sums / counts.clamp(min=1), counts
-
-
-def kwise_loss(rewards, ranks, group_index, mask=None) -> torch.Tensor:
-    """The batch loss: the mean over groups (that state a comparison) of each group's mean pair loss."""
-    num_groups = int(group_index.max()) + 1
-    losses, counts = group_losses(rewards, ranks, group_index, num_groups, mask)
-    has_pairs = counts > 0
-    return losses[has_pairs].mean()
-
-
-def group_pair_stats(rewards, ranks, group_index, num_groups: int, mask=None):
-    """Per group (G,): correct pairs (a reward tie counts 1/2), number of pairs, summed -log sigmoid(r_w - r_l)."""
-    mask = pair_mask(ranks, group_index) if mask is None else mask  # (N, N)
-    diff = rewards[:, None] - rewards[None, :]
-    correct = (diff > 0).to(rewards.dtype) + 0.5 * (diff == 0).to(rewards.dtype)
     zero = torch.zeros_like(diff)
-    per = lambda m: rewards.new_zeros(num_groups).index_add(0, group_index, m.sum(dim=1))  # noqa: E731
-    return (per(torch.where(mask, correct, zero)), per(mask.to(rewards.dtype)),
-            per(torch.where(mask, -F.logsigmoid(diff), zero)))
+    nll = torch.where(mask, -F.logsigmoid(diff), zero)  # (N, N)
+    right = torch.where(mask, (diff > 0).to(diff.dtype) + 0.5 * (diff == 0).to(diff.dtype), zero)  # (N, N)
+
+    def per_group(m: torch.Tensor) -> torch.Tensor:  # (N, N) summed over each winner's losers, then per group
+        return rewards.new_zeros(num_groups).index_add(0, group_index, m.sum(dim=1))  # (G,)
+
+    pairs, nll_sum = per_group(mask.to(rewards.dtype)), per_group(nll)
+    return GroupStats(nll_sum / pairs.clamp(min=1), pairs, per_group(right).detach(), nll_sum.detach())
+
+
+def kwise_loss(stats: GroupStats, group_weight: float | None = None) -> torch.Tensor:
+    """The batch loss: the mean over groups (that state a comparison) of each group's mean pair loss.
+
+    With group_weight w: the sum of w * each group's loss, this batch's share of a step whose loss is the mean over
+    more groups than one pass holds (w = 1/G for a step of G groups)."""
+    if group_weight is not None:
+        return stats.loss.sum() * group_weight
+    return stats.loss[stats.pairs > 0].mean()

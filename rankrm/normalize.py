@@ -52,7 +52,7 @@ def file_sha256(path) -> str:
 
 def final_norm(model):
     """The module between the last transformer block and the head (Llama: norm, GPT-2: ln_f), or None."""
-    from .freeze import after_layers
+    from .frozen import after_layers
 
     return next((m for m in after_layers(model.backbone) if sum(p.numel() for p in m.parameters()) > 0), None)
 

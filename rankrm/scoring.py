@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
+import math
 from pathlib import Path
 
 from .data import DataError, check_prompt, iter_json_lines
+from .files import atomic_file
 
 
 def _check(obj: dict, path, line) -> tuple:
@@ -19,39 +20,44 @@ def _check(obj: dict, path, line) -> tuple:
     return prompt, completion
 
 
-def score_file(model, src, dst, chunk_lines: int = 4096, batch_tokens: int = 4096, progress: bool = True) -> int:
-    """Add "reward" to every record of a JSONL file, chunk by chunk (memory bounded by chunk_lines); returns count.
+def score_file(model, src, dst, chunk_lines: int = 4096, batch_tokens: int = 4096, progress: bool = True) -> dict:
+    """Add "reward" to every record of a JSONL file, chunk by chunk (memory bounded by chunk_lines).
 
-    The output is written to a temporary file and renamed into place at the end: a bad record stops the run with
-    nothing written."""
+    A record whose prompt was cut to fit the model's max length also gets "truncated": true. The output is written
+    to a temporary file and renamed into place at the end: a bad record, or a reward that is not a finite number,
+    stops the run with nothing written. Returns counts: records, truncated."""
     from tqdm.auto import tqdm
 
     src, dst = Path(src), Path(dst)
-    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
-    n = 0
+    counts = {"records": 0, "truncated": 0}
     bar = tqdm(desc="scoring", unit=" records", disable=not progress)
     try:
-        with open(tmp, "w", encoding="utf-8") as out:
+        with atomic_file(dst) as out:
             chunk = []
 
             def flush():
-                rewards = model.score([p for _, p, _ in chunk], [c for _, _, c in chunk], batch_tokens=batch_tokens)
-                for (obj, _, _), r in zip(chunk, rewards):
+                rewards, cut = model.score([p for _, _, p, _ in chunk], [c for _, _, _, c in chunk],
+                                           batch_tokens=batch_tokens, return_truncated=True)
+                for (line, obj, _, _), r, was_cut in zip(chunk, rewards, cut):
+                    if not math.isfinite(r):
+                        raise DataError(src, line, None, f"scores {r} (not a finite number)",
+                                        "check the model: `rankrm eval` on held-out data shows whether it diverged")
                     obj["reward"] = r
-                    out.write(json.dumps(obj, ensure_ascii=False) + "\n")
+                    if was_cut:
+                        obj["truncated"] = True
+                        counts["truncated"] += 1
+                    out.write(json.dumps(obj, ensure_ascii=False, allow_nan=False) + "\n")
                 bar.update(len(chunk))
                 chunk.clear()
 
             for line, obj in iter_json_lines(src):
                 prompt, completion = _check(obj, src, line)
-                chunk.append((obj, prompt, completion))
-                n += 1
+                chunk.append((line, obj, prompt, completion))
+                counts["records"] += 1
                 if len(chunk) >= chunk_lines:
                     flush()
             if chunk:
                 flush()
-        tmp.replace(dst)
     finally:
         bar.close()
-        tmp.unlink(missing_ok=True)
-    return n
+    return counts

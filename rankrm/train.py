@@ -1,169 +1,39 @@
-"""The training run, top to bottom: data, model, optimizer, the K-wise loop on Accelerate, evaluation, saving."""
+"""The training run, top to bottom: data, model, optimizer, resume, the K-wise loop on Accelerate, the report.
+
+`train(cfg)` reads as the story; each chapter is a function below it. Only this module and the CLI see the
+TrainConfig: the components (batching, planning, the loss, the model, checkpoints) take plain arguments."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
-import logging
 import math
 import random
-import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from .batching import collate_groups, plan_batches, shuffled_pairs, to_device, tokenize_groups
+from .batch import TokenizedGroup, collate, shuffled_pairs, tokenize_groups
+from .checkpoint import RunLock, check_identity, find_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .data import ReadReport, overlap, read_groups, split_by_prompt, write_native
-from .evaluate import EvalResult, compare, evaluate
-from .freeze import FrozenPrefix, select_trainable
+from .data import DataError, ReadReport, overlap, read_groups, split_by_prompt
+from .evaluate import EvalResult, compare, evaluate_groups, format_metrics
+from .files import remove_leftovers
+from .frozen import FrozenLayerCache, select_trainable
 from .lora import add_lora, merge_lora
-from .loss import group_losses, group_pair_stats
-from .model import RewardModel
-
-log = logging.getLogger("rankrm")
-CKPT_FILE = "checkpoint.pt"
-
-
-def disable_dropout(model: nn.Module) -> None:
-    """Reward models train without dropout (as TRL's RewardTrainer does by default): the loss compares rewards."""
-    for m in model.modules():
-        if isinstance(m, nn.Dropout):
-            m.p = 0.0
-        if isinstance(getattr(m, "attention_dropout", None), float):
-            m.attention_dropout = 0.0
+from .loss import group_stats, kwise_loss
+from .model import RewardModel, batch_rewards
+from .planning import epoch_steps, plan_batches
+from .signals import StopSignals, TrainingInterrupted
 
 
-def check_prefix(model, prefix: FrozenPrefix, b: dict, say) -> FrozenPrefix | None:
-    """Compare the cached replay with a full forward on one batch; keep the cache only if they agree."""
-    with torch.no_grad():
-        full = prefix.forward(model, b)  # fills the cache
-        replayed = prefix.forward(model, b)
-    err = float((full - replayed).abs().max() / full.abs().max().clamp(min=1e-6))
-    if err > 1e-3:
-        prefix.store.clear()
-        say(f"warning: frozen-layer cache disagrees with a full forward (relative error {err:.1e}) on this "
-            "backbone; training without it")
-        return None
-    say(f"frozen layers run once per sequence (cache checked against a full forward: relative error {err:.1e})")
-    return prefix
-
-
-def epoch_steps(lengths: list[int], step_size: int, seed: int, epoch: int, buckets: int = 0) -> list[list[int]]:
-    """The steps of an epoch (lists of unit indices): a function of (seed, epoch), so a resumed run repeats it.
-
-    buckets = 0: consecutive slices of a shuffled order. buckets = B > 0: the shuffled order is cut into chunks of
-    B steps, each chunk sorted by length and cut into steps, and the steps shuffled (the last, short step stays
-    last): every step then holds units of similar length, so its micro-batches carry little padding, while each
-    unit is still seen once per epoch and every step still has step_size units."""
-    rng = random.Random(seed * 1_000_003 + epoch)
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    if buckets > 0:
-        chunk = buckets * step_size
-        order = [i for c in range(0, len(order), chunk) for i in sorted(order[c:c + chunk], key=lambda i: lengths[i])]
-    steps = [order[i:i + step_size] for i in range(0, len(order), step_size)]
-    if buckets > 0:
-        full = [st for st in steps if len(st) == step_size]
-        rng.shuffle(full)
-        steps = full + [st for st in steps if len(st) < step_size]
-    return steps
-
-
-def backward_step(model, groups, weight: float, cfg: TrainConfig, attention_per_token: float, pad_id: int,
-                  prefix: FrozenPrefix | None = None, accelerator=None) -> dict:
-    """Forward and backward over one step's groups, in micro-batches of cfg.micro_batch_tokens with cfg.layout;
-    the gradients accumulate in .grad with each group weighted by `weight` (1/G for a step of G groups), so the
-    update is the mean over the step's groups however they are batched. Returns the summed loss (a tensor, to
-    avoid a sync), correct and stated pairs, tokens and completions forwarded, and the layout of each micro-batch."""
-    device = next(model.parameters()).device
-    micro = plan_batches(groups, cfg.micro_batch_tokens, cfg.layout, attention_per_token,
-                         kv=prefix is None and not cfg.gradient_checkpointing)
-    out = {"loss": torch.zeros((), device=device), "correct": 0.0, "pairs": 0.0, "tokens": 0, "completions": 0,
-           "layouts": [layout for _, layout in micro]}
-    for mi, (idx, layout) in enumerate(micro):
-        b = to_device(collate_groups([groups[j] for j in idx], pad_id, layout=layout), device)
-        out["tokens"] += sum(len(r) for j in idx for r in groups[j].ids)
-        out["completions"] += sum(len(groups[j].ids) for j in idx)
-        sync = mi == len(micro) - 1 or accelerator is None
-        with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                if prefix is None:
-                    rewards = model(b["input_ids"], b["attention_mask"], b["position_ids"], b["end_index"],
-                                    b.get("prompt"))  # (N,)
-                else:
-                    rewards = prefix.forward(model, b)  # (N,)
-            losses, _ = group_losses(rewards, b["ranks"], b["group_index"], len(idx), b.get("pair_mask"))  # (g,)
-            if accelerator is None:
-                (losses.sum() * weight).backward()
-            else:
-                accelerator.backward(losses.sum() * weight)
-        out["loss"] += losses.detach().sum()
-        c, p, _ = group_pair_stats(rewards.detach(), b["ranks"], b["group_index"], len(idx), b.get("pair_mask"))
-        out["correct"] += c.sum()
-        out["pairs"] += p.sum()
-    return out
-
-
-def lr_lambda(schedule: str, warmup: int, total: int):
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = (step - warmup) / max(1, total - warmup)
-        if schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * progress))
-        if schedule == "linear":
-            return max(0.0, 1 - progress)
-        return 1.0
-    return f
-
-
-def find_checkpoint(cfg: TrainConfig) -> Path | None:
-    if not cfg.resume:
-        return None
-    if cfg.resume != "latest":
-        path = Path(cfg.resume)
-        if not (path / CKPT_FILE).is_file():
-            raise ValueError(f"{path}: not a rankrm checkpoint (no {CKPT_FILE}). Fix: pass a directory from "
-                             f"{cfg.output_dir}/checkpoints/, or --resume latest")
-        return path
-    found = sorted((Path(cfg.output_dir) / "checkpoints").glob("step-*/" + CKPT_FILE),
-                   key=lambda p: int(p.parent.name.split("-")[1]))
-    return found[-1].parent if found else None
-
-
-def save_checkpoint(cfg, model, optimizer, scheduler, step: int, state: dict) -> Path:
-    """Write trainable weights, optimizer and scheduler state and the run state, atomically; prune old ones."""
-    root = Path(cfg.output_dir) / "checkpoints"
-    path, tmp = root / f"step-{step}", root / f".tmp-step-{step}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    trainable = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
-    torch.save({"trainable": trainable, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "step": step, "state": state, "config": asdict(cfg)}, tmp / CKPT_FILE)
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
-    done = sorted(root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-    for old in done[:-cfg.keep_checkpoints] if cfg.keep_checkpoints > 0 else []:
-        shutil.rmtree(old)
-    return path
-
-
-def _result_to_json(r: EvalResult) -> dict:
-    return {"correct": r.correct.tolist(), "pairs": r.pairs.tolist(), "nll": r.nll.tolist()}
-
-
-def _result_from_json(d: dict) -> EvalResult:
-    return EvalResult(np.array(d["correct"]), np.array(d["pairs"]), np.array(d["nll"]))
-
-
-def _fmt(m: dict) -> str:
-    return (f"accuracy {m['accuracy']:.4f} [{m['accuracy_ci95'][0]:.3f}, {m['accuracy_ci95'][1]:.3f}]  "
-            f"log loss {m['log_loss']:.4f}  ({m['groups']} prompts, {m['pairs']} pairs)")
+class NonFiniteError(ValueError):
+    """The loss or the gradient norm became NaN or infinite; nothing of that state is saved."""
 
 
 def train(cfg: TrainConfig, frozen_cache: dict | None = None) -> dict:
@@ -173,15 +43,49 @@ def train(cfg: TrainConfig, frozen_cache: dict | None = None) -> dict:
     (benchmarks/grouping.py); by default each run has its own."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
 
     # bf16 is plain torch autocast around the forward, not Accelerate's setting, which is fixed once per process
     accelerator = Accelerator()
     say = accelerator.print
     out = Path(cfg.output_dir)
-    ckpt = find_checkpoint(cfg)
+    lock = RunLock(out, say) if accelerator.is_main_process else contextlib.nullcontext()
+    with lock, StopSignals() as signals:
+        if accelerator.is_main_process:
+            for p in remove_leftovers(out) + remove_leftovers(out / "checkpoints"):
+                say(f"removed the leftover of an interrupted save: {p}")
+        data = load_data(cfg, say)
+        set_seed(cfg.seed)
+        model, trainable = build_model(cfg, say)
+        tok_train, tok_eval = tokenize_data(model, data, say)
+        run = plan_run(cfg, model, trainable, tok_train, say)
+        model, run.optimizer = accelerator.prepare(model, run.optimizer)
+        core = accelerator.unwrap_model(model)
+        ckpt = find_checkpoint(cfg.resume, out / "checkpoints", say)
+        if ckpt is not None:
+            resume(ckpt, core, run, say)
+        cache = frozen_layer_cache(cfg, core, frozen_cache, tok_eval, say)
+        if "before" not in run.state:
+            t0 = time.time()
+            before = evaluate_groups(core, tok_eval, cfg.eval_batch_tokens, cfg.layout, cache,
+                                     progress=accelerator.is_local_main_process)
+            run.state["before"] = before.to_json()
+            say(f"before training: {format_metrics(before.metrics)}  [{time.time() - t0:.0f}s]")
+        loop(cfg, accelerator, model, core, run, tok_eval, cache, signals, say)
+        return finish(cfg, accelerator, core, run, data, tok_train, tok_eval, cache, say)
 
-    # -- data: read, validate, split by prompt ------------------------------------------------------------------
+
+# -- data: read, validate, split by prompt ----------------------------------------------------------------------
+
+
+@dataclass
+class Data:
+    train: list
+    held: list
+    report: ReadReport
+
+
+def load_data(cfg: TrainConfig, say) -> Data:
+    """Read and validate the training (and held-out) groups, split by prompt; fail before any model loads."""
     report = ReadReport()
     groups = read_groups(cfg.train_data, cfg.format, report, skip_invalid=cfg.skip_invalid)
     say(f"train data: {report.summary()}")
@@ -194,16 +98,38 @@ def train(cfg: TrainConfig, frozen_cache: dict | None = None) -> dict:
             say(f"warning: {leaks} held-out groups share a prompt or conversation with the training data")
         train_groups = groups
     else:
+        if len({g.split_key for g in groups}) < 2:
+            raise DataError(cfg.train_data[0], None, None, "has fewer than 2 prompts to split into training and "
+                            "held-out data", "give more ranked groups, or held-out data with --eval-data")
         train_groups, held = split_by_prompt(groups, cfg.eval_fraction, cfg.seed)
     if cfg.max_train_groups and cfg.max_train_groups < len(train_groups):
         rng = random.Random(cfg.seed)
         train_groups = [train_groups[i] for i in sorted(rng.sample(range(len(train_groups)), cfg.max_train_groups))]
         say(f"using {cfg.max_train_groups} of the training groups (--max-train-groups)")
-    n_pairs = sum(len(g.pairs()) for g in train_groups)
+    for name, part, files in (("training", train_groups, cfg.train_data), ("held-out", held, cfg.eval_data or
+                                                                          cfg.train_data)):
+        if not any(g.comparisons() for g in part):
+            raise DataError(", ".join(map(str, files)), None, None, f"gives no {name} comparison (no groups, or "
+                            "every group tied)", "give ranked groups whose completions are not all tied")
+    n_pairs = sum(len(g.comparisons()) for g in train_groups)
     say(f"split by prompt: {len(train_groups)} training groups ({n_pairs} comparisons), {len(held)} held out")
+    return Data(train_groups, held, report)
 
-    # -- model ---------------------------------------------------------------------------------------------------
-    set_seed(cfg.seed)
+
+# -- model ------------------------------------------------------------------------------------------------------
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Reward models train without dropout (as TRL's RewardTrainer does by default): the loss compares rewards."""
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+        if isinstance(getattr(m, "attention_dropout", None), float):
+            m.attention_dropout = 0.0
+
+
+def build_model(cfg: TrainConfig, say) -> tuple[RewardModel, list[str]]:
+    """The backbone with a fresh scalar head, dropout off, and the parameters that train."""
     model = RewardModel.from_pretrained(cfg.model, max_length=cfg.max_length,
                                         attn_implementation=cfg.attn_implementation)
     disable_dropout(model)
@@ -220,18 +146,53 @@ def train(cfg: TrainConfig, frozen_cache: dict | None = None) -> dict:
         f"{n_all / 1e6:.1f}M parameters; max length {cfg.max_length}; {'bf16 autocast' if cfg.bf16 else 'fp32'}; "
         f"{model.hf.config._attn_implementation} attention; layout {cfg.layout}"
         f"{'; gradient checkpointing' if cfg.gradient_checkpointing else ''}")
-    tok_train, cut_train = tokenize_groups(model, train_groups)
-    tok_eval, cut_eval = tokenize_groups(model, held)
+    return model, trainable
+
+
+def tokenize_data(model: RewardModel, data: Data, say) -> tuple[list[TokenizedGroup], list[TokenizedGroup]]:
+    """Token ids of both splits; a max length that leaves no completion its own tokens is an error."""
+    tok_train, cut_train = tokenize_groups(model, data.train)
+    tok_eval, cut_eval = tokenize_groups(model, data.held)
     say(f"tokens: {sum(g.tokens for g in tok_train)} training, {sum(g.tokens for g in tok_eval)} held out; "
         f"prompts cut from the left to fit --max-length: {cut_train} training and {cut_eval} held-out completions")
+    blind = sum(1 for g in tok_train + tok_eval if len({tuple(r) for r in g.ids}) < len(g.ids))
+    if blind == len(tok_train) + len(tok_eval):
+        raise ValueError(f"--max-length {model.max_length} cuts every group's completions to the same tokens: there "
+                         "is nothing to compare. Fix: raise --max-length")
+    if blind:
+        say(f"warning: {blind} groups have completions made identical by --max-length {model.max_length}")
+    return tok_train, tok_eval
 
-    # -- optimizer and schedule ----------------------------------------------------------------------------------
-    head_names = {n for n, _ in model.named_parameters() if n.startswith("hf.score")}
+
+# -- optimizer, schedule and the run's state --------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """What the loop carries: optimizer and schedule, the training units and steps, and the state checkpoints keep."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    units: list[TokenizedGroup]
+    step_size: int
+    steps_per_epoch: int
+    total_steps: int
+    trainable: list[str]
+    identity: dict
+    start: int = 0
+    state: dict = field(default_factory=lambda: {"history": [], "skipped_nonfinite": 0})
+    stats: dict = field(default_factory=lambda: {"tokens": 0, "completions": 0, "eval_seconds": 0.0})
+
+
+def plan_run(cfg: TrainConfig, model: RewardModel, trainable: list[str], tok_train, say) -> Run:
+    """AdamW over the trainable parameters (the head at its own rate), the schedule, and the units of a step."""
+    from transformers import get_scheduler
+
+    head = {n for n, _ in model.named_parameters() if n.startswith("hf.score")}
     params = dict(model.named_parameters())
-    param_groups = [{"params": [params[n] for n in trainable if n not in head_names], "lr": cfg.learning_rate},
-                    {"params": [params[n] for n in trainable if n in head_names],
-                     "lr": cfg.head_learning_rate or cfg.learning_rate}]
-    optimizer = torch.optim.AdamW([g for g in param_groups if g["params"]], weight_decay=cfg.weight_decay)
+    groups = [{"params": [params[n] for n in trainable if n not in head], "lr": cfg.learning_rate},
+              {"params": [params[n] for n in trainable if n in head], "lr": cfg.head_learning_rate or cfg.learning_rate}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
     # the units of an optimizer step: whole groups, or (shuffled-pairs) single comparisons, as many per step as
     # batch_size groups hold on average, so both regimes take the same steps over the same comparisons
     if cfg.regime == "shuffled-pairs":
@@ -241,124 +202,229 @@ def train(cfg: TrainConfig, frozen_cache: dict | None = None) -> dict:
     else:
         units, step_size = tok_train, cfg.batch_size
     steps_per_epoch = math.ceil(len(units) / step_size)
-    total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
-    warmup = int(cfg.warmup_ratio * total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.lr_schedule, warmup, total_steps))
-    # the scheduler stays outside prepare(): a step here is one global step whatever the number of processes
-    model, optimizer = accelerator.prepare(model, optimizer)
-    core = accelerator.unwrap_model(model)
-    device = accelerator.device
+    total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
+    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.lr_schedule]
+    scheduler = get_scheduler(name, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total),
+                              num_training_steps=total)
+    identity = run_identity(cfg, units, trainable, total, steps_per_epoch)
+    return Run(optimizer, scheduler, units, step_size, steps_per_epoch, total, trainable, identity)
 
-    state = {"history": []}
-    start = 0
-    if ckpt is not None:
-        blob = torch.load(ckpt / CKPT_FILE, map_location="cpu", weights_only=False)
-        missing = set(trainable) ^ set(blob["trainable"])
-        if missing:
-            raise ValueError(f"{ckpt}: checkpoint's trainable parameters differ from this run's ({len(missing)} "
-                             "names). Fix: resume with the same --model and --train-layers")
-        with torch.no_grad():
-            for n, p in core.named_parameters():
-                if n in blob["trainable"]:
-                    p.copy_(blob["trainable"][n])
-        optimizer.load_state_dict(blob["optimizer"])
-        scheduler.load_state_dict(blob["scheduler"])
-        start, state = blob["step"], blob["state"]
-        say(f"resumed from {ckpt} at step {start}")
 
-    prefix = None
-    if cfg.cache_frozen and cfg.train_layers >= 0 and not cfg.lora_r and cfg.layout == "kv":
+def run_identity(cfg: TrainConfig, units, trainable: list[str], total: int, steps_per_epoch: int) -> dict:
+    """What decides a run's result, compared on resume: model, data (as tokens), trainable set, seed, schedule."""
+    h = hashlib.sha256()
+    for u in units:
+        h.update(json.dumps([u.ids, u.ranks, u.stated_pairs]).encode())
+    schedule = {k: getattr(cfg, k) for k in ("learning_rate", "head_learning_rate", "weight_decay", "lr_schedule",
+                                             "warmup_ratio", "batch_size", "regime", "length_sort_window")}
+    return {"model": cfg.model, "data_sha256": h.hexdigest(), "seed": cfg.seed,
+            "trainable": hashlib.sha256("\n".join(trainable).encode()).hexdigest()[:16],
+            "schedule": {**schedule, "total_steps": total, "steps_per_epoch": steps_per_epoch}}
+
+
+def resume(ckpt: Path, core: RewardModel, run: Run, say) -> None:
+    """Load a verified checkpoint of this same run: trainable weights, optimizer, schedule, run state."""
+    blob = load_checkpoint(ckpt)
+    check_identity(ckpt, blob["identity"], run.identity)
+    with torch.no_grad():
+        for n, p in core.named_parameters():
+            if n in blob["trainable"]:
+                p.copy_(blob["trainable"][n])
+    run.optimizer.load_state_dict(blob["optimizer"])
+    run.scheduler.load_state_dict(blob["scheduler"])
+    run.start, run.state = blob["step"], blob["run_state"]
+    say(f"resumed from {ckpt} at step {run.start}")
+
+
+def frozen_layer_cache(cfg: TrainConfig, core: RewardModel, store: dict | None, tok_eval, say) \
+        -> FrozenLayerCache | None:
+    """The frozen-layer cache when only the top layers train (not with the kv layout, which makes two passes),
+    kept only if its replay matches a full forward on the first held-out batch."""
+    if not cfg.frozen_cache_on:
+        return None
+    if cfg.layout == "kv":
         say("layout kv: the frozen layers run at every step (their cache needs one forward pass per batch; "
             "--layout auto, packed or padded keep it)")
-    elif cfg.cache_frozen and cfg.train_layers >= 0 and not cfg.lora_r:
-        prefix = FrozenPrefix(core.backbone, cfg.train_layers)
-        if frozen_cache is not None:
-            prefix.store = frozen_cache
+        return None
+    cache = FrozenLayerCache(core.backbone, cfg.train_layers)
+    if store is not None:
+        cache.store = store
+    idx, how = plan_batches(tok_eval, cfg.eval_batch_tokens, cfg.layout, core.attention_per_token, kv=False)[0]
+    batch = collate([tok_eval[i] for i in idx], core.tokenizer.pad_token_id, how)
+    err = cache.verify(core, batch.to(next(core.parameters()).device))
+    if err > 1e-3:
+        say(f"warning: frozen-layer cache disagrees with a full forward (relative error {err:.1e}) on this "
+            "backbone; training without it")
+        return None
+    say(f"frozen layers run once per sequence (cache checked against a full forward: relative error {err:.1e})")
+    return cache
 
-    # -- evaluation before training ------------------------------------------------------------------------------
-    if "before" in state:
-        before = _result_from_json(state["before"])
-    else:
-        t0 = time.time()
-        before = evaluate(core, tok_eval, cfg.eval_batch_tokens, progress=accelerator.is_local_main_process,
-                          prefix=prefix, layout=cfg.layout)
-        state["before"] = _result_to_json(before)
-        say(f"before training: {_fmt(before.metrics)}  [{time.time() - t0:.0f}s]")
 
-    # -- the loop: one batch element = one prompt with all its completions ------------------------------------------
+# -- one optimizer step -----------------------------------------------------------------------------------------
+
+
+def backward_step(model, groups: list[TokenizedGroup], weight: float, micro_batch_tokens: int, layout: str,
+                  attention_per_token: float, pad_id: int, cache: FrozenLayerCache | None = None,
+                  accelerator=None, bf16: bool = False, kv: bool = True) -> dict:
+    """Forward and backward over one step's groups in micro-batches of micro_batch_tokens padded tokens; gradients
+    accumulate in .grad with each group weighted by `weight` (1/G for a step of G groups), so the update is the
+    mean over the step's groups however they are batched. Returns the summed group loss (a tensor, to avoid a
+    sync), pairs ordered right and stated, tokens and completions forwarded, and each micro-batch's layout."""
+    device = next(model.parameters()).device
+    micro = plan_batches(groups, micro_batch_tokens, layout, attention_per_token, kv=kv and cache is None)
+    out = {"loss": torch.zeros((), device=device), "correct": 0.0, "pairs": 0.0, "tokens": 0, "completions": 0,
+           "layouts": [how for _, how in micro]}
+    for mi, (idx, how) in enumerate(micro):
+        b = collate([groups[j] for j in idx], pad_id, how).to(device)
+        out["tokens"] += sum(len(r) for j in idx for r in groups[j].ids)
+        out["completions"] += len(b.end_index)
+        sync = mi == len(micro) - 1 or accelerator is None
+        with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                rewards = batch_rewards(model, b, cache)  # (N,)
+            stats = group_stats(rewards, b.ranks, b.group_index, len(idx), b.pair_mask)
+            loss = kwise_loss(stats, group_weight=weight)
+            loss.backward() if accelerator is None else accelerator.backward(loss)
+        out["loss"] += stats.loss.detach().sum()
+        out["correct"] += stats.correct.sum()
+        out["pairs"] += stats.pairs.detach().sum()
+    return out
+
+
+# -- the loop: one batch element = one prompt with all its completions -----------------------------------------------
+
+
+def loop(cfg, accelerator, model, core, run: Run, tok_eval, cache, signals, say) -> None:
+    """The optimizer steps from run.start to run.total_steps, with evaluations and checkpoints on the way."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=run.total_steps, initial=run.start, desc="training", disable=not accelerator.is_local_main_process)
+    run.stats["t0"] = time.time()
+    model.train()
+    try:
+        steps(cfg, accelerator, model, core, run, tok_eval, cache, signals, say, bar)
+    finally:
+        bar.close()
+    run.stats["train_seconds"] = time.time() - run.stats["t0"] - run.stats["eval_seconds"]
+
+
+def steps(cfg, accelerator, model, core, run: Run, tok_eval, cache, signals, say, bar) -> None:
+    """Each optimizer step: this process's share of the step's groups, backward, the NaN guard, the update, then
+    evaluation and checkpoints when due; a stop signal ends the run after the checkpoint."""
     world, rank = accelerator.num_processes, accelerator.process_index
     pad_id = core.tokenizer.pad_token_id
-    trainable_params = [p for p in model.parameters() if p.requires_grad]
-    bar = tqdm(total=total_steps, initial=start, desc="training", disable=not accelerator.is_local_main_process)
-    run_loss, run_correct, run_pairs = [], 0.0, 0.0
-    t0, tokens_seen, forwarded, eval_seconds = time.time(), 0, 0, 0.0
-    model.train()
-    unit_lengths, plan = [sum(len(r) for r in u.ids) for u in units], {}
-    for step in range(start, total_steps):
-        epoch, i = divmod(step, steps_per_epoch)
+    params = [p for p in model.parameters() if p.requires_grad]
+    lengths = [sum(len(r) for r in u.ids) for u in run.units]
+    losses, correct, pairs, plan = [], 0.0, 0.0, {}
+    t0 = last_save = run.stats["t0"]
+    for step in range(run.start, run.total_steps):
+        epoch, i = divmod(step, run.steps_per_epoch)
         if epoch not in plan:
-            plan = {epoch: epoch_steps(unit_lengths, step_size, cfg.seed, epoch, cfg.length_buckets)}
+            plan = {epoch: epoch_steps(lengths, run.step_size, cfg.seed, epoch, cfg.length_sort_window)}
         step_ids = plan[epoch][i]  # this step's groups
-        mine_ids = step_ids[rank::world]  # this process's share
-        weight = world / len(step_ids)  # each group weighs 1/G after DDP averages over the processes
+        mine_ids, weight = step_ids[rank::world], world / len(step_ids)  # each group weighs 1/G after DDP's mean
         if not mine_ids:  # more processes than groups in this step: take part with a zero-weight group
             mine_ids, weight = step_ids[:1], 0.0
-        mine = [units[j] for j in mine_ids]
-        if prefix is not None and step == start:
-            first = plan_batches(mine, cfg.micro_batch_tokens, cfg.layout, core.attention_per_token, kv=False)[0]
-            b = to_device(collate_groups([mine[j] for j in first[0]], pad_id, layout=first[1]), device)
-            prefix = check_prefix(model, prefix, b, say)
-        st = backward_step(model, mine, weight, cfg, core.attention_per_token, pad_id, prefix, accelerator)
-        step_loss = st["loss"]
-        tokens_seen, forwarded = tokens_seen + st["tokens"], forwarded + st["completions"]
-        run_correct, run_pairs = run_correct + st["correct"], run_pairs + st["pairs"]
-        if cfg.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(trainable_params, cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        run_loss.append(float(step_loss) / len(mine))  # one sync per step, for the progress bar
+        mine = [run.units[j] for j in mine_ids]
+        st = backward_step(model, mine, weight, cfg.micro_batch_tokens, cfg.layout, core.attention_per_token, pad_id,
+                           cache, accelerator, cfg.bf16, kv=not cfg.gradient_checkpointing)
+        norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
+        step_loss = float(st["loss"]) / len(mine)  # one sync per step, for the progress bar and the NaN guard
+        flags = agree(accelerator, [not (math.isfinite(step_loss) and math.isfinite(float(norm))),
+                                    signals.requested, bool(cfg.save_minutes and
+                                                            time.time() - last_save >= 60 * cfg.save_minutes)])
+        if flags[0]:
+            nonfinite(cfg, run, step, step_loss, float(norm), say)
+        else:
+            run.optimizer.step()
+            losses.append(step_loss)
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        run.stats["tokens"] += st["tokens"]
+        run.stats["completions"] += st["completions"]
+        correct, pairs = correct + float(st["correct"]), pairs + float(st["pairs"])
         bar.update(1)
-        bar.set_postfix(loss=f"{np.mean(run_loss[-20:]):.4f}", acc=f"{float(run_correct / max(run_pairs, 1)):.3f}",
-                        lr=f"{scheduler.get_last_lr()[0]:.2e}", epoch=f"{(step + 1) / steps_per_epoch:.2f}")
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]) if losses else float('nan'):.4f}",
+                        acc=f"{correct / max(pairs, 1):.3f}", lr=f"{run.scheduler.get_last_lr()[0]:.2e}",
+                        epoch=f"{(step + 1) / run.steps_per_epoch:.2f}")
         done = step + 1
-        if cfg.eval_steps and done % cfg.eval_steps == 0 and done < total_steps:
+        if cfg.eval_steps and done % cfg.eval_steps == 0 and done < run.total_steps:
             t_eval = time.time()
-            m = evaluate(core, tok_eval, cfg.eval_batch_tokens, prefix=prefix, layout=cfg.layout).metrics
-            eval_seconds += time.time() - t_eval
-            state["history"].append({"step": done, "epoch": done / steps_per_epoch,
-                                     "train_loss": float(np.mean(run_loss[-cfg.eval_steps:])),
-                                     "completions_forwarded": forwarded,
-                                     "train_seconds": round(time.time() - t0 - eval_seconds, 2), **m})
-            bar.write(f"step {done}: {_fmt(m)}")
-        if (cfg.save_steps and done % cfg.save_steps == 0 and done < total_steps) or done == total_steps:
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                save_checkpoint(cfg, core, optimizer, scheduler, done, state)
-    bar.close()
-    elapsed = time.time() - t0 - eval_seconds  # training time, periodic evaluations left out
+            m = evaluate_groups(core, tok_eval, cfg.eval_batch_tokens, cfg.layout, cache).metrics
+            run.stats["eval_seconds"] += time.time() - t_eval
+            run.state["history"].append({"step": done, "epoch": done / run.steps_per_epoch,
+                                         "train_loss": float(np.mean(losses[-cfg.eval_steps:] or [math.nan])),
+                                         "completions_forwarded": run.stats["completions"],
+                                         "train_seconds": round(time.time() - t0 - run.stats["eval_seconds"], 2),
+                                         **m})
+            bar.write(f"step {done}: {format_metrics(m)}")
+        if (cfg.save_steps and done % cfg.save_steps == 0) or done == run.total_steps or flags[1] or flags[2]:
+            checkpoint(cfg, accelerator, core, run, done)
+            last_save = time.time()
+        if flags[1]:
+            raise TrainingInterrupted(signals.requested, done, Path(cfg.output_dir) / "checkpoints" / f"step-{done}")
 
-    # -- evaluation after training, and the saved model -----------------------------------------------------------
-    after = evaluate(core, tok_eval, cfg.eval_batch_tokens, progress=accelerator.is_local_main_process,
-                     prefix=prefix, layout=cfg.layout)
+
+def agree(accelerator, flags: list[bool]) -> list[bool]:
+    """Flags every process acts on together (any process raising one raises it for all)."""
+    if accelerator.num_processes == 1:
+        return flags
+    t = accelerator.reduce(torch.tensor([float(f) for f in flags], device=accelerator.device), reduction="max")
+    return [bool(x) for x in t.tolist()]
+
+
+def nonfinite(cfg: TrainConfig, run: Run, step: int, loss: float, norm: float, say) -> None:
+    """A NaN or infinite loss or gradient: stop with the step named, or (--on-nonfinite skip) drop the update."""
+    what = f"step {step + 1}: loss {loss}, gradient norm {norm}"
+    if cfg.on_nonfinite == "stop":
+        raise NonFiniteError(f"{what}: training stopped, no model saved (the last checkpoint, if any, is intact). "
+                             f"Fix: lower --learning-rate (now {cfg.learning_rate:g}), or pass --on-nonfinite skip to "
+                             "drop such steps")
+    run.state["skipped_nonfinite"] = run.state.get("skipped_nonfinite", 0) + 1
+    say(f"warning: {what}: update skipped (--on-nonfinite skip; {run.state['skipped_nonfinite']} so far)")
+
+
+def checkpoint(cfg: TrainConfig, accelerator, core: RewardModel, run: Run, step: int) -> None:
+    """Every process reaches here; the main process writes the checkpoint."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        trainable = {n: p for n, p in core.named_parameters() if p.requires_grad}
+        save_checkpoint(Path(cfg.output_dir) / "checkpoints", step, trainable, run.optimizer.state_dict(),
+                        run.scheduler.state_dict(), run.state, run.identity, cfg.keep_checkpoints)
+    accelerator.wait_for_everyone()
+
+
+# -- evaluation after training, and the saved model ---------------------------------------------------------------
+
+
+def finish(cfg, accelerator, core: RewardModel, run: Run, data: Data, tok_train, tok_eval, cache, say) -> dict:
+    """Evaluate after training, save the model with its metrics and held-out data as one directory, report."""
+    out = Path(cfg.output_dir)
+    before = EvalResult.from_json(run.state["before"])
+    after = evaluate_groups(core, tok_eval, cfg.eval_batch_tokens, cfg.layout, cache,
+                            progress=accelerator.is_local_main_process)
+    elapsed = run.stats.get("train_seconds", 0.0)
     results = {"before": before.metrics, "after": after.metrics, "change": compare(before, after),
-               "steps": total_steps, "train_groups": len(tok_train), "eval_groups": len(tok_eval),
-               "regime": cfg.regime, "completions_forwarded": forwarded,
-               "train_seconds": round(elapsed, 1), "train_tokens_per_second": round(tokens_seen / max(elapsed, 1e-9), 1),
-               "data": {"train": report.summary()}, "history": state["history"], "config": asdict(cfg)}
+               "steps": run.total_steps, "train_groups": len(tok_train), "eval_groups": len(tok_eval),
+               "regime": cfg.regime, "completions_forwarded": run.stats["completions"],
+               "skipped_nonfinite_steps": run.state.get("skipped_nonfinite", 0),
+               "train_seconds": round(elapsed, 1),
+               "train_tokens_per_second": round(run.stats["tokens"] / max(elapsed, 1e-9), 1),
+               "data": {"train": data.report.summary()}, "history": run.state["history"], "config": asdict(cfg)}
     if accelerator.is_main_process:
         if cfg.lora_r:
             merge_lora(core)  # the saved model is a plain Hugging Face model
-        core.save_pretrained(out)
-        write_native(held, out / "heldout.jsonl")  # the held-out prompts, to evaluate or normalize on later
-        (out / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
+        heldout = "".join(json.dumps(g.to_json(), ensure_ascii=False) + "\n" for g in data.held)
+        core.save_pretrained(out, extra_files={"eval_results.json": json.dumps(results, indent=2, allow_nan=False)
+                                               + "\n", "heldout.jsonl": heldout})
+    accelerator.wait_for_everyone()
     ch = results["change"]
-    say(f"before training: {_fmt(before.metrics)}")
-    say(f"after training:  {_fmt(after.metrics)}")
+    say(f"before training: {format_metrics(before.metrics)}")
+    say(f"after training:  {format_metrics(after.metrics)}")
     say(f"change: accuracy {ch['accuracy_gain']:+.4f} (95% CI {ch['accuracy_gain_ci95'][0]:+.3f} .. "
         f"{ch['accuracy_gain_ci95'][1]:+.3f}), log loss {ch['log_loss_change']:+.4f} (95% CI "
         f"{ch['log_loss_change_ci95'][0]:+.4f} .. {ch['log_loss_change_ci95'][1]:+.4f}); paired bootstrap over "
         f"held-out prompts")
-    say(f"trained {total_steps - start} steps in {elapsed:.0f}s ({results['train_tokens_per_second']:.0f} tokens/s); "
-        f"model saved to {out}")
+    say(f"trained {run.total_steps - run.start} steps in {elapsed:.0f}s ({results['train_tokens_per_second']:.0f} "
+        f"tokens/s); model saved to {out}")
     return results

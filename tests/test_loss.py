@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from rankrm.loss import group_losses, group_pair_stats, kwise_loss
+from rankrm.loss import group_stats, kwise_loss
 
 NLL1, NLL2, LN2 = math.log1p(math.exp(-1)), math.log1p(math.exp(-2)), math.log(2)
 
@@ -16,22 +16,27 @@ def t(x, dtype=torch.float64):
     return torch.tensor(x, dtype=dtype)
 
 
+def loss_of(rewards, ranks, groups):
+    """kwise_loss over the statistics of one pass, as training computes it."""
+    return kwise_loss(group_stats(rewards, ranks, groups, int(groups.max()) + 1))
+
+
 def test_three_completions_mean_over_the_three_pairs():
     """Ranks (0, 1, 2), rewards (1, 0, -1): pairs (a>b) d=1, (a>c) d=2, (b>c) d=1 -> (2*NLL1 + NLL2) / C(3,2)."""
-    loss = kwise_loss(t([1.0, 0.0, -1.0]), torch.tensor([0, 1, 2]), torch.tensor([0, 0, 0]))
+    loss = loss_of(t([1.0, 0.0, -1.0]), torch.tensor([0, 1, 2]), torch.tensor([0, 0, 0]))
     assert loss.item() == pytest.approx((2 * NLL1 + NLL2) / 3, abs=1e-12)
 
 
 def test_ties_give_no_pair():
     """Ranks (0, 0, 1), rewards (1, 2, 0): a and b tie, so only (a>c) d=1 and (b>c) d=2 count: (NLL1 + NLL2) / 2."""
-    loss = kwise_loss(t([1.0, 2.0, 0.0]), torch.tensor([0, 0, 1]), torch.tensor([0, 0, 0]))
+    loss = loss_of(t([1.0, 2.0, 0.0]), torch.tensor([0, 0, 1]), torch.tensor([0, 0, 0]))
     assert loss.item() == pytest.approx((NLL1 + NLL2) / 2, abs=1e-12)
 
 
 def test_order_of_completions_does_not_matter():
     """The same group listed in another order gives the same loss."""
-    a = kwise_loss(t([1.0, 0.0, -1.0]), torch.tensor([0, 1, 2]), torch.tensor([0, 0, 0]))
-    b = kwise_loss(t([-1.0, 1.0, 0.0]), torch.tensor([2, 0, 1]), torch.tensor([0, 0, 0]))
+    a = loss_of(t([1.0, 0.0, -1.0]), torch.tensor([0, 1, 2]), torch.tensor([0, 0, 0]))
+    b = loss_of(t([-1.0, 1.0, 0.0]), torch.tensor([2, 0, 1]), torch.tensor([0, 0, 0]))
     assert a.item() == pytest.approx(b.item(), abs=1e-12)
 
 
@@ -42,29 +47,43 @@ def test_batch_is_the_mean_over_groups_not_pairs():
     ranks = torch.tensor([0, 1, 2, 0, 1])
     groups = torch.tensor([0, 0, 0, 1, 1])
     g0 = (2 * NLL1 + NLL2) / 3
-    assert kwise_loss(rewards, ranks, groups).item() == pytest.approx((g0 + LN2) / 2, abs=1e-12)
-    losses, counts = group_losses(rewards, ranks, groups, 2)
-    assert losses.tolist() == pytest.approx([g0, LN2], abs=1e-12)
-    assert counts.tolist() == [3.0, 1.0]
+    assert loss_of(rewards, ranks, groups).item() == pytest.approx((g0 + LN2) / 2, abs=1e-12)
+    s = group_stats(rewards, ranks, groups, 2)
+    assert s.loss.tolist() == pytest.approx([g0, LN2], abs=1e-12)
+    assert s.pairs.tolist() == [3.0, 1.0]
+    # a step split into passes: each pass's share with weight 1/G adds up to the mean over the step's G groups
+    shares = [kwise_loss(group_stats(rewards[:3], ranks[:3], groups[:3], 1), group_weight=1 / 2),
+              kwise_loss(group_stats(rewards[3:], ranks[3:], groups[3:] - 1, 1), group_weight=1 / 2)]
+    assert sum(x.item() for x in shares) == pytest.approx((g0 + LN2) / 2, abs=1e-12)
 
 
 def test_gradient_of_one_pair():
     """K=2, d = r_w - r_l = 1: dL/dr_w = -(1 - sigmoid(1)) = -0.26894142, dL/dr_l = +0.26894142."""
     r = t([1.0, 0.0]).requires_grad_()
-    kwise_loss(r, torch.tensor([0, 1]), torch.tensor([0, 0])).backward()
+    loss_of(r, torch.tensor([0, 1]), torch.tensor([0, 0])).backward()
     g = 1 - 1 / (1 + math.exp(-1))
     assert r.grad.tolist() == pytest.approx([-g, g], abs=1e-12)
 
 
 def test_all_tied_group_is_left_out_of_the_mean():
     """Group 1 is all tied (no comparison): the batch loss is group 0's alone, NLL1."""
-    loss = kwise_loss(t([1.0, 0.0, 3.0, -3.0]), torch.tensor([0, 1, 0, 0]), torch.tensor([0, 0, 1, 1]))
+    loss = loss_of(t([1.0, 0.0, 3.0, -3.0]), torch.tensor([0, 1, 0, 0]), torch.tensor([0, 0, 1, 1]))
     assert loss.item() == pytest.approx(NLL1, abs=1e-12)
 
 
 def test_pair_stats_count_reward_ties_as_half():
     """Ranks (0,1,2), rewards (1,1,2): a>b tie in reward (1/2), a>c wrong (0), b>c wrong (0): 0.5 of 3 correct;
     nll = ln2 + NLL1 + NLL1 (d = 0, -1, -1: -log sigmoid(-1) = 1 + NLL1)."""
-    c, p, nll = group_pair_stats(t([1.0, 1.0, 2.0]), torch.tensor([0, 1, 2]), torch.tensor([0, 0, 0]), 1)
-    assert c.item() == 0.5 and p.item() == 3.0
-    assert nll.item() == pytest.approx(LN2 + 2 * (1 + NLL1), abs=1e-12)
+    s = group_stats(t([1.0, 1.0, 2.0]), torch.tensor([0, 1, 2]), torch.tensor([0, 0, 0]), 1)
+    assert s.correct.item() == 0.5 and s.pairs.item() == 3.0
+    assert s.nll.item() == pytest.approx(LN2 + 2 * (1 + NLL1), abs=1e-12)
+    assert s.loss.item() == pytest.approx((LN2 + 2 * (1 + NLL1)) / 3, abs=1e-12)
+
+
+def test_stated_pairs_mask_replaces_the_ranks():
+    """A partial order stating only a>b (d = 1) and c>b (d = 2): ranks (0, 1, 0) would say the same here, but a
+    mask stating only a>b leaves c out: loss NLL1, one pair."""
+    mask = torch.zeros((3, 3), dtype=torch.bool)
+    mask[0, 1] = True
+    s = group_stats(t([1.0, 0.0, 2.0]), torch.tensor([0, 1, 0]), torch.tensor([0, 0, 0]), 1, mask)
+    assert s.pairs.item() == 1.0 and s.loss.item() == pytest.approx(NLL1, abs=1e-12)

@@ -41,14 +41,16 @@ def select_trainable(model, train_layers: int) -> list[str]:
     return [n for n, p in model.named_parameters() if p.requires_grad]
 
 
-class FrozenPrefix:
-    """The hidden states entering the first trainable layer, kept per sequence.
+class FrozenLayerCache:
+    """The hidden states entering the first trainable layer, kept per token sequence.
 
     When only the top N layers train, everything below them computes the same thing at every epoch. The first
     pass over a sequence records the input of the first trainable layer (a forward pre-hook); later passes hand
     that input straight to it, with the layer list cut to the top N, so the frozen layers are not run again.
-    Works for backbones that loop over their layer list and pass the hidden states first (Llama, Qwen2, Mistral,
-    GPT-2, ...); `train.py` checks the replay against a full forward once and turns the cache off on mismatch."""
+    Sequences are keyed by their tokens, whether they ran as a padded row or inside a packed one (a packed
+    completion's states are those of its own padded row), so a sequence seen in any split, epoch, batch company,
+    layout or training regime is computed once. Works for backbones that loop over their layer list and pass the
+    hidden states first (Llama, Qwen2, Mistral, GPT-2, ...); `verify` checks the replay against a full forward."""
 
     def __init__(self, backbone: nn.Module, train_layers: int):
         self.backbone = backbone
@@ -64,16 +66,18 @@ class FrozenPrefix:
             self.entry = after[0]
         self.store: dict = {}
 
-    def has(self, keys) -> bool:
-        return all(k in self.store for k in keys)
+    @staticmethod
+    def keys(batch) -> list[tuple]:
+        """Each completion sequence's tokens, gathered from its spans of the batch: the cache's keys."""
+        ids = batch.input_ids.cpu()
+        return [tuple(t for s, n in spans for t in ids[row, s:s + n].tolist()) for row, spans in batch.sequences]
 
     @contextlib.contextmanager
-    def capture(self, pieces):
-        """Record the entry input of each piece (row, spans, key) of the batch under its key: the sequence's states
-        gathered from its (start, length) spans of the row."""
+    def _capture(self, batch, keys):
+        """Record the entry input of each sequence of the batch under its key."""
         def hook(module, args):
             h = args[0].detach()  # (B, T, H)
-            for row, spans, key in pieces:
+            for (row, spans), key in zip(batch.sequences, keys):
                 self.store[key] = torch.cat([h[row, s:s + n] for s, n in spans]).to("cpu", copy=True)
         handle = self.entry.register_forward_pre_hook(hook)
         try:
@@ -81,22 +85,22 @@ class FrozenPrefix:
         finally:
             handle.remove()
 
-    def batch(self, pieces, shape: tuple[int, int], device, dtype=None) -> torch.Tensor:
-        """The recorded inputs of the pieces put back where they sit in the (B, T) batch, zeros elsewhere: (B, T, H)."""
-        first = self.store[pieces[0][2]]
-        out = torch.zeros((*shape, first.shape[-1]), dtype=dtype or first.dtype)
-        for row, spans, key in pieces:
+    def _recorded(self, batch, keys) -> torch.Tensor:
+        """The recorded inputs put back where the sequences sit in the (B, T) batch, zeros elsewhere: (B, T, H)."""
+        first = self.store[keys[0]]
+        out = torch.zeros((*batch.input_ids.shape, first.shape[-1]), dtype=first.dtype)  # (B, T, H)
+        for (row, spans), key in zip(batch.sequences, keys):
             h, at = self.store[key], 0
             for s, n in spans:
                 out[row, s:s + n] = h[at:at + n]
                 at += n
-        return out.to(device)
+        return out.to(batch.input_ids.device)
 
     @contextlib.contextmanager
-    def replay(self, prefix: torch.Tensor):
-        """Run only the top layers: the layer list is cut to them and the entry's input replaced by `prefix`."""
+    def _replay(self, states: torch.Tensor):
+        """Run only the top layers: the layer list is cut to them and the entry's input replaced by `states`."""
         def hook(module, args):
-            return (prefix.to(args[0].dtype),) + tuple(args[1:])
+            return (states.to(args[0].dtype),) + tuple(args[1:])
         full = getattr(self.backbone, self.name)
         setattr(self.backbone, self.name, self.top)
         handle = self.entry.register_forward_pre_hook(hook)
@@ -106,19 +110,25 @@ class FrozenPrefix:
             handle.remove()
             setattr(self.backbone, self.name, full)
 
-    def forward(self, model, batch: dict) -> torch.Tensor:
+    def rewards(self, model, batch) -> torch.Tensor:
         """Rewards for a batch: replayed from the cache when every sequence in it is there, else a full forward that
-        fills the cache. Sequences are keyed by their tokens (batch["pieces"]): the cache is content-addressed and
-        holds each (prompt + completion) row, whether it ran as a padded row or inside a packed one (the states of a
-        packed row's shared prefix and of a completion's tail are those of its own padded row), so a sequence seen
-        in any split, epoch, batch company, layout or training regime is computed once."""
-        if "prompt" in batch:
+        fills the cache. `model` is the RewardModel or its distributed wrapper."""
+        if batch.prompt is not None:
             raise ValueError("the frozen-layer cache needs a single forward pass per batch; the kv layout makes two. "
                              "Fix: use --layout padded, packed or auto with it, or --no-cache-frozen")
-        pieces = batch["pieces"]
-        args = (batch["input_ids"], batch["attention_mask"], batch["position_ids"], batch["end_index"])
-        if self.has(p[2] for p in pieces):
-            with self.replay(self.batch(pieces, tuple(batch["input_ids"].shape), batch["input_ids"].device)):
-                return model(*args)
-        with self.capture(pieces):
-            return model(*args)
+        keys = self.keys(batch)
+        if all(k in self.store for k in keys):
+            with self._replay(self._recorded(batch, keys)):
+                return model(batch)
+        with self._capture(batch, keys):
+            return model(batch)
+
+    def verify(self, model, batch) -> float:
+        """Relative error of the replay against a full forward on one batch (the cache is emptied if it is off)."""
+        with torch.no_grad():
+            full = self.rewards(model, batch)  # fills the cache
+            replayed = self.rewards(model, batch)
+        err = float((full - replayed).abs().max() / full.abs().max().clamp(min=1e-6))
+        if err > 1e-3:
+            self.store.clear()
+        return err

@@ -1,0 +1,100 @@
+"""Settings: flags and YAML through one parser, values checked where they enter (before any model loads)."""
+
+import math
+
+import pytest
+import torch
+
+from rankrm.cli import main
+from rankrm.config import TrainConfig
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    err = capsys.readouterr().err
+    return code, err
+
+
+@pytest.mark.parametrize("yaml_line, flag", [
+    ("epochs: two", "'epochs': expected a number, got 'two'"),
+    ("batch-size: [8]", "'batch-size': expected an integer"),
+    ("batch-size: 2.5", "'batch-size': expected an integer"),
+    ("bf16: maybe", "'bf16': expected true or false"),
+    ("learning-rate: -1e-3", "--learning-rate must be > 0"),
+    ("epochs: 0", "--epochs must be > 0"),
+    ("max-length: 1", "--max-length 1 leaves no room"),
+    ("layout: diagonal", "--layout 'diagonal' unknown"),
+    ("warmup-ratio: 1.5", "--warmup-ratio must be in [0, 1)"),
+    ("learning-rate: .nan", "--learning-rate must be > 0"),
+])
+def test_bad_yaml_settings_give_one_line_errors_before_the_model_loads(tmp_path, capsys, yaml_line, flag):
+    """The model path does not exist: had the setting passed, loading it would have failed with another message."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"model: {tmp_path / 'no-such-model'}\ntrain-data: x.jsonl\n{yaml_line}\n")
+    code, err = run_cli(["train", "--config", str(cfg)], capsys)
+    assert code == 2 and flag in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "Fix:" in err or "must be" in err
+
+
+@pytest.mark.parametrize("args, text", [(["--learning-rate=-1e-3"], "--learning-rate must be > 0"),
+                                        (["--epochs", "0"], "--epochs must be > 0"),
+                                        (["--max-length", "3"], "--max-length 3 leaves no room"),
+                                        (["--batch-size", "0"], "--batch-size must be > 0")])
+def test_bad_flags_give_one_line_errors(tmp_path, capsys, args, text):
+    code, err = run_cli(["train", "--train-data", "x.jsonl", "--model", str(tmp_path)] + args, capsys)
+    assert code == 2 and text in err and "Traceback" not in err
+
+
+def test_yaml_numbers_written_as_text_are_numbers(tmp_path, capsys):
+    """PyYAML reads 1e-5 (no dot) and "8" as strings: they are the numbers they say."""
+    from rankrm.config import read_yaml
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text('train-data: a.jsonl\nlearning-rate: 1e-5\nbatch-size: "8"\nlength-buckets: 3\nbf16: "yes"\n')
+    values = read_yaml(cfg)
+    assert values == {"train_data": ["a.jsonl"], "learning_rate": 1e-5, "batch_size": 8, "length_sort_window": 3,
+                      "bf16": True}
+    assert isinstance(values["batch_size"], int)
+
+
+def test_flags_win_over_yaml_and_unknown_keys_are_named(tmp_path, capsys):
+    import argparse
+
+    from rankrm.config import config_from_args, train_flags
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train-data: a.jsonl\nseed: 1\nepochs: 3\n")
+    p = argparse.ArgumentParser(parents=[train_flags()])
+    c = config_from_args(p.parse_args(["--config", str(cfg), "--seed", "5", "--no-cache-frozen"]))
+    assert (c.seed, c.epochs, c.cache_frozen, c.train_data) == (5, 3.0, False, ["a.jsonl"])
+    cfg.write_text("train-data: a.jsonl\nlearning_rat: 1\n")
+    code, err = run_cli(["train", "--config", str(cfg)], capsys)
+    assert code == 2 and "unknown setting 'learning_rat'" in err
+
+
+def test_the_schedule_is_transformers_warmup_then_cosine():
+    """10 steps, 20% warmup (2 steps), peak 1.0: warmup 0, 1/2; then cosine over the 8 remaining steps,
+    0.5 (1 + cos(pi k / 8)) for k = 0..7."""
+    from rankrm.train import plan_run
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.hf = torch.nn.Module()
+            self.hf.score = torch.nn.Linear(2, 1)
+            self.w = torch.nn.Linear(2, 2)
+
+    model = Tiny()
+    cfg = TrainConfig(train_data=["x"], learning_rate=1.0, head_learning_rate=1.0, warmup_ratio=0.2, max_steps=10,
+                      batch_size=1)
+    from rankrm.batch import TokenizedGroup
+
+    units = [TokenizedGroup([[1, 2], [1, 3]], [0, 1])]
+    run = plan_run(cfg, model, [n for n, _ in model.named_parameters()], units, print)
+    lrs = []
+    for _ in range(10):
+        lrs.append(run.scheduler.get_last_lr()[0])
+        run.optimizer.step()
+        run.scheduler.step()
+    want = [0.0, 0.5] + [0.5 * (1 + math.cos(math.pi * k / 8)) for k in range(8)]
+    assert lrs == pytest.approx(want, abs=1e-12)
