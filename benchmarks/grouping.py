@@ -16,31 +16,29 @@ Cost: the bottom layers are frozen and run once per distinct sequence for all ru
 whose time is reported apart), so the training times compare what the regimes themselves cost: the top layers
 and head, forward and backward, once per completion forwarded.
 
-    python benchmarks/grouping.py   # 28.8 min measured on 2 CPU cores; needs matplotlib
+    python -m benchmarks.grouping   # 28.8 min measured on 2 CPU cores; needs matplotlib (pip install rankrm[bench])
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from benchmarks._results import save
+from rankrm.batch import tokenize_groups
+from rankrm.config import TrainConfig
+from rankrm.data import read_groups
+from rankrm.evaluate import evaluate_groups
+from rankrm.frozen import FrozenLayerCache, select_trainable
+from rankrm.hub import DEFAULT_MODEL
+from rankrm.model import RewardModel
+from rankrm.train import train
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from rankrm.batching import tokenize_groups  # noqa: E402
-from rankrm.config import TrainConfig  # noqa: E402
-from rankrm.data import read_groups  # noqa: E402
-from rankrm.evaluate import evaluate  # noqa: E402
-from rankrm.freeze import FrozenPrefix, select_trainable  # noqa: E402
-from rankrm.model import DEFAULT_MODEL, RewardModel  # noqa: E402
-from rankrm.train import train  # noqa: E402
-
 DATA = [str(ROOT / "rankrm/shipped/oasst_en_100_tree.jsonl"), str(ROOT / "rankrm/shipped/oasst1_en_validation.jsonl")]
 REGIMES = ["grouped", "shuffled-pairs"]
 
@@ -50,10 +48,10 @@ def warm_cache(cfg: TrainConfig, cache: dict) -> float:
     t0 = time.time()
     model = RewardModel.from_pretrained(cfg.model, max_length=cfg.max_length)
     select_trainable(model, cfg.train_layers)
-    prefix = FrozenPrefix(model.backbone, cfg.train_layers)
-    prefix.store = cache
+    frozen = FrozenLayerCache(model.backbone, cfg.train_layers)
+    frozen.store = cache
     groups, _ = tokenize_groups(model, read_groups(cfg.train_data))
-    evaluate(model, groups, cfg.eval_batch_tokens, progress=True, prefix=prefix, layout=cfg.layout)
+    evaluate_groups(model, groups, cfg.eval_batch_tokens, cfg.layout, frozen, progress=True)
     return time.time() - t0
 
 
@@ -102,7 +100,8 @@ def table(runs: dict, epochs: float, warm_seconds: float, seeds) -> str:
     return "\n".join(lines)
 
 
-def plot(runs: dict, path: Path, title: str) -> None:
+def plot(runs: dict, title: str):
+    """The held-out accuracy and log loss curves of both regimes (mean and seed range): a matplotlib figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -126,7 +125,7 @@ def plot(runs: dict, path: Path, title: str) -> None:
     axes[0].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    return fig
 
 
 def main() -> None:
@@ -140,10 +139,11 @@ def main() -> None:
     p.add_argument("--eval-points", type=int, default=6, help="evaluations during training (plus before and end)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = p.parse_args()
+    import matplotlib  # noqa: F401  (the plot comes last: fail now, not after the runs, if it is missing)
 
     base = dict(model=args.model, train_data=DATA, eval_fraction=0.2, max_length=args.max_length,
                 train_layers=args.train_layers, epochs=args.epochs, batch_size=args.batch_size,
-                learning_rate=5e-5, head_learning_rate=5e-4, warmup_ratio=0.05, layout="padded", length_buckets=0)
+                learning_rate=5e-5, head_learning_rate=5e-4, warmup_ratio=0.05, layout="padded", length_sort_window=0)
     n_train = round(0.8 * len(read_groups(DATA)))  # about: the split is by conversation tree
     steps = int(args.epochs * -(-n_train // args.batch_size))
     base["eval_steps"] = max(1, steps // (args.eval_points + 1))
@@ -167,17 +167,13 @@ def main() -> None:
                 shutil.rmtree(out, ignore_errors=True)
     total = time.time() - t_all + warm
 
-    args.out.mkdir(parents=True, exist_ok=True)
     title = (f"{Path(args.model).name}, top {args.train_layers} layer(s) + final norm + head trained, max length {args.max_length}, "
              f"OpenAssistant ({raw[0]['train_groups']} train / {raw[0]['eval_groups']} held-out prompts), "
              f"{len(args.seeds)} seeds")
-    md = table(runs, args.epochs, warm, args.seeds)
-    (args.out / "grouping.json").write_text(json.dumps({"settings": {**base, "seeds": args.seeds}, "runs": raw,
-                                                        "warm_seconds": warm, "total_seconds": total}, indent=1))
-    (args.out / "grouping.md").write_text(f"# Grouped vs shuffled pairs\n\n{title}; total run time {total / 60:.1f} "
-                                          f"min.\n\n{md}\n\nReproduce: `python benchmarks/grouping.py`\n")
-    plot(runs, args.out / "grouping.png", title)
-    print(md)
+    head = f"# Grouped vs shuffled pairs\n\n{title}; total run time {total / 60:.1f} min.\n"
+    save(args.out, "grouping", head, table(runs, args.epochs, warm, args.seeds).split("\n"),
+         {"settings": {**base, "seeds": args.seeds}, "runs": raw, "warm_seconds": warm, "total_seconds": total},
+         "grouping", figure=plot(runs, title))
     print(f"total {total / 60:.1f} min; wrote {args.out}/grouping.{{json,md,png}}")
 
 

