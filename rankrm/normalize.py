@@ -43,11 +43,9 @@ def read_demonstrations(path) -> tuple[list, list[str]]:
 
 
 def file_sha256(path) -> str:
-    h = hashlib.sha256()
+    """The SHA-256 of a file's bytes, as hex."""
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def final_norm(model):
