@@ -1,8 +1,10 @@
 """rankrm: reward models trained on K-wise human rankings, the InstructGPT way."""
 
-from .data import DataError, RankedGroup, read_groups, split_by_prompt
+from .errors import DataError
+from .groups import RankedGroup, split_by_prompt
 from .loss import group_losses, kwise_loss
 from .model import RewardModel
+from .readers import read_groups
 
 __version__ = "0.1.0"
 

@@ -6,7 +6,9 @@ import json
 import os
 from pathlib import Path
 
-from .data import DataError, check_prompt, iter_json_lines
+from .containers import iter_json_lines
+from .errors import DataError
+from .groups import check_prompt
 
 
 def _check(obj: dict, path, line) -> tuple:

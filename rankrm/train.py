@@ -18,12 +18,13 @@ from torch import nn
 
 from .batching import collate_groups, plan_batches, shuffled_pairs, to_device, tokenize_groups
 from .config import TrainConfig
-from .data import ReadReport, overlap, read_groups, split_by_prompt, write_native
 from .evaluate import EvalResult, compare, evaluate
 from .freeze import FrozenPrefix, select_trainable
+from .groups import ReadReport, overlap, split_by_prompt, write_native
 from .lora import add_lora, merge_lora
 from .loss import group_losses, group_pair_stats
 from .model import RewardModel
+from .readers import read_groups
 
 log = logging.getLogger("rankrm")
 CKPT_FILE = "checkpoint.pt"

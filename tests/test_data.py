@@ -5,7 +5,9 @@ import json
 
 import pytest
 
-from rankrm.data import DataError, ReadReport, read_groups, split_by_prompt, overlap, write_native
+from rankrm.errors import DataError
+from rankrm.groups import ReadReport, overlap, split_by_prompt, write_native
+from rankrm.readers import read_groups
 from conftest import OASST_FLAT, OASST_TREES, write_jsonl
 
 GOOD = {"prompt": "Say hi", "completions": ["Hi!", "Hello there.", "Go away."], "ranks": [0, 0, 1]}

@@ -9,10 +9,11 @@ import torch
 
 from rankrm.batching import TokenizedGroup, collate_groups, pair_mask_of
 from rankrm.config import TrainConfig
-from rankrm.data import (READERS, DataError, RankedGroup, ReadReport, detect_format, identical_prompts, read_groups,
-                         write_native)
-from rankrm.formats import ranks_from_scores
+from rankrm.errors import DataError
+from rankrm.groups import RankedGroup, ReadReport, identical_prompts, write_native
 from rankrm.loss import group_losses, kwise_loss
+from rankrm.readers import READERS, detect_format, read_groups
+from rankrm.scored import ranks_from_scores
 from conftest import OASST_FLAT, OASST_TREES, SHIPPED, write_jsonl
 
 HH = SHIPPED / "hh_harmless_base_test.jsonl.gz"

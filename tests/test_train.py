@@ -156,9 +156,9 @@ def test_epoch_steps_with_length_buckets_keep_every_unit_once_and_group_similar_
 
 def _step_gradients(model_dirs, rows, arch="llama-chat", attn=None, checkpointing=False, frozen=False, **cfg_kw):
     from rankrm.batching import tokenize_groups
-    from rankrm.data import RankedGroup
     from rankrm.evaluate import evaluate
     from rankrm.freeze import FrozenPrefix, select_trainable
+    from rankrm.groups import RankedGroup
     from rankrm.train import backward_step
 
     cfg_kw.setdefault("layout", "padded")
