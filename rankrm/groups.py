@@ -5,6 +5,7 @@ Every reader (readers.py and the format modules it imports) builds its groups wi
 
 from __future__ import annotations
 
+import graphlib
 import hashlib
 import json
 import math
@@ -221,52 +222,40 @@ def check_pairs(value, k, path, line, name="pairs") -> tuple[tuple[int, int], ..
     return tuple(out)
 
 
-def find_cycle(k: int, pairs) -> list[int] | None:
-    """A cycle w1 > w2 > ... > w1 among the (winner, loser) pairs, as indices, or None if they form a partial order."""
-    beats = defaultdict(list)
+def _graph(pairs) -> graphlib.TopologicalSorter:
+    """The (winner, loser) pairs as a graph in which each loser comes after its winners."""
+    graph = graphlib.TopologicalSorter()
     for w, l in pairs:
-        beats[w].append(l)
-    state = [0] * k  # 0 unseen, 1 on the current path, 2 done
-    for s in range(k):
-        if state[s]:
-            continue
-        path, stack = [], [(s, iter(beats[s]))]
-        state[s] = 1
-        path.append(s)
-        while stack:
-            node, it = stack[-1]
-            nxt = next(it, None)
-            if nxt is None:
-                state[node] = 2
-                path.pop()
-                stack.pop()
-            elif state[nxt] == 1:
-                return path[path.index(nxt):] + [nxt]
-            elif state[nxt] == 0:
-                state[nxt] = 1
-                path.append(nxt)
-                stack.append((nxt, iter(beats[nxt])))
+        graph.add(l, w)
+    return graph
+
+
+def find_cycle(pairs) -> list[int] | None:
+    """A cycle w1 > w2 > ... > w1 among (winner, loser) pairs, from its lowest index, or None for a partial order."""
+    try:
+        _graph(pairs).prepare()
+    except graphlib.CycleError as e:
+        cycle = e.args[1][:-1]  # each a winner over the next; graphlib repeats the first at the end
+        start = cycle.index(min(cycle))  # the same cycle reads the same, whichever node graphlib found first
+        return cycle[start:] + cycle[:start + 1]
     return None
 
 
 def depth_ranks(k: int, pairs) -> tuple[int, ...]:
     """Ranks consistent with acyclic (winner, loser) pairs: each index's longest chain of winners above it."""
+    winners = defaultdict(list)
+    for w, l in pairs:
+        winners[l].append(w)
     rank = [0] * k
-    for _ in range(k):  # Bellman-Ford style relaxation; k is small (a handful of completions)
-        changed = False
-        for w, l in pairs:
-            if rank[l] < rank[w] + 1:
-                rank[l], changed = rank[w] + 1, True
-        if not changed:
-            break
+    for i in _graph(pairs).static_order():  # winners before their losers
+        rank[i] = max((rank[w] + 1 for w in winners[i]), default=0)
     return tuple(rank)
-
 
 
 def group_from_pairs(prompt: Prompt, completions, pairs, margins, path, line, tree=None) -> RankedGroup:
     """A group stating exactly the given (winner, loser) pairs; plain ranks when they state the same pairs."""
     pairs = tuple(pairs)
-    cycle = find_cycle(len(completions), pairs)
+    cycle = find_cycle(pairs)
     if cycle is not None:
         what = "contradictory" if len(cycle) == 3 else "cyclic"
         raise DataError(path, line, "pairs", f"{what} comparisons: " + " > ".join(f"completion {i}" for i in cycle),

@@ -75,7 +75,7 @@ def merge_comparisons(comps: list[Comparison], path, report: ReadReport, skip_in
                 b = next(c for c in stated.values() if c.margin is None)
                 raise DataError(path, b.line, "margin", f"is missing, and {_at(a.line)} gives one for the same prompt",
                                 "give a margin on every record of a prompt, or on none", reason="margin: missing")
-            cycle = find_cycle(len(texts), pairs)
+            cycle = find_cycle(pairs)
             if cycle is not None:
                 links = [stated[(a, b)] for a, b in zip(cycle, cycle[1:])]
                 what = "contradictory" if len(cycle) == 3 else "cyclic"
