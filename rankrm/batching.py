@@ -46,7 +46,7 @@ def tokenize_groups(model, groups) -> tuple[list[TokenizedGroup], int]:
     out, at = [], 0
     for g in groups:
         out.append(TokenizedGroup(ids[at:at + g.k], list(g.ranks),
-                                  None if g.comparisons is None else [tuple(p) for p in g.comparisons]))
+                                  None if g.stated_pairs is None else [tuple(p) for p in g.stated_pairs]))
         at += g.k
     return out, truncated
 

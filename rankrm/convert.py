@@ -14,7 +14,7 @@ CONVERT_TARGETS = ("native", "pairwise")
 def pairwise_records(groups: list[RankedGroup]):
     """TRL pairwise records, one per stated comparison: strings for a text prompt, messages for a conversation."""
     for g in groups:
-        for i, (w, l) in enumerate(g.pairs()):
+        for i, (w, l) in enumerate(g.comparisons()):
             if isinstance(g.prompt, str):
                 rec = {"prompt": g.prompt, "chosen": g.completions[w], "rejected": g.completions[l]}
             else:

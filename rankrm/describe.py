@@ -67,15 +67,15 @@ def _first_of_each(groups):
 def describe_groups(groups: list[RankedGroup], report: ReadReport) -> dict:
     """Counts and length statistics of a list of groups, with what the reader skipped and noted."""
     k_hist = Counter(g.k for g in groups)
-    tied = sum(1 for g in groups if g.comparisons is None
+    tied = sum(1 for g in groups if g.stated_pairs is None
                for i in range(g.k) for j in range(i + 1, g.k) if g.ranks[i] == g.ranks[j])
     texts = Counter(c for g in groups for c in set(g.completions))
     return {
         "records": report.records, "groups": len(groups), "skipped": dict(sorted(report.skipped.items())),
         "notes": dict(sorted(report.notes.items())), "k_histogram": dict(sorted(k_hist.items())),
-        "comparisons": sum(len(g.pairs()) for g in groups),
-        "partial_order_groups": sum(1 for g in groups if g.comparisons is not None),
-        "tied_pairs": tied, "groups_with_ties": sum(1 for g in groups if g.comparisons is None
+        "comparisons": sum(len(g.comparisons()) for g in groups),
+        "partial_order_groups": sum(1 for g in groups if g.stated_pairs is not None),
+        "tied_pairs": tied, "groups_with_ties": sum(1 for g in groups if g.stated_pairs is None
                                                      and len(set(g.ranks)) < g.k),
         "groups_with_margins": sum(1 for g in groups if g.margins is not None),
         "completions": sum(g.k for g in groups),

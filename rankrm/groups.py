@@ -28,29 +28,29 @@ ROLES = ("system", "user", "assistant", "tool")
 class RankedGroup:
     """One prompt with K >= 2 completions ranked by a labeler (rank 0 is best; equal ranks are ties).
 
-    A group merged from pairwise records may state only some comparisons (a partial order): then `comparisons`
+    A group merged from pairwise records may state only some comparisons (a partial order): then `stated_pairs`
     lists exactly the (winner, loser) pairs stated, and `ranks` is a ranking consistent with them (each
-    completion's depth below the best) that states more than was labeled, so only pairs() is to be used for
-    training and metrics. `margins`, when the source gave them (TRL's `margin`), align with pairs(); the loss
-    does not use them, they are kept for conversion and inspection."""
+    completion's depth below the best) that states more than was labeled, so only comparisons() is to be used for
+    training and metrics. `margins`, when the source gave them (TRL's `margin`), align with comparisons(); the
+    loss does not use them, they are kept for conversion and inspection."""
 
     prompt: Prompt
     completions: tuple[str, ...]
     ranks: tuple[int, ...]
     tree: str | None = None  # conversation this prompt belongs to; groups of one tree are never split apart
     source: str = ""  # "file:line" the group came from, for messages
-    comparisons: tuple[tuple[int, int], ...] | None = None  # the stated (winner, loser) pairs, if not all of ranks'
-    margins: tuple[float, ...] | None = None  # one per pair of pairs(), in that order
+    stated_pairs: tuple[tuple[int, int], ...] | None = None  # the (winner, loser) pairs stated; None: ranks state all
+    margins: tuple[float, ...] | None = None  # one per pair of comparisons(), in that order
 
     @property
     def k(self) -> int:
         """How many completions the group ranks."""
         return len(self.completions)
 
-    def pairs(self) -> list[tuple[int, int]]:
-        """The ordered (winner, loser) index pairs this group states; tied or unstated pairs give none."""
-        if self.comparisons is not None:
-            return list(self.comparisons)
+    def comparisons(self) -> list[tuple[int, int]]:
+        """Every (winner, loser) index pair this group states; tied or unstated pairs give none."""
+        if self.stated_pairs is not None:
+            return list(self.stated_pairs)
         return [(i, j) for i in range(self.k) for j in range(self.k) if self.ranks[i] < self.ranks[j]]
 
     @property
@@ -64,8 +64,8 @@ class RankedGroup:
     def to_json(self) -> dict:
         """The group as a native record (pairs, margins and tree only when it has them)."""
         out = {"prompt": self.prompt, "completions": list(self.completions), "ranks": list(self.ranks)}
-        if self.comparisons is not None:
-            out["pairs"] = [list(p) for p in self.comparisons]
+        if self.stated_pairs is not None:
+            out["pairs"] = [list(p) for p in self.stated_pairs]
         if self.margins is not None:
             out["margins"] = list(self.margins)
         if self.tree is not None:
@@ -263,12 +263,12 @@ def group_from_pairs(prompt: Prompt, completions, pairs, margins, path, line, tr
                         reason=f"{what} comparisons")
     ranks = depth_ranks(len(completions), pairs)
     g = RankedGroup(prompt, tuple(completions), ranks, tree=tree, source=f"{path}:{line}")
-    implied = g.pairs()
+    implied = g.comparisons()
     if set(implied) == set(pairs):  # a ranking states exactly these comparisons: keep the plain form
         order = {p: i for i, p in enumerate(pairs)}
         m = None if margins is None else tuple(margins[order[p]] for p in implied)
         return RankedGroup(prompt, tuple(completions), ranks, tree=tree, source=g.source, margins=m)
-    return RankedGroup(prompt, tuple(completions), ranks, tree=tree, source=g.source, comparisons=pairs,
+    return RankedGroup(prompt, tuple(completions), ranks, tree=tree, source=g.source, stated_pairs=pairs,
                        margins=None if margins is None else tuple(margins))
 
 

@@ -92,7 +92,7 @@ def merge_comparisons(comps: list[Comparison], path, report: ReadReport, skip_in
             continue
         if len(cs) > 1:
             report.notes["pairwise records merged with others of the same prompt"] += len(cs)
-        if g.comparisons is not None:
+        if g.stated_pairs is not None:
             report.notes["groups stating a partial order (only the labeled comparisons)"] += 1
         if g.margins is not None:
             report.notes["groups with margins (kept, not used by the loss)"] += 1

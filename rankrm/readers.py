@@ -32,7 +32,7 @@ def read_native(path: Path, report: ReadReport | None = None, skip_invalid: bool
         except DataError as e:
             report.skip(e, skip_invalid)
             continue
-        if not g.pairs():
+        if not g.comparisons():
             report.skipped["all completions tied: no comparison"] += 1
             continue
         if g.margins is not None:

@@ -70,7 +70,7 @@ def read_scored(path: Path, report: ReadReport | None = None, skip_invalid: bool
             report.skip(e, skip_invalid)
             continue
         g = RankedGroup(prompt, completions, ranks_from_scores(scores), source=f"{path}:{line}")
-        if not g.pairs():
+        if not g.comparisons():
             report.skipped["all completions tied: no comparison"] += 1
             continue
         groups.append(g)

@@ -200,7 +200,7 @@ def train(cfg: TrainConfig, frozen_cache: dict | None = None) -> dict:
         rng = random.Random(cfg.seed)
         train_groups = [train_groups[i] for i in sorted(rng.sample(range(len(train_groups)), cfg.max_train_groups))]
         say(f"using {cfg.max_train_groups} of the training groups (--max-train-groups)")
-    n_pairs = sum(len(g.pairs()) for g in train_groups)
+    n_pairs = sum(len(g.comparisons()) for g in train_groups)
     say(f"split by prompt: {len(train_groups)} training groups ({n_pairs} comparisons), {len(held)} held out")
 
     # -- model ---------------------------------------------------------------------------------------------------

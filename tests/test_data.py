@@ -18,7 +18,7 @@ def test_native_reads_ranks_ties_and_default_order(tmp_path):
     f = write_jsonl(tmp_path / "d.jsonl", [GOOD, "", {"prompt": msgs, "completions": ["a", "b"]}])
     g = read_groups(f)
     assert [x.ranks for x in g] == [(0, 0, 1), (0, 1)]
-    assert g[0].pairs() == [(0, 2), (1, 2)]  # the tie between completions 0 and 1 is no comparison
+    assert g[0].comparisons() == [(0, 2), (1, 2)]  # the tie between completions 0 and 1 is no comparison
     assert g[1].prompt == msgs and g[1].source.endswith("d.jsonl:3")
 
 

@@ -91,7 +91,7 @@ def test_convert_to_pairwise_writes_one_record_per_stated_comparison(tmp_path, c
     assert code == 0 and len(rows) == 754 and rows[0]["chosen"][0]["role"] == "assistant"
     before, after = read_groups(OASST_TREES), read_groups(out)
     pairs = lambda gs: {(json.dumps(g.prompt), g.completions[w], g.completions[l]) for g in gs  # noqa: E731
-                        for w, l in g.pairs()}
+                        for w, l in g.comparisons()}
     assert pairs(after) == pairs(before)
 
 
@@ -102,7 +102,7 @@ def test_convert_to_native_round_trips_partial_orders(tmp_path, capsys):
     report = ReadReport()
     back = read_groups(out, report=report, skip_invalid=True)  # the 4 empty HH replies are refused in native data
     assert len(back) == 2306 and report.skipped == {"invalid: empty completion": 4}
-    assert sum(1 for g in back if g.comparisons == ((0, 1), (2, 3))) == 2
+    assert sum(1 for g in back if g.stated_pairs == ((0, 1), (2, 3))) == 2
 
 
 def test_bad_data_exits_2_naming_line_and_field_and_writes_nothing(tmp_path, capsys):
