@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from rankrm.batching import tokenize_groups  # noqa: E402
 from rankrm.config import TrainConfig  # noqa: E402
-from rankrm.data import read_groups  # noqa: E402
+from rankrm.readers import read_groups  # noqa: E402
 from rankrm.evaluate import evaluate  # noqa: E402
 from rankrm.freeze import FrozenPrefix, select_trainable  # noqa: E402
 from rankrm.model import DEFAULT_MODEL, RewardModel  # noqa: E402

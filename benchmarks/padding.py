@@ -20,8 +20,9 @@ sys.path.insert(0, str(ROOT))
 from rankrm.batching import collate_groups, padding_share, plan_batches, tokenize_groups  # noqa: E402
 from benchmarks._results import save  # noqa: E402
 from rankrm.config import TrainConfig  # noqa: E402
-from rankrm.data import read_groups, split_by_prompt  # noqa: E402
+from rankrm.groups import split_by_prompt  # noqa: E402
 from rankrm.model import DEFAULT_MODEL, RewardModel  # noqa: E402
+from rankrm.readers import read_groups  # noqa: E402
 from rankrm.train import epoch_steps  # noqa: E402
 
 DATA = [str(ROOT / "rankrm/shipped/oasst_en_100_tree.jsonl"), str(ROOT / "rankrm/shipped/oasst1_en_validation.jsonl")]

@@ -7,8 +7,8 @@ import torch
 
 from rankrm.batching import (TokenizedGroup, choose_layout, collate_groups, collate_kv, collate_packed, layout_cost,
                              padding_share, shared_prefix, tokenize_groups)
-from rankrm.data import RankedGroup
 from rankrm.freeze import FrozenPrefix
+from rankrm.groups import RankedGroup
 from rankrm.loss import group_losses
 from rankrm.model import RewardModel
 

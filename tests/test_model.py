@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rankrm.batching import collate_groups, collate_padded, tokenize_groups
-from rankrm.data import RankedGroup
+from rankrm.groups import RankedGroup
 from rankrm.model import PAD_TOKEN, RewardModel
 
 ARCHS = ["llama", "qwen2", "gpt2"]

@@ -117,17 +117,30 @@ def test_sigterm_finishes_the_step_writes_a_checkpoint_and_exits_143(model_dirs,
     assert same_weights(weights(out), uninterrupted)
 
 
-def _kill_during(fn, delay: float) -> None:
-    """Run fn in a forked child and SIGKILL it after delay seconds (or let it finish)."""
+def _kill_during(fn, delay: float | None) -> float:
+    """Run fn in a forked child and SIGKILL it after delay seconds (None: let it finish); returns the seconds
+    until the child ended."""
+    t0 = time.time()
     pid = os.fork()
     if pid == 0:  # the child: do the save, then leave without running the parent's cleanup
         try:
+            import threading
+
+            from tqdm import tqdm
+            from transformers.utils import logging as hf_logging
+
+            # tqdm's default lock is a semaphore shared across fork: a child killed while holding it would leave
+            # the parent waiting forever, so the child takes a lock of its own and shows no progress bars
+            tqdm.set_lock(threading.RLock())
+            hf_logging.disable_progress_bar()
             fn()
         finally:
             os._exit(0)
-    time.sleep(delay)
-    os.kill(pid, signal.SIGKILL)
+    if delay is not None:
+        time.sleep(delay)
+        os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
+    return time.time() - t0
 
 
 def test_sigkill_during_model_and_checkpoint_saves_leaves_old_or_new(model_dirs, tmp_path):
@@ -143,9 +156,7 @@ def test_sigkill_during_model_and_checkpoint_saves_leaves_old_or_new(model_dirs,
     probe = ([[{"role": "user", "content": "Hi"}]], ["Hello there"])
     old, new = old_model.score(*probe)[0], m.score(*probe)[0]
     target = tmp_path / "rm"
-    t0 = time.time()
-    m.save_pretrained(tmp_path / "timing")
-    took = time.time() - t0
+    took = _kill_during(lambda: m.save_pretrained(tmp_path / "timing"), None)  # as long as a save takes a child
     seen = set()
     for trial in range(12):
         old_model.save_pretrained(target)  # the old model, with a run's other files next to it
@@ -162,9 +173,7 @@ def test_sigkill_during_model_and_checkpoint_saves_leaves_old_or_new(model_dirs,
     params = {n: p.detach() for n, p in m.named_parameters()}
     opt = torch.optim.AdamW(list(m.parameters()))
     save_checkpoint(root, 1, params, opt.state_dict(), {}, {}, {}, keep=5)
-    t0 = time.time()
-    save_checkpoint(root, 2, params, opt.state_dict(), {}, {}, {}, keep=5)
-    took = time.time() - t0
+    took = _kill_during(lambda: save_checkpoint(root, 2, params, opt.state_dict(), {}, {}, {}, keep=5), None)
     for trial in range(12):
         _kill_during(lambda: save_checkpoint(root, 3 + trial, params, opt.state_dict(), {}, {}, {}, keep=5),
                      rng.uniform(0, 1.3 * took))
