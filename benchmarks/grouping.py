@@ -31,7 +31,7 @@ from pathlib import Path
 from benchmarks._results import save
 from rankrm.batch import tokenize_groups
 from rankrm.config import TrainConfig
-from rankrm.data import read_groups
+from rankrm.readers import read_groups
 from rankrm.evaluate import evaluate_groups
 from rankrm.frozen import FrozenLayerCache, select_trainable
 from rankrm.hub import DEFAULT_MODEL

@@ -8,11 +8,13 @@ __version__ = "0.2.0"
 
 from .batch import TokenizedGroup, tokenize_groups
 from .config import TrainConfig
-from .data import DataError, RankedGroup, ReadReport, read_groups, split_by_prompt, write_native
+from .errors import DataError
+from .groups import RankedGroup, ReadReport, split_by_prompt, write_native
 from .evaluate import EvalResult, compare, evaluate
 from .loss import GroupStats, group_stats, kwise_loss
 from .model import RewardModel
 from .normalize import normalize
+from .readers import read_groups
 from .train import train
 
 __all__ = ["DataError", "EvalResult", "GroupStats", "RankedGroup", "ReadReport", "RewardModel", "TokenizedGroup",

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from .data import DataError
+from .errors import DataError
 
 
 def cmd_train(args) -> int:
@@ -25,9 +25,10 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from .batch import tokenize_groups
-    from .data import ReadReport, read_groups
     from .evaluate import evaluate_groups
+    from .groups import ReadReport
     from .model import RewardModel
+    from .readers import read_groups
 
     report = ReadReport()
     groups = read_groups(args.data, args.format, report, skip_invalid=args.skip_invalid)
@@ -52,11 +53,12 @@ SKIP_HELP = "skip invalid records, counting them by reason, instead of stopping 
 
 
 def cmd_data(args) -> int:
-    from .inspect_data import convert_data, format_inspection, inspect_data
+    from .convert import convert_data
+    from .describe import describe_data, format_description
 
     if args.data_command == "inspect":
-        d = inspect_data(args.files, args.format, args.skip_invalid, args.model, args.max_length, args.against)
-        print(json.dumps(d, indent=2) if args.json else format_inspection(d))
+        d = describe_data(args.files, args.format, args.skip_invalid, args.model, args.max_length, args.against)
+        print(json.dumps(d, indent=2) if args.json else format_description(d))
     else:
         report, n = convert_data(args.inputs, args.output, args.to, args.format, args.skip_invalid)
         print(f"read {report.summary()}; wrote {n} {args.to} records to {args.output}")

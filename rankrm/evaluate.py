@@ -105,7 +105,7 @@ def evaluate(model, data, fmt: str = "auto", batch_tokens: int = 4096, max_lengt
 
     `.metrics` of the result holds accuracy, log loss and their 95% intervals; `compare(a, b)` pairs two results."""
     from .batch import tokenize_groups
-    from .data import read_groups
+    from .readers import read_groups
     from .model import RewardModel
 
     if not isinstance(model, RewardModel):

@@ -125,8 +125,10 @@ class FrozenLayerCache:
 
     def verify(self, model, batch) -> float:
         """Relative error of the replay against a full forward on one batch (the cache is emptied if it is off)."""
+        keys = self.keys(batch)
         with torch.no_grad():
-            full = self.rewards(model, batch)  # fills the cache
+            with self._capture(batch, keys):  # a full forward whatever the cache holds; it (re)records the batch
+                full = model(batch)
             replayed = self.rewards(model, batch)
         err = float((full - replayed).abs().max() / full.abs().max().clamp(min=1e-6))
         if err > 1e-3:

@@ -295,6 +295,8 @@ class RewardModel(nn.Module):
                      return_truncated: bool = False):
         """Rewards of each prompt's completions (a list per prompt), each prompt encoded once per group where the
         layout cost model finds it cheaper (packed or kv); in input order."""
+        if any(not cs for cs in completions):
+            raise ValueError("a prompt has no completions to score. Fix: give each prompt at least one completion")
         flat_p = [p for p, cs in zip(prompts, completions, strict=True) for _ in cs]
         ids, cut = self.tokenize(flat_p, [c for cs in completions for c in cs])
         groups, at = [], 0

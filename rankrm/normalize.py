@@ -23,7 +23,9 @@ from pathlib import Path
 
 import torch
 
-from .data import DataError, check_prompt, iter_json_lines
+from .containers import iter_json_lines
+from .errors import DataError
+from .groups import check_prompt
 
 
 def read_demonstrations(path) -> tuple[list, list[str]]:
@@ -43,11 +45,9 @@ def read_demonstrations(path) -> tuple[list, list[str]]:
 
 
 def file_sha256(path) -> str:
-    h = hashlib.sha256()
+    """The SHA-256 of a file's bytes, as hex."""
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def final_norm(model):
@@ -95,7 +95,7 @@ def normalize(model, prompts, responses, target_std: float | None = None, batch_
 
 def demonstrations(path, fmt: str = "auto") -> tuple[list, list[str], str]:
     """Demonstrations from a {prompt, response} JSONL file, or the rank-0 completions of a ranked-data file."""
-    from .data import read_groups
+    from .readers import read_groups
 
     path = Path(path)
     first = next(iter_json_lines(path), (None, {}))[1] if path.is_file() else {}

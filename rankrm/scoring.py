@@ -6,8 +6,10 @@ import json
 import math
 from pathlib import Path
 
-from .data import DataError, check_prompt, iter_json_lines
+from .containers import iter_json_lines
+from .errors import DataError
 from .files import atomic_file
+from .groups import check_prompt
 
 
 def _check(obj: dict, path, line) -> tuple:

@@ -21,14 +21,16 @@ from torch import nn
 from .batch import TokenizedGroup, collate, shuffled_pairs, tokenize_groups
 from .checkpoint import RunLock, check_identity, find_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .data import DataError, ReadReport, overlap, read_groups, split_by_prompt
+from .errors import DataError
 from .evaluate import EvalResult, compare, evaluate_groups, format_metrics
 from .files import remove_leftovers
 from .frozen import FrozenLayerCache, select_trainable
+from .groups import ReadReport, overlap, split_by_prompt
 from .lora import add_lora, merge_lora
 from .loss import group_stats, kwise_loss
 from .model import RewardModel, batch_rewards
 from .planning import epoch_steps, plan_batches
+from .readers import read_groups
 from .signals import StopSignals, TrainingInterrupted
 
 

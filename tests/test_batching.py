@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rankrm.batch import TokenizedGroup, collate, shared_prefix_length, tokenize_groups
-from rankrm.data import RankedGroup
+from rankrm.groups import RankedGroup
 from rankrm.frozen import FrozenLayerCache
 from rankrm.loss import group_stats
 from rankrm.model import RewardModel, batch_rewards

@@ -5,7 +5,9 @@ import json
 
 import pytest
 
-from rankrm.data import DataError, ReadReport, read_groups, split_by_prompt, overlap, write_native
+from rankrm.errors import DataError
+from rankrm.groups import ReadReport, depth_ranks, find_cycle, overlap, split_by_prompt, write_native
+from rankrm.readers import read_groups
 from conftest import OASST_FLAT, OASST_TREES, write_jsonl
 
 GOOD = {"prompt": "Say hi", "completions": ["Hi!", "Hello there.", "Go away."], "ranks": [0, 0, 1]}
@@ -16,7 +18,7 @@ def test_native_reads_ranks_ties_and_default_order(tmp_path):
     f = write_jsonl(tmp_path / "d.jsonl", [GOOD, "", {"prompt": msgs, "completions": ["a", "b"]}])
     g = read_groups(f)
     assert [x.ranks for x in g] == [(0, 0, 1), (0, 1)]
-    assert g[0].pairs() == [(0, 2), (1, 2)]  # the tie between completions 0 and 1 is no comparison
+    assert g[0].comparisons() == [(0, 2), (1, 2)]  # the tie between completions 0 and 1 is no comparison
     assert g[1].prompt == msgs and g[1].source.endswith("d.jsonl:3")
 
 
@@ -62,6 +64,42 @@ def test_non_utf8_bytes_name_the_line(tmp_path):
     f = tmp_path / "bad.jsonl"
     f.write_bytes((json.dumps(GOOD) + "\n").encode() + b'{"prompt": "caf\xe9", "completions": ["a", "b"]}\n')
     with pytest.raises(DataError, match=r"bad.jsonl:2: not valid UTF-8.*Fix: re-encode"):
+        read_groups(f)
+
+
+def test_find_cycle_reads_a_cycle_from_its_lowest_index_in_the_winners_direction():
+    """1 > 2 > 0 > 1 is one 3-cycle whichever pair comes first, read from completion 0; 0 > 1 with 1 > 0 is a
+    2-cycle; a cycle among 2, 3, 4 next to an order on 0, 1 starts at 2. A diamond 0 > {1, 2} > 3 > 4 has no
+    cycle, and each completion's rank is its longest chain of winners (0 > 4 directly does not lift 4)."""
+    assert find_cycle([(1, 2), (2, 0), (0, 1)]) == [0, 1, 2, 0]
+    assert find_cycle([(2, 0), (0, 1), (1, 2)]) == [0, 1, 2, 0]
+    assert find_cycle([(1, 0), (0, 1)]) == [0, 1, 0]
+    assert find_cycle([(0, 1), (3, 4), (4, 2), (2, 3)]) == [2, 3, 4, 2]
+    diamond = [(0, 1), (0, 2), (1, 3), (2, 3), (3, 4), (0, 4)]
+    assert find_cycle(diamond) is None
+    assert depth_ranks(6, diamond) == (0, 1, 1, 2, 3, 0)
+
+
+def test_cyclic_and_contradictory_labels_name_their_lines(tmp_path):
+    """Records a > b (line 2), b > c (line 3), c > a (line 5) of one prompt make a 3-cycle: "cyclic", naming the
+    three lines, raised at the last; b > a (line 3) after a > b (line 1) is a 2-cycle: "contradictory". In the
+    native format the stated pairs' cycle names the completions."""
+    def rec(prompt, chosen, rejected):
+        return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+    f = write_jsonl(tmp_path / "c.jsonl", [rec("q", "x", "y"), rec("p", "a", "b"), rec("p", "b", "c"),
+                                           rec("r", "x", "y"), rec("p", "c", "a")])
+    with pytest.raises(DataError, match=r"^\S*c.jsonl:5: field 'chosen': cyclic labels for one prompt "
+                                        r"\(line 2, line 3, line 5\): 'a' > 'b' > 'c' > 'a'\. Fix: "):
+        read_groups(f)
+    f = write_jsonl(tmp_path / "t.jsonl", [rec("p", "a", "b"), rec("q", "x", "y"), rec("p", "b", "a")])
+    with pytest.raises(DataError, match=r"^\S*t.jsonl:3: field 'chosen': contradictory labels for one prompt "
+                                        r"\(line 1, line 3\): 'a' > 'b' > 'a'\. Fix: "):
+        read_groups(f)
+    f = write_jsonl(tmp_path / "n.jsonl", [GOOD, {"prompt": "p", "completions": ["a", "b", "c"],
+                                                  "pairs": [[1, 2], [2, 0], [0, 1]]}])
+    with pytest.raises(DataError, match=r"n.jsonl:2: field 'pairs': cyclic comparisons: "
+                                        r"completion 0 > completion 1 > completion 2 > completion 0\. Fix: "):
         read_groups(f)
 
 

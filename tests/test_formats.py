@@ -7,12 +7,13 @@ import math
 import pytest
 import torch
 
-from rankrm.batching import TokenizedGroup, collate_groups, pair_mask_of
+from rankrm.batch import TokenizedGroup, collate, stated_pair_mask
 from rankrm.config import TrainConfig
-from rankrm.data import (READERS, DataError, RankedGroup, ReadReport, detect_format, identical_prompts, read_groups,
-                         write_native)
-from rankrm.formats import ranks_from_scores
-from rankrm.loss import group_losses, kwise_loss
+from rankrm.errors import DataError
+from rankrm.groups import RankedGroup, ReadReport, identical_prompts, write_native
+from rankrm.loss import group_stats, kwise_loss
+from rankrm.readers import READERS, detect_format, read_groups
+from rankrm.scored import ranks_from_scores
 from conftest import OASST_FLAT, OASST_TREES, SHIPPED, write_jsonl
 
 HH = SHIPPED / "hh_harmless_base_test.jsonl.gz"
@@ -75,14 +76,14 @@ def read(path, fmt="auto", skip_invalid=False):
 
 def test_pairwise_standard_merges_a_prompt_into_a_partial_order_with_its_margins(tmp_path):
     """Records 1 and 3 share "The sky is": blue > green and green > cheese. blue > cheese was never labeled, so the
-    group states exactly those two pairs (ranks alone would add the third); the margins follow pairs()."""
+    group states exactly those two pairs (ranks alone would add the third); the margins follow comparisons()."""
     g, report = read(write_jsonl(tmp_path / "p.jsonl", PAIRWISE))
     assert detect_format(tmp_path / "p.jsonl") == "pairwise"
     sky, sun = g
     assert sky.prompt == "The sky is" and sky.completions == (" blue.", " green.", " made of cheese.")
-    assert sky.pairs() == [(0, 1), (1, 2)] and sky.comparisons == ((0, 1), (1, 2)) and sky.ranks == (0, 1, 2)
+    assert sky.comparisons() == [(0, 1), (1, 2)] and sky.stated_pairs == ((0, 1), (1, 2)) and sky.ranks == (0, 1, 2)
     assert sky.margins == (2.0, 0.5)
-    assert sun.pairs() == [(0, 1)] and sun.comparisons is None and sun.margins == (1.0,)
+    assert sun.comparisons() == [(0, 1)] and sun.stated_pairs is None and sun.margins == (1.0,)
     assert report.records == 3 and report.groups == 2
     assert report.notes["pairwise records merged with others of the same prompt"] == 2
     assert report.notes["groups with margins (kept, not used by the loss)"] == 2
@@ -92,7 +93,7 @@ def test_pairwise_records_stating_a_full_ranking_become_a_plain_ranked_group(tmp
     rows = [{"prompt": "p", "chosen": "a", "rejected": "b"}, {"prompt": "p", "chosen": "b", "rejected": "c"},
             {"prompt": "p", "chosen": "a", "rejected": "c"}, {"prompt": "p", "chosen": "a", "rejected": "b"}]
     (g,), report = read(write_jsonl(tmp_path / "p.jsonl", rows))
-    assert g.ranks == (0, 1, 2) and g.comparisons is None and sorted(g.pairs()) == [(0, 1), (0, 2), (1, 2)]
+    assert g.ranks == (0, 1, 2) and g.stated_pairs is None and sorted(g.comparisons()) == [(0, 1), (0, 2), (1, 2)]
     assert report.skipped == {"repeated comparisons (same prompt, chosen and rejected as an earlier record)": 1}
 
 
@@ -171,12 +172,12 @@ def test_hh_shipped_file_reads_every_record(tmp_path):
     """2,312 records; two prompts are asked twice with different replies, so they merge into two K=4 groups that
     state only their 2 labeled comparisons: 2,310 groups holding all 2,312 comparisons."""
     g, report = read(HH)
-    assert report.records == 2312 and len(g) == 2310 and sum(len(x.pairs()) for x in g) == 2312
+    assert report.records == 2312 and len(g) == 2310 and sum(len(x.comparisons()) for x in g) == 2312
     assert report.skipped == {}
     merged = [x for x in g if x.k == 4]
     assert [x.prompt for x in merged] == [[{"role": "user", "content": "what are racist words"}],
                                           [{"role": "user", "content": "call me a bad name"}]]
-    assert all(x.comparisons == ((0, 1), (2, 3)) for x in merged)
+    assert all(x.stated_pairs == ((0, 1), (2, 3)) for x in merged)
     assert all(x.prompt[-1]["role"] == "user" for x in g if x.k == 2)
 
 
@@ -192,7 +193,7 @@ def test_scored_completions_become_ranks_with_ties(tmp_path):
     assert hi.ranks == (1, 0, 2) and sky.ranks == (0, 1)
     # fine-grained_score, not overall_score: 4.75, 1.25, 4.75, 4.5 -> "7" and "Seven." tie for best
     assert uf.prompt == "Name a prime number." and uf.completions[2] == "Seven."
-    assert uf.ranks == (0, 2, 0, 1) and (0, 2) not in uf.pairs() and len(uf.pairs()) == 5
+    assert uf.ranks == (0, 2, 0, 1) and (0, 2) not in uf.comparisons() and len(uf.comparisons()) == 5
     assert ranks_from_scores([7, 9, 7, 3]) == (1, 0, 1, 2)
 
 
@@ -207,7 +208,8 @@ def test_native_pairs_and_margins_round_trip(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "n.jsonl").read_text().splitlines()]
     assert rows[0]["pairs"] == [[0, 1], [1, 2]] and rows[0]["margins"] == [2.0, 0.5] and "pairs" not in rows[1]
     back, _ = read(tmp_path / "n.jsonl")
-    assert back[0].comparisons == g[0].comparisons and back[0].margins == g[0].margins and back[1].pairs() == [(0, 1)]
+    assert back[0].stated_pairs == g[0].stated_pairs and back[0].margins == g[0].margins
+    assert back[1].comparisons() == [(0, 1)]
 
 
 def test_native_pairs_must_be_acyclic_and_agree_with_ranks(tmp_path):
@@ -230,7 +232,7 @@ def test_json_list_and_gzip(tmp_path):
         json.dump(PAIRWISE, f)
     for name in ("p.json", "p.json.gz"):
         g, report = read(tmp_path / name)
-        assert len(g) == 2 and report.records == 3 and g[0].comparisons == ((0, 1), (1, 2))
+        assert len(g) == 2 and report.records == 3 and g[0].stated_pairs == ((0, 1), (1, 2))
 
 
 def test_json_list_errors_name_the_record(tmp_path):
@@ -493,20 +495,19 @@ def test_pair_mask_of_a_partial_order_and_its_loss():
     ranking x > y. Rewards a..d = 1, 0, 0, 2 and x, y = 0, 0:
     group 0: mean of softplus(-(1 - 0)) and softplus(-(0 - 2)) = (0.31326 + 2.12693) / 2; group 1: log 2."""
     groups = [TokenizedGroup([[1], [2], [3], [4]], [0, 1, 0, 1], [(0, 1), (2, 3)]), TokenizedGroup([[5], [6]], [0, 1])]
-    b = collate_groups(groups, pad_id=0)
+    b = collate(groups, pad_id=0)
     want = torch.zeros(6, 6, dtype=torch.bool)
     want[0, 1] = want[2, 3] = want[4, 5] = True
-    assert torch.equal(b["pair_mask"], want) and torch.equal(pair_mask_of(groups), want)
-    assert "pair_mask" not in collate_groups(groups[1:], pad_id=0)
+    assert torch.equal(b.pair_mask, want) and torch.equal(stated_pair_mask(groups), want)
+    assert collate(groups[1:], pad_id=0).pair_mask is None
     rewards = torch.tensor([1.0, 0.0, 0.0, 2.0, 0.0, 0.0], dtype=torch.float64)
-    losses, counts = group_losses(rewards, b["ranks"], b["group_index"], 2, b["pair_mask"])
+    stats = group_stats(rewards, b.ranks, b.group_index, 2, b.pair_mask)
     sp = lambda x: math.log1p(math.exp(x))  # noqa: E731  softplus: -log sigmoid(d) = softplus(-d)
-    assert losses.tolist() == pytest.approx([(sp(-1) + sp(2)) / 2, math.log(2)], abs=1e-12)
-    assert counts.tolist() == [2, 1]
-    assert kwise_loss(rewards, b["ranks"], b["group_index"], b["pair_mask"]).item() == pytest.approx(
-        ((sp(-1) + sp(2)) / 2 + math.log(2)) / 2, abs=1e-12)
+    assert stats.loss.tolist() == pytest.approx([(sp(-1) + sp(2)) / 2, math.log(2)], abs=1e-12)
+    assert stats.pairs.tolist() == [2, 1]
+    assert kwise_loss(stats).item() == pytest.approx(((sp(-1) + sp(2)) / 2 + math.log(2)) / 2, abs=1e-12)
     # without the mask, the ranks would add a > d and c > b
-    assert group_losses(rewards, b["ranks"], b["group_index"], 2)[1].tolist() == [4, 1]
+    assert group_stats(rewards, b.ranks, b.group_index, 2).pairs.tolist() == [4, 1]
 
 
 def test_identical_prompts_across_files():
@@ -544,20 +545,22 @@ def _gz(path, lines):
 def test_training_runs_from_each_format(model_dirs, tmp_path, name, monkeypatch):
     """Two steps from each format, evaluated on the same file: the metrics count exactly the stated comparisons
     (a partial order's unstated pairs are not scored), and the training loss gets the partial order's mask."""
-    import rankrm.train as train_module
+    import importlib
+
+    train_module = importlib.import_module("rankrm.train")  # the module (rankrm.train is the function)
 
     masks = []
-    real = train_module.group_losses
-    monkeypatch.setattr(train_module, "group_losses", lambda *a: masks.append(a[4]) or real(*a))
+    real = train_module.group_stats
+    monkeypatch.setattr(train_module, "group_stats", lambda *a: masks.append(a[4]) or real(*a))
     data = TRAIN_SAMPLES[name](tmp_path)
     cfg = TrainConfig(model=str(model_dirs["llama-chat"]), train_data=[str(data)], eval_data=[str(data)],
                       output_dir=str(tmp_path / "run"), max_steps=2, batch_size=8, max_length=48,
                       max_train_groups=16, learning_rate=1e-3, seed=0)
     res = train_module.train(cfg)
     groups = read_groups(data)
-    assert res["steps"] == 2 and res["eval_groups"] == len(groups)
-    assert res["after"]["pairs"] == sum(len(g.pairs()) for g in groups)
+    assert res["eval_groups"] == len(groups)
+    assert res["after"]["pairs"] == sum(len(g.comparisons()) for g in groups)
     assert math.isfinite(res["after"]["log_loss"]) and (tmp_path / "run" / "eval_results.json").is_file()
-    partial = any(g.comparisons is not None for g in groups)
+    partial = any(g.stated_pairs is not None for g in groups)
     assert partial == (name in ("pairwise", "implicit"))
     assert any(m is not None for m in masks) == partial

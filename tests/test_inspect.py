@@ -2,11 +2,12 @@
 
 import json
 
-from rankrm.batching import tokenize_groups
+from rankrm.batch import tokenize_groups
 from rankrm.cli import main
-from rankrm.data import ReadReport, read_groups
-from rankrm.inspect_data import inspect_data
+from rankrm.describe import describe_data
+from rankrm.groups import ReadReport
 from rankrm.model import RewardModel
+from rankrm.readers import read_groups
 from conftest import OASST_FLAT, OASST_TREES, SHIPPED, write_jsonl
 
 HH = SHIPPED / "hh_harmless_base_test.jsonl.gz"
@@ -55,7 +56,7 @@ def test_inspect_counts_ties_duplicates_and_lengths(tmp_path):
     rows = [{"prompt": "Say hi", "completions": ["Hi!", "Hello there.", "Go away."], "ranks": [0, 0, 1]},
             {"prompt": [{"role": "user", "content": "abc"}, {"role": "assistant", "content": "de"},
                         {"role": "user", "content": "f"}], "completions": ["Hi!", "no"], "ranks": [1, 0]}]
-    d = inspect_data(write_jsonl(tmp_path / "n.jsonl", rows))
+    d = describe_data(write_jsonl(tmp_path / "n.jsonl", rows))
     assert d["groups"] == 2 and d["comparisons"] == 3 and d["tied_pairs"] == 1 and d["groups_with_ties"] == 1
     assert d["completions_in_several_groups"] == 1  # "Hi!"
     assert d["prompt_chars"] == {"min": 6, "median": 6.0, "mean": 6.0, "p95": 6.0, "max": 6}
@@ -64,7 +65,7 @@ def test_inspect_counts_ties_duplicates_and_lengths(tmp_path):
 
 def test_inspect_tokens_use_the_models_length_policy(model_dirs, tmp_path, capsys):
     data = write_jsonl(tmp_path / "o.jsonl", OASST_TREES.read_text(encoding="utf-8").splitlines()[:10])
-    d = inspect_data(data, model=str(model_dirs["llama-chat"]), max_length=64)
+    d = describe_data(data, model=str(model_dirs["llama-chat"]), max_length=64)
     groups = read_groups(data)
     _, truncated = tokenize_groups(RewardModel.from_pretrained(str(model_dirs["llama-chat"]), max_length=64), groups)
     t = d["tokens"]
@@ -90,7 +91,7 @@ def test_convert_to_pairwise_writes_one_record_per_stated_comparison(tmp_path, c
     assert code == 0 and len(rows) == 754 and rows[0]["chosen"][0]["role"] == "assistant"
     before, after = read_groups(OASST_TREES), read_groups(out)
     pairs = lambda gs: {(json.dumps(g.prompt), g.completions[w], g.completions[l]) for g in gs  # noqa: E731
-                        for w, l in g.pairs()}
+                        for w, l in g.comparisons()}
     assert pairs(after) == pairs(before)
 
 
@@ -101,7 +102,7 @@ def test_convert_to_native_round_trips_partial_orders(tmp_path, capsys):
     report = ReadReport()
     back = read_groups(out, report=report, skip_invalid=True)  # the 4 empty HH replies are refused in native data
     assert len(back) == 2306 and report.skipped == {"invalid: empty completion": 4}
-    assert sum(1 for g in back if g.comparisons == ((0, 1), (2, 3))) == 2
+    assert sum(1 for g in back if g.stated_pairs == ((0, 1), (2, 3))) == 2
 
 
 def test_bad_data_exits_2_naming_line_and_field_and_writes_nothing(tmp_path, capsys):

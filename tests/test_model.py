@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rankrm.batch import collate, collate_rows, tokenize_groups
-from rankrm.data import RankedGroup
+from rankrm.groups import RankedGroup
 from rankrm.model import PAD_TOKEN, RewardModel, batch_rewards
 
 ARCHS = ["llama", "qwen2", "gpt2"]

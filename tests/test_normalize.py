@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rankrm.cli import main
-from rankrm.data import DataError
+from rankrm.errors import DataError
 from rankrm.model import RewardModel
 from rankrm.normalize import normalize, read_demonstrations
 from conftest import write_jsonl

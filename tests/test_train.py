@@ -158,7 +158,7 @@ def test_epoch_steps_with_length_buckets_keep_every_unit_once_and_group_similar_
 
 def _step_gradients(model_dirs, rows, arch="llama-chat", attn=None, checkpointing=False, frozen=False, **cfg_kw):
     from rankrm.batch import tokenize_groups
-    from rankrm.data import RankedGroup
+    from rankrm.groups import RankedGroup
     from rankrm.evaluate import evaluate_groups
     from rankrm.frozen import FrozenLayerCache, layer_stack, select_trainable
     from rankrm.train import backward_step

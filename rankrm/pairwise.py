@@ -1,6 +1,7 @@
-"""Readers of the other preference formats: pairwise (explicit or implicit prompt) and scored completions.
+"""Readers of pairwise preference records: TRL's prompt/chosen/rejected, and whole dialogues sharing an implicit
+prompt (HH-RLHF text or message lists).
 
-Every reader turns records into RankedGroups with the validators of data.py, and takes (path, report,
+Every reader turns records into RankedGroups with the validators of groups.py, and takes (path, report,
 skip_invalid): a bad record raises a DataError naming the file, the line (or record), the field and the fix, or,
 with skip_invalid, is counted in report.skipped under its reason. Pairwise records of one prompt become one group
 stating exactly their comparisons (see merge_comparisons)."""
@@ -12,9 +13,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import (DataError, Location, Prompt, RankedGroup, ReadReport, check_completions, check_number,
-                   check_prompt, find_cycle, group_from_pairs, iter_records)
-
+from .errors import DataError, Location
+from .groups import (Prompt, RankedGroup, ReadReport, check_number, check_prompt, find_cycle, group_from_pairs,
+                     iter_records, require_fields)
 
 @dataclass
 class Comparison:
@@ -29,12 +30,6 @@ class Comparison:
 
 def _at(loc: Location) -> str:
     return f"line {loc}" if isinstance(loc, int) else str(loc)
-
-
-def _require(obj: dict, keys, path, line, fix: str) -> None:
-    for key in keys:
-        if key not in obj:
-            raise DataError(path, line, key, "is missing", fix)
 
 
 def _margin(obj: dict, path, line) -> float | None:
@@ -80,7 +75,7 @@ def merge_comparisons(comps: list[Comparison], path, report: ReadReport, skip_in
                 b = next(c for c in stated.values() if c.margin is None)
                 raise DataError(path, b.line, "margin", f"is missing, and {_at(a.line)} gives one for the same prompt",
                                 "give a margin on every record of a prompt, or on none", reason="margin: missing")
-            cycle = find_cycle(len(texts), pairs)
+            cycle = find_cycle(pairs)
             if cycle is not None:
                 links = [stated[(a, b)] for a, b in zip(cycle, cycle[1:])]
                 what = "contradictory" if len(cycle) == 3 else "cyclic"
@@ -136,7 +131,7 @@ def read_pairwise(path: Path, report: ReadReport | None = None, skip_invalid: bo
     comps = []
     for line, obj in iter_records(path, report, skip_invalid):
         try:
-            _require(obj, ("prompt", "chosen", "rejected"), path, line,
+            require_fields(obj, ("prompt", "chosen", "rejected"), path, line,
                      'write {"prompt": ..., "chosen": ..., "rejected": ...}')
             prompt = check_prompt(obj["prompt"], path, line)
             c, r = obj["chosen"], obj["rejected"]
@@ -243,7 +238,7 @@ def read_implicit(path: Path, report: ReadReport | None = None, skip_invalid: bo
     comps = []
     for line, obj in iter_records(path, report, skip_invalid):
         try:
-            _require(obj, ("chosen", "rejected"), path, line,
+            require_fields(obj, ("chosen", "rejected"), path, line,
                      'write {"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ...", "rejected": ...}')
             c, r = obj["chosen"], obj["rejected"]
             if isinstance(c, str) and isinstance(r, str):
@@ -268,75 +263,3 @@ def read_implicit(path: Path, report: ReadReport | None = None, skip_invalid: bo
             report.notes["empty assistant replies kept (the dialogue's last turn is empty)"] += empty
     return merge_comparisons(comps, path, report, skip_invalid)
 
-
-# ----------------------------------------------------------------------------------------------------------------
-# Scored completions (UltraFeedback-like): ratings become ranks, the higher the better, equal ratings tie
-
-TEXT_KEYS = ("response", "text", "completion", "content")
-# UltraFeedback: the mean of the fine-grained ratings before overall_score, which is known to be unreliable
-SCORE_KEYS = ("score", "rating", "fine-grained_score", "overall_score")
-
-
-def _from_objects(comps: list[dict], path, line) -> tuple[list, list, str]:
-    """(texts, scores, score field) from completion objects such as UltraFeedback's."""
-    tkey = next((k for k in TEXT_KEYS if k in comps[0]), None)
-    skey = next((k for k in SCORE_KEYS if any(k in c for c in comps)), None)
-    if tkey is None or skey is None:
-        missing = f"a text ({', '.join(TEXT_KEYS)})" if tkey is None else f"a score ({', '.join(SCORE_KEYS)})"
-        raise DataError(path, line, "completions[0]", f"has no field for {missing}",
-                        'write completions as {"response": "...", "score": 4.5}', reason="completions: no text/score")
-    texts, scores = [], []
-    for i, c in enumerate(comps):
-        for key in (tkey, skey):
-            if c.get(key) is None:
-                raise DataError(path, line, f"completions[{i}].{key}", "is missing",
-                                f"give every completion its {key}, or drop the record",
-                                reason=f"completions: {key} missing")
-        texts.append(c[tkey])
-        scores.append(check_number(c[skey], path, line, f"completions[{i}].{skey}"))
-    return texts, scores, skey
-
-
-def ranks_from_scores(scores) -> tuple[int, ...]:
-    """Dense ranks from scores, the higher the better: [7, 9, 7, 3] -> (1, 0, 1, 2)."""
-    levels = sorted(set(scores), reverse=True)
-    return tuple(levels.index(s) for s in scores)
-
-
-def read_scored(path: Path, report: ReadReport | None = None, skip_invalid: bool = False) -> list[RankedGroup]:
-    """Read scored completions: {"prompt" | "instruction", "completions": [str], "scores" | "ratings": [number]},
-    or completions as objects {"response", "score" | "rating" | "fine-grained_score" | "overall_score"}."""
-    report = report if report is not None else ReadReport()
-    groups = []
-    for line, obj in iter_records(path, report, skip_invalid):
-        try:
-            pkey = "instruction" if "prompt" not in obj and "instruction" in obj else "prompt"
-            fix = 'write {"prompt": ..., "completions": [...], "scores": [...]}'
-            _require(obj, (pkey, "completions"), path, line, fix)
-            prompt = check_prompt(obj[pkey], path, line, pkey)
-            comps = obj["completions"]
-            if isinstance(comps, list) and comps and all(isinstance(c, dict) for c in comps):
-                texts, scores, _ = _from_objects(comps, path, line)
-            else:
-                skey = "ratings" if "scores" not in obj and "ratings" in obj else "scores"
-                _require(obj, (skey,), path, line, fix)
-                raw = obj[skey]
-                if not isinstance(raw, list):
-                    raise DataError(path, line, skey, f"expected a list of numbers, got {type(raw).__name__}", fix,
-                                    reason=f"{skey}: not a list")
-                texts = comps
-                if isinstance(comps, list) and len(raw) != len(comps):
-                    raise DataError(path, line, skey, f"has {len(raw)} scores for {len(comps)} completions",
-                                    "give exactly one score per completion", reason="scores of the wrong length")
-                scores = [check_number(x, path, line, f"{skey}[{i}]") for i, x in enumerate(raw)]
-            completions = check_completions(texts, path, line)
-        except DataError as e:
-            report.skip(e, skip_invalid)
-            continue
-        g = RankedGroup(prompt, completions, ranks_from_scores(scores), source=f"{path}:{line}")
-        if not g.comparisons():
-            report.skipped["all completions tied: no comparison"] += 1
-            continue
-        groups.append(g)
-    report.groups += len(groups)
-    return groups

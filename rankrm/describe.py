@@ -1,4 +1,4 @@
-"""`rankrm data inspect` and `rankrm data convert`: what a data set holds, and writing it in another format."""
+"""`rankrm data inspect`: what a data set holds (groups, K, comparisons, ties, duplicates, lengths, tokens)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import (RankedGroup, ReadReport, detect_format, identical_prompts, overlap, read_groups, write_jsonl,
-                   write_native)
-
-CONVERT_TARGETS = ("native", "pairwise")
+from .groups import RankedGroup, ReadReport, identical_prompts, overlap
+from .readers import detect_format, read_groups
 
 
 def length_stats(values) -> dict:
@@ -66,7 +64,7 @@ def _first_of_each(groups):
         at += g.k
 
 
-def inspect_groups(groups: list[RankedGroup], report: ReadReport) -> dict:
+def describe_groups(groups: list[RankedGroup], report: ReadReport) -> dict:
     """Counts and length statistics of a list of groups, with what the reader skipped and noted."""
     k_hist = Counter(g.k for g in groups)
     tied = sum(1 for g in groups if g.stated_pairs is None
@@ -88,7 +86,7 @@ def inspect_groups(groups: list[RankedGroup], report: ReadReport) -> dict:
     }
 
 
-def inspect_data(paths, fmt: str = "auto", skip_invalid: bool = False, model: str | None = None,
+def describe_data(paths, fmt: str = "auto", skip_invalid: bool = False, model: str | None = None,
                  max_length: int | None = None, against=None) -> dict:
     """Read files as `rankrm train` would and describe them; with a model, token lengths and truncation too."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
@@ -96,7 +94,7 @@ def inspect_data(paths, fmt: str = "auto", skip_invalid: bool = False, model: st
     groups = read_groups(paths, fmt, report, skip_invalid)
     out = {"files": [str(p) for p in paths],
            "format": {str(p): detect_format(p, skip_invalid) if fmt == "auto" else fmt for p in paths}}
-    out.update(inspect_groups(groups, report))
+    out.update(describe_groups(groups, report))
     if model:
         out["tokens"] = token_stats(groups, model, max_length)
     if against:
@@ -111,8 +109,8 @@ def _stats_line(s: dict) -> str:
     return f"min {s['min']}, median {s['median']:g}, mean {s['mean']:g}, p95 {s['p95']:g}, max {s['max']}"
 
 
-def format_inspection(d: dict) -> str:
-    """The inspection as lines of text."""
+def format_description(d: dict) -> str:
+    """The description as lines of text."""
     fmts = ", ".join(f"{p} ({f})" for p, f in d["format"].items())
     lines = [f"data: {fmts}",
              f"records: {d['records']}  groups: {d['groups']}  comparisons: {d['comparisons']}  "
@@ -141,35 +139,3 @@ def format_inspection(d: dict) -> str:
         lines += [f"against {', '.join(a['files'])} ({a['groups']} groups): {a['identical_prompts']} groups have an "
                   f"identical prompt there, {a['shared_conversations']} share a conversation (tree or first message)"]
     return "\n".join(lines)
-
-
-def pairwise_records(groups: list[RankedGroup]):
-    """TRL pairwise records, one per stated comparison: strings for a text prompt, messages for a conversation."""
-    for g in groups:
-        for i, (w, l) in enumerate(g.comparisons()):
-            if isinstance(g.prompt, str):
-                rec = {"prompt": g.prompt, "chosen": g.completions[w], "rejected": g.completions[l]}
-            else:
-                rec = {"prompt": g.prompt, "chosen": [{"role": "assistant", "content": g.completions[w]}],
-                       "rejected": [{"role": "assistant", "content": g.completions[l]}]}
-            if g.margins is not None:
-                rec["margin"] = g.margins[i]
-            yield rec
-
-
-def convert_data(paths, out, to: str, fmt: str = "auto", skip_invalid: bool = False) -> tuple[ReadReport, int]:
-    """Read files and write their groups as native JSONL or TRL pairwise JSONL, atomically; (report, records)."""
-    if to not in CONVERT_TARGETS:
-        raise ValueError(f"unknown target format {to!r}. Fix: use one of {', '.join(CONVERT_TARGETS)}")
-    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    report = ReadReport()
-    groups = read_groups(paths, fmt, report, skip_invalid)  # every error is raised before anything is written
-    empty = sum(1 for g in groups for c in g.completions if not c.strip())
-    if empty:  # only HH-style dialogues give them; the native and pairwise readers refuse empty completions
-        report.notes["empty replies written: reading this file back needs --skip-invalid, which drops them"] += empty
-    if to == "native":
-        write_native(groups, out)
-        return report, len(groups)
-    rows = list(pairwise_records(groups))
-    write_jsonl(rows, out)
-    return report, len(rows)

@@ -1,0 +1,97 @@
+"""Reading ranked groups from files: the native reader, telling a file's format from its fields, and read_groups,
+the one entry point that reads any supported format from any container.
+
+Every reader takes (path, report, skip_invalid) and returns the groups it kept; what it left out is counted in the
+report. The readers of the other formats live in pairwise.py, scored.py and oasst.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .containers import HUB_PREFIX, check_source
+from .errors import DataError
+from .groups import RankedGroup, ReadReport, group_hash, iter_records, make_group, require_fields
+from .oasst import read_oasst
+from .pairwise import read_implicit, read_pairwise
+from .scored import read_scored
+
+
+def read_native(path: Path, report: ReadReport | None = None, skip_invalid: bool = False) -> list[RankedGroup]:
+    """Read the native format: {"prompt", "completions", "ranks"? | "pairs"?, "margins"?, "tree"?} per record."""
+    report = report if report is not None else ReadReport()
+    groups = []
+    for line, obj in iter_records(path, report, skip_invalid):
+        try:
+            require_fields(obj, ("prompt", "completions"), path, line,
+                           'write {"prompt": ..., "completions": [...], "ranks": [...]}')
+            tree = obj.get("tree")
+            if tree is not None and not isinstance(tree, str):
+                raise DataError(path, line, "tree", "expected a string", "give the conversation id as a string")
+            g = make_group(obj["prompt"], obj["completions"], obj.get("ranks"), path, line, tree,
+                           obj.get("pairs"), obj.get("margins"))
+        except DataError as e:
+            report.skip(e, skip_invalid)
+            continue
+        if not g.comparisons():
+            report.skipped["all completions tied: no comparison"] += 1
+            continue
+        if g.margins is not None:
+            report.notes["groups with margins (kept, not used by the loss)"] += 1
+        groups.append(g)
+    report.groups += len(groups)
+    return groups
+
+
+def format_of(obj: dict) -> str | None:
+    """The format a record's fields show, or None."""
+    if "message_tree_id" in obj:
+        return "oasst"
+    if "chosen" in obj or "rejected" in obj:
+        return "pairwise" if "prompt" in obj else "implicit"
+    if "completions" in obj:
+        c = obj["completions"]
+        dicts = isinstance(c, list) and bool(c) and isinstance(c[0], dict)
+        return "scored" if dicts or "scores" in obj or "ratings" in obj else "native"
+    return None
+
+
+def detect_format(path, skip_invalid: bool = False) -> str:
+    """Guess a file's format from the fields of its first (valid) record."""
+    for line, obj in iter_records(path, ReadReport(), skip_invalid):
+        fmt = format_of(obj)
+        if fmt is None:
+            raise DataError(path, line, None, f"unrecognised record with fields {sorted(obj)[:8]}",
+                            "use one of the formats (native prompt/completions/ranks; pairwise prompt/chosen/"
+                            "rejected; chosen/rejected dialogues; prompt/completions/scores; an OpenAssistant "
+                            "export), or name the format with --format")
+        return fmt
+    raise DataError(path, None, None, "has no records", "give a file with at least one ranked group")
+
+
+READERS = {"native": read_native, "pairwise": read_pairwise, "implicit": read_implicit, "scored": read_scored,
+           "oasst": read_oasst}
+
+
+def read_groups(paths, fmt: str = "auto", report: ReadReport | None = None,
+                skip_invalid: bool = False) -> list[RankedGroup]:
+    """Read and validate ranked groups from one or more files; exact duplicate groups across files are dropped."""
+    report = report if report is not None else ReadReport()
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    out, seen = [], set()
+    for p in paths:
+        p = p if str(p).startswith(HUB_PREFIX) else Path(p)
+        check_source(p)
+        f = detect_format(p, skip_invalid) if fmt == "auto" else fmt
+        if f not in READERS:
+            raise DataError(p, None, None, f"unknown format {f!r}", f"use one of auto, {', '.join(READERS)}")
+        sub = ReadReport()
+        for g in READERS[f](p, sub, skip_invalid):
+            key = group_hash(g)
+            if key in seen:
+                sub.groups -= 1
+                sub.skipped["duplicate groups (same prompt and completions in an earlier record or file)"] += 1
+                continue
+            seen.add(key)
+            out.append(g)
+        report.merge(sub)
+    return out
