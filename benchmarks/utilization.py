@@ -2,7 +2,7 @@
 both measured in the same run, in fp32 and in bf16 autocast.
 
 Peak: the best FLOP/s of square matrix products (2 n^3 FLOPs each) over a few sizes, per dtype. Training step:
-rankrm.train.backward_step (the trainer's step: K-wise loss, padded layout, the whole model trained) plus the AdamW
+rankrm.steps.backward_step (the trainer's step: K-wise loss, padded layout, the whole model trained) plus the AdamW
 update, on synthetic groups of K completions, timed after a warm-up step. Model FLOPs, as in the PaLM/Chinchilla
 convention: 6 x non-embedding parameters x tokens, plus attention 12 x layers x hidden x T^2 per row of T tokens
 (forward 4 T^2 d per layer for the scores and the weighted sum, backward twice that). The step's FLOPs are also
@@ -23,7 +23,8 @@ from benchmarks._results import save
 from benchmarks.throughput import MICRO_BATCH_TOKENS, synthetic_groups, sync
 from rankrm.hub import DEFAULT_MODEL
 from rankrm.model import RewardModel
-from rankrm.train import backward_step, disable_dropout
+from rankrm.steps import backward_step
+from rankrm.train import disable_dropout
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,8 @@
 """The training run, top to bottom: data, model, optimizer, resume, the K-wise loop on Accelerate, the report.
 
-`train(cfg)` reads as the story; each chapter is a function below it. Only this module and the CLI see the
-TrainConfig: the components (batching, planning, the loss, the model, checkpoints) take plain arguments."""
+`train(cfg)` reads as the story; each chapter is a function below it, and the loop over the optimizer steps is in
+steps.py. Only these two modules and the CLI see the TrainConfig: the components (batching, planning, the loss, the
+model, checkpoints) take plain arguments."""
 
 from __future__ import annotations
 
@@ -11,15 +12,14 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from .batch import TokenizedGroup, collate, shuffled_pairs, tokenize_groups
-from .checkpoint import RunLock, check_identity, find_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import RunLock, check_identity, find_checkpoint, load_checkpoint
 from .config import TrainConfig
 from .errors import DataError
 from .evaluate import EvalResult, compare, evaluate_groups, format_metrics
@@ -27,15 +27,11 @@ from .files import remove_leftovers
 from .frozen import FrozenLayerCache, select_trainable
 from .groups import ReadReport, overlap, split_by_prompt
 from .lora import add_lora, merge_lora
-from .loss import group_stats, kwise_loss
-from .model import RewardModel, batch_rewards
-from .planning import epoch_steps, plan_batches
+from .model import RewardModel
+from .planning import plan_batches
 from .readers import read_groups
-from .signals import StopSignals, TrainingInterrupted
-
-
-class NonFiniteError(ValueError):
-    """The loss or the gradient norm became NaN or infinite; nothing of that state is saved."""
+from .signals import StopSignals
+from .steps import Run, loop
 
 
 def train(cfg: TrainConfig, frozen_cache: dict | None = None) -> dict:
@@ -169,23 +165,6 @@ def tokenize_data(model: RewardModel, data: Data, say) -> tuple[list[TokenizedGr
 # -- optimizer, schedule and the run's state --------------------------------------------------------------------
 
 
-@dataclass
-class Run:
-    """What the loop carries: optimizer and schedule, the training units and steps, and the state checkpoints keep."""
-
-    optimizer: torch.optim.Optimizer
-    scheduler: object
-    units: list[TokenizedGroup]
-    step_size: int
-    steps_per_epoch: int
-    total_steps: int
-    trainable: list[str]
-    identity: dict
-    start: int = 0
-    state: dict = field(default_factory=lambda: {"history": [], "skipped_nonfinite": 0})
-    stats: dict = field(default_factory=lambda: {"tokens": 0, "completions": 0, "eval_seconds": 0.0})
-
-
 def plan_run(cfg: TrainConfig, model: RewardModel, trainable: list[str], tok_train, say) -> Run:
     """AdamW over the trainable parameters (the head at its own rate), the schedule, and the units of a step."""
     from transformers import get_scheduler
@@ -260,140 +239,6 @@ def frozen_layer_cache(cfg: TrainConfig, core: RewardModel, store: dict | None, 
         return None
     say(f"frozen layers run once per sequence (cache checked against a full forward: relative error {err:.1e})")
     return cache
-
-
-# -- one optimizer step -----------------------------------------------------------------------------------------
-
-
-def backward_step(model, groups: list[TokenizedGroup], weight: float, micro_batch_tokens: int, layout: str,
-                  attention_per_token: float, pad_id: int, cache: FrozenLayerCache | None = None,
-                  accelerator=None, bf16: bool = False, kv: bool = True) -> dict:
-    """Forward and backward over one step's groups in micro-batches of micro_batch_tokens padded tokens; gradients
-    accumulate in .grad with each group weighted by `weight` (1/G for a step of G groups), so the update is the
-    mean over the step's groups however they are batched. Returns the summed group loss (a tensor, to avoid a
-    sync), pairs ordered right and stated, tokens and completions forwarded, and each micro-batch's layout."""
-    device = next(model.parameters()).device
-    micro = plan_batches(groups, micro_batch_tokens, layout, attention_per_token, kv=kv and cache is None)
-    out = {"loss": torch.zeros((), device=device), "correct": 0.0, "pairs": 0.0, "tokens": 0, "completions": 0,
-           "layouts": [how for _, how in micro]}
-    for mi, (idx, how) in enumerate(micro):
-        b = collate([groups[j] for j in idx], pad_id, how).to(device)
-        out["tokens"] += sum(len(r) for j in idx for r in groups[j].ids)
-        out["completions"] += len(b.end_index)
-        sync = mi == len(micro) - 1 or accelerator is None
-        with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                rewards = batch_rewards(model, b, cache)  # (N,)
-            stats = group_stats(rewards, b.ranks, b.group_index, len(idx), b.pair_mask)
-            loss = kwise_loss(stats, group_weight=weight)
-            loss.backward() if accelerator is None else accelerator.backward(loss)
-        out["loss"] += stats.loss.detach().sum()
-        out["correct"] += stats.correct.sum()
-        out["pairs"] += stats.pairs.detach().sum()
-    return out
-
-
-# -- the loop: one batch element = one prompt with all its completions -----------------------------------------------
-
-
-def loop(cfg, accelerator, model, core, run: Run, tok_eval, cache, signals, say) -> None:
-    """The optimizer steps from run.start to run.total_steps, with evaluations and checkpoints on the way."""
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=run.total_steps, initial=run.start, desc="training", disable=not accelerator.is_local_main_process)
-    run.stats["t0"] = time.time()
-    model.train()
-    try:
-        steps(cfg, accelerator, model, core, run, tok_eval, cache, signals, say, bar)
-    finally:
-        bar.close()
-    run.stats["train_seconds"] = time.time() - run.stats["t0"] - run.stats["eval_seconds"]
-
-
-def steps(cfg, accelerator, model, core, run: Run, tok_eval, cache, signals, say, bar) -> None:
-    """Each optimizer step: this process's share of the step's groups, backward, the NaN guard, the update, then
-    evaluation and checkpoints when due; a stop signal ends the run after the checkpoint."""
-    world, rank = accelerator.num_processes, accelerator.process_index
-    pad_id = core.tokenizer.pad_token_id
-    params = [p for p in model.parameters() if p.requires_grad]
-    lengths = [sum(len(r) for r in u.ids) for u in run.units]
-    losses, correct, pairs, plan = [], 0.0, 0.0, {}
-    t0 = last_save = run.stats["t0"]
-    for step in range(run.start, run.total_steps):
-        epoch, i = divmod(step, run.steps_per_epoch)
-        if epoch not in plan:
-            plan = {epoch: epoch_steps(lengths, run.step_size, cfg.seed, epoch, cfg.length_sort_window)}
-        step_ids = plan[epoch][i]  # this step's groups
-        mine_ids, weight = step_ids[rank::world], world / len(step_ids)  # each group weighs 1/G after DDP's mean
-        if not mine_ids:  # more processes than groups in this step: take part with a zero-weight group
-            mine_ids, weight = step_ids[:1], 0.0
-        mine = [run.units[j] for j in mine_ids]
-        st = backward_step(model, mine, weight, cfg.micro_batch_tokens, cfg.layout, core.attention_per_token, pad_id,
-                           cache, accelerator, cfg.bf16, kv=not cfg.gradient_checkpointing)
-        norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
-        step_loss = float(st["loss"]) / len(mine)  # one sync per step, for the progress bar and the NaN guard
-        flags = agree(accelerator, [not (math.isfinite(step_loss) and math.isfinite(float(norm))),
-                                    signals.requested, bool(cfg.save_minutes and
-                                                            time.time() - last_save >= 60 * cfg.save_minutes)])
-        if flags[0]:
-            nonfinite(cfg, run, step, step_loss, float(norm), say)
-        else:
-            run.optimizer.step()
-            losses.append(step_loss)
-        run.scheduler.step()
-        run.optimizer.zero_grad(set_to_none=True)
-        run.stats["tokens"] += st["tokens"]
-        run.stats["completions"] += st["completions"]
-        correct, pairs = correct + float(st["correct"]), pairs + float(st["pairs"])
-        bar.update(1)
-        bar.set_postfix(loss=f"{np.mean(losses[-20:]) if losses else float('nan'):.4f}",
-                        acc=f"{correct / max(pairs, 1):.3f}", lr=f"{run.scheduler.get_last_lr()[0]:.2e}",
-                        epoch=f"{(step + 1) / run.steps_per_epoch:.2f}")
-        done = step + 1
-        if cfg.eval_steps and done % cfg.eval_steps == 0 and done < run.total_steps:
-            t_eval = time.time()
-            m = evaluate_groups(core, tok_eval, cfg.eval_batch_tokens, cfg.layout, cache).metrics
-            run.stats["eval_seconds"] += time.time() - t_eval
-            run.state["history"].append({"step": done, "epoch": done / run.steps_per_epoch,
-                                         "train_loss": float(np.mean(losses[-cfg.eval_steps:] or [math.nan])),
-                                         "completions_forwarded": run.stats["completions"],
-                                         "train_seconds": round(time.time() - t0 - run.stats["eval_seconds"], 2),
-                                         **m})
-            bar.write(f"step {done}: {format_metrics(m)}")
-        if (cfg.save_steps and done % cfg.save_steps == 0) or done == run.total_steps or flags[1] or flags[2]:
-            checkpoint(cfg, accelerator, core, run, done)
-            last_save = time.time()
-        if flags[1]:
-            raise TrainingInterrupted(signals.requested, done, Path(cfg.output_dir) / "checkpoints" / f"step-{done}")
-
-
-def agree(accelerator, flags: list[bool]) -> list[bool]:
-    """Flags every process acts on together (any process raising one raises it for all)."""
-    if accelerator.num_processes == 1:
-        return flags
-    t = accelerator.reduce(torch.tensor([float(f) for f in flags], device=accelerator.device), reduction="max")
-    return [bool(x) for x in t.tolist()]
-
-
-def nonfinite(cfg: TrainConfig, run: Run, step: int, loss: float, norm: float, say) -> None:
-    """A NaN or infinite loss or gradient: stop with the step named, or (--on-nonfinite skip) drop the update."""
-    what = f"step {step + 1}: loss {loss}, gradient norm {norm}"
-    if cfg.on_nonfinite == "stop":
-        raise NonFiniteError(f"{what}: training stopped, no model saved (the last checkpoint, if any, is intact). "
-                             f"Fix: lower --learning-rate (now {cfg.learning_rate:g}), or pass --on-nonfinite skip to "
-                             "drop such steps")
-    run.state["skipped_nonfinite"] = run.state.get("skipped_nonfinite", 0) + 1
-    say(f"warning: {what}: update skipped (--on-nonfinite skip; {run.state['skipped_nonfinite']} so far)")
-
-
-def checkpoint(cfg: TrainConfig, accelerator, core: RewardModel, run: Run, step: int) -> None:
-    """Every process reaches here; the main process writes the checkpoint."""
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        trainable = {n: p for n, p in core.named_parameters() if p.requires_grad}
-        save_checkpoint(Path(cfg.output_dir) / "checkpoints", step, trainable, run.optimizer.state_dict(),
-                        run.scheduler.state_dict(), run.state, run.identity, cfg.keep_checkpoints)
-    accelerator.wait_for_everyone()
 
 
 # -- evaluation after training, and the saved model ---------------------------------------------------------------

@@ -161,7 +161,7 @@ def _step_gradients(model_dirs, rows, arch="llama-chat", attn=None, checkpointin
     from rankrm.groups import RankedGroup
     from rankrm.evaluate import evaluate_groups
     from rankrm.frozen import FrozenLayerCache, layer_stack, select_trainable
-    from rankrm.train import backward_step
+    from rankrm.steps import backward_step
 
     cfg_kw.setdefault("layout", "padded")
     torch.manual_seed(0)
