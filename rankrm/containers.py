@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import DataError, Location
+from .files import atomic_file
 
 HUB_PREFIX = "hf:"
 # CSV cells are text; these columns hold JSON. Lists are always JSON arrays; a prompt, chosen or rejected cell is a
@@ -250,16 +251,16 @@ def check_source(p) -> None:
 
 
 def write_jsonl(rows, path: Path) -> None:
-    """Write JSON objects one per line (gzip-compressed when the name ends in .gz), atomically: a temporary file
-    is renamed into place only once everything is written, so a failure leaves no partial output."""
+    """Write JSON objects one per line (gzip-compressed when the name ends in .gz), atomically (files.atomic_file):
+    a failure leaves no partial output. NaN is refused (it is not JSON)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with (gzip.open(tmp, "wt", encoding="utf-8") if path.name.endswith(".gz")
-              else open(tmp, "w", encoding="utf-8")) as f:
+    gz = path.name.endswith(".gz")
+    with atomic_file(path, "wb") as raw:
+        out = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if gz else raw
+        try:
             for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+                out.write((json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8"))
+        finally:
+            if gz:
+                out.close()  # writes gzip's trailer; the file itself stays open for atomic_file
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import shutil
 import socket
 from pathlib import Path
 
 import torch
+
+from .files import atomic_dir
 
 log = logging.getLogger("rankrm")
 
@@ -38,10 +39,9 @@ def gguf_fallback() -> Path:
     lm.hf_quantizer, lm.is_quantized = None, False  # the weights are dequantized to fp32 on load
     if hasattr(lm.config, "quantization_config"):
         del lm.config.quantization_config
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    lm.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    tmp.replace(out) if not out.exists() else shutil.rmtree(tmp)
+    with atomic_dir(out) as tmp:  # whole or absent, even if two processes convert at once
+        lm.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
     return out
 
 

@@ -58,3 +58,11 @@ def test_a_nonfinite_reward_is_never_written(model_dirs, tmp_path, capsys):
     out = tmp_path / "out.jsonl"
     assert main(["score", "--model", str(tmp_path / "rm"), str(src), str(out), "--quiet"]) == 2
     assert "in.jsonl:1:" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_missing_output_directory_is_named(model_dirs, tmp_path, capsys):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "p", "completion": "c"}])
+    out = tmp_path / "no" / "such" / "out.jsonl"
+    assert main(["score", "--model", str(model_dirs["llama-chat"]), str(src), str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {out}: its directory {out.parent} does not exist" in err and "Fix:" in err
