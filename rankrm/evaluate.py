@@ -37,15 +37,15 @@ class EvalResult:
     @functools.cached_property
     def metrics(self) -> dict:
         """Accuracy and log loss over all pairs, the mean per-group loss, and 95% intervals (computed once)."""
-        n = float(self.pairs.sum())
-        keep = self.pairs > 0
-        idx = bootstrap_indices(len(self.pairs))  # (B, G)
-        boot_pairs = self.pairs[idx].sum(axis=1)  # (B,)
-        return {"accuracy": float(self.correct.sum() / n), "log_loss": float(self.nll.sum() / n),
-                "group_loss": float((self.nll[keep] / self.pairs[keep]).mean()),
-                "groups": int(keep.sum()), "pairs": int(n),
-                "accuracy_ci95": interval(self.correct[idx].sum(axis=1) / boot_pairs),
-                "log_loss_ci95": interval(self.nll[idx].sum(axis=1) / boot_pairs)}
+        keep = self.pairs > 0  # prompts without a comparison weigh nothing, and are not resampled
+        correct, pairs, nll = self.correct[keep], self.pairs[keep], self.nll[keep]
+        n = float(pairs.sum())
+        idx = bootstrap_indices(len(pairs))  # (B, G)
+        boot_pairs = pairs[idx].sum(axis=1)  # (B,)
+        return {"accuracy": float(correct.sum() / n), "log_loss": float(nll.sum() / n),
+                "group_loss": float((nll / pairs).mean()), "groups": int(keep.sum()), "pairs": int(n),
+                "accuracy_ci95": interval(correct[idx].sum(axis=1) / boot_pairs),
+                "log_loss_ci95": interval(nll[idx].sum(axis=1) / boot_pairs)}
 
     def to_json(self) -> dict:
         return {"correct": self.correct.tolist(), "pairs": self.pairs.tolist(), "nll": self.nll.tolist()}
@@ -58,7 +58,8 @@ class EvalResult:
 
 def compare(before: EvalResult, after: EvalResult) -> dict:
     """The change from `before` to `after` on the same groups, with paired bootstrap 95% intervals."""
-    idx = bootstrap_indices(len(before.pairs))  # (B, G): the same prompts on both sides
+    keep = before.pairs > 0
+    idx = np.flatnonzero(keep)[bootstrap_indices(int(keep.sum()))]  # (B, G): the same prompts on both sides
     boot_pairs = before.pairs[idx].sum(axis=1)  # (B,)
     d_acc = (after.correct[idx].sum(axis=1) - before.correct[idx].sum(axis=1)) / boot_pairs
     d_ll = (after.nll[idx].sum(axis=1) - before.nll[idx].sum(axis=1)) / boot_pairs

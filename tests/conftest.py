@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,20 @@ def write_jsonl(path: Path, rows) -> Path:
         for r in rows:
             f.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
     return path
+
+
+def synthetic_groups(n: int, seed: int, k: int = 4):
+    """A known preference rule: the more times a completion says 'good', the better it ranks (equal counts tie)."""
+    rng = random.Random(seed)
+    rows = []
+    while len(rows) < n:
+        counts = rng.sample(range(5), k)  # distinct counts of 'good', so no group is all tied
+        comps = []
+        for c in counts:
+            words = ["good"] * c + [rng.choice(SYNTH_WORDS[2:]) for _ in range(6 - c)]
+            rng.shuffle(words)
+            comps.append(" ".join(words))
+        ranks = [sorted(counts, reverse=True).index(c) for c in counts]
+        rows.append({"prompt": [{"role": "user", "content": f"Say something good, please (#{seed}-{len(rows)})."}], "completions": comps,
+                     "ranks": ranks})
+    return rows

@@ -6,8 +6,7 @@ import subprocess
 import sys
 
 import rankrm
-from test_train import synthetic_groups
-from conftest import write_jsonl
+from conftest import synthetic_groups, write_jsonl
 
 
 def test_functions_stay_functions_after_every_submodule_is_imported():

@@ -22,8 +22,7 @@ from rankrm.config import TrainConfig
 from rankrm.files import TMP_PREFIX, leftovers, remove_leftovers
 from rankrm.model import RewardModel
 from rankrm.train import train
-from conftest import ROOT, write_jsonl
-from test_train import synthetic_groups
+from conftest import ROOT, synthetic_groups, write_jsonl
 
 KW = dict(max_steps=10, save_steps=1, keep_checkpoints=3, train_layers=-1, batch_size=4, max_length=64, seed=0,
           learning_rate=3e-3, eval_fraction=0.25)

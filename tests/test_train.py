@@ -11,24 +11,7 @@ from rankrm.cli import main
 from rankrm.config import TrainConfig
 from rankrm.model import RewardModel
 from rankrm.train import train
-from conftest import SYNTH_WORDS, write_jsonl
-
-
-def synthetic_groups(n: int, seed: int, k: int = 4):
-    """A known preference rule: the more times a completion says 'good', the better it ranks (equal counts tie)."""
-    rng = random.Random(seed)
-    rows = []
-    while len(rows) < n:
-        counts = rng.sample(range(5), k)  # distinct counts of 'good', so no group is all tied
-        comps = []
-        for c in counts:
-            words = ["good"] * c + [rng.choice(SYNTH_WORDS[2:]) for _ in range(6 - c)]
-            rng.shuffle(words)
-            comps.append(" ".join(words))
-        ranks = [sorted(counts, reverse=True).index(c) for c in counts]
-        rows.append({"prompt": [{"role": "user", "content": f"Say something good, please (#{seed}-{len(rows)})."}], "completions": comps,
-                     "ranks": ranks})
-    return rows
+from conftest import synthetic_groups, write_jsonl
 
 
 @pytest.fixture(scope="module")
