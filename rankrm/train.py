@@ -87,6 +87,9 @@ def load_data(cfg: TrainConfig, say) -> Data:
     report = ReadReport()
     groups = read_groups(cfg.train_data, cfg.format, report, skip_invalid=cfg.skip_invalid)
     say(f"train data: {report.summary()}")
+    if not any(g.comparisons() for g in groups):
+        raise DataError(", ".join(map(str, cfg.train_data)), None, None, f"gives no training comparison "
+                        f"({report.summary()})", "give ranked groups whose completions are not all tied")
     if cfg.eval_data:
         eval_report = ReadReport()
         held = read_groups(cfg.eval_data, cfg.format, eval_report, skip_invalid=cfg.skip_invalid)

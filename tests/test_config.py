@@ -98,3 +98,23 @@ def test_the_schedule_is_transformers_warmup_then_cosine():
         run.scheduler.step()
     want = [0.0, 0.5] + [0.5 * (1 + math.cos(math.pi * k / 8)) for k in range(8)]
     assert lrs == pytest.approx(want, abs=1e-12)
+
+
+def test_data_with_nothing_to_learn_or_evaluate_is_refused_before_the_model_loads(tmp_path, capsys):
+    from conftest import write_jsonl
+
+    ties = write_jsonl(tmp_path / "ties.jsonl", [{"prompt": f"p{i}", "completions": ["a", "b"], "ranks": [0, 0]}
+                                                 for i in range(4)])
+    code, err = run_cli(["train", "--train-data", str(ties), "--model", str(tmp_path / "absent")], capsys)
+    assert code == 2 and "ties.jsonl" in err and "gives no training comparison" in err and "Fix:" in err
+
+
+def test_a_directory_that_is_not_a_model_is_named(tmp_path, capsys):
+    from conftest import synthetic_groups, write_jsonl
+
+    data = write_jsonl(tmp_path / "d.jsonl", synthetic_groups(8, 1))
+    (tmp_path / "notamodel").mkdir()
+    code, err = run_cli(["train", "--train-data", str(data), "--model", str(tmp_path / "notamodel"),
+                         "--output-dir", str(tmp_path / "out")], capsys)
+    assert code == 2 and "not a Hugging Face model (no config.json)" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
