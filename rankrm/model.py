@@ -324,3 +324,32 @@ class RewardModel(nn.Module):
         rewards = self.score([prompt] * len(completions), completions)
         order = sorted(range(len(completions)), key=lambda i: -rewards[i])
         return rewards, order
+
+    # score_groups: placeholder until the redesign merge
+    @torch.no_grad()
+    def score_groups(self, prompts, completions: list[list[str]], batch_tokens: int = 4096) -> list[list[float]]:
+        """Rewards of each prompt's completions, one list per prompt in input order; each prompt encoded once."""
+        from .batching import TokenizedGroup, collate_groups, plan_batches, to_device
+
+        if len(prompts) != len(completions) or any(len(cs) == 0 for cs in completions):
+            raise ValueError("score_groups takes one non-empty list of completions per prompt. "
+                             "Fix: pass prompts [p1, ...] and completions [[c11, c12, ...], ...] of equal length.")
+        flat_prompts = [p for p, cs in zip(prompts, completions) for _ in cs]
+        ids, _ = self.tokenize(flat_prompts, [c for cs in completions for c in cs])
+        groups, at = [], 0
+        for cs in completions:  # ranks are irrelevant when scoring: 0..K-1
+            groups.append(TokenizedGroup(ids[at:at + len(cs)], list(range(len(cs)))))
+            at += len(cs)
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        out: list[list[float]] = [[] for _ in groups]
+        for idx, how in plan_batches(groups, batch_tokens, "auto", self.attention_per_token):
+            b = to_device(collate_groups([groups[i] for i in idx], self.tokenizer.pad_token_id, layout=how), device)
+            r = self(b["input_ids"], b["attention_mask"], b["position_ids"], b["end_index"], b.get("prompt")).tolist()
+            at = 0
+            for i in idx:  # end_index lists the completions group by group, in the order of idx
+                out[i] = r[at:at + len(groups[i].ids)]
+                at += len(groups[i].ids)
+        self.train(was_training)
+        return out
