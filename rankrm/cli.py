@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from .data import DataError
+from .serve import add_serve_parser
 
 
 def cmd_train(args) -> int:
@@ -164,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_data_parser(sub)
     add_model_parsers(sub)
+    add_serve_parser(sub)
     return p
 
 
