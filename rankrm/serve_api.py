@@ -132,6 +132,54 @@ def add_error_handlers(app: FastAPI) -> None:
         return _error(500, f"internal error ({type(exc).__name__}); see the server log", None, None)
 
 
+@dataclass
+class Served:
+    """What the endpoints share: the model, its name, the options, the batcher and the renderer."""
+
+    model: object
+    name: str
+    opts: ServeOptions
+    metrics: Metrics
+    batcher: Batcher
+    renderer: Renderer
+    version: str
+
+    def check_count(self, n: int, what: str) -> None:
+        if n > self.opts.max_items:
+            raise ApiError(413, f"{what}: {n} sequences in one request; this server takes at most "
+                                f"{self.opts.max_items} (--max-items)", what, "split the request")
+
+    async def render(self, fn, *args):
+        """fn (a Renderer method) on a worker thread; a prompt the chat template refuses is the caller's 422."""
+        try:
+            return await run_in_threadpool(fn, *args)
+        except Exception as e:  # jinja's TemplateError, a template's raise_exception, ...
+            raise ApiError(422, f"the prompt cannot be rendered: {type(e).__name__}: {e}", "prompt",
+                           "check the messages' roles and order against the model's chat template") from None
+
+    async def run(self, job: Job):
+        """The job's rewards from the model thread; 503 with Retry-After when the queue is full."""
+        try:
+            future = self.batcher.submit(job)
+        except QueueFull as e:
+            raise ApiError(503, f"the server is busy: {e}", None, "retry after a moment",
+                           {"Retry-After": "1"}) from None
+        try:
+            return await asyncio.wrap_future(future)
+        except Exception as e:
+            raise ApiError(500, f"scoring failed: {e}") from None
+
+    async def pairs(self, prompts: list, completions: list[str]) -> tuple[list[float], list[bool], int]:
+        """(rewards, truncated flags, tokens read) of (prompt, completion) pairs."""
+        flags, tokens = await self.render(self.renderer.pairs, prompts, completions)
+        return await self.run(Job("pairs", prompts, completions, tokens)), flags, tokens
+
+    async def texts(self, texts: list[str]) -> tuple[list[float], list[bool], int]:
+        """Full rendered texts (with or without EOS/BOS) -> rewards, as RewardModel.score reads the pair: the
+        text is render("", c) for the c split_full_text finds (a string prompt "" adds only the BOS)."""
+        return await self.pairs([""] * len(texts), [self.renderer.split_full_text(t) for t in texts])
+
+
 def build_app(model, name: str, opts: ServeOptions, version: str) -> FastAPI:
     """The app serving model under name; its batcher starts and stops with the app's lifespan."""
     from contextlib import asynccontextmanager
@@ -139,7 +187,7 @@ def build_app(model, name: str, opts: ServeOptions, version: str) -> FastAPI:
     metrics = Metrics()
     batcher = Batcher(model, metrics, opts.max_batch_tokens, opts.max_wait_ms, opts.max_queue,
                       opts.max_batch_requests)
-    renderer = Renderer(model)
+    served = Served(model, name, opts, metrics, batcher, Renderer(model), version)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -150,119 +198,93 @@ def build_app(model, name: str, opts: ServeOptions, version: str) -> FastAPI:
     app = FastAPI(title="rankrm serve", version=version, lifespan=lifespan,
                   description="Rewards of a rankrm reward model over HTTP.")
     add_error_handlers(app)
+    add_reward_routes(app, served)
+    add_status_routes(app, served)
+    app.add_middleware(Guard, opts=opts, metrics=metrics, routes={r.path for r in app.routes})
+    return app
 
-    def check_count(n: int, what: str) -> None:
-        if n > opts.max_items:
-            raise ApiError(413, f"{what}: {n} sequences in one request; this server takes at most {opts.max_items} "
-                                "(--max-items)", what, "split the request")
 
-    async def render(fn, *args):
-        try:
-            return await run_in_threadpool(fn, *args)
-        except Exception as e:  # a chat template that refuses the messages (jinja's TemplateError, ...)
-            raise ApiError(422, f"the prompt cannot be rendered: {type(e).__name__}: {e}", "prompt",
-                           "check the messages' roles and order against the model's chat template") from None
-
-    async def run(job: Job):
-        try:
-            future = batcher.submit(job)
-        except QueueFull as e:
-            raise ApiError(503, f"the server is busy: {e}", None, "retry after a moment",
-                           {"Retry-After": "1"}) from None
-        try:
-            return await asyncio.wrap_future(future)
-        except Exception as e:
-            raise ApiError(500, f"scoring failed: {e}") from None
-
-    async def score_texts(texts: list[str]) -> tuple[list[float], list[bool], int]:
-        """Full rendered texts (with or without EOS/BOS) -> rewards, as RewardModel.score reads the pair."""
-        completions = [renderer.split_full_text(t) for t in texts]
-        prompts = [""] * len(texts)  # render("", c) == BOS? + c + EOS: the text as the model reads it
-        flags, tokens = await render(renderer.pairs, prompts, completions)
-        return await run(Job("pairs", prompts, completions, tokens)), flags, tokens
+def add_reward_routes(app: FastAPI, s: Served) -> None:
+    """/score, /rank, /get_reward, /classify: each ends in RewardModel.score or score_groups."""
 
     @app.post("/score", response_model=ScoreResponse)
     async def score(body: ScoreRequest):
         """Rewards of (prompt, completion) pairs, in input order."""
-        check_count(len(body.items), "items")
-        prompts = [prompt_value(i.prompt) for i in body.items]
-        completions = [i.completion for i in body.items]
-        flags, tokens = await render(renderer.pairs, prompts, completions)
-        rewards = await run(Job("pairs", prompts, completions, tokens))
-        return {"rewards": rewards, "truncated": flags, "model": name}
+        s.check_count(len(body.items), "items")
+        rewards, flags, _ = await s.pairs([prompt_value(i.prompt) for i in body.items],
+                                          [i.completion for i in body.items])
+        return {"rewards": rewards, "truncated": flags, "model": s.name}
 
     @app.post("/rank", response_model=RankResponse, response_model_exclude_none=True)
     async def rank(body: RankRequest):
         """Rewards of each prompt's completions and their order, best first; each prompt is read once."""
         groups = body.as_groups()
-        check_count(sum(len(g.completions) for g in groups), "completions")
+        s.check_count(sum(len(g.completions) for g in groups), "completions")
         prompts = [prompt_value(g.prompt) for g in groups]
         completions = [g.completions for g in groups]
-        flags, tokens = await render(renderer.groups, prompts, completions)
-        rewards = await run(Job("groups", prompts, completions, tokens))
+        flags, tokens = await s.render(s.renderer.groups, prompts, completions)
+        rewards = await s.run(Job("groups", prompts, completions, tokens))
         out = [{"rewards": r, "order": sorted(range(len(r)), key=lambda i: -r[i]), "truncated": f}
                for r, f in zip(rewards, flags)]
-        return {**out[0], "model": name} if body.groups is None else {"groups": out, "model": name}
+        return {**out[0], "model": s.name} if body.groups is None else {"groups": out, "model": s.name}
 
     @app.post("/get_reward", response_model=GetRewardResponse)
     async def get_reward(body: GetRewardRequest):
         """OpenRLHF's remote reward model: each query is the rendered prompt + response."""
-        check_count(len(body.query), "query")
-        rewards, flags, _ = await score_texts(body.query)
+        s.check_count(len(body.query), "query")
+        rewards, flags, _ = await s.texts(body.query)
         return {"rewards": rewards, "scores": rewards, "truncated": flags,
                 "extra_logs": {"rankrm_truncated": [float(f) for f in flags]}}
 
     async def classify(body: ClassifyRequest):
         """vLLM's /classify: probs [reward] with use_activation false, [sigmoid(reward)] otherwise."""
-        if body.truncate_prompt_tokens not in (None, -1) and body.truncate_prompt_tokens < model.max_length:
-            raise ApiError(422, f"truncate_prompt_tokens {body.truncate_prompt_tokens} is below this model's "
-                                f"max_length {model.max_length}, and rankrm reads every input as it was trained",
+        cut = body.truncate_prompt_tokens
+        if cut not in (None, -1) and cut < s.model.max_length:
+            raise ApiError(422, f"truncate_prompt_tokens {cut} is below this model's max_length "
+                                f"{s.model.max_length}, and rankrm reads every input as it was trained",
                            "truncate_prompt_tokens", "leave it out (inputs are cut from the left to max_length)")
         if body.messages is not None:
-            prompts = [prompt_value(body.messages[:-1])]
-            completions = [body.messages[-1].content]
-            flags, tokens = await render(renderer.pairs, prompts, completions)
-            rewards = await run(Job("pairs", prompts, completions, tokens))
+            rewards, flags, tokens = await s.pairs([prompt_value(body.messages[:-1])], [body.messages[-1].content])
         else:
             texts = [body.input] if isinstance(body.input, str) else body.input
-            check_count(len(texts), "input")
-            rewards, flags, tokens = await score_texts(texts)
+            s.check_count(len(texts), "input")
+            rewards, flags, tokens = await s.texts(texts)
         act = next((a for a in (body.use_activation, body.activation) if a is not None),
-                   opts.problem_type != "regression")
+                   s.opts.problem_type != "regression")
         data = [{"index": i, "label": "LABEL_0", "num_classes": 1, "truncated": f,
                  "probs": [1 / (1 + math.exp(-r)) if act else r]} for i, (r, f) in enumerate(zip(rewards, flags))]
-        return {"id": f"classify-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()), "model": name,
-                "data": data, "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0,
-                                        "prompt_tokens_details": None}}
+        return {"id": f"classify-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()),
+                "model": s.name, "data": data, "usage": {"prompt_tokens": tokens, "total_tokens": tokens,
+                                                         "completion_tokens": 0, "prompt_tokens_details": None}}
 
     app.post("/classify", response_model=ClassifyResponse)(classify)
-    app.post("/v1/classify", response_model=ClassifyResponse, include_in_schema=False)(classify)
+    app.post("/v1/classify", response_model=ClassifyResponse, include_in_schema=False)(classify)  # SGLang's path
+
+
+def add_status_routes(app: FastAPI, s: Served) -> None:
+    """/health, /info, /metrics."""
 
     @app.get("/health")
     async def health():
         """200 while the model thread runs (no API key needed)."""
-        alive = batcher.alive
+        alive = s.batcher.alive
         return JSONResponse({"status": "ok" if alive else "stopped"}, status_code=200 if alive else 503)
 
     @app.get("/info")
     async def info():
         """The served model, its reading policy and normalization, the limits."""
-        return {"model": name, "rankrm_version": version, "max_length": model.max_length,
-                "reward_bias": model.reward_bias, "normalization": model.normalization,
-                "problem_type": opts.problem_type, "eos_token": renderer.eos, "bos_prefix": renderer.bos,
-                "limits": {"max_items": opts.max_items, "max_body_bytes": opts.max_body_bytes,
-                           "max_queue": opts.max_queue},
-                "batching": {"max_batch_tokens": opts.max_batch_tokens, "max_wait_ms": opts.max_wait_ms,
-                             "max_batch_requests": opts.max_batch_requests},
-                "auth": opts.api_key is not None}
+        o = s.opts
+        return {"model": s.name, "rankrm_version": s.version, "max_length": s.model.max_length,
+                "reward_bias": s.model.reward_bias, "normalization": s.model.normalization,
+                "problem_type": o.problem_type, "eos_token": s.renderer.eos, "bos_prefix": s.renderer.bos,
+                "limits": {"max_items": o.max_items, "max_body_bytes": o.max_body_bytes, "max_queue": o.max_queue},
+                "batching": {"max_batch_tokens": o.max_batch_tokens, "max_wait_ms": o.max_wait_ms,
+                             "max_batch_requests": o.max_batch_requests},
+                "auth": o.api_key is not None}
 
     @app.get("/metrics")
     async def prometheus():
         """Prometheus text format."""
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    routes = {r.path for r in app.routes}
-    app.add_middleware(Guard, opts=opts, metrics=metrics, routes=routes)
-    return app
+        return Response(generate_latest(s.metrics.registry), media_type=CONTENT_TYPE_LATEST)

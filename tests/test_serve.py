@@ -346,7 +346,7 @@ def test_concurrent_requests_coalesce_and_match_sequential(client, server):
     assert batches < requests  # some model calls served several requests
 
 
-# -- safety: auth, a full queue, binding, shutdown ----------------------------------------------------------------------
+# -- safety: auth, a full queue, binding, shutdown ---------------------------------------------------------------------
 
 def test_api_key_busy_queue_and_graceful_shutdown(rm_dir):
     from rankrm.client import RewardClient
