@@ -30,7 +30,8 @@ def add_serve_parser(sub) -> None:
                                                    f"endpoint but /health; default: the {KEY_ENV} variable")
     s.add_argument("--max-length", type=int, default=None, help="tokens per prompt + completion "
                                                                "(default: the model's own)")
-    s.add_argument("--max-batch-tokens", type=int, default=8192, help="tokens the model reads per coalesced batch")
+    s.add_argument("--max-batch-tokens", type=int, default=4096, help="tokens the model reads per coalesced batch "
+                                                                      "(RewardModel.score's default; more on a GPU)")
     s.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for others to share "
                                                                  "its batch (0: only those already queued)")
     s.add_argument("--max-queue", type=int, default=256, help="requests waiting for the model; more get 503")
@@ -40,6 +41,8 @@ def add_serve_parser(sub) -> None:
     s.add_argument("--max-body-bytes", type=int, default=16 * 2**20, help="request body size; larger gets 413")
     s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="weights' dtype (bfloat16/float16 on a GPU)")
+    s.add_argument("--threads", type=int, default=None, help="torch CPU threads for the model (default: torch's "
+                                                             "own; 1 avoids thread contention on a busy CPU host)")
     s.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     s.add_argument("--log-level", default="info", help="uvicorn's log level (warning: no access log)")
     s.set_defaults(func=cmd_serve)
@@ -91,6 +94,8 @@ def cmd_serve(args) -> int:
     for flag in ("max_batch_tokens", "max_queue", "max_batch_requests", "max_items", "max_body_bytes"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = RewardModel.from_pretrained(args.model, dtype=getattr(torch, args.dtype), max_length=args.max_length)
     model.to(device).eval()

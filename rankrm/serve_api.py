@@ -30,7 +30,7 @@ class ServeOptions:
     """The server's limits and batching; the CLI flags of `rankrm serve`."""
 
     api_key: str | None = None  # required on every endpoint but /health when set
-    max_batch_tokens: int = 8192  # tokens the model reads per coalesced batch
+    max_batch_tokens: int = 4096  # tokens the model reads per coalesced batch
     max_wait_ms: float = 5.0  # how long the first request of a batch waits for others
     max_queue: int = 256  # requests waiting for the model; more are answered 503
     max_batch_requests: int = 64  # requests merged into one model call (1: no coalescing)
@@ -171,8 +171,8 @@ class Served:
 
     async def pairs(self, prompts: list, completions: list[str]) -> tuple[list[float], list[bool], int]:
         """(rewards, truncated flags, tokens read) of (prompt, completion) pairs."""
-        flags, tokens = await self.render(self.renderer.pairs, prompts, completions)
-        return await self.run(Job("pairs", prompts, completions, tokens)), flags, tokens
+        texts, flags, tokens = await self.render(self.renderer.pairs, prompts, completions)
+        return await self.run(Job("pairs", texts, completions, tokens)), flags, tokens
 
     async def texts(self, texts: list[str]) -> tuple[list[float], list[bool], int]:
         """Full rendered texts (with or without EOS/BOS) -> rewards, as RewardModel.score reads the pair: the
@@ -222,8 +222,8 @@ def add_reward_routes(app: FastAPI, s: Served) -> None:
         s.check_count(sum(len(g.completions) for g in groups), "completions")
         prompts = [prompt_value(g.prompt) for g in groups]
         completions = [g.completions for g in groups]
-        flags, tokens = await s.render(s.renderer.groups, prompts, completions)
-        rewards = await s.run(Job("groups", prompts, completions, tokens))
+        texts, flags, tokens = await s.render(s.renderer.groups, prompts, completions)
+        rewards = await s.run(Job("groups", texts, completions, tokens))
         out = [{"rewards": r, "order": sorted(range(len(r)), key=lambda i: -r[i]), "truncated": f}
                for r, f in zip(rewards, flags)]
         return {**out[0], "model": s.name} if body.groups is None else {"groups": out, "model": s.name}

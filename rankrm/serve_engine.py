@@ -9,6 +9,7 @@ each prompt encoded once). The queue is bounded: a full queue is refused at once
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import queue
 import threading
@@ -43,44 +44,62 @@ class Renderer:
     """Token counts and truncation flags of what the model reads, and the split of full texts, computed on the
     HTTP side so the model's thread only runs the model.
 
-    Each thread gets its own copy of the tokenizer: a fast tokenizer used from several threads at once can fail
-    with 'Already borrowed'."""
+    Threads borrow one of a few copies of the tokenizer, made once at start: a fast tokenizer used from several
+    threads at once can fail with 'Already borrowed', and copying one per HTTP worker thread costs seconds of
+    GIL-holding work under load."""
 
-    def __init__(self, model):
+    def __init__(self, model, copies: int = 2):
         self.model = model
         self.max_length = model.max_length
         tok = model.tokenizer
         self.eos = tok.eos_token
         self.bos = model.render("", "")[:-len(self.eos)]  # what the model puts before a string prompt: BOS or ""
         self.specials = [s for s in {tok.pad_token, self.eos} if s]  # padding a decoded batch may carry
-        self._local = threading.local()
+        self._pool: queue.Queue = queue.Queue()
+        for _ in range(copies):
+            self._pool.put(copy.deepcopy(tok))
 
-    def _tokenizer(self):
-        if not hasattr(self._local, "tok"):
-            self._local.tok = copy.deepcopy(self.model.tokenizer)
-        return self._local.tok
+    def ids(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of rendered texts, as RewardModel.score tokenizes them (before truncation)."""
+        if not texts:
+            return []
+        tok = self._pool.get()
+        try:
+            return tok(texts, add_special_tokens=False)["input_ids"]
+        finally:
+            self._pool.put(tok)
 
     def lengths(self, texts: list[str]) -> list[int]:
         """Tokens of each rendered text (before truncation to max_length)."""
-        if not texts:
-            return []
-        return [len(x) for x in self._tokenizer()(texts, add_special_tokens=False)["input_ids"]]
+        return [len(x) for x in self.ids(texts)]
 
-    def pairs(self, prompts: list, completions: list[str]) -> tuple[list[bool], int]:
-        """(truncated flag per pair, tokens read) of (prompt, completion) pairs, as RewardModel.score reads them."""
-        n = self.lengths([self.model.render(p, c) for p, c in zip(prompts, completions)])
-        return [x > self.max_length for x in n], sum(min(x, self.max_length) for x in n)
+    def prompt_text(self, prompt) -> str:
+        """The prompt as the model reads it, as a string that RewardModel.render takes verbatim: render(p, c) ==
+        render(prompt_text(p), c). Rendering a chat once here spares the model thread its chat template."""
+        return self.model.render(prompt, "")[:-len(self.eos)]
 
-    def groups(self, prompts: list, completions: list[list[str]]) -> tuple[list[list[bool]], int]:
-        """(truncated flags per group, tokens read with each prompt counted once) of ranked groups."""
-        flags, tokens = [], 0
-        for p, cs in zip(prompts, completions):
-            ids = self._tokenizer()([self.model.render(p, c) for c in cs], add_special_tokens=False)["input_ids"]
+    def prompt_texts(self, prompts: list) -> list[str]:
+        cache: dict[str, str] = {}  # GRPO sends one prompt many times
+        keys = [p if isinstance(p, str) else json.dumps(p, sort_keys=True) for p in prompts]
+        return [cache[k] if k in cache else cache.setdefault(k, self.prompt_text(p)) for k, p in zip(keys, prompts)]
+
+    def pairs(self, prompts: list, completions: list[str]) -> tuple[list[str], list[bool], int]:
+        """(prompts as text, truncated flag per pair, tokens read) of (prompt, completion) pairs, as
+        RewardModel.score reads them."""
+        texts = self.prompt_texts(prompts)
+        n = self.lengths([t + c + self.eos for t, c in zip(texts, completions)])
+        return texts, [x > self.max_length for x in n], sum(min(x, self.max_length) for x in n)
+
+    def groups(self, prompts: list, completions: list[list[str]]) -> tuple[list[str], list[list[bool]], int]:
+        """(prompts as text, truncated flags per group, tokens read with each prompt counted once) of groups."""
+        texts, flags, tokens = self.prompt_texts(prompts), [], 0
+        for t, cs in zip(texts, completions):
+            ids = self.ids([t + c + self.eos for c in cs])
             flags.append([len(x) > self.max_length for x in ids])
             ids = [x[-self.max_length:] for x in ids]  # as the model cuts them: the start of the prompt goes
             shared = _shared_prefix(ids)
             tokens += shared + sum(len(x) - shared for x in ids)
-        return flags, tokens
+        return texts, flags, tokens
 
     def split_full_text(self, text: str) -> str:
         """The completion c such that render("", c) is text as the model reads it: the rendered prompt + response,
@@ -147,7 +166,7 @@ class Metrics:
 class Batcher:
     """A bounded queue of jobs and the one thread that scores them in coalesced batches."""
 
-    def __init__(self, model, metrics: Metrics, max_batch_tokens: int = 8192, max_wait_ms: float = 5.0,
+    def __init__(self, model, metrics: Metrics, max_batch_tokens: int = 4096, max_wait_ms: float = 5.0,
                  max_queue: int = 256, max_batch_requests: int = 64):
         self.model, self.metrics = model, metrics
         self.max_batch_tokens, self.max_wait = max_batch_tokens, max_wait_ms / 1000
