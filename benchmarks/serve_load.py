@@ -14,7 +14,9 @@ torch's spinning thread pool is several times slower with 2 threads than with 1)
 from __future__ import annotations
 
 import argparse
+import http.client
 import importlib.util
+import json
 import os
 import re
 import statistics
@@ -108,26 +110,32 @@ class Server:
 
 def load(url: str, path: str, bodies: list[dict], clients: int, seconds: float, max_requests: int) -> dict:
     """clients threads posting bodies round-robin for seconds (or max_requests in all): latencies and counts."""
-    import httpx
-
     end, lat, fails, sent, lock = time.monotonic() + seconds, [], [0], [0], threading.Lock()
 
     def worker(w):
-        with httpx.Client(base_url=url, timeout=120) as c:
-            i = w
+        # http.client, keep-alive: it sends a small body in the headers' packet (httpx's two writes met the server's
+        # delayed ACK and added ~45 ms to every request here)
+        host, port = url.split("//")[1].split(":")
+        conn, i = http.client.HTTPConnection(host, int(port), timeout=120), w
+        try:
             while time.monotonic() < end:
                 with lock:
                     if sent[0] >= max_requests:
                         return
                     sent[0] += 1
+                data = json.dumps(bodies[i % len(bodies)]).encode()
                 t0 = time.perf_counter()
-                r = c.post(path, json=bodies[i % len(bodies)])
+                conn.request("POST", path, body=data, headers={"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                resp.read()
                 with lock:
-                    if r.status_code == 200:
+                    if resp.status == 200:
                         lat.append(time.perf_counter() - t0)
                     else:
                         fails[0] += 1
                 i += clients
+        finally:
+            conn.close()
 
     t0 = time.monotonic()
     threads = [threading.Thread(target=worker, args=(w,)) for w in range(clients)]
@@ -142,25 +150,27 @@ class Cell:
     """One (server, load) measured over several rounds: latencies pooled, time and model calls added up."""
 
     def __init__(self):
-        self.lat, self.seconds, self.failed, self.calls, self.requests = [], 0.0, 0, 0.0, 0.0
+        self.lat, self.seconds, self.failed, self.calls, self.requests, self.busy = [], 0.0, 0, 0.0, 0.0, 0.0
 
-    def add(self, result: dict, calls: tuple[float, float] = (0, 0)):
+    def add(self, result: dict, calls: tuple[float, float, float] = (0, 0, 0)):
         self.lat += result["latencies"]
         self.seconds += result["seconds"]
         self.failed += result["failed"]
-        self.calls, self.requests = self.calls + calls[0], self.requests + calls[1]
+        self.calls, self.requests, self.busy = self.calls + calls[0], self.requests + calls[1], self.busy + calls[2]
 
     def summary(self) -> dict:
         lat = sorted(self.lat)
         q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else float("nan")  # noqa: E731
         return {"requests": len(lat), "failed": self.failed, "seconds": self.seconds, "rps": len(lat) / self.seconds,
                 "p50_ms": q(0.50), "p95_ms": q(0.95), "p99_ms": q(0.99),
-                "mean_batch_requests": self.requests / self.calls if self.calls else float("nan")}
+                "mean_batch_requests": self.requests / self.calls if self.calls else float("nan"),
+                "model_busy": self.busy / self.seconds}
 
 
-def model_calls(server: Server) -> tuple[float, float]:
-    """(model calls, requests they served) so far, from the server's /metrics."""
-    return server.metric("rankrm_batch_requests_count"), server.metric("rankrm_batch_requests_sum")
+def model_calls(server: Server) -> tuple[float, float, float]:
+    """(model calls, requests they served, seconds the model thread spent) so far, from the server's /metrics."""
+    return (server.metric("rankrm_batch_requests_count"), server.metric("rankrm_batch_requests_sum"),
+            server.metric("rankrm_model_seconds_total"))
 
 
 class InProcess:
@@ -210,7 +220,7 @@ def rounds(servers, inproc, items, bodies, groups, args) -> tuple[dict, dict, di
                 before = model_calls(s)
                 res = load(s.url, "/score", bodies, clients, args.seconds, args.max_requests)
                 after = model_calls(s)
-                cells.setdefault((label, clients), Cell()).add(res, (after[0] - before[0], after[1] - before[1]))
+                cells.setdefault((label, clients), Cell()).add(res, tuple(a - b for a, b in zip(after, before)))
         s = servers[CONFIGS[0][0]]
         grpo["rank"].add(load(s.url, "/rank", groups, 8, args.seconds, args.max_requests))
         grpo["score"].add(load(s.url, "/score", flat, 8, args.seconds, args.max_requests))
@@ -234,11 +244,11 @@ def memory_run(server: Server, requests: int) -> list[dict]:
 
 def table(cells, grpo, base, bound, memory, args, load_avg, k) -> list[str]:
     rows = ["| server | clients | requests/s | items/s | p50 ms | p95 ms | p99 ms | requests per model call "
-            "| items/s vs in-process |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            "| model thread busy | items/s vs in-process |", "| --- " * 10 + "|"]
     for (label, clients), cell in cells.items():
         r = cell.summary()
         rows.append(f"| {label} | {clients} | {r['rps']:.1f} | {r['rps'] * k:.0f} | {r['p50_ms']:.0f} | "
-                    f"{r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['mean_batch_requests']:.2f} | "
+                    f"{r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['mean_batch_requests']:.2f} | {r['model_busy']:.0%} | "
                     f"{r['rps'] * k / base['score']:.0%} |")
     rank, flat = grpo["rank"].summary(), grpo["score"].summary()
     speed, inproc = rank["rps"] / flat["rps"], base["grpo_groups"] / base["grpo_score"]

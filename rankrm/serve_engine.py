@@ -41,8 +41,8 @@ class Job:
 
 
 class Renderer:
-    """Token counts and truncation flags of what the model reads, and the split of full texts, computed on the
-    HTTP side so the model's thread only runs the model.
+    """Prompts rendered to text, token counts and truncation flags of what the model reads, and the split of full
+    texts: worked out on the HTTP side, so the model's thread does no chat-template work.
 
     Threads borrow one of a few copies of the tokenizer, made once at start: a fast tokenizer used from several
     threads at once can fail with 'Already borrowed', and copying one per HTTP worker thread costs seconds of

@@ -252,6 +252,37 @@ def test_remote_reward_is_a_trl_reward_function(server, ref):
         RewardClient("http://127.0.0.1:9", retries=1, backoff=0.01, timeout=2)(["a"], ["b"])
 
 
+def test_trl_grpo_step_takes_its_reward_from_the_server(server, ref, model_dirs, tmp_path):
+    """A real TRL GRPO step on a tiny policy whose reward function is RewardClient against the live server."""
+    pytest.importorskip("trl")
+    datasets = pytest.importorskip("datasets")
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    from rankrm.client import RewardClient, completion_text
+
+    calls = []
+
+    class Recording(RewardClient):
+        def __call__(self, prompts, completions, **kwargs):
+            rewards = super().__call__(prompts, completions, **kwargs)
+            calls.append((list(prompts), [completion_text(c) for c in completions], rewards))
+            return rewards
+
+    policy_dir = str(model_dirs["llama-chat"])
+    data = datasets.Dataset.from_dict({"prompt": [PROMPTS[1], [{"role": "user", "content": "2+2?"}]]})
+    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=2,
+                      max_completion_length=6, max_steps=1, use_cpu=True, save_strategy="no", logging_steps=1,
+                      report_to="none", seed=0)
+    trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(policy_dir), reward_funcs=Recording(server.url),
+                          args=args, train_dataset=data, processing_class=AutoTokenizer.from_pretrained(policy_dir))
+    trainer.train()
+    assert calls and sum(len(r) for _, _, r in calls) >= 4
+    for prompts, texts, rewards in calls:
+        close(rewards, ref.score(prompts, texts))
+
+
 # -- bad input: 4xx naming the field, never a 500 ----------------------------------------------------------------------
 
 BAD = [("/score", {"items": [{"prompt": 3, "completion": "x"}]}, 422, "items[0].prompt"),
@@ -290,6 +321,46 @@ def test_malformed_oversized_and_unknown_requests(client):
     assert client.get("/score").status_code == 405
     assert client.post("/nope", json={}).status_code == 404
     assert client.get("/health").json() == {"status": "ok"}
+
+
+def test_fuzzed_bodies_never_get_a_500(ref):
+    """Random JSON, and bodies shaped like each endpoint's with random values inside: always an answer or a 4xx
+    JSON error (in-process app; the same code as the server's)."""
+    from fastapi.testclient import TestClient
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from rankrm.serve_api import ServeOptions, build_app
+
+    keys = st.sampled_from(["items", "prompt", "completion", "completions", "groups", "query", "prompts", "labels",
+                            "input", "messages", "role", "content", "use_activation", "truncate_prompt_tokens"])
+    leaf = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | \
+        st.text(max_size=12)
+    value = st.recursive(leaf, lambda c: st.lists(c, max_size=3) | st.dictionaries(keys | st.text(max_size=4), c,
+                                                                                    max_size=3), max_leaves=8)
+    message = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", "tool", "x"]),
+                                     "content": st.text(max_size=12) | value})
+    prompt = st.text(max_size=12) | st.lists(message, max_size=3) | value
+    bodies = st.one_of(
+        value,
+        st.fixed_dictionaries({"items": st.lists(st.fixed_dictionaries({"prompt": prompt, "completion": value}),
+                                                 max_size=3)}),
+        st.fixed_dictionaries({"prompt": prompt, "completions": st.lists(st.text(max_size=8) | value, max_size=3)}),
+        st.fixed_dictionaries({"query": st.lists(st.text(max_size=30), max_size=3), "labels": value}),
+        st.fixed_dictionaries({"input": st.text(max_size=20) | value, "use_activation": value}),
+        st.fixed_dictionaries({"messages": st.lists(message, max_size=3)}))
+    paths = st.sampled_from(["/score", "/rank", "/get_reward", "/classify", "/info"])
+
+    with TestClient(build_app(ref, "rm", ServeOptions(), "test"), raise_server_exceptions=False) as tc:
+        @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+        @given(path=paths, body=bodies)
+        def check(path, body):
+            r = tc.post(path, json=body)
+            assert r.status_code < 500, (path, body, r.text)
+            if r.status_code >= 400:
+                assert r.json()["error"]["message"]
+
+        check()
 
 
 def test_info_and_metrics(client, ref):
@@ -391,6 +462,21 @@ def test_api_key_busy_queue_and_graceful_shutdown(rm_dir):
         assert s.proc.wait(30) in (0, -signal.SIGTERM)
     finally:
         s.stop()
+
+
+def test_listening_socket_is_tcp_with_nodelay():
+    """asyncio sets TCP_NODELAY only on sockets made with proto IPPROTO_TCP; without it a kept-alive connection
+    waited ~40 ms per response (Nagle + delayed ACK), as the load benchmark found."""
+    import socket
+
+    from rankrm.serve import bind
+
+    sock = bind("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        sock.close()
 
 
 def test_refuses_a_public_address_without_a_key(rm_dir):
