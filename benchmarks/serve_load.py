@@ -199,7 +199,7 @@ class InProcess:
         return calls * n / (time.monotonic() - t0)
 
 
-CONFIGS = [("coalescing (--max-wait-ms 5)", ["--max-wait-ms", "5"]), ("--max-wait-ms 0", ["--max-wait-ms", "0"]),
+CONFIGS = [("default (--max-wait-ms 0: what queued)", []), ("--max-wait-ms 5", ["--max-wait-ms", "5"]),
            ("no coalescing (--max-batch-requests 1)", ["--max-batch-requests", "1"])]
 
 

@@ -32,8 +32,8 @@ def add_serve_parser(sub) -> None:
                                                                "(default: the model's own)")
     s.add_argument("--max-batch-tokens", type=int, default=4096, help="tokens the model reads per coalesced batch "
                                                                       "(RewardModel.score's default; more on a GPU)")
-    s.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for others to share "
-                                                                 "its batch (0: only those already queued)")
+    s.add_argument("--max-wait-ms", type=float, default=0.0, help="how long a batch's first request waits for "
+                   "others (0: none; requests that queued while the model was busy share a batch anyway)")
     s.add_argument("--max-queue", type=int, default=256, help="requests waiting for the model; more get 503")
     s.add_argument("--max-batch-requests", type=int, default=64, help="requests merged into one model call "
                                                                       "(1: no coalescing)")

@@ -31,7 +31,7 @@ class ServeOptions:
 
     api_key: str | None = None  # required on every endpoint but /health when set
     max_batch_tokens: int = 4096  # tokens the model reads per coalesced batch
-    max_wait_ms: float = 5.0  # how long the first request of a batch waits for others
+    max_wait_ms: float = 0.0  # how long the first request of a batch waits for others
     max_queue: int = 256  # requests waiting for the model; more are answered 503
     max_batch_requests: int = 64  # requests merged into one model call (1: no coalescing)
     max_items: int = 4096  # sequences per request; more are answered 413
