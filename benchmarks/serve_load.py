@@ -151,6 +151,7 @@ class Cell:
 
     def __init__(self):
         self.lat, self.seconds, self.failed, self.calls, self.requests, self.busy = [], 0.0, 0, 0.0, 0.0, 0.0
+        self.reference: list[float] = []  # in-process items/s measured just before each run of the cell
 
     def add(self, result: dict, calls: tuple[float, float, float] = (0, 0, 0)):
         self.lat += result["latencies"]
@@ -164,7 +165,8 @@ class Cell:
         return {"requests": len(lat), "failed": self.failed, "seconds": self.seconds, "rps": len(lat) / self.seconds,
                 "p50_ms": q(0.50), "p95_ms": q(0.95), "p99_ms": q(0.99),
                 "mean_batch_requests": self.requests / self.calls if self.calls else float("nan"),
-                "model_busy": self.busy / self.seconds}
+                "model_busy": self.busy / self.seconds,
+                "in_process_items_per_s": statistics.median(self.reference) if self.reference else float("nan")}
 
 
 def model_calls(server: Server) -> tuple[float, float, float]:
@@ -204,27 +206,31 @@ CONFIGS = [("default (--max-wait-ms 0: what queued)", []), ("--max-wait-ms 5", [
 
 
 def rounds(servers, inproc, items, bodies, groups, args) -> tuple[dict, dict, dict]:
-    """args.rounds rounds, each: the in-process baselines, then every (server, clients) cell, then the GRPO cells;
-    interleaved so that other work on the machine weighs on every configuration alike."""
+    """args.rounds rounds over every (server, clients) cell and the GRPO cells. Each cell is measured right after
+    an in-process run on the same items, and compared with it: other work on the machine drifts, and a baseline
+    taken minutes apart would not see the same machine."""
     cells, grpo, base = {}, {"rank": Cell(), "score": Cell()}, {"score": [], "grpo_score": [], "grpo_groups": []}
     flat = [{"items": [{"prompt": g["prompt"], "completion": c} for c in g["completions"]]} for g in groups]
+    half = args.seconds / 2
     for r in range(args.rounds):
-        base["score"].append(inproc.rate(args.seconds / 2, [i["prompt"] for i in items],
-                                         [i["completion"] for i in items]))
-        base["grpo_score"].append(inproc.rate(args.seconds / 2, [g["prompt"] for g in groups for _ in g["completions"]],
-                                              [c for g in groups for c in g["completions"]]))
-        base["grpo_groups"].append(inproc.rate(args.seconds / 2, [g["prompt"] for g in groups],
-                                               [g["completions"] for g in groups], grouped=True))
         for clients in args.clients:
             for label, s in servers.items():
+                ref = inproc.rate(half, [i["prompt"] for i in items], [i["completion"] for i in items])
+                base["score"].append(ref)
                 before = model_calls(s)
                 res = load(s.url, "/score", bodies, clients, args.seconds, args.max_requests)
                 after = model_calls(s)
-                cells.setdefault((label, clients), Cell()).add(res, tuple(a - b for a, b in zip(after, before)))
+                cell = cells.setdefault((label, clients), Cell())
+                cell.add(res, tuple(a - b for a, b in zip(after, before)))
+                cell.reference.append(ref)
         s = servers[CONFIGS[0][0]]
+        base["grpo_groups"].append(inproc.rate(half, [g["prompt"] for g in groups], [g["completions"] for g in groups],
+                                               grouped=True))
         grpo["rank"].add(load(s.url, "/rank", groups, 8, args.seconds, args.max_requests))
+        base["grpo_score"].append(inproc.rate(half, [g["prompt"] for g in groups for _ in g["completions"]],
+                                              [c for g in groups for c in g["completions"]]))
         grpo["score"].add(load(s.url, "/score", flat, 8, args.seconds, args.max_requests))
-        print(f"round {r + 1}/{args.rounds} done", flush=True)
+        print(f"round {r + 1}/{args.rounds} done; load average {os.getloadavg()[0]:.1f}", flush=True)
     return cells, grpo, {k: statistics.median(v) for k, v in base.items()}
 
 
@@ -249,11 +255,14 @@ def table(cells, grpo, base, bound, memory, args, load_avg, k) -> list[str]:
         r = cell.summary()
         rows.append(f"| {label} | {clients} | {r['rps']:.1f} | {r['rps'] * k:.0f} | {r['p50_ms']:.0f} | "
                     f"{r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['mean_batch_requests']:.2f} | {r['model_busy']:.0%} | "
-                    f"{r['rps'] * k / base['score']:.0%} |")
+                    f"{r['rps'] * k / r['in_process_items_per_s']:.0%} |")
     rank, flat = grpo["rank"].summary(), grpo["score"].summary()
     speed, inproc = rank["rps"] / flat["rps"], base["grpo_groups"] / base["grpo_score"]
-    rows += ["", f"In-process `RewardModel.score` on the same items (batch_tokens {args.batch_tokens}): "
-             f"{base['score']:.0f} items/s (median of the rounds).", "",
+    lo, hi = min(c.summary()["in_process_items_per_s"] for c in cells.values()), \
+        max(c.summary()["in_process_items_per_s"] for c in cells.values())
+    rows += ["", f"In-process `RewardModel.score` on the same items (batch_tokens {args.batch_tokens}), run for "
+             f"{args.seconds / 2:.1f} s just before each server run and compared with it: {base['score']:.0f} items/s "
+             f"(median; the cells' medians ranged {lo:.0f}-{hi:.0f}, other work on the machine varied).", "",
              "| GRPO-shaped load (256-token prompt, 8 completions of 64 tokens; 8 clients) | completions/s | p50 ms "
              "| p95 ms | in-process completions/s |", "| --- | --- | --- | --- | --- |",
              f"| /score (each completion with its prompt) | {flat['rps'] * 8:.0f} | {flat['p50_ms']:.0f} | "
