@@ -7,6 +7,7 @@ functions whatever is imported later (`import rankrm.train` then finds the submo
 __version__ = "0.2.0"
 
 from .batch import TokenizedGroup, tokenize_groups
+from .client import LocalReward, RewardClient
 from .config import TrainConfig
 from .errors import DataError
 from .groups import RankedGroup, ReadReport, split_by_prompt, write_native
@@ -17,6 +18,7 @@ from .normalize import normalize
 from .readers import read_groups
 from .train import train
 
-__all__ = ["DataError", "EvalResult", "GroupStats", "RankedGroup", "ReadReport", "RewardModel", "TokenizedGroup",
+__all__ = ["DataError", "EvalResult", "GroupStats", "LocalReward", "RankedGroup", "ReadReport", "RewardClient",
+           "RewardModel", "TokenizedGroup",
            "TrainConfig", "compare", "evaluate", "group_stats", "kwise_loss", "normalize", "read_groups",
            "split_by_prompt", "tokenize_groups", "train", "write_native"]

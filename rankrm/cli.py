@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from .errors import DataError
+from .serve import add_serve_parser
 
 
 def cmd_train(args) -> int:
@@ -174,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--chunk-lines", type=int, default=4096, help="records held in memory at once")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_score)
+
+    add_serve_parser(sub)
     return p
 
 

@@ -326,3 +326,4 @@ class RewardModel(nn.Module):
         rewards = self.score_groups([prompt], [list(completions)])[0]
         order = sorted(range(len(completions)), key=lambda i: -rewards[i])
         return rewards, order
+
