@@ -46,11 +46,7 @@ def train(cfg: TrainConfig, frozen_cache: dict | None = None) -> dict:
     # bf16 is plain torch autocast around the forward, not Accelerate's setting, which is fixed once per process
     accelerator = Accelerator()
     say = accelerator.print
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched != accelerator.num_processes:
-        raise ValueError(f"launched as {launched} processes, but Accelerate runs {accelerator.num_processes}: each "
-                         "would train alone and write the same files. Fix: on CPUs launch with ACCELERATE_USE_CPU=1 "
-                         "accelerate launch --multi_gpu --num_processes N (plain --cpu starts one process)")
+    check_launch(accelerator)
     out = Path(cfg.output_dir)
     lock = RunLock(out, say) if accelerator.is_main_process else contextlib.nullcontext()
     with lock, StopSignals() as signals:
@@ -76,6 +72,24 @@ def train(cfg: TrainConfig, frozen_cache: dict | None = None) -> dict:
             say(f"before training: {format_metrics(before.metrics)}  [{time.time() - t0:.0f}s]")
         loop(cfg, accelerator, model, core, run, tok_eval, cache, signals, say)
         return finish(cfg, accelerator, core, run, data, tok_train, tok_eval, cache, say)
+
+
+def check_launch(accelerator) -> None:
+    """Refuse a launch that would not train as asked: processes that do not see each other, or a sharded engine
+    (FSDP, DeepSpeed) that rankrm's checkpoints and evaluation do not handle yet (they read the unsharded module)."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        raise ValueError(f"launched as {launched} processes, but Accelerate runs {accelerator.num_processes}: each "
+                         "would train alone and write the same files. Fix: on CPUs launch with ACCELERATE_USE_CPU=1 "
+                         "accelerate launch --multi_gpu --num_processes N (plain --cpu starts one process)")
+    engine = [name for name in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{name}", "").lower() == "true"
+              or accelerator.distributed_type.value == name]
+    if engine:
+        raise ValueError(f"{engine[0]} is not supported by rankrm yet: its checkpoints, evaluation and saved model "
+                         "read the whole (unsharded) model, which FSDP and DeepSpeed split over the processes (and on "
+                         "CPUs Accelerate would quietly run plain DDP instead). Fix: launch with "
+                         "configs/accelerate/ddp.yaml; for a backbone too big for DDP, train --lora-r 16 or "
+                         "--train-layers N with --dtype bf16 (see the README, \"More GPUs, more machines\")")
 
 
 # -- data: read, validate, split by prompt ----------------------------------------------------------------------

@@ -147,3 +147,42 @@ def test_sigterm_to_the_launcher_stops_both_processes_with_one_checkpoint_then_r
     a, b = weights(root / "two-auto"), weights(out)
     assert all(torch.equal(a[n], b[n]) for n in a), "resumed 2-process run differs from the uninterrupted one"
     assert results(out)["after"] == results(root / "two-auto")["after"]
+
+
+def test_a_launch_that_would_not_train_as_asked_is_refused(monkeypatch):
+    """Processes that do not see each other (`accelerate launch --cpu --num_processes 2` starts one; `--multi_gpu`
+    without a GPU starts 2 that each run alone) and FSDP / DeepSpeed, which rankrm does not shard yet."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from rankrm.train import check_launch
+
+    alone = SimpleNamespace(num_processes=1, distributed_type=DistributedType.NO)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="launched as 2 processes, but Accelerate runs 1.*ACCELERATE_USE_CPU=1"):
+        check_launch(alone)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    check_launch(alone)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # on CPUs Accelerate would run DDP instead
+    with pytest.raises(ValueError, match="FSDP is not supported by rankrm yet.*ddp.yaml"):
+        check_launch(alone)
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    with pytest.raises(ValueError, match="DEEPSPEED is not supported"):
+        check_launch(SimpleNamespace(num_processes=1, distributed_type=DistributedType.DEEPSPEED))
+
+
+def test_dtype_bf16_loads_frozen_weights_in_bf16_and_trains_fp32_master_weights(model_dirs, data, tmp_path):
+    """--dtype bf16 with --train-layers 1: the frozen layers stay bf16 (half their memory), the trained top layer
+    and head are fp32 for AdamW, the forward runs under bf16 autocast, and the run learns."""
+    cfg = TrainConfig(**{**settings(model_dirs, data, tmp_path / "bf16", train_layers=1, dtype="bf16"),
+                         "eval_steps": 0})
+    assert cfg.autocast_bf16
+    res = train(cfg)
+    assert res["after"]["log_loss"] < res["before"]["log_loss"]
+    saved = weights(tmp_path / "bf16")  # as written: each tensor in the precision it trained in
+    assert saved["model.layers.0.mlp.up_proj.weight"].dtype == torch.bfloat16  # frozen
+    assert saved["model.layers.1.mlp.up_proj.weight"].dtype == torch.float32  # trained
+    assert saved["score.weight"].dtype == torch.float32
+    with pytest.raises(ValueError, match="--dtype 'fp16' unknown"):
+        TrainConfig(**{**settings(model_dirs, data, tmp_path / "x"), "dtype": "fp16"})
