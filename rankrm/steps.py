@@ -96,6 +96,14 @@ def steps(cfg, accelerator, model, core, run: Run, tok_eval, cache, signals, say
     """Each optimizer step: this process's share of the step's groups, backward, the NaN guard, the update, then
     evaluation and checkpoints when due; a stop signal ends the run after the checkpoint."""
     world, rank = accelerator.num_processes, accelerator.process_index
+    if world > 1:  # each process found and loaded the checkpoint itself: they must stand at the same step
+        from accelerate.utils import gather_object
+
+        starts = gather_object([run.start])
+        if len(set(starts)) > 1:
+            raise ValueError(f"the processes resumed at different steps {starts} (a checkpoint directory that not "
+                             "every machine sees the same). Fix: put --output-dir on a file system all machines share, "
+                             "or give --resume the checkpoint directory itself")
     pad_id = core.tokenizer.pad_token_id
     params = [p for p in model.parameters() if p.requires_grad]
     lengths = [sum(len(r) for r in u.ids) for u in run.units]
