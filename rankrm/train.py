@@ -164,7 +164,8 @@ def build_model(cfg: TrainConfig, say) -> tuple[RewardModel, list[str]]:
             f"LoRA adapters (r={cfg.lora_r}, alpha={cfg.lora_alpha}) + head" if cfg.lora_r else
             f"the top {cfg.train_layers} layers + final norm + head")
     say(f"model: {cfg.model} ({type(model.hf).__name__}); training {what}: {n_train / 1e6:.2f}M of "
-        f"{n_all / 1e6:.1f}M parameters; max length {cfg.max_length}; weights {cfg.dtype}{', bf16 autocast' if cfg.autocast_bf16 else ''}; "
+        f"{n_all / 1e6:.1f}M parameters; max length {cfg.max_length}; weights {cfg.dtype}"
+        f"{', bf16 autocast' if cfg.autocast_bf16 else ''}; "
         f"{model.hf.config._attn_implementation} attention; layout {cfg.layout}"
         f"{'; gradient checkpointing' if cfg.gradient_checkpointing else ''}")
     return model, trainable
