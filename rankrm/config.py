@@ -86,6 +86,9 @@ class TrainConfig:
                                    "sequence and reuse their output in later epochs and evaluations")
     max_grad_norm: float = opt(1.0, "clip the gradient norm to this (0: no clipping)")
     bf16: bool = opt(False, "bf16 autocast (fast on GPUs and CPUs with AMX/AVX512-BF16; slow on plain AVX2)")
+    dtype: str = opt("fp32", "precision the backbone's weights load in: fp32, or bf16 (half the memory of the frozen "
+                             "weights; the trained parameters are kept in fp32 for the optimizer and the forward runs "
+                             "under bf16 autocast, as Accelerate's and FSDP's mixed precision do)")
     seed: int = opt(0, "seed of the head's initialisation, the split and the data order")
     eval_steps: int = opt(0, "evaluate every N steps (0: only before and after training)")
     save_steps: int = opt(0, "write a resumable checkpoint every N steps (0: only at the end)")
@@ -110,7 +113,7 @@ class TrainConfig:
             yield "no training data. Fix: pass --train-data FILE (or train-data: in the YAML config)"
         for name, choices in (("lr_schedule", ("cosine", "linear", "constant")), ("layout", LAYOUTS),
                               ("regime", ("grouped", "shuffled-pairs")), ("format", FORMATS),
-                              ("on_nonfinite", ("stop", "skip"))):
+                              ("on_nonfinite", ("stop", "skip")), ("dtype", ("fp32", "bf16"))):
             if getattr(self, name) not in choices:
                 yield f"{_flag(name)} {getattr(self, name)!r} unknown. Fix: use one of {', '.join(choices)}"
         positive = ("learning_rate", "batch_size", "micro_batch_tokens", "eval_batch_tokens", "lora_alpha",
@@ -141,6 +144,11 @@ class TrainConfig:
                    "--layout padded with it, or --attn-implementation sdpa")
         if self.lora_r and self.train_layers >= 0:
             yield "--lora-r and --train-layers both choose what trains. Fix: give one of them"
+
+    @property
+    def autocast_bf16(self) -> bool:
+        """Whether the forward runs under bf16 autocast (--bf16, or weights loaded in bf16)."""
+        return self.bf16 or self.dtype == "bf16"
 
     @property
     def frozen_cache_on(self) -> bool:

@@ -15,7 +15,7 @@ import torch
 from .batch import TokenizedGroup, collate
 from .checkpoint import save_checkpoint
 from .config import TrainConfig
-from .evaluate import evaluate_groups, format_metrics
+from .evaluate import EvalResult, evaluate_groups, format_metrics
 from .frozen import FrozenLayerCache
 from .loss import group_stats, kwise_loss
 from .model import RewardModel, batch_rewards
@@ -96,6 +96,14 @@ def steps(cfg, accelerator, model, core, run: Run, tok_eval, cache, signals, say
     """Each optimizer step: this process's share of the step's groups, backward, the NaN guard, the update, then
     evaluation and checkpoints when due; a stop signal ends the run after the checkpoint."""
     world, rank = accelerator.num_processes, accelerator.process_index
+    if world > 1:  # each process found and loaded the checkpoint itself: they must stand at the same step
+        from accelerate.utils import gather_object
+
+        starts = gather_object([run.start])
+        if len(set(starts)) > 1:
+            raise ValueError(f"the processes resumed at different steps {starts} (a checkpoint directory that not "
+                             "every machine sees the same). Fix: put --output-dir on a file system all machines share, "
+                             "or give --resume the checkpoint directory itself")
     pad_id = core.tokenizer.pad_token_id
     params = [p for p in model.parameters() if p.requires_grad]
     lengths = [sum(len(r) for r in u.ids) for u in run.units]
@@ -111,12 +119,17 @@ def steps(cfg, accelerator, model, core, run: Run, tok_eval, cache, signals, say
             mine_ids, weight = step_ids[:1], 0.0
         mine = [run.units[j] for j in mine_ids]
         st = backward_step(model, mine, weight, cfg.micro_batch_tokens, cfg.layout, core.attention_per_token, pad_id,
-                           cache, accelerator, cfg.bf16, kv=not cfg.gradient_checkpointing)
+                           cache, accelerator, cfg.autocast_bf16, kv=not cfg.gradient_checkpointing)
         norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
-        step_loss = float(st["loss"]) / len(mine)  # one sync per step, for the progress bar and the NaN guard
-        flags = agree(accelerator, [not (math.isfinite(step_loss) and math.isfinite(float(norm))),
-                                    signals.requested, bool(cfg.save_minutes and
-                                                            time.time() - last_save >= 60 * cfg.save_minutes)])
+        # one sum over the processes per step: the step's loss, pairs and flags, so that every process acts alike
+        # (a NaN, a signal or a due save on any process counts for all); a zero-weight stand-in group counts nothing
+        real = weight > 0
+        loss_sum, n, ok, n_pairs, bad, signal, due = all_sum(accelerator, [
+            float(st["loss"]) if real else 0.0, len(mine) if real else 0, st["correct"] if real else 0.0,
+            st["pairs"] if real else 0.0, not math.isfinite(float(norm)), bool(signals.requested),
+            bool(cfg.save_minutes and time.time() - last_save >= 60 * cfg.save_minutes)])
+        step_loss = loss_sum / n
+        flags = [bad > 0 or not math.isfinite(step_loss), signal > 0, due > 0]
         if flags[0]:
             nonfinite(cfg, run, step, step_loss, float(norm), say)
         else:
@@ -126,7 +139,7 @@ def steps(cfg, accelerator, model, core, run: Run, tok_eval, cache, signals, say
         run.optimizer.zero_grad(set_to_none=True)
         run.stats["tokens"] += st["tokens"]
         run.stats["completions"] += st["completions"]
-        correct, pairs = correct + float(st["correct"]), pairs + float(st["pairs"])
+        correct, pairs = correct + ok, pairs + n_pairs
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(losses[-20:]) if losses else float('nan'):.4f}",
                         acc=f"{correct / max(pairs, 1):.3f}", lr=f"{run.scheduler.get_last_lr()[0]:.2e}",
@@ -134,7 +147,7 @@ def steps(cfg, accelerator, model, core, run: Run, tok_eval, cache, signals, say
         done = step + 1
         if cfg.eval_steps and done % cfg.eval_steps == 0 and done < run.total_steps:
             t_eval = time.time()
-            m = evaluate_groups(core, tok_eval, cfg.eval_batch_tokens, cfg.layout, cache).metrics
+            m = evaluate_shared(accelerator, core, tok_eval, cfg.eval_batch_tokens, cfg.layout, cache).metrics
             run.stats["eval_seconds"] += time.time() - t_eval
             run.state["history"].append({"step": done, "epoch": done / run.steps_per_epoch,
                                          "train_loss": float(np.mean(losses[-cfg.eval_steps:] or [math.nan])),
@@ -149,12 +162,37 @@ def steps(cfg, accelerator, model, core, run: Run, tok_eval, cache, signals, say
             raise TrainingInterrupted(signals.requested, done, Path(cfg.output_dir) / "checkpoints" / f"step-{done}")
 
 
-def agree(accelerator, flags: list[bool]) -> list[bool]:
-    """Flags every process acts on together (any process raising one raises it for all)."""
+def all_sum(accelerator, values: list[float]) -> list[float]:
+    """Each value summed over the processes (one all-reduce); flags given as bools come back as counts."""
     if accelerator.num_processes == 1:
-        return flags
-    t = accelerator.reduce(torch.tensor([float(f) for f in flags], device=accelerator.device), reduction="max")
-    return [bool(x) for x in t.tolist()]
+        return [float(v) for v in values]
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=accelerator.device)
+    return accelerator.reduce(t, reduction="sum").tolist()
+
+
+def evaluate_shared(accelerator, core: RewardModel, groups: list[TokenizedGroup], batch_tokens: int, layout: str,
+                    cache: FrozenLayerCache | None = None, progress: bool = False) -> EvalResult:
+    """evaluate_groups with its forward passes dealt out to the processes and the per-group statistics gathered.
+
+    The passes are planned once, as one process plans them, and each process evaluates every world-th pass as a
+    batch of its own (the same groups in the same order and layout), so each reward, hence every metric, is the one
+    a single process computes."""
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if world == 1:
+        return evaluate_groups(core, groups, batch_tokens, layout, cache, progress=progress)
+    from accelerate.utils import gather_object
+
+    plan = plan_batches(groups, batch_tokens, layout, core.attention_per_token, kv=cache is None)
+    mine = []
+    for idx, how in plan[rank::world]:
+        part = [groups[i] for i in idx]
+        if any(g.comparisons() for g in part):  # a pass of tied groups only adds nothing (and evaluate refuses it)
+            r = evaluate_groups(core, part, batch_tokens, how, cache)  # one pass: idx fits the budget by plan
+            mine.append((idx, r.correct, r.pairs, r.nll))
+    correct, pairs, nll = (np.zeros(len(groups)) for _ in range(3))
+    for idx, c, p, n in gather_object(mine):
+        correct[idx], pairs[idx], nll[idx] = c, p, n
+    return EvalResult(correct, pairs, nll)
 
 
 def nonfinite(cfg: TrainConfig, run: Run, step: int, loss: float, norm: float, say) -> None:

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -22,7 +23,7 @@ from .batch import TokenizedGroup, collate, shuffled_pairs, tokenize_groups
 from .checkpoint import RunLock, check_identity, find_checkpoint, load_checkpoint
 from .config import TrainConfig
 from .errors import DataError
-from .evaluate import EvalResult, compare, evaluate_groups, format_metrics
+from .evaluate import EvalResult, compare, format_metrics
 from .files import remove_leftovers
 from .frozen import FrozenLayerCache, select_trainable
 from .groups import ReadReport, overlap, split_by_prompt
@@ -31,7 +32,7 @@ from .model import RewardModel
 from .planning import plan_batches
 from .readers import read_groups
 from .signals import StopSignals
-from .steps import Run, loop
+from .steps import Run, all_sum, evaluate_shared, loop
 
 
 def train(cfg: TrainConfig, frozen_cache: dict | None = None) -> dict:
@@ -45,6 +46,7 @@ def train(cfg: TrainConfig, frozen_cache: dict | None = None) -> dict:
     # bf16 is plain torch autocast around the forward, not Accelerate's setting, which is fixed once per process
     accelerator = Accelerator()
     say = accelerator.print
+    check_launch(accelerator)
     out = Path(cfg.output_dir)
     lock = RunLock(out, say) if accelerator.is_main_process else contextlib.nullcontext()
     with lock, StopSignals() as signals:
@@ -64,12 +66,30 @@ def train(cfg: TrainConfig, frozen_cache: dict | None = None) -> dict:
         cache = frozen_layer_cache(cfg, core, frozen_cache, tok_eval, say)
         if "before" not in run.state:
             t0 = time.time()
-            before = evaluate_groups(core, tok_eval, cfg.eval_batch_tokens, cfg.layout, cache,
+            before = evaluate_shared(accelerator, core, tok_eval, cfg.eval_batch_tokens, cfg.layout, cache,
                                      progress=accelerator.is_local_main_process)
             run.state["before"] = before.to_json()
             say(f"before training: {format_metrics(before.metrics)}  [{time.time() - t0:.0f}s]")
         loop(cfg, accelerator, model, core, run, tok_eval, cache, signals, say)
         return finish(cfg, accelerator, core, run, data, tok_train, tok_eval, cache, say)
+
+
+def check_launch(accelerator) -> None:
+    """Refuse a launch that would not train as asked: processes that do not see each other, or a sharded engine
+    (FSDP, DeepSpeed) that rankrm's checkpoints and evaluation do not handle yet (they read the unsharded module)."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        raise ValueError(f"launched as {launched} processes, but Accelerate runs {accelerator.num_processes}: each "
+                         "would train alone and write the same files. Fix: on CPUs launch with ACCELERATE_USE_CPU=1 "
+                         "accelerate launch --multi_gpu --num_processes N (plain --cpu starts one process)")
+    engine = [name for name in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{name}", "").lower() == "true"
+              or accelerator.distributed_type.value == name]
+    if engine:
+        raise ValueError(f"{engine[0]} is not supported by rankrm yet: its checkpoints, evaluation and saved model "
+                         "read the whole (unsharded) model, which FSDP and DeepSpeed split over the processes (and on "
+                         "CPUs Accelerate would quietly run plain DDP instead). Fix: launch with "
+                         "configs/accelerate/ddp.yaml; for a backbone too big for DDP, train --lora-r 16 or "
+                         "--train-layers N with --dtype bf16 (see the README, \"More GPUs, more machines\")")
 
 
 # -- data: read, validate, split by prompt ----------------------------------------------------------------------
@@ -131,11 +151,14 @@ def disable_dropout(model: nn.Module) -> None:
 
 def build_model(cfg: TrainConfig, say) -> tuple[RewardModel, list[str]]:
     """The backbone with a fresh scalar head, dropout off, and the parameters that train."""
-    model = RewardModel.from_pretrained(cfg.model, max_length=cfg.max_length,
-                                        attn_implementation=cfg.attn_implementation)
+    model = RewardModel.from_pretrained(cfg.model, dtype=torch.bfloat16 if cfg.dtype == "bf16" else torch.float32,
+                                        max_length=cfg.max_length, attn_implementation=cfg.attn_implementation)
     disable_dropout(model)
     trainable = (add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_targets) if cfg.lora_r
                  else select_trainable(model, cfg.train_layers))
+    for p in model.parameters():  # the optimizer's master weights stay fp32 (frozen ones keep the load precision)
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
     if cfg.gradient_checkpointing:
         model.enable_checkpointing()
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -144,7 +167,8 @@ def build_model(cfg: TrainConfig, say) -> tuple[RewardModel, list[str]]:
             f"LoRA adapters (r={cfg.lora_r}, alpha={cfg.lora_alpha}) + head" if cfg.lora_r else
             f"the top {cfg.train_layers} layers + final norm + head")
     say(f"model: {cfg.model} ({type(model.hf).__name__}); training {what}: {n_train / 1e6:.2f}M of "
-        f"{n_all / 1e6:.1f}M parameters; max length {cfg.max_length}; {'bf16 autocast' if cfg.bf16 else 'fp32'}; "
+        f"{n_all / 1e6:.1f}M parameters; max length {cfg.max_length}; weights {cfg.dtype}"
+        f"{', bf16 autocast' if cfg.autocast_bf16 else ''}; "
         f"{model.hf.config._attn_implementation} attention; layout {cfg.layout}"
         f"{'; gradient checkpointing' if cfg.gradient_checkpointing else ''}")
     return model, trainable
@@ -251,15 +275,16 @@ def finish(cfg, accelerator, core: RewardModel, run: Run, data: Data, tok_train,
     """Evaluate after training, save the model with its metrics and held-out data as one directory, report."""
     out = Path(cfg.output_dir)
     before = EvalResult.from_json(run.state["before"])
-    after = evaluate_groups(core, tok_eval, cfg.eval_batch_tokens, cfg.layout, cache,
+    after = evaluate_shared(accelerator, core, tok_eval, cfg.eval_batch_tokens, cfg.layout, cache,
                             progress=accelerator.is_local_main_process)
+    tokens, completions = all_sum(accelerator, [run.stats["tokens"], run.stats["completions"]])  # every process's
     elapsed = run.stats.get("train_seconds", 0.0)
     results = {"before": before.metrics, "after": after.metrics, "change": compare(before, after),
                "steps": run.total_steps, "train_groups": len(tok_train), "eval_groups": len(tok_eval),
-               "regime": cfg.regime, "completions_forwarded": run.stats["completions"],
+               "regime": cfg.regime, "completions_forwarded": int(completions),
                "skipped_nonfinite_steps": run.state.get("skipped_nonfinite", 0),
                "train_seconds": round(elapsed, 1),
-               "train_tokens_per_second": round(run.stats["tokens"] / max(elapsed, 1e-9), 1),
+               "train_tokens_per_second": round(tokens / max(elapsed, 1e-9), 1),
                "data": {"train": data.report.summary()}, "history": run.state["history"], "config": asdict(cfg)}
     if accelerator.is_main_process:
         if cfg.lora_r:

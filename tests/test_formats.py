@@ -549,9 +549,10 @@ def test_training_runs_from_each_format(model_dirs, tmp_path, name, monkeypatch)
 
     train_module = importlib.import_module("rankrm.train")  # the module (rankrm.train is the function)
 
+    steps_module = importlib.import_module("rankrm.steps")  # where the training loss is computed
     masks = []
-    real = train_module.group_stats
-    monkeypatch.setattr(train_module, "group_stats", lambda *a: masks.append(a[4]) or real(*a))
+    real = steps_module.group_stats
+    monkeypatch.setattr(steps_module, "group_stats", lambda *a: masks.append(a[4]) or real(*a))
     data = TRAIN_SAMPLES[name](tmp_path)
     cfg = TrainConfig(model=str(model_dirs["llama-chat"]), train_data=[str(data)], eval_data=[str(data)],
                       output_dir=str(tmp_path / "run"), max_steps=2, batch_size=8, max_length=48,
