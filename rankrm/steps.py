@@ -150,7 +150,8 @@ def steps(cfg, accelerator, model, core, run: Run, tok_eval, cache, signals, say
             m = evaluate_shared(accelerator, core, tok_eval, cfg.eval_batch_tokens, cfg.layout, cache).metrics
             run.stats["eval_seconds"] += time.time() - t_eval
             run.state["history"].append({"step": done, "epoch": done / run.steps_per_epoch,
-                                         "train_loss": float(np.mean(losses[-cfg.eval_steps:] or [math.nan])),
+                                         "train_loss": (float(np.mean(losses[-cfg.eval_steps:]))
+                                                        if losses[-cfg.eval_steps:] else None),  # all skipped
                                          "completions_forwarded": run.stats["completions"],
                                          "train_seconds": round(time.time() - t0 - run.stats["eval_seconds"], 2),
                                          **m})
@@ -159,7 +160,9 @@ def steps(cfg, accelerator, model, core, run: Run, tok_eval, cache, signals, say
             checkpoint(cfg, accelerator, core, run, done)
             last_save = time.time()
         if flags[1]:
-            raise TrainingInterrupted(signals.requested, done, Path(cfg.output_dir) / "checkpoints" / f"step-{done}")
+            # the signal may have reached another process only (under a launcher): report it as SIGTERM here
+            raise TrainingInterrupted(signals.requested or 15, done, Path(cfg.output_dir) / "checkpoints" /
+                                      f"step-{done}")
 
 
 def all_sum(accelerator, values: list[float]) -> list[float]:
