@@ -31,7 +31,7 @@ def cmd_eval(args) -> int:
     from .readers import read_groups
 
     report = ReadReport()
-    groups = read_groups(args.data, args.format, report, skip_invalid=args.skip_invalid)
+    groups = read_groups(args.data, args.format, report, skip_invalid=args.skip_invalid, conflicts=args.conflicts)
     model = RewardModel.from_pretrained(args.model, max_length=args.max_length)
     tok, truncated = tokenize_groups(model, groups)
     m = dict(evaluate_groups(model, tok, args.batch_tokens, progress=not args.json).metrics)
@@ -50,6 +50,9 @@ def cmd_eval(args) -> int:
 
 FORMAT_HELP = "data format: auto (from the fields), native, pairwise, implicit, scored or oasst"
 SKIP_HELP = "skip invalid records, counting them by reason, instead of stopping at the first"
+CONFLICTS_HELP = ("repeated, contradictory (a > b and b > a) and cyclic judgments of one prompt: keep (every vote "
+                  "counts; default), drop (a repeat once, prompts whose judgments contradict or cycle left out) or "
+                  "error")
 
 
 def cmd_data(args) -> int:
@@ -57,10 +60,11 @@ def cmd_data(args) -> int:
     from .describe import describe_data, format_description
 
     if args.data_command == "inspect":
-        d = describe_data(args.files, args.format, args.skip_invalid, args.model, args.max_length, args.against)
+        d = describe_data(args.files, args.format, args.skip_invalid, args.model, args.max_length, args.against,
+                          args.conflicts)
         print(json.dumps(d, indent=2) if args.json else format_description(d))
     else:
-        report, n = convert_data(args.inputs, args.output, args.to, args.format, args.skip_invalid)
+        report, n = convert_data(args.inputs, args.output, args.to, args.format, args.skip_invalid, args.conflicts)
         print(f"read {report.summary()}; wrote {n} {args.to} records to {args.output}")
     return 0
 
@@ -73,6 +77,7 @@ def add_data_parser(sub) -> None:
     i.add_argument("files", nargs="+", help="data file(s), datasets directories or hf:OWNER/NAME[:SPLIT]")
     i.add_argument("--format", default="auto", help=FORMAT_HELP)
     i.add_argument("--skip-invalid", action="store_true", help=SKIP_HELP)
+    i.add_argument("--conflicts", default="keep", choices=["keep", "drop", "error"], help=CONFLICTS_HELP)
     i.add_argument("--json", action="store_true", help="print the inspection as JSON")
     i.add_argument("--model", default=None, help="count tokens with this model's tokenizer and template")
     i.add_argument("--max-length", type=int, default=None, help="tokens per prompt + completion for the "
@@ -87,6 +92,7 @@ def add_data_parser(sub) -> None:
                         "comparison (TRL's format)")
     c.add_argument("--format", default="auto", help=FORMAT_HELP)
     c.add_argument("--skip-invalid", action="store_true", help=SKIP_HELP)
+    c.add_argument("--conflicts", default="keep", choices=["keep", "drop", "error"], help=CONFLICTS_HELP)
     d.set_defaults(func=cmd_data)
 
 
@@ -132,6 +138,7 @@ def shared_flags() -> dict[str, argparse.ArgumentParser]:
     data = argparse.ArgumentParser(add_help=False)
     data.add_argument("--format", default="auto", help=FORMAT_HELP)
     data.add_argument("--skip-invalid", action="store_true", help=SKIP_HELP)
+    data.add_argument("--conflicts", default="keep", choices=["keep", "drop", "error"], help=CONFLICTS_HELP)
     return {"model": model, "data": data}
 
 

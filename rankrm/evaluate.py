@@ -93,7 +93,7 @@ def evaluate_groups(model, groups: list[TokenizedGroup], batch_tokens: int = 409
     for idx, how in tqdm(plan, desc="evaluating", disable=not progress, leave=False):
         b = collate([groups[i] for i in idx], pad_id, how).to(device)
         r = batch_rewards(model, b, cache).double()
-        s = group_stats(r, b.ranks, b.group_index, len(idx), b.pair_mask)
+        s = group_stats(r, b.ranks, b.group_index, len(idx), b.pair_counts)
         correct[idx], pairs[idx], nll[idx] = (t.cpu().numpy() for t in (s.correct, s.pairs, s.nll))
     model.train(was_training)
     return EvalResult(correct, pairs, nll)

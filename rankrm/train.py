@@ -85,11 +85,12 @@ class Data:
 def load_data(cfg: TrainConfig, say) -> Data:
     """Read and validate the training (and held-out) groups, split by prompt; fail before any model loads."""
     report = ReadReport()
-    groups = read_groups(cfg.train_data, cfg.format, report, skip_invalid=cfg.skip_invalid)
+    groups = read_groups(cfg.train_data, cfg.format, report, skip_invalid=cfg.skip_invalid, conflicts=cfg.conflicts)
     say(f"train data: {report.summary()}")
     if cfg.eval_data:
         eval_report = ReadReport()
-        held = read_groups(cfg.eval_data, cfg.format, eval_report, skip_invalid=cfg.skip_invalid)
+        held = read_groups(cfg.eval_data, cfg.format, eval_report, skip_invalid=cfg.skip_invalid,
+                           conflicts=cfg.conflicts)
         say(f"eval data: {eval_report.summary()}")
         leaks = overlap(groups, held)
         if leaks:
