@@ -25,26 +25,38 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from .batch import tokenize_groups
-    from .evaluate import evaluate_groups
+    from .evaluate import compare, evaluate_groups, format_report
     from .groups import ReadReport
     from .model import RewardModel
     from .readers import read_groups
 
     report = ReadReport()
     groups = read_groups(args.data, args.format, report, skip_invalid=args.skip_invalid, conflicts=args.conflicts)
-    model = RewardModel.from_pretrained(args.model, max_length=args.max_length)
-    tok, truncated = tokenize_groups(model, groups)
-    m = dict(evaluate_groups(model, tok, args.batch_tokens, progress=not args.json).metrics)
-    m.update({"model": args.model, "data": args.data, "truncated_completions": truncated, "read": report.summary()})
-    if truncated:
-        print(f"rankrm eval: {truncated} completions had their prompt cut from the left to fit --max-length "
-              f"{model.max_length}", file=sys.stderr)
+    results, out = [], {"data": args.data, "read": report.summary(), "models": []}
+    for name in args.model:
+        model = RewardModel.from_pretrained(name, max_length=args.max_length)
+        tok, truncated = tokenize_groups(model, groups)
+        res = evaluate_groups(model, tok, args.batch_tokens, progress=not args.json)
+        results.append(res)
+        out["models"].append({"model": name, "truncated_completions": truncated, **res.metrics})
+        if truncated:
+            print(f"rankrm eval: {name}: {truncated} completions had their prompt cut from the left to fit "
+                  f"--max-length {model.max_length}", file=sys.stderr)
+    if len(results) > 1:  # each later model against the first, paired over the same prompts
+        out["differences"] = [{"model": name, "against": args.model[0], **compare(results[0], res)}
+                              for name, res in zip(args.model[1:], results[1:])]
     if args.json:
-        print(json.dumps(m, indent=2))
-    else:
-        print(f"{report.summary()}; {truncated} completions cut to --max-length")
-        print(f"accuracy {m['accuracy']:.4f} (95% CI {m['accuracy_ci95'][0]:.4f} .. {m['accuracy_ci95'][1]:.4f})  "
-              f"log loss {m['log_loss']:.4f}  groups {m['groups']}  pairs {m['pairs']}")
+        print(json.dumps(out if len(results) > 1 else {**out.pop("models")[0], **out}, indent=2))
+        return 0
+    print(report.summary())
+    for m in out["models"]:
+        print(f"== {m['model']} ({m['truncated_completions']} completions cut to --max-length)")
+        print(format_report(m))
+    for d in out.get("differences", []):
+        print(f"== {d['model']} minus {d['against']} (paired bootstrap over prompts, 95% CI): accuracy "
+              f"{d['accuracy_gain']:+.4f} [{d['accuracy_gain_ci95'][0]:+.4f}, {d['accuracy_gain_ci95'][1]:+.4f}]  "
+              f"log loss {d['log_loss_change']:+.4f} [{d['log_loss_change_ci95'][0]:+.4f}, "
+              f"{d['log_loss_change_ci95'][1]:+.4f}]")
     return 0
 
 
@@ -155,8 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "`accelerate launch -m rankrm train ...`.")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("eval", parents=[shared["model"], shared["data"]],
-                       help="pairwise accuracy and log loss of a model on ranked data")
+    e = sub.add_parser("eval", parents=[shared["data"]],
+                       help="accuracy, log loss, ranking, vote, calibration and per-subset metrics of reward "
+                            "models on ranked data; with several --model, their paired differences")
+    e.add_argument("--model", required=True, action="append", help="a saved reward model directory (or hub id); "
+                   "repeat it to compare models on the same data (each against the first, paired by prompt)")
+    e.add_argument("--max-length", type=int, default=None, help="tokens per prompt + completion "
+                                                               "(default: the model's own)")
+    e.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per forward pass")
     e.add_argument("--data", required=True, nargs="+", help="file(s) of ranked groups")
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
     e.set_defaults(func=cmd_eval)

@@ -123,7 +123,7 @@ def test_counts_reach_the_batch_the_loss_and_the_shuffled_pairs():
 
 def test_a_multi_annotator_file_trains_and_evaluates(model_dirs, tmp_path):
     """Two steps on the vote file as both training and held-out data, no --skip-invalid: every vote is scored (3
-    photosynthesis + 3 votes on one record + 3 cycle + 1 = 10), and the data report counts each kind."""
+    photosynthesis + 3 votes on one record + 3 cycle + 1 = 10), and the vote metrics are reported."""
     import rankrm
 
     f = write_jsonl(tmp_path / "votes.jsonl", VOTES)
@@ -132,3 +132,6 @@ def test_a_multi_annotator_file_trains_and_evaluates(model_dirs, tmp_path):
                       learning_rate=1e-3, seed=0)
     res = rankrm.train(cfg)
     assert res["after"]["pairs"] == 10 and res["eval_groups"] == 4 and math.isfinite(res["after"]["log_loss"])
+    # majorities: photosynthesis (2 to 1), the cycle's 3 pairs (1 to 0 each), boil (3 to 0), hello: 6 pairs
+    assert res["after"]["majority_pairs"] == 6 and res["after"]["split_pairs"] == 0
+    assert res["after"]["accuracy_votes"] == res["after"]["accuracy"] and "calibration" in res["after"]
