@@ -45,6 +45,11 @@ def cmd_eval(args) -> int:
     if len(results) > 1:  # each later model against the first, paired over the same prompts
         out["differences"] = [{"model": name, "against": args.model[0], **compare(results[0], res)}
                               for name, res in zip(args.model[1:], results[1:])]
+    if args.report:
+        from .report import write_report
+
+        files = write_report(args.report, args.model, results, out.get("differences"), " ".join(args.data))
+        print(f"rankrm eval: report written: {', '.join(str(f) for f in files)}", file=sys.stderr)
     if args.json:
         print(json.dumps(out if len(results) > 1 else {**out.pop("models")[0], **out}, indent=2))
         return 0
@@ -177,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per forward pass")
     e.add_argument("--data", required=True, nargs="+", help="file(s) of ranked groups")
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    e.add_argument("--report", default=None, metavar="DIR", help="also write PNG plots (reliability diagram, rewards "
+                   "of preferred vs rejected completions, accuracy per subset) and summary.md into DIR (needs "
+                   "matplotlib: pip install 'rankrm[report]')")
     e.set_defaults(func=cmd_eval)
 
     add_data_parser(sub)

@@ -129,7 +129,14 @@ def test_eval_compares_two_models_paired_by_prompt(model_dirs, tmp_path, capsys)
     assert d["accuracy_gain"] == 0 and d["accuracy_gain_ci95"] == [0, 0] and d["log_loss_change"] == 0
     assert set(out["models"][0]["subsets"]) == {"alpacaeval-easy", "hep-go"}
     assert set(out["models"][0]["sections"]) == {"Chat", "Reasoning"}
-    assert main(["eval", "--model", str(a), "--model", str(b), "--data", str(src)]) == 0
+    pytest.importorskip("matplotlib")
+    assert main(["eval", "--model", str(a), "--model", str(b), "--data", str(src), "--report",
+                 str(tmp_path / "report")]) == 0
     text = capsys.readouterr().out
+    for name in ("reliability", "rewards", "subsets"):
+        png = (tmp_path / "report" / f"{name}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert f"**{b} minus {a}**" in summary and "![subsets](subsets.png)" in summary and "calibration: ECE" in summary
     assert f"== {b} minus {a} (paired bootstrap over prompts, 95% CI): accuracy" in text
     assert "calibration: ECE" in text and "subsets (mean accuracy" in text and "sections: Chat" in text
