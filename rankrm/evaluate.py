@@ -303,7 +303,7 @@ def format_report(m: dict) -> str:
                      f"{maj} ({m['majority_pairs']} pairs; {m['split_pairs']} split evenly, left out)")
     if "calibration" in m:
         c = m["calibration"]
-        lines.append(f"calibration: ECE {c['ece']:.4f}  temperature {c['temperature']:.3f} (log loss "
+        lines.append(f"calibration: ECE {c['ece']:.4f}  temperature {c['temperature']:.3g} (log loss "
                      f"{c['log_loss_at_temperature']:.4f} at it)")
         lines += [f"  P {b['bin'][0]:.2f}-{b['bin'][1]:.2f}: confidence {b['confidence']:.3f}  accuracy "
                   f"{b['accuracy']:.3f}  ({b['votes']:g} votes)" for b in c["reliability"]]

@@ -2,9 +2,9 @@
 prompt (HH-RLHF text or message lists).
 
 Every reader turns records into RankedGroups with the validators of groups.py, and takes (path, report,
-skip_invalid): a bad record raises a DataError naming the file, the line (or record), the field and the fix, or,
-with skip_invalid, is counted in report.skipped under its reason. Pairwise records of one prompt become one group
-stating exactly their comparisons (see merge_comparisons)."""
+skip_invalid, conflicts): a bad record raises a DataError naming the file, the line (or record), the field and the
+fix, or, with skip_invalid, is counted in report.skipped under its reason. Pairwise records of one prompt become one
+group stating exactly their comparisons, each with how many records state it (see merge_comparisons)."""
 
 from __future__ import annotations
 

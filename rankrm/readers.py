@@ -1,8 +1,8 @@
 """Reading ranked groups from files: the native reader, telling a file's format from its fields, and read_groups,
 the one entry point that reads any supported format from any container.
 
-Every reader takes (path, report, skip_invalid) and returns the groups it kept; what it left out is counted in the
-report. The readers of the other formats live in pairwise.py, scored.py and oasst.py."""
+Every reader takes (path, report, skip_invalid, conflicts) and returns the groups it kept; what it left out is
+counted in the report. The readers of the other formats live in pairwise.py, scored.py and oasst.py."""
 
 from __future__ import annotations
 

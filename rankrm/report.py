@@ -54,7 +54,7 @@ def write_report(out_dir, names: list[str], results: list[EvalResult], differenc
         c = res.metrics["calibration"]
         conf = [b["confidence"] for b in c["reliability"]]
         acc = [b["accuracy"] for b in c["reliability"]]
-        ax.plot(conf, acc, marker="o", label=f"{Path(name).name} (ECE {c['ece']:.3f}, T {c['temperature']:.2f})")
+        ax.plot(conf, acc, marker="o", label=f"{Path(name).name} (ECE {c['ece']:.3f}, T {c['temperature']:.3g})")
     ax.set(xlabel="confidence: sigmoid(|r_a - r_b|) of the favoured completion",
            ylabel="share of votes the favoured completion won", xlim=(0.5, 1.0), ylim=(0.0, 1.0),
            title="Reliability of P(preferred beats rejected)")
