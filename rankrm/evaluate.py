@@ -349,10 +349,11 @@ def evaluate_groups(model, groups: list[TokenizedGroup], batch_tokens: int = 409
 
 
 def evaluate(model, data, fmt: str = "auto", batch_tokens: int = 4096, max_length: int | None = None,
-             skip_invalid: bool = False) -> EvalResult:
+             skip_invalid: bool = False, conflicts: str = "keep") -> EvalResult:
     """Evaluate a reward model (a RewardModel or a saved directory) on ranked data (files or RankedGroups).
 
-    `.metrics` of the result holds accuracy, log loss and their 95% intervals; `compare(a, b)` pairs two results."""
+    `.metrics` of the result holds accuracy, log loss and their 95% intervals, and the ranking, vote, calibration and
+    per-subset metrics the data allows; `compare(a, b)` pairs two results."""
     from .batch import tokenize_groups
     from .readers import read_groups
     from .model import RewardModel
@@ -360,6 +361,6 @@ def evaluate(model, data, fmt: str = "auto", batch_tokens: int = 4096, max_lengt
     if not isinstance(model, RewardModel):
         model = RewardModel.from_pretrained(str(model), max_length=max_length)
     given = isinstance(data, list) and data and hasattr(data[0], "completions")  # RankedGroups, not paths
-    groups = data if given else read_groups(data, fmt, skip_invalid=skip_invalid)
+    groups = data if given else read_groups(data, fmt, skip_invalid=skip_invalid, conflicts=conflicts)
     tokenized, _ = tokenize_groups(model, groups)
     return evaluate_groups(model, tokenized, batch_tokens)
