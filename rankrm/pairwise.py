@@ -104,15 +104,17 @@ def merge_comparisons(comps: list[Comparison], path, report: ReadReport, skip_in
         except DataError as e:
             if not skip_invalid:
                 raise
-            report.skipped[f"invalid: {e.reason} (records)"] += len(cs)
+            report.skipped[f"invalid: {e.reason} (records)"] += len({c.line for c in cs})
             continue
         if cycle is not None and conflicts == "drop":
-            report.skipped["records of prompts whose judgments contradict or cycle (--conflicts drop)"] += len(cs)
+            report.skipped["records of prompts whose judgments contradict or cycle (--conflicts drop)"] += len(
+                {c.line for c in cs})
             continue
         if conflicts == "keep" and g.stated_pairs is not None:
             count_conflicts(report, g.stated_pairs, g.counts)
-        if len(cs) > 1:
-            report.notes["pairwise records merged with others of the same prompt"] += len(cs)
+        records = len({c.line for c in cs})  # a record with "votes": N is N comparisons but one record
+        if records > 1:
+            report.notes["pairwise records merged with others of the same prompt"] += records
         if g.stated_pairs is not None:
             report.notes["groups stating a partial order (only the labeled comparisons)"] += 1
         if g.margins is not None:

@@ -59,6 +59,7 @@ def test_every_vote_is_kept_with_its_count(tmp_path):
     assert report.notes["repeated comparisons kept as votes (a pair stated again)"] == 3
     assert report.notes["contradictory comparisons kept as votes (a pair stated both ways)"] == 1
     assert report.notes["groups with cyclic comparisons kept (a > b > c > a)"] == 1
+    assert report.notes["pairwise records merged with others of the same prompt"] == 6  # votes 3 is one record
 
 
 def test_drop_and_error_behave_as_before(tmp_path):
