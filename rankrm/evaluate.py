@@ -209,7 +209,8 @@ def fit_temperature(d: np.ndarray, w: np.ndarray, lo: float = 1e-3, hi: float = 
     """The T in [lo, hi] minimizing the vote-weighted log loss of sigmoid(d / T).
 
     The loss is convex in 1/T (a logistic regression through the origin), so it is unimodal in log T: a golden-
-    section search on log T finds it. A model whose every vote is right wants T -> 0 and gets lo."""
+    section search on log T finds it. A model whose every vote is right wants T -> 0 and gets lo; one worse than
+    chance would want a negative T (flip its rewards) and gets hi, where its log loss is ln 2."""
     a, b = math.log(lo), math.log(hi)
     g = (math.sqrt(5) - 1) / 2
     f = lambda x: _log_loss(d / math.exp(x), w)  # noqa: E731
