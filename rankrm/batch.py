@@ -24,6 +24,8 @@ class TokenizedGroup:
     ids: list[list[int]]
     ranks: list[int]
     stated_pairs: list[tuple[int, int]] | None = None  # a partial order's (winner, loser) pairs; None: from ranks
+    counts: list[int] | None = None  # times each stated pair was stated (several annotators); None: once each
+    subset: str | None = None  # the group's subset / category, for per-subset metrics
 
     @property
     def tokens(self) -> int:
@@ -40,6 +42,10 @@ class TokenizedGroup:
             return list(self.stated_pairs)
         k = len(self.ids)
         return [(i, j) for i in range(k) for j in range(k) if self.ranks[i] < self.ranks[j]]
+
+    def votes(self) -> list[int]:
+        """How many times each pair of comparisons() was stated."""
+        return list(self.counts) if self.counts is not None else [1] * len(self.comparisons())
 
 
 def shared_prefix_length(rows: list[list[int]]) -> int:
@@ -60,14 +66,17 @@ def tokenize_groups(model, groups) -> tuple[list[TokenizedGroup], int]:
     out, at = [], 0
     for g in groups:
         stated = None if g.stated_pairs is None else [tuple(p) for p in g.stated_pairs]
-        out.append(TokenizedGroup(ids[at:at + g.k], list(g.ranks), stated))
+        counts = None if g.counts is None else list(g.counts)
+        out.append(TokenizedGroup(ids[at:at + g.k], list(g.ranks), stated, counts, g.subset))
         at += g.k
     return out, sum(cut)
 
 
 def shuffled_pairs(groups: list[TokenizedGroup]) -> list[TokenizedGroup]:
-    """Every comparison as its own K=2 group (the pairwise-only regime InstructGPT found to overfit)."""
-    return [TokenizedGroup([g.ids[w], g.ids[l]], [0, 1]) for g in groups for w, l in g.comparisons()]
+    """Every stated vote as its own K=2 group (the pairwise-only regime InstructGPT found to overfit): a comparison
+    stated n times is n examples, as its count weighs it n times in the grouped loss."""
+    return [TokenizedGroup([g.ids[w], g.ids[l]], [0, 1]) for g in groups
+            for (w, l), n in zip(g.comparisons(), g.votes()) for _ in range(n)]
 
 
 def _to(value, device):
@@ -99,7 +108,8 @@ class Batch:
     group_index: torch.Tensor  # (N,): the group (0..G-1) of each completion
     layout: str
     real_tokens: int  # tokens that are not padding (the prompt pass included)
-    pair_mask: torch.Tensor | None = None  # (N, N) bool: stated comparisons, (i, j) = i beat j; None: from ranks
+    # (N, N) float: how many times completion i was stated to beat j (0: no such comparison); None: from ranks
+    pair_counts: torch.Tensor | None = None
     prompt: PromptPass | None = None  # the kv layout's prompt pass
     # where each completion's sequence sits: (row, spans); a frozen-layer cache keys and stores by it. Empty for kv.
     sequences: list[tuple[int, Spans]] = field(default_factory=list)
@@ -130,7 +140,8 @@ def collate(groups: list[TokenizedGroup], pad_id: int, layout: str = "padded", p
         raise ValueError(f"layout {layout!r} unknown. Fix: use padded, packed or kv (auto is chosen per batch)")
     ranks = torch.tensor([r for g in groups for r in g.ranks], dtype=torch.long)  # (N,)
     group_index = torch.tensor([gi for gi, g in enumerate(groups) for _ in g.ids], dtype=torch.long)  # (N,)
-    return Batch(**parts, ranks=ranks, group_index=group_index, layout=layout, pair_mask=stated_pair_mask(groups))
+    return Batch(**parts, ranks=ranks, group_index=group_index, layout=layout,
+                 pair_counts=stated_pair_counts(groups))
 
 
 def collate_rows(rows: list[list[int]], pad_id: int, padding_side: str = "right") -> Batch:
@@ -138,18 +149,19 @@ def collate_rows(rows: list[list[int]], pad_id: int, padding_side: str = "right"
     return collate([TokenizedGroup([r], [0]) for r in rows], pad_id, "padded", padding_side)
 
 
-def stated_pair_mask(groups: list[TokenizedGroup]) -> torch.Tensor | None:
-    """(N, N) bool of the comparisons the groups state, (i, j) = i beat j; None when ranks state them all."""
+def stated_pair_counts(groups: list[TokenizedGroup]) -> torch.Tensor | None:
+    """(N, N) float: how many times the groups state that i beat j (both (i, j) and (j, i) when annotators
+    disagreed); None when ranks state every comparison once."""
     if all(g.stated_pairs is None for g in groups):
         return None
     n = sum(len(g.ids) for g in groups)
-    mask = torch.zeros((n, n), dtype=torch.bool)  # (N, N)
+    counts = torch.zeros((n, n), dtype=torch.float32)  # (N, N)
     at = 0
     for g in groups:
-        for w, l in g.comparisons():
-            mask[at + w, at + l] = True
+        for (w, l), c in zip(g.comparisons(), g.votes()):
+            counts[at + w, at + l] = c
         at += len(g.ids)
-    return mask
+    return counts
 
 
 def _padded(rows: list[list[int]], pad_id: int, padding_side: str) -> dict:

@@ -26,31 +26,51 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from .batch import tokenize_groups
-    from .evaluate import evaluate_groups
+    from .evaluate import compare, evaluate_groups, format_report
     from .groups import ReadReport
     from .model import RewardModel
     from .readers import read_groups
 
     report = ReadReport()
-    groups = read_groups(args.data, args.format, report, skip_invalid=args.skip_invalid)
-    model = RewardModel.from_pretrained(args.model, max_length=args.max_length)
-    tok, truncated = tokenize_groups(model, groups)
-    m = dict(evaluate_groups(model, tok, args.batch_tokens, progress=not args.json).metrics)
-    m.update({"model": args.model, "data": args.data, "truncated_completions": truncated, "read": report.summary()})
-    if truncated:
-        print(f"rankrm eval: {truncated} completions had their prompt cut from the left to fit --max-length "
-              f"{model.max_length}", file=sys.stderr)
+    groups = read_groups(args.data, args.format, report, skip_invalid=args.skip_invalid, conflicts=args.conflicts)
+    results, out = [], {"data": args.data, "read": report.summary(), "models": []}
+    for name in args.model:
+        model = RewardModel.from_pretrained(name, max_length=args.max_length)
+        tok, truncated = tokenize_groups(model, groups)
+        res = evaluate_groups(model, tok, args.batch_tokens, progress=not args.json)
+        results.append(res)
+        out["models"].append({"model": name, "truncated_completions": truncated, **res.metrics})
+        if truncated:
+            print(f"rankrm eval: {name}: {truncated} completions had their prompt cut from the left to fit "
+                  f"--max-length {model.max_length}", file=sys.stderr)
+    if len(results) > 1:  # each later model against the first, paired over the same prompts
+        out["differences"] = [{"model": name, "against": args.model[0], **compare(results[0], res)}
+                              for name, res in zip(args.model[1:], results[1:])]
+    if args.report:
+        from .report import write_report
+
+        files = write_report(args.report, args.model, results, out.get("differences"), " ".join(args.data))
+        print(f"rankrm eval: report written: {', '.join(str(f) for f in files)}", file=sys.stderr)
     if args.json:
-        print(json.dumps(m, indent=2))
-    else:
-        print(f"{report.summary()}; {truncated} completions cut to --max-length")
-        print(f"accuracy {m['accuracy']:.4f} (95% CI {m['accuracy_ci95'][0]:.4f} .. {m['accuracy_ci95'][1]:.4f})  "
-              f"log loss {m['log_loss']:.4f}  groups {m['groups']}  pairs {m['pairs']}")
+        print(json.dumps(out if len(results) > 1 else {**out.pop("models")[0], **out}, indent=2))
+        return 0
+    print(report.summary())
+    for m in out["models"]:
+        print(f"== {m['model']} ({m['truncated_completions']} completions cut to --max-length)")
+        print(format_report(m))
+    for d in out.get("differences", []):
+        print(f"== {d['model']} minus {d['against']} (paired bootstrap over prompts, 95% CI): accuracy "
+              f"{d['accuracy_gain']:+.4f} [{d['accuracy_gain_ci95'][0]:+.4f}, {d['accuracy_gain_ci95'][1]:+.4f}]  "
+              f"log loss {d['log_loss_change']:+.4f} [{d['log_loss_change_ci95'][0]:+.4f}, "
+              f"{d['log_loss_change_ci95'][1]:+.4f}]")
     return 0
 
 
 FORMAT_HELP = "data format: auto (from the fields), native, pairwise, implicit, scored or oasst"
 SKIP_HELP = "skip invalid records, counting them by reason, instead of stopping at the first"
+CONFLICTS_HELP = ("repeated, contradictory (a > b and b > a) and cyclic judgments of one prompt: keep (every vote "
+                  "counts; default), drop (a repeat once, prompts whose judgments contradict or cycle left out) or "
+                  "error")
 
 
 def cmd_data(args) -> int:
@@ -58,10 +78,11 @@ def cmd_data(args) -> int:
     from .describe import describe_data, format_description
 
     if args.data_command == "inspect":
-        d = describe_data(args.files, args.format, args.skip_invalid, args.model, args.max_length, args.against)
+        d = describe_data(args.files, args.format, args.skip_invalid, args.model, args.max_length, args.against,
+                          args.conflicts)
         print(json.dumps(d, indent=2) if args.json else format_description(d))
     else:
-        report, n = convert_data(args.inputs, args.output, args.to, args.format, args.skip_invalid)
+        report, n = convert_data(args.inputs, args.output, args.to, args.format, args.skip_invalid, args.conflicts)
         print(f"read {report.summary()}; wrote {n} {args.to} records to {args.output}")
     return 0
 
@@ -74,6 +95,7 @@ def add_data_parser(sub) -> None:
     i.add_argument("files", nargs="+", help="data file(s), datasets directories or hf:OWNER/NAME[:SPLIT]")
     i.add_argument("--format", default="auto", help=FORMAT_HELP)
     i.add_argument("--skip-invalid", action="store_true", help=SKIP_HELP)
+    i.add_argument("--conflicts", default="keep", choices=["keep", "drop", "error"], help=CONFLICTS_HELP)
     i.add_argument("--json", action="store_true", help="print the inspection as JSON")
     i.add_argument("--model", default=None, help="count tokens with this model's tokenizer and template")
     i.add_argument("--max-length", type=int, default=None, help="tokens per prompt + completion for the "
@@ -88,6 +110,7 @@ def add_data_parser(sub) -> None:
                         "comparison (TRL's format)")
     c.add_argument("--format", default="auto", help=FORMAT_HELP)
     c.add_argument("--skip-invalid", action="store_true", help=SKIP_HELP)
+    c.add_argument("--conflicts", default="keep", choices=["keep", "drop", "error"], help=CONFLICTS_HELP)
     d.set_defaults(func=cmd_data)
 
 
@@ -133,6 +156,7 @@ def shared_flags() -> dict[str, argparse.ArgumentParser]:
     data = argparse.ArgumentParser(add_help=False)
     data.add_argument("--format", default="auto", help=FORMAT_HELP)
     data.add_argument("--skip-invalid", action="store_true", help=SKIP_HELP)
+    data.add_argument("--conflicts", default="keep", choices=["keep", "drop", "error"], help=CONFLICTS_HELP)
     return {"model": model, "data": data}
 
 
@@ -149,10 +173,19 @@ def build_parser() -> argparse.ArgumentParser:
                                    "`accelerate launch -m rankrm train ...`.")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("eval", parents=[shared["model"], shared["data"]],
-                       help="pairwise accuracy and log loss of a model on ranked data")
+    e = sub.add_parser("eval", parents=[shared["data"]],
+                       help="accuracy, log loss, ranking, vote, calibration and per-subset metrics of reward "
+                            "models on ranked data; with several --model, their paired differences")
+    e.add_argument("--model", required=True, action="append", help="a saved reward model directory (or hub id); "
+                   "repeat it to compare models on the same data (each against the first, paired by prompt)")
+    e.add_argument("--max-length", type=int, default=None, help="tokens per prompt + completion "
+                                                               "(default: the model's own)")
+    e.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per forward pass")
     e.add_argument("--data", required=True, nargs="+", help="file(s) of ranked groups")
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    e.add_argument("--report", default=None, metavar="DIR", help="also write PNG plots (reliability diagram, rewards "
+                   "of preferred vs rejected completions, accuracy per subset) and summary.md into DIR (needs "
+                   "matplotlib: pip install 'rankrm[report]')")
     e.set_defaults(func=cmd_eval)
 
     add_data_parser(sub)

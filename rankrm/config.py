@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from .batch import LAYOUTS
+from .groups import CONFLICTS
 from .hub import DEFAULT_MODEL
 
 FORMATS = ("auto", "native", "pairwise", "implicit", "scored", "oasst")
@@ -46,6 +47,9 @@ class TrainConfig:
     format: str = opt("auto", "data format: auto (from the fields), native, pairwise, implicit, scored or oasst")
     skip_invalid: bool = opt(False, "skip invalid records (counted by reason in the data report) instead of "
                                     "stopping at the first with an error")
+    conflicts: str = opt("keep", "repeated, contradictory (a > b and b > a) and cyclic judgments of one prompt: keep "
+                                 "(every vote counts in the loss and metrics), drop (a repeat once, prompts whose "
+                                 "judgments contradict or cycle left out) or error")
     output_dir: str = opt("runs/rm", "where the model, metrics and checkpoints are written")
     epochs: float = opt(1.0, "passes over the training groups (fractions allowed)")
     max_steps: int = opt(0, "stop after this many optimizer steps (0: run the epochs)")
@@ -113,7 +117,8 @@ class TrainConfig:
             yield "no training data. Fix: pass --train-data FILE (or train-data: in the YAML config)"
         for name, choices in (("lr_schedule", ("cosine", "linear", "constant")), ("layout", LAYOUTS),
                               ("regime", ("grouped", "shuffled-pairs")), ("format", FORMATS),
-                              ("on_nonfinite", ("stop", "skip")), ("dtype", ("fp32", "bf16"))):
+                              ("on_nonfinite", ("stop", "skip")), ("dtype", ("fp32", "bf16")),
+                              ("conflicts", CONFLICTS)):
             if getattr(self, name) not in choices:
                 yield f"{_flag(name)} {getattr(self, name)!r} unknown. Fix: use one of {', '.join(choices)}"
         positive = ("learning_rate", "batch_size", "micro_batch_tokens", "eval_batch_tokens", "lora_alpha",

@@ -74,6 +74,8 @@ def describe_groups(groups: list[RankedGroup], report: ReadReport) -> dict:
         "records": report.records, "groups": len(groups), "skipped": dict(sorted(report.skipped.items())),
         "notes": dict(sorted(report.notes.items())), "k_histogram": dict(sorted(k_hist.items())),
         "comparisons": sum(len(g.comparisons()) for g in groups),
+        "votes": sum(sum(g.votes()) for g in groups),
+        "subsets": dict(sorted(Counter(g.subset for g in groups if g.subset is not None).items())),
         "partial_order_groups": sum(1 for g in groups if g.stated_pairs is not None),
         "tied_pairs": tied, "groups_with_ties": sum(1 for g in groups if g.stated_pairs is None
                                                      and len(set(g.ranks)) < g.k),
@@ -87,18 +89,18 @@ def describe_groups(groups: list[RankedGroup], report: ReadReport) -> dict:
 
 
 def describe_data(paths, fmt: str = "auto", skip_invalid: bool = False, model: str | None = None,
-                 max_length: int | None = None, against=None) -> dict:
+                 max_length: int | None = None, against=None, conflicts: str = "keep") -> dict:
     """Read files as `rankrm train` would and describe them; with a model, token lengths and truncation too."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     report = ReadReport()
-    groups = read_groups(paths, fmt, report, skip_invalid)
+    groups = read_groups(paths, fmt, report, skip_invalid, conflicts)
     out = {"files": [str(p) for p in paths],
            "format": {str(p): detect_format(p, skip_invalid) if fmt == "auto" else fmt for p in paths}}
     out.update(describe_groups(groups, report))
     if model:
         out["tokens"] = token_stats(groups, model, max_length)
     if against:
-        other = read_groups(against, fmt, ReadReport(), skip_invalid)
+        other = read_groups(against, fmt, ReadReport(), skip_invalid, conflicts)
         out["against"] = {"files": [str(p) for p in against], "groups": len(other),
                           "identical_prompts": identical_prompts(other, groups),
                           "shared_conversations": overlap(other, groups)}
@@ -113,8 +115,8 @@ def format_description(d: dict) -> str:
     """The description as lines of text."""
     fmts = ", ".join(f"{p} ({f})" for p, f in d["format"].items())
     lines = [f"data: {fmts}",
-             f"records: {d['records']}  groups: {d['groups']}  comparisons: {d['comparisons']}  "
-             f"completions: {d['completions']}",
+             f"records: {d['records']}  groups: {d['groups']}  comparisons: {d['comparisons']} "
+             f"({d['votes']} votes)  completions: {d['completions']}",
              "K histogram: " + ", ".join(f"K={k}: {n}" for k, n in d["k_histogram"].items()),
              f"ties: {d['tied_pairs']} tied pairs in {d['groups_with_ties']} groups;  partial orders: "
              f"{d['partial_order_groups']} groups state only some pairs;  margins: {d['groups_with_margins']} groups",

@@ -32,7 +32,13 @@ class RankedGroup:
     lists exactly the (winner, loser) pairs stated, and `ranks` is a ranking consistent with them (each
     completion's depth below the best) that states more than was labeled, so only comparisons() is to be used for
     training and metrics. `margins`, when the source gave them (TRL's `margin`), align with comparisons(); the
-    loss does not use them, they are kept for conversion and inspection."""
+    loss does not use them, they are kept for conversion and inspection.
+
+    Human judgments repeat and disagree: `counts`, aligned with `stated_pairs`, says how many times each (winner,
+    loser) pair was stated (several annotators), and `stated_pairs` may then hold both (a, b) and (b, a) or a
+    cycle. Such a group's `ranks` come from net wins (see net_win_ranks): a summary for ranking metrics, never a
+    source of comparisons. None: every pair counts once. `subset`: the record's subset or category (RewardBench's
+    layout), for per-subset metrics."""
 
     prompt: Prompt
     completions: tuple[str, ...]
@@ -41,6 +47,8 @@ class RankedGroup:
     source: str = ""  # "file:line" the group came from, for messages
     stated_pairs: tuple[tuple[int, int], ...] | None = None  # the (winner, loser) pairs stated; None: ranks state all
     margins: tuple[float, ...] | None = None  # one per pair of comparisons(), in that order
+    counts: tuple[int, ...] | None = None  # times each pair of stated_pairs was stated; None: once each
+    subset: str | None = None  # the subset / category the record belongs to (RewardBench's `subset`)
 
     @property
     def k(self) -> int:
@@ -52,6 +60,10 @@ class RankedGroup:
         if self.stated_pairs is not None:
             return list(self.stated_pairs)
         return [(i, j) for i in range(self.k) for j in range(self.k) if self.ranks[i] < self.ranks[j]]
+
+    def votes(self) -> list[int]:
+        """How many times each pair of comparisons() was stated (1 each unless the group has counts)."""
+        return list(self.counts) if self.counts is not None else [1] * len(self.comparisons())
 
     @property
     def split_key(self) -> str:
@@ -66,8 +78,12 @@ class RankedGroup:
         out = {"prompt": self.prompt, "completions": list(self.completions), "ranks": list(self.ranks)}
         if self.stated_pairs is not None:
             out["pairs"] = [list(p) for p in self.stated_pairs]
+        if self.counts is not None:
+            out["counts"] = list(self.counts)
         if self.margins is not None:
             out["margins"] = list(self.margins)
+        if self.subset is not None:
+            out["subset"] = self.subset
         if self.tree is not None:
             out["tree"] = self.tree
         return out
@@ -216,7 +232,8 @@ def check_pairs(value, k, path, line, name="pairs") -> tuple[tuple[int, int], ..
             raise DataError(path, line, f"{name}[{i}]", f"expected two different indices below {k}, got {p!r}", fix,
                             reason=f"{name}: not a pair of indices")
         if tuple(p) in out:
-            raise DataError(path, line, f"{name}[{i}]", f"repeats the comparison {p}", "state it once",
+            raise DataError(path, line, f"{name}[{i}]", f"repeats the comparison {p}",
+                            "state it once, and how many times it was stated in counts",
                             reason=f"{name}: repeated comparison")
         out.append(tuple(p))
     return tuple(out)
@@ -252,39 +269,115 @@ def depth_ranks(k: int, pairs) -> tuple[int, ...]:
     return tuple(rank)
 
 
-def group_from_pairs(prompt: Prompt, completions, pairs, margins, path, line, tree=None) -> RankedGroup:
-    """A group stating exactly the given (winner, loser) pairs; plain ranks when they state the same pairs."""
+def net_win_ranks(k: int, pairs, counts=None) -> tuple[int, ...]:
+    """Dense ranks by net wins (votes won minus votes lost), best first: the majority's order where judgments
+    disagree (a 2-1 split ranks the majority's winner first; a cycle of single votes ties all its members)."""
+    net = [0] * k
+    for (w, l), c in zip(pairs, counts if counts is not None else [1] * len(pairs)):
+        net[w] += c
+        net[l] -= c
+    levels = sorted(set(net), reverse=True)
+    return tuple(levels.index(x) for x in net)
+
+
+CONFLICTS = ("keep", "drop", "error")  # what to do with repeated, contradictory and cyclic judgments of one prompt
+
+
+def check_conflicts(conflicts: str) -> str:
+    """Validate a --conflicts policy."""
+    if conflicts not in CONFLICTS:
+        raise ValueError(f"conflicts {conflicts!r} unknown. Fix: use keep (every vote counts), drop (repeats once, "
+                         "prompts whose judgments contradict or cycle left out) or error")
+    return conflicts
+
+
+def conflict_counts(pairs, counts=None) -> dict[str, int]:
+    """How a group's judgments disagree: extra votes on a pair ("repeated"), pairs stated both ways
+    ("contradictory"), and 1 when the other pairs still form a cycle a > b > c > a ("cyclic")."""
+    pairs = list(pairs)
+    stated = set(pairs)
+    both = {(w, l) for w, l in pairs if (l, w) in stated}
+    one_way = [p for p in pairs if p not in both]
+    return {"repeated": (sum(counts) - len(pairs)) if counts is not None else 0,
+            "contradictory": len(both) // 2, "cyclic": int(find_cycle(one_way) is not None)}
+
+
+def count_conflicts(report: "ReadReport", pairs, counts=None) -> None:
+    """Note a kept group's repeated, contradictory and cyclic judgments in the report."""
+    c = conflict_counts(pairs, counts)
+    if c["repeated"]:
+        report.notes["repeated comparisons kept as votes (a pair stated again)"] += c["repeated"]
+    if c["contradictory"]:
+        report.notes["contradictory comparisons kept as votes (a pair stated both ways)"] += c["contradictory"]
+    if c["cyclic"]:
+        report.notes["groups with cyclic comparisons kept (a > b > c > a)"] += 1
+
+
+def group_from_pairs(prompt: Prompt, completions, pairs, margins, path, line, tree=None, counts=None,
+                     subset=None, conflicts: str = "error") -> RankedGroup:
+    """A group stating exactly the given (winner, loser) pairs (stated counts[i] times each); plain ranks when they
+    state the same pairs once each. A cycle is an error unless conflicts is keep or drop: then it is kept, ranked
+    by net wins."""
     pairs = tuple(pairs)
+    counts = None if counts is None or all(c == 1 for c in counts) else tuple(counts)
     cycle = find_cycle(pairs)
-    if cycle is not None:
+    if cycle is not None and conflicts == "error":
         what = "contradictory" if len(cycle) == 3 else "cyclic"
         raise DataError(path, line, "pairs", f"{what} comparisons: " + " > ".join(f"completion {i}" for i in cycle),
-                        "fix the labels so no completion is (transitively) better than itself, or drop them",
-                        reason=f"{what} comparisons")
-    ranks = depth_ranks(len(completions), pairs)
-    g = RankedGroup(prompt, tuple(completions), ranks, tree=tree, source=f"{path}:{line}")
+                        "fix the labels so no completion is (transitively) better than itself, drop them, or keep "
+                        "them as votes (--conflicts keep)", reason=f"{what} comparisons")
+    k = len(completions)
+    ranks = depth_ranks(k, pairs) if cycle is None else net_win_ranks(k, pairs, counts)
+    g = RankedGroup(prompt, tuple(completions), ranks, tree=tree, source=f"{path}:{line}", subset=subset)
     implied = g.comparisons()
-    if set(implied) == set(pairs):  # a ranking states exactly these comparisons: keep the plain form
+    if counts is None and cycle is None and set(implied) == set(pairs):  # a ranking states exactly these pairs
         order = {p: i for i, p in enumerate(pairs)}
         m = None if margins is None else tuple(margins[order[p]] for p in implied)
-        return RankedGroup(prompt, tuple(completions), ranks, tree=tree, source=g.source, margins=m)
+        return RankedGroup(prompt, tuple(completions), ranks, tree=tree, source=g.source, margins=m, subset=subset)
     return RankedGroup(prompt, tuple(completions), ranks, tree=tree, source=g.source, stated_pairs=pairs,
-                       margins=None if margins is None else tuple(margins))
+                       margins=None if margins is None else tuple(margins), counts=counts, subset=subset)
 
 
-def make_group(prompt, completions, ranks, path, line, tree=None, pairs=None, margins=None) -> RankedGroup:
+def check_counts(value, n_pairs, path, line, name="counts") -> tuple[int, ...]:
+    """Validate vote counts: one positive integer per stated pair."""
+    if not isinstance(value, list) or len(value) != n_pairs:
+        raise DataError(path, line, name, f"expected a list of {n_pairs} positive integers, one per pair",
+                        "give how many times each pair of pairs was stated, in the same order",
+                        reason="counts of the wrong length")
+    for i, c in enumerate(value):
+        if isinstance(c, bool) or not isinstance(c, int) or c < 1:
+            raise DataError(path, line, f"{name}[{i}]", f"expected a positive integer, got {c!r}",
+                            "count each stated comparison (1 or more votes)", reason="counts: not a positive integer")
+    return tuple(value)
+
+
+def check_subset(value, path, line, name="subset") -> str | None:
+    """Validate a subset / category name: a string, or absent."""
+    if value is None or isinstance(value, str):
+        return value
+    raise DataError(path, line, name, f"expected a string, got {type(value).__name__}",
+                    "name the subset as text, or leave the field out", reason=f"{name}: not a string")
+
+
+def make_group(prompt, completions, ranks, path, line, tree=None, pairs=None, margins=None, counts=None,
+               subset=None, conflicts: str = "error") -> RankedGroup:
     """Validate the native fields and build a group."""
     p = check_prompt(prompt, path, line)
     c = check_completions(completions, path, line)
     r = check_ranks(ranks, len(c), path, line)
+    if counts is not None and pairs is None:
+        raise DataError(path, line, "counts", "is given without pairs",
+                        'give the comparisons as "pairs": [[winner, loser], ...] and one count per pair',
+                        reason="counts without pairs")
     if pairs is not None:
         stated = check_pairs(pairs, len(c), path, line)
-        if ranks is not None:
+        if ranks is not None and find_cycle(stated) is None:  # a kept cycle's ranks are a summary (net wins)
             for i, (w, l) in enumerate(stated):
                 if not r[w] < r[l]:
                     raise DataError(path, line, f"pairs[{i}]", f"says completion {w} beats {l}, ranks say not",
                                     "give ranks or pairs, or make them agree", reason="pairs disagree with ranks")
     n_pairs = len(stated) if pairs is not None else sum(1 for a in r for b in r if a < b)
+    n = None if counts is None else check_counts(counts, n_pairs, path, line)
     m = None
     if margins is not None:
         if not isinstance(margins, list) or len(margins) != n_pairs:
@@ -292,9 +385,10 @@ def make_group(prompt, completions, ranks, path, line, tree=None, pairs=None, ma
                             "give one margin per comparison, in the order of pairs (or of the ranks' pairs)",
                             reason="margins of the wrong length")
         m = tuple(check_number(x, path, line, f"margins[{i}]") for i, x in enumerate(margins))
+    s = check_subset(subset, path, line)
     if pairs is not None:
-        return group_from_pairs(p, c, stated, m, path, line, tree)
-    return RankedGroup(p, c, r, tree=tree, source=f"{path}:{line}", margins=m)
+        return group_from_pairs(p, c, stated, m, path, line, tree, n, s, conflicts)
+    return RankedGroup(p, c, r, tree=tree, source=f"{path}:{line}", margins=m, subset=s)
 
 
 # ----------------------------------------------------------------------------------------------------------------

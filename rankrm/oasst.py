@@ -88,8 +88,11 @@ def _check_oasst_tree(root, path, line) -> None:
         stack += [(r, f"{name}.replies[{i}]") for i, r in enumerate(node.get("replies", []))]
 
 
-def read_oasst(path: Path, report: ReadReport | None = None, skip_invalid: bool = False) -> list[RankedGroup]:
+def read_oasst(path: Path, report: ReadReport | None = None, skip_invalid: bool = False,
+               conflicts: str = "keep") -> list[RankedGroup]:
     """Read OpenAssistant data, nested trees (one tree per line) or the flat export (one message per line).
+
+    Each reply's siblings carry one ranking, so `conflicts` has nothing to act on here (every reader takes it).
 
     Assistant replies only; deleted messages (and what hangs below them) are dropped; synthetic replies are
     kept (humans ranked them like the others). The prompt is the conversation up to the ranked replies."""

@@ -2,9 +2,9 @@
 prompt (HH-RLHF text or message lists).
 
 Every reader turns records into RankedGroups with the validators of groups.py, and takes (path, report,
-skip_invalid): a bad record raises a DataError naming the file, the line (or record), the field and the fix, or,
-with skip_invalid, is counted in report.skipped under its reason. Pairwise records of one prompt become one group
-stating exactly their comparisons (see merge_comparisons)."""
+skip_invalid, conflicts): a bad record raises a DataError naming the file, the line (or record), the field and the
+fix, or, with skip_invalid, is counted in report.skipped under its reason. Pairwise records of one prompt become one
+group stating exactly their comparisons, each with how many records state it (see merge_comparisons)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DataError, Location
-from .groups import (Prompt, RankedGroup, ReadReport, check_number, check_prompt, find_cycle, group_from_pairs,
-                     iter_records, require_fields)
+from .groups import (Prompt, RankedGroup, ReadReport, check_conflicts, check_number, check_prompt, check_subset,
+                     count_conflicts, find_cycle, group_from_pairs, iter_records, require_fields)
 
 @dataclass
 class Comparison:
@@ -26,6 +26,7 @@ class Comparison:
     rejected: str
     margin: float | None
     line: Location
+    subset: str | None = None
 
 
 def _at(loc: Location) -> str:
@@ -49,11 +50,20 @@ def _check_sides(chosen: str, rejected: str, path, line, allow_empty: bool = Fal
                         reason="duplicate completions in a group")
 
 
-def merge_comparisons(comps: list[Comparison], path, report: ReadReport, skip_invalid: bool) -> list[RankedGroup]:
-    """One group per prompt, stating exactly the comparisons of its records; contradictions and cycles are errors.
+REPEATED = "repeated comparisons (same prompt, chosen and rejected as an earlier record)"
 
-    A comparison stated twice is kept once (the repeat is counted as skipped). When the records of a prompt
-    state a full ranking the group is a plain ranked group; otherwise it carries its comparisons (a partial order)."""
+
+def merge_comparisons(comps: list[Comparison], path, report: ReadReport, skip_invalid: bool,
+                      conflicts: str = "keep") -> list[RankedGroup]:
+    """One group per prompt, stating exactly the comparisons of its records, each with how many records state it.
+
+    conflicts: keep (default) keeps every record as a vote: a repeat adds to its pair's count, a contradiction
+    (a > b and b > a) or a cycle across records stays, counted in report.notes. drop: a repeat is kept once
+    (counted as skipped) and a prompt whose records contradict or cycle is left out (counted as skipped). error: a
+    repeat is kept once, a contradiction or cycle is a DataError naming the lines (with skip_invalid, its records
+    are skipped). When the records of a prompt state a full ranking once each, the group is a plain ranked group;
+    otherwise it carries its comparisons and counts."""
+    check_conflicts(conflicts)
     by_prompt: dict[str, list[Comparison]] = {}
     for c in comps:
         by_prompt.setdefault(json.dumps(c.prompt, ensure_ascii=False, sort_keys=True), []).append(c)
@@ -61,12 +71,14 @@ def merge_comparisons(comps: list[Comparison], path, report: ReadReport, skip_in
     for cs in by_prompt.values():
         texts: dict[str, int] = {}
         stated: dict[tuple[int, int], Comparison] = {}
+        votes: dict[tuple[int, int], int] = {}
         for c in cs:
             w, l = (texts.setdefault(t, len(texts)) for t in (c.chosen, c.rejected))
-            if (w, l) in stated:
-                report.skipped["repeated comparisons (same prompt, chosen and rejected as an earlier record)"] += 1
+            if (w, l) in stated and conflicts != "keep":
+                report.skipped[REPEATED] += 1
                 continue
-            stated[(w, l)] = c
+            stated.setdefault((w, l), c)
+            votes[(w, l)] = votes.get((w, l), 0) + 1
         pairs = list(stated)
         try:
             has_margin = [c.margin is not None for c in stated.values()]
@@ -76,22 +88,33 @@ def merge_comparisons(comps: list[Comparison], path, report: ReadReport, skip_in
                 raise DataError(path, b.line, "margin", f"is missing, and {_at(a.line)} gives one for the same prompt",
                                 "give a margin on every record of a prompt, or on none", reason="margin: missing")
             cycle = find_cycle(pairs)
-            if cycle is not None:
+            if cycle is not None and conflicts == "error":
                 links = [stated[(a, b)] for a, b in zip(cycle, cycle[1:])]
                 what = "contradictory" if len(cycle) == 3 else "cyclic"
                 chain = " > ".join(repr(_short(list(texts)[i])) for i in cycle)
                 raise DataError(path, links[-1].line, "chosen",
                                 f"{what} labels for one prompt ({', '.join(_at(x.line) for x in links)}): {chain}",
-                                "fix or drop the records that disagree", reason=f"{what} comparisons")
+                                "fix or drop the records that disagree, or keep them as votes (--conflicts keep)",
+                                reason=f"{what} comparisons")
             margins = [c.margin for c in stated.values()] if any(has_margin) else None
-            g = group_from_pairs(cs[0].prompt, list(texts), pairs, margins, path, cs[0].line)
+            counts = [votes[p] for p in pairs]
+            subset = next((c.subset for c in cs if c.subset is not None), None)
+            g = group_from_pairs(cs[0].prompt, list(texts), pairs, margins, path, cs[0].line, counts=counts,
+                                 subset=subset, conflicts=conflicts)
         except DataError as e:
             if not skip_invalid:
                 raise
-            report.skipped[f"invalid: {e.reason} (records)"] += len(cs)
+            report.skipped[f"invalid: {e.reason} (records)"] += len({c.line for c in cs})
             continue
-        if len(cs) > 1:
-            report.notes["pairwise records merged with others of the same prompt"] += len(cs)
+        if cycle is not None and conflicts == "drop":
+            report.skipped["records of prompts whose judgments contradict or cycle (--conflicts drop)"] += len(
+                {c.line for c in cs})
+            continue
+        if conflicts == "keep" and g.stated_pairs is not None:
+            count_conflicts(report, g.stated_pairs, g.counts)
+        records = len({c.line for c in cs})  # a record with "votes": N is N comparisons but one record
+        if records > 1:
+            report.notes["pairwise records merged with others of the same prompt"] += records
         if g.stated_pairs is not None:
             report.notes["groups stating a partial order (only the labeled comparisons)"] += 1
         if g.margins is not None:
@@ -125,8 +148,11 @@ def _reply(value, path, line, name: str) -> str:
                     reason=f"{name}: not text or messages")
 
 
-def read_pairwise(path: Path, report: ReadReport | None = None, skip_invalid: bool = False) -> list[RankedGroup]:
-    """Read TRL pairwise records {"prompt", "chosen", "rejected", "margin"?}, standard or conversational."""
+def read_pairwise(path: Path, report: ReadReport | None = None, skip_invalid: bool = False,
+                  conflicts: str = "keep") -> list[RankedGroup]:
+    """Read TRL pairwise records {"prompt", "chosen", "rejected", "margin"?, "subset"?}, standard or conversational.
+
+    One record per vote; a record may also carry several votes as "votes": N (how many annotators stated it)."""
     report = report if report is not None else ReadReport()
     comps = []
     for line, obj in iter_records(path, report, skip_invalid):
@@ -140,10 +166,27 @@ def read_pairwise(path: Path, report: ReadReport | None = None, skip_invalid: bo
             else:
                 chosen, rejected = _reply(c, path, line, "chosen"), _reply(r, path, line, "rejected")
             _check_sides(chosen, rejected, path, line)
-            comps.append(Comparison(prompt, chosen, rejected, _margin(obj, path, line), line))
+            c = Comparison(prompt, chosen, rejected, _margin(obj, path, line), line, _subset(obj, path, line))
+            comps += [c] * _votes(obj, path, line)
         except DataError as e:
             report.skip(e, skip_invalid)
-    return merge_comparisons(comps, path, report, skip_invalid)
+    return merge_comparisons(comps, path, report, skip_invalid, conflicts)
+
+
+def _subset(obj: dict, path, line) -> str | None:
+    """The record's subset (RewardBench) or category."""
+    name = "subset" if "subset" in obj else "category"
+    return check_subset(obj.get(name), path, line, name)
+
+
+def _votes(obj: dict, path, line) -> int:
+    """How many annotators stated this record's comparison ("votes", default 1)."""
+    n = obj.get("votes", 1)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise DataError(path, line, "votes", f"expected a positive integer, got {n!r}",
+                        "give how many annotators stated this comparison (1 or more), or leave the field out",
+                        reason="votes: not a positive integer")
+    return n
 
 
 def _whole_conversations(prompt: Prompt, chosen: list, rejected: list, path, line) -> tuple[list[dict], str, str]:
@@ -229,7 +272,8 @@ def split_message_lists(chosen: list, rejected: list, path, line) -> tuple[list[
     return c_msgs[:n], replies[0], replies[1]
 
 
-def read_implicit(path: Path, report: ReadReport | None = None, skip_invalid: bool = False) -> list[RankedGroup]:
+def read_implicit(path: Path, report: ReadReport | None = None, skip_invalid: bool = False,
+                  conflicts: str = "keep") -> list[RankedGroup]:
     """Read {"chosen", "rejected", "margin"?} whole dialogues sharing their prompt: HH-RLHF text or message lists.
 
     An empty final assistant turn in an HH dialogue is kept as an empty reply (in HH-RLHF's harmless data the
@@ -252,7 +296,8 @@ def read_implicit(path: Path, report: ReadReport | None = None, skip_invalid: bo
                 raise DataError(path, line, "rejected", f"is a {type(r).__name__} and 'chosen' a {type(c).__name__}",
                                 "give both as dialogue strings or both as message lists",
                                 reason="chosen and rejected of different types")
-            comps.append(Comparison(prompt, chosen, rejected, _margin(obj, path, line), line))
+            comps += [Comparison(prompt, chosen, rejected, _margin(obj, path, line), line,
+                                 _subset(obj, path, line))] * _votes(obj, path, line)
         except DataError as e:
             report.skip(e, skip_invalid)
             continue
@@ -261,5 +306,5 @@ def read_implicit(path: Path, report: ReadReport | None = None, skip_invalid: bo
         empty = sum(1 for x in (chosen, rejected) if not x.strip())
         if empty:
             report.notes["empty assistant replies kept (the dialogue's last turn is empty)"] += empty
-    return merge_comparisons(comps, path, report, skip_invalid)
+    return merge_comparisons(comps, path, report, skip_invalid, conflicts)
 

@@ -1,8 +1,8 @@
 """Reading ranked groups from files: the native reader, telling a file's format from its fields, and read_groups,
 the one entry point that reads any supported format from any container.
 
-Every reader takes (path, report, skip_invalid) and returns the groups it kept; what it left out is counted in the
-report. The readers of the other formats live in pairwise.py, scored.py and oasst.py."""
+Every reader takes (path, report, skip_invalid, conflicts) and returns the groups it kept; what it left out is
+counted in the report. The readers of the other formats live in pairwise.py, scored.py and oasst.py."""
 
 from __future__ import annotations
 
@@ -10,14 +10,23 @@ from pathlib import Path
 
 from .containers import HUB_PREFIX, check_source
 from .errors import DataError
-from .groups import RankedGroup, ReadReport, group_hash, iter_records, make_group, require_fields
+from .groups import (RankedGroup, ReadReport, check_conflicts, count_conflicts, find_cycle, group_hash, iter_records,
+                     make_group, require_fields)
+from .pairwise import REPEATED
 from .oasst import read_oasst
 from .pairwise import read_implicit, read_pairwise
 from .scored import read_scored
 
 
-def read_native(path: Path, report: ReadReport | None = None, skip_invalid: bool = False) -> list[RankedGroup]:
-    """Read the native format: {"prompt", "completions", "ranks"? | "pairs"?, "margins"?, "tree"?} per record."""
+def read_native(path: Path, report: ReadReport | None = None, skip_invalid: bool = False,
+                conflicts: str = "keep") -> list[RankedGroup]:
+    """Read the native format: {"prompt", "completions", "ranks"? | "pairs"?, "counts"?, "margins"?, "subset"?,
+    "tree"?} per record.
+
+    "counts", aligned with "pairs", says how many times each comparison was stated (several annotators); pairs may
+    then state both directions of a pair or a cycle. conflicts: keep (every vote), drop (repeats counted once, a
+    record whose pairs contradict or cycle left out), error (repeats counted once; a contradiction is an error)."""
+    check_conflicts(conflicts)
     report = report if report is not None else ReadReport()
     groups = []
     for line, obj in iter_records(path, report, skip_invalid):
@@ -27,11 +36,21 @@ def read_native(path: Path, report: ReadReport | None = None, skip_invalid: bool
             tree = obj.get("tree")
             if tree is not None and not isinstance(tree, str):
                 raise DataError(path, line, "tree", "expected a string", "give the conversation id as a string")
+            subset = obj.get("subset", obj.get("category"))
             g = make_group(obj["prompt"], obj["completions"], obj.get("ranks"), path, line, tree,
-                           obj.get("pairs"), obj.get("margins"))
+                           obj.get("pairs"), obj.get("margins"), obj.get("counts"), subset, conflicts)
+            if g.counts is not None and conflicts != "keep":  # each comparison once, as without counts
+                report.skipped[REPEATED] += sum(g.counts) - len(g.counts)
+                g = make_group(obj["prompt"], obj["completions"], obj.get("ranks"), path, line, tree,
+                               obj.get("pairs"), obj.get("margins"), None, subset, conflicts)
         except DataError as e:
             report.skip(e, skip_invalid)
             continue
+        if g.stated_pairs is not None and find_cycle(g.stated_pairs) is not None and conflicts == "drop":
+            report.skipped["records whose pairs contradict or cycle (--conflicts drop)"] += 1
+            continue
+        if g.stated_pairs is not None and conflicts == "keep":
+            count_conflicts(report, g.stated_pairs, g.counts)
         if not g.comparisons():
             report.skipped["all completions tied: no comparison"] += 1
             continue
@@ -72,9 +91,12 @@ READERS = {"native": read_native, "pairwise": read_pairwise, "implicit": read_im
            "oasst": read_oasst}
 
 
-def read_groups(paths, fmt: str = "auto", report: ReadReport | None = None,
-                skip_invalid: bool = False) -> list[RankedGroup]:
-    """Read and validate ranked groups from one or more files; exact duplicate groups across files are dropped."""
+def read_groups(paths, fmt: str = "auto", report: ReadReport | None = None, skip_invalid: bool = False,
+                conflicts: str = "keep") -> list[RankedGroup]:
+    """Read and validate ranked groups from one or more files; exact duplicate groups across files are dropped.
+
+    conflicts: what to do with repeated, contradictory and cyclic judgments of one prompt (keep, drop, error)."""
+    check_conflicts(conflicts)
     report = report if report is not None else ReadReport()
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     out, seen = [], set()
@@ -85,7 +107,7 @@ def read_groups(paths, fmt: str = "auto", report: ReadReport | None = None,
         if f not in READERS:
             raise DataError(p, None, None, f"unknown format {f!r}", f"use one of auto, {', '.join(READERS)}")
         sub = ReadReport()
-        for g in READERS[f](p, sub, skip_invalid):
+        for g in READERS[f](p, sub, skip_invalid, conflicts):
             key = group_hash(g)
             if key in seen:
                 sub.groups -= 1

@@ -39,9 +39,12 @@ def ranks_from_scores(scores) -> tuple[int, ...]:
     return tuple(levels.index(s) for s in scores)
 
 
-def read_scored(path: Path, report: ReadReport | None = None, skip_invalid: bool = False) -> list[RankedGroup]:
+def read_scored(path: Path, report: ReadReport | None = None, skip_invalid: bool = False,
+                conflicts: str = "keep") -> list[RankedGroup]:
     """Read scored completions: {"prompt" | "instruction", "completions": [str], "scores" | "ratings": [number]},
-    or completions as objects {"response", "score" | "rating" | "fine-grained_score" | "overall_score"}."""
+    or completions as objects {"response", "score" | "rating" | "fine-grained_score" | "overall_score"}.
+
+    Scores state one ranking per record, so `conflicts` has nothing to act on here (every reader takes it)."""
     report = report if report is not None else ReadReport()
     groups = []
     for line, obj in iter_records(path, report, skip_invalid):

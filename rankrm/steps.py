@@ -66,7 +66,7 @@ def backward_step(model, groups: list[TokenizedGroup], weight: float, micro_batc
         with contextlib.nullcontext() if sync else accelerator.no_sync(model):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 rewards = batch_rewards(model, b, cache)  # (N,)
-            stats = group_stats(rewards, b.ranks, b.group_index, len(idx), b.pair_mask)
+            stats = group_stats(rewards, b.ranks, b.group_index, len(idx), b.pair_counts)
             loss = kwise_loss(stats, group_weight=weight)
             loss.backward() if accelerator is None else accelerator.backward(loss)
         out["loss"] += stats.loss.detach().sum()

@@ -105,14 +105,15 @@ class Data:
 def load_data(cfg: TrainConfig, say) -> Data:
     """Read and validate the training (and held-out) groups, split by prompt; fail before any model loads."""
     report = ReadReport()
-    groups = read_groups(cfg.train_data, cfg.format, report, skip_invalid=cfg.skip_invalid)
+    groups = read_groups(cfg.train_data, cfg.format, report, skip_invalid=cfg.skip_invalid, conflicts=cfg.conflicts)
     say(f"train data: {report.summary()}")
     if not any(g.comparisons() for g in groups):
         raise DataError(", ".join(map(str, cfg.train_data)), None, None, f"gives no training comparison "
                         f"({report.summary()})", "give ranked groups whose completions are not all tied")
     if cfg.eval_data:
         eval_report = ReadReport()
-        held = read_groups(cfg.eval_data, cfg.format, eval_report, skip_invalid=cfg.skip_invalid)
+        held = read_groups(cfg.eval_data, cfg.format, eval_report, skip_invalid=cfg.skip_invalid,
+                           conflicts=cfg.conflicts)
         say(f"eval data: {eval_report.summary()}")
         leaks = overlap(groups, held)
         if leaks:

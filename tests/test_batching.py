@@ -53,7 +53,7 @@ def test_padded_batch_layout_by_hand():
     assert b.position_ids.tolist() == [[0, 1, 2, 3], [0, 0, 0, 1]]
     assert b.end_index.tolist() == [3, 7]
     assert b.ranks.tolist() == [0, 1] and b.group_index.tolist() == [0, 0] and b.num_groups == 1
-    assert b.layout == "padded" and b.prompt is None and b.pair_mask is None
+    assert b.layout == "padded" and b.prompt is None and b.pair_counts is None
     assert b.sequences == [(0, ((0, 4),)), (1, ((2, 2),))]
     assert (b.slots, b.real_tokens) == (8, 6)
 
@@ -73,7 +73,7 @@ def test_packed_batch_layout_by_hand():
                                        [1, 1, 0, 0, 1, 1, 0],
                                        [1, 1, 0, 0, 1, 1, 1]]]
     assert b.ranks.tolist() == [0, 1] and b.group_index.tolist() == [0, 0]
-    assert b.layout == "packed" and b.prompt is None and b.pair_mask is None
+    assert b.layout == "packed" and b.prompt is None and b.pair_counts is None
     assert b.sequences == [(0, ((0, 2), (2, 2))), (0, ((0, 2), (4, 3)))]  # (row, [prompt span, own tail span])
     assert (b.slots, b.real_tokens) == (7, 7)
 
@@ -101,7 +101,7 @@ def test_kv_batch_layout_by_hand():
         [[1, 0, 1, 0, 0], [1, 0, 1, 1, 0], [0, 0, 0, 0, 1]],  # never g2's prompt pad
         [[1, 0, 1, 0, 0], [1, 0, 1, 1, 0], [0, 0, 0, 0, 1]]]
     assert b.ranks.tolist() == [0, 1, 1, 0] and b.group_index.tolist() == [0, 0, 1, 1] and b.num_groups == 2
-    assert b.layout == "kv" and b.pair_mask is None
+    assert b.layout == "kv" and b.pair_counts is None
     assert b.sequences == []  # two passes: nothing for the frozen-layer cache
     assert (b.slots, b.slots - b.real_tokens) == (4 + 12, 4 + 12 - (3 + 2 + 3 + 2 + 2))
 
@@ -136,7 +136,7 @@ def test_packed_rows_hold_several_groups_kept_apart():
          [0, 0, 0, 0, 1, 0, 1, 1, 0],
          [0, 0, 0, 0, 0, 0, 0, 0, 1]]]  # padding sees itself only
     assert b.ranks.tolist() == [0, 1, 1, 0, 0, 0] and b.group_index.tolist() == [0, 0, 1, 1, 2, 2]
-    assert b.num_groups == 3 and b.layout == "packed" and b.prompt is None and b.pair_mask is None
+    assert b.num_groups == 3 and b.layout == "packed" and b.prompt is None and b.pair_counts is None
     assert b.sequences == [(0, ((0, 4), (4, 2))), (0, ((0, 4), (6, 3))), (1, ((0, 1), (1, 1))),
                            (1, ((0, 1), (2, 2))), (1, ((4, 1), (5, 1))), (1, ((4, 1), (6, 2)))]
     # the spans gather each completion's whole row, the frozen-layer cache's key

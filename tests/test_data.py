@@ -83,7 +83,7 @@ def test_find_cycle_reads_a_cycle_from_its_lowest_index_in_the_winners_direction
 def test_cyclic_and_contradictory_labels_name_their_lines(tmp_path):
     """Records a > b (line 2), b > c (line 3), c > a (line 5) of one prompt make a 3-cycle: "cyclic", naming the
     three lines, raised at the last; b > a (line 3) after a > b (line 1) is a 2-cycle: "contradictory". In the
-    native format the stated pairs' cycle names the completions."""
+    native format the stated pairs' cycle names the completions. (With --conflicts error; keep is the default.)"""
     def rec(prompt, chosen, rejected):
         return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
@@ -91,16 +91,16 @@ def test_cyclic_and_contradictory_labels_name_their_lines(tmp_path):
                                            rec("r", "x", "y"), rec("p", "c", "a")])
     with pytest.raises(DataError, match=r"^\S*c.jsonl:5: field 'chosen': cyclic labels for one prompt "
                                         r"\(line 2, line 3, line 5\): 'a' > 'b' > 'c' > 'a'\. Fix: "):
-        read_groups(f)
+        read_groups(f, conflicts="error")
     f = write_jsonl(tmp_path / "t.jsonl", [rec("p", "a", "b"), rec("q", "x", "y"), rec("p", "b", "a")])
     with pytest.raises(DataError, match=r"^\S*t.jsonl:3: field 'chosen': contradictory labels for one prompt "
                                         r"\(line 1, line 3\): 'a' > 'b' > 'a'\. Fix: "):
-        read_groups(f)
+        read_groups(f, conflicts="error")
     f = write_jsonl(tmp_path / "n.jsonl", [GOOD, {"prompt": "p", "completions": ["a", "b", "c"],
                                                   "pairs": [[1, 2], [2, 0], [0, 1]]}])
     with pytest.raises(DataError, match=r"n.jsonl:2: field 'pairs': cyclic comparisons: "
                                         r"completion 0 > completion 1 > completion 2 > completion 0\. Fix: "):
-        read_groups(f)
+        read_groups(f, conflicts="error")
 
 
 def test_oasst_nested_trees_match_sources_counts():

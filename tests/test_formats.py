@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from rankrm.batch import TokenizedGroup, collate, stated_pair_mask
+from rankrm.batch import TokenizedGroup, collate, stated_pair_counts
 from rankrm.config import TrainConfig
 from rankrm.errors import DataError
 from rankrm.groups import RankedGroup, ReadReport, identical_prompts, write_native
@@ -65,9 +65,9 @@ def hh_lines(*numbers) -> list[str]:
     return [lines[n - 1] for n in numbers]
 
 
-def read(path, fmt="auto", skip_invalid=False):
+def read(path, fmt="auto", skip_invalid=False, conflicts="keep"):
     report = ReadReport()
-    return read_groups(path, fmt, report, skip_invalid), report
+    return read_groups(path, fmt, report, skip_invalid, conflicts), report
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -92,9 +92,12 @@ def test_pairwise_standard_merges_a_prompt_into_a_partial_order_with_its_margins
 def test_pairwise_records_stating_a_full_ranking_become_a_plain_ranked_group(tmp_path):
     rows = [{"prompt": "p", "chosen": "a", "rejected": "b"}, {"prompt": "p", "chosen": "b", "rejected": "c"},
             {"prompt": "p", "chosen": "a", "rejected": "c"}, {"prompt": "p", "chosen": "a", "rejected": "b"}]
-    (g,), report = read(write_jsonl(tmp_path / "p.jsonl", rows))
+    (g,), report = read(write_jsonl(tmp_path / "p.jsonl", rows), conflicts="drop")
     assert g.ranks == (0, 1, 2) and g.stated_pairs is None and sorted(g.comparisons()) == [(0, 1), (0, 2), (1, 2)]
     assert report.skipped == {"repeated comparisons (same prompt, chosen and rejected as an earlier record)": 1}
+    (g,), report = read(write_jsonl(tmp_path / "p.jsonl", rows))  # keep: the repeat is a second vote on a > b
+    assert g.ranks == (0, 1, 2) and g.stated_pairs == ((0, 1), (1, 2), (0, 2)) and g.counts == (2, 1, 1)
+    assert report.notes["repeated comparisons kept as votes (a pair stated again)"] == 1 and not report.skipped
 
 
 def test_pairwise_conversational(tmp_path):
@@ -115,7 +118,7 @@ def test_contradictory_labels_name_both_lines(tmp_path):
     rows = [PAIRWISE[0], PAIRWISE[1], {"prompt": "The sky is", "chosen": " green.", "rejected": " blue."}]
     f = write_jsonl(tmp_path / "p.jsonl", [{k: v for k, v in r.items() if k != "margin"} for r in rows])
     with pytest.raises(DataError) as e:
-        read_groups(f)
+        read_groups(f, conflicts="error")
     msg = str(e.value)
     assert "p.jsonl:3: field 'chosen': contradictory labels" in msg and "line 1" in msg and "Fix:" in msg
 
@@ -126,8 +129,8 @@ def test_cyclic_labels_are_reported_and_skipped_with_skip_invalid(tmp_path):
     f = write_jsonl(tmp_path / "p.jsonl", rows)
     with pytest.raises(DataError, match=r"p.jsonl:4: field 'chosen': cyclic labels .*line 1, line 3, line 4.*"
                                         r"'a' > 'b' > 'c' > 'a'"):
-        read_groups(f)
-    g, report = read(f, skip_invalid=True)
+        read_groups(f, conflicts="error")
+    g, report = read(f, skip_invalid=True, conflicts="error")
     assert [x.prompt for x in g] == ["q"]
     assert report.skipped == {"invalid: cyclic comparisons (records)": 3}
 
@@ -216,7 +219,7 @@ def test_native_pairs_must_be_acyclic_and_agree_with_ranks(tmp_path):
     base = {"prompt": "p", "completions": ["a", "b", "c"]}
     f = write_jsonl(tmp_path / "n.jsonl", [{**base, "pairs": [[0, 1], [1, 0]]}])
     with pytest.raises(DataError, match=r"n.jsonl:1: field 'pairs': contradictory comparisons"):
-        read_groups(f)
+        read_groups(f, conflicts="error")
     f = write_jsonl(tmp_path / "n.jsonl", [{**base, "ranks": [0, 1, 2], "pairs": [[2, 1]]}])
     with pytest.raises(DataError, match=r"n.jsonl:1: field 'pairs\[0\]': says completion 2 beats 1"):
         read_groups(f)
@@ -490,18 +493,18 @@ def test_oasst_flat_parent_id_of_the_wrong_type_is_a_data_error(tmp_path, parent
 # Partial orders reach the loss; identical prompts across files
 
 
-def test_pair_mask_of_a_partial_order_and_its_loss():
+def test_pair_counts_of_a_partial_order_and_its_loss():
     """Group 0 states a > b and c > d only (ranks (0, 1, 0, 1) would also say a > d and c > b); group 1 is a plain
     ranking x > y. Rewards a..d = 1, 0, 0, 2 and x, y = 0, 0:
     group 0: mean of softplus(-(1 - 0)) and softplus(-(0 - 2)) = (0.31326 + 2.12693) / 2; group 1: log 2."""
     groups = [TokenizedGroup([[1], [2], [3], [4]], [0, 1, 0, 1], [(0, 1), (2, 3)]), TokenizedGroup([[5], [6]], [0, 1])]
     b = collate(groups, pad_id=0)
-    want = torch.zeros(6, 6, dtype=torch.bool)
-    want[0, 1] = want[2, 3] = want[4, 5] = True
-    assert torch.equal(b.pair_mask, want) and torch.equal(stated_pair_mask(groups), want)
-    assert collate(groups[1:], pad_id=0).pair_mask is None
+    want = torch.zeros(6, 6)
+    want[0, 1] = want[2, 3] = want[4, 5] = 1.0
+    assert torch.equal(b.pair_counts, want) and torch.equal(stated_pair_counts(groups), want)
+    assert collate(groups[1:], pad_id=0).pair_counts is None
     rewards = torch.tensor([1.0, 0.0, 0.0, 2.0, 0.0, 0.0], dtype=torch.float64)
-    stats = group_stats(rewards, b.ranks, b.group_index, 2, b.pair_mask)
+    stats = group_stats(rewards, b.ranks, b.group_index, 2, b.pair_counts)
     sp = lambda x: math.log1p(math.exp(x))  # noqa: E731  softplus: -log sigmoid(d) = softplus(-d)
     assert stats.loss.tolist() == pytest.approx([(sp(-1) + sp(2)) / 2, math.log(2)], abs=1e-12)
     assert stats.pairs.tolist() == [2, 1]
@@ -548,6 +551,7 @@ def test_training_runs_from_each_format(model_dirs, tmp_path, name, monkeypatch)
     import importlib
 
     train_module = importlib.import_module("rankrm.train")  # the module (rankrm.train is the function)
+    steps_module = importlib.import_module("rankrm.steps")  # where the loop calls group_stats
 
     steps_module = importlib.import_module("rankrm.steps")  # where the training loss is computed
     masks = []

@@ -24,7 +24,7 @@ def test_inspect_hh_reports_every_record_and_the_split_prompts(capsys):
     code, out, _ = run(capsys, "data", "inspect", HH)
     assert code == 0
     assert f"data: {HH} (implicit)" in out
-    assert "records: 2312  groups: 2310  comparisons: 2312  completions: 4624" in out
+    assert "records: 2312  groups: 2310  comparisons: 2312 (2312 votes)  completions: 4624" in out
     assert "K histogram: K=2: 2308, K=4: 2" in out
     assert "partial orders: 2 groups state only some pairs" in out
     assert "skipped: none" in out

@@ -87,3 +87,51 @@ def test_stated_pairs_mask_replaces_the_ranks():
     mask[0, 1] = True
     s = group_stats(t([1.0, 0.0, 2.0]), torch.tensor([0, 1, 0]), torch.tensor([0, 0, 0]), 1, mask)
     assert s.pairs.item() == 1.0 and s.loss.item() == pytest.approx(NLL1, abs=1e-12)
+
+
+def test_counts_weigh_each_vote():
+    """Counts (N, N): a > b stated twice (d = 1), b > c once (d = 1), a > c once (d = 2) in one group of 4 votes:
+    loss = (2 NLL1 + NLL1 + NLL2) / 4; pairs counts votes (4); correct: all 4 votes ordered right."""
+    counts = t([[0, 2, 1], [0, 0, 1], [0, 0, 0]])
+    s = group_stats(t([1.0, 0.0, -1.0]), torch.tensor([0, 1, 2]), torch.tensor([0, 0, 0]), 1, counts)
+    assert s.pairs.item() == 4.0 and s.correct.item() == 4.0
+    assert s.loss.item() == pytest.approx((3 * NLL1 + NLL2) / 4, abs=1e-12)
+
+
+def test_counts_of_ones_are_todays_ranking_loss():
+    """A plain ranking given as counts of 1 (or as a bool mask) gives exactly the C(K,2) mean of the ranks."""
+    r, ranks, g = t([0.3, -0.2, 1.1, 0.0]), torch.tensor([0, 1, 2, 2]), torch.tensor([0, 0, 0, 1])
+    ones = (ranks[:, None] < ranks[None, :]) & (g[:, None] == g[None, :])
+    plain = group_stats(r, ranks, g, 2)
+    for c in (ones, ones.to(torch.float64)):
+        s = group_stats(r, ranks, g, 2, c)
+        assert torch.equal(s.loss, plain.loss) and torch.equal(s.pairs, plain.pairs)
+
+
+def test_a_two_one_split_contradiction():
+    """a > b stated twice, b > a once. At d = r_a - r_b = 1: (2 softplus(-1) + softplus(1)) / 3 = (2 NLL1 + 1 +
+    NLL1) / 3 = NLL1 + 1/3 (softplus(1) = 1 + softplus(-1)); one of three votes ordered wrong. The loss
+    (2 log(1 + e^-d) + log(1 + e^d)) / 3 has derivative (-2 sigmoid(-d) + sigmoid(d)) / 3 = 0 at sigmoid(d) = 2/3,
+    d = ln 2: gradient descent on d must get there."""
+    counts = t([[0, 2], [1, 0]])
+    ranks, g = torch.tensor([0, 1]), torch.tensor([0, 0])
+    s = group_stats(t([1.0, 0.0]), ranks, g, 1, counts)
+    assert s.loss.item() == pytest.approx(NLL1 + 1 / 3, abs=1e-12)
+    assert s.pairs.item() == 3.0 and s.correct.item() == 2.0
+    d = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.SGD([d], lr=1.0)
+    for _ in range(300):
+        opt.zero_grad()
+        kwise_loss(group_stats(torch.stack([d, torch.zeros_like(d)]), ranks, g, 1, counts)).backward()
+        opt.step()
+    assert torch.sigmoid(d).item() == pytest.approx(2 / 3, abs=1e-6) and d.item() == pytest.approx(math.log(2), abs=1e-5)
+
+
+def test_a_cycle_of_single_votes_is_minimized_by_equal_rewards():
+    """a > b, b > c, c > a once each: by symmetry the optimum is r_a = r_b = r_c, loss ln 2. At rewards (1, 0, -1):
+    d = 1, 1, -2: (NLL1 + NLL1 + (2 + NLL2)) / 3."""
+    counts = t([[0, 1, 0], [0, 0, 1], [1, 0, 0]])
+    ranks, g = torch.tensor([0, 0, 0]), torch.tensor([0, 0, 0])
+    s = group_stats(t([1.0, 0.0, -1.0]), ranks, g, 1, counts)
+    assert s.loss.item() == pytest.approx((2 * NLL1 + 2 + NLL2) / 3, abs=1e-12)
+    assert group_stats(t([0.5, 0.5, 0.5]), ranks, g, 1, counts).loss.item() == pytest.approx(LN2, abs=1e-12)
