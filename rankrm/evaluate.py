@@ -321,13 +321,14 @@ def format_report(m: dict) -> str:
 
 @torch.no_grad()
 def evaluate_groups(model, groups: list[TokenizedGroup], batch_tokens: int = 4096, layout: str = "auto", cache=None,
-             progress: bool = False) -> EvalResult:
+                    progress: bool = False, require_pairs: bool = True) -> EvalResult:
     """Score every completion once and collect each group's pair statistics (ties between labels excluded).
 
-    cache: a frozen.FrozenLayerCache; the frozen layers then run only the first time a sequence is seen."""
+    cache: a frozen.FrozenLayerCache; the frozen layers then run only the first time a sequence is seen.
+    require_pairs=False scores groups that state no comparison too (a share of a distributed evaluation)."""
     from tqdm.auto import tqdm
 
-    if not groups or not any(g.comparisons() for g in groups):
+    if require_pairs and (not groups or not any(g.comparisons() for g in groups)):
         raise ValueError("no held-out comparison to evaluate (every group is tied or there are no groups). Fix: give "
                          "evaluation data with ranked, untied completions")
     was_training = model.training

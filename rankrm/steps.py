@@ -15,7 +15,7 @@ import torch
 from .batch import TokenizedGroup, collate
 from .checkpoint import save_checkpoint
 from .config import TrainConfig
-from .evaluate import EvalResult, evaluate_groups, format_metrics
+from .evaluate import EvalResult, Labels, evaluate_groups, format_metrics
 from .frozen import FrozenLayerCache
 from .loss import group_stats, kwise_loss
 from .model import RewardModel, batch_rewards
@@ -187,15 +187,16 @@ def evaluate_shared(accelerator, core: RewardModel, groups: list[TokenizedGroup]
 
     plan = plan_batches(groups, batch_tokens, layout, core.attention_per_token, kv=cache is None)
     mine = []
-    for idx, how in plan[rank::world]:
-        part = [groups[i] for i in idx]
-        if any(g.comparisons() for g in part):  # a pass of tied groups only adds nothing (and evaluate refuses it)
-            r = evaluate_groups(core, part, batch_tokens, how, cache)  # one pass: idx fits the budget by plan
-            mine.append((idx, r.correct, r.pairs, r.nll))
+    for idx, how in plan[rank::world]:  # one pass each: idx fits the budget by plan
+        r = evaluate_groups(core, [groups[i] for i in idx], batch_tokens, how, cache, require_pairs=False)
+        mine.append((idx, r.correct, r.pairs, r.nll, r.rewards))
     correct, pairs, nll = (np.zeros(len(groups)) for _ in range(3))
-    for idx, c, p, n in gather_object(mine):
+    rewards: list = [None] * len(groups)
+    for idx, c, p, n, rw in gather_object(mine):
         correct[idx], pairs[idx], nll[idx] = c, p, n
-    return EvalResult(correct, pairs, nll)
+        for i, x in zip(idx, rw):
+            rewards[i] = x
+    return EvalResult(correct, pairs, nll, tuple(rewards), tuple(Labels.of(g) for g in groups))
 
 
 def nonfinite(cfg: TrainConfig, run: Run, step: int, loss: float, norm: float, say) -> None:
