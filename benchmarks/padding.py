@@ -16,7 +16,7 @@ from pathlib import Path
 from benchmarks._results import save
 from rankrm.batch import collate, tokenize_groups
 from rankrm.config import TrainConfig
-from rankrm.groups import split_by_prompt
+from rankrm.splits import split_by_prompt
 from rankrm.readers import read_groups
 from rankrm.hub import DEFAULT_MODEL
 from rankrm.model import RewardModel

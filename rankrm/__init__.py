@@ -10,7 +10,8 @@ from .batch import TokenizedGroup, tokenize_groups
 from .client import LocalReward, RewardClient
 from .config import TrainConfig
 from .errors import DataError
-from .groups import RankedGroup, ReadReport, split_by_prompt, write_native
+from .groups import RankedGroup, ReadReport
+from .splits import split_by_prompt, write_native
 from .evaluate import EvalResult, compare, evaluate
 from .loss import GroupStats, group_stats, kwise_loss
 from .model import RewardModel

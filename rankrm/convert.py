@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .containers import write_jsonl
-from .groups import RankedGroup, ReadReport, write_native
+from .groups import RankedGroup, ReadReport
+from .splits import write_native
 from .readers import read_groups
 
 CONVERT_TARGETS = ("native", "pairwise")

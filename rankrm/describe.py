@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .groups import RankedGroup, ReadReport, identical_prompts, overlap
+from .groups import RankedGroup, ReadReport
+from .splits import identical_prompts, overlap
 from .readers import detect_format, read_groups
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from .containers import HUB_PREFIX, check_source
 from .errors import DataError
-from .groups import (RankedGroup, ReadReport, check_conflicts, count_conflicts, find_cycle, group_hash, iter_records,
-                     make_group, require_fields)
+from .groups import RankedGroup, ReadReport, check_conflicts, count_conflicts, find_cycle, iter_records, make_group, require_fields
+from .splits import group_hash
 from .pairwise import REPEATED
 from .oasst import read_oasst
 from .pairwise import read_implicit, read_pairwise

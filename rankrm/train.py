@@ -26,7 +26,8 @@ from .errors import DataError
 from .evaluate import EvalResult, compare, format_metrics
 from .files import remove_leftovers
 from .frozen import FrozenLayerCache, select_trainable
-from .groups import ReadReport, overlap, split_by_prompt
+from .groups import ReadReport
+from .splits import overlap, split_by_prompt
 from .lora import add_lora, merge_lora
 from .model import RewardModel
 from .planning import plan_batches

@@ -6,7 +6,8 @@ import json
 import pytest
 
 from rankrm.errors import DataError
-from rankrm.groups import ReadReport, depth_ranks, find_cycle, overlap, split_by_prompt, write_native
+from rankrm.groups import ReadReport, depth_ranks, find_cycle
+from rankrm.splits import overlap, split_by_prompt, write_native
 from rankrm.readers import read_groups
 from conftest import OASST_FLAT, OASST_TREES, write_jsonl
 

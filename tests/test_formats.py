@@ -10,7 +10,8 @@ import torch
 from rankrm.batch import TokenizedGroup, collate, stated_pair_counts
 from rankrm.config import TrainConfig
 from rankrm.errors import DataError
-from rankrm.groups import RankedGroup, ReadReport, identical_prompts, write_native
+from rankrm.groups import RankedGroup, ReadReport
+from rankrm.splits import identical_prompts, write_native
 from rankrm.loss import group_stats, kwise_loss
 from rankrm.readers import READERS, detect_format, read_groups
 from rankrm.scored import ranks_from_scores

@@ -8,7 +8,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "rankrm"
 # the data layer, lowest first: a module may import only those before it
-DATA_LAYERS = ["errors", "containers", "groups", "pairwise", "scored", "oasst", "readers", "describe", "convert"]
+DATA_LAYERS = ["errors", "containers", "groups", "splits", "pairwise", "scored", "oasst", "readers", "describe", "convert"]
 
 
 def imports_of(path: Path, package: Path) -> set[str]:

@@ -10,8 +10,9 @@ import pytest
 
 from rankrm.cli import main
 from rankrm.model import RewardModel
-from rankrm.evaluate import (EvalResult, Labels, calibration, compare, fit_temperature, kendall_tau_b,
-                             ranking_metrics, subset_metrics, vote_metrics)
+from rankrm.evaluate import EvalResult, Labels, compare
+from rankrm.metrics import (calibration, fit_temperature, kendall_tau_b, ranking_metrics, subset_metrics,
+                            vote_metrics)
 from conftest import write_jsonl
 
 
