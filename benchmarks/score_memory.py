@@ -20,27 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks._models import tiny_reward_model
 from benchmarks._results import save
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = [10_000, 100_000, 1_000_000]
-
-
-def tiny_reward_model(out: Path) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
-
-    from rankrm.hub import DEFAULT_MODEL, resolve
-    from rankrm.model import RewardModel
-
-    tok = AutoTokenizer.from_pretrained(resolve(DEFAULT_MODEL))
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(out / "lm")
-    tok.save_pretrained(out / "lm")
-    RewardModel.from_pretrained(str(out / "lm"), max_length=64).save_pretrained(out / "rm")
 
 
 def write_lines(path: Path, n: int) -> None:
@@ -72,7 +56,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        tiny_reward_model(tmp)
+        tiny_reward_model(tmp, hidden=64, intermediate=128, layers=2, max_positions=256, max_length=64)
         for n in args.sizes:
             src = tmp / f"in-{n}.jsonl"
             write_lines(src, n)

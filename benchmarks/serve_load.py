@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import importlib.util
 import json
 import os
 import re
@@ -30,28 +29,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._models import tiny_reward_model  # noqa: E402
 from benchmarks._results import save  # noqa: E402
 
 THREADS = 1  # torch threads of the server and the in-process baseline (--threads)
 WORDS = "the a sky blue is red green cat dog sun moon tree rock fish bird good bad yes no why how".split()
-
-
-def build_model(out: Path) -> Path:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
-
-    from rankrm.model import GGUF_FILE, GGUF_PACKAGE, RewardModel
-
-    src = Path(importlib.util.find_spec(GGUF_PACKAGE).origin).parent  # SmolLM2's tokenizer, offline
-    tok = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_FILE)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=384, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(out / "lm")
-    tok.save_pretrained(out / "lm")
-    RewardModel.from_pretrained(str(out / "lm"), max_length=512).save_pretrained(out / "rm")
-    return out / "rm"
 
 
 def text(n_words: int, seed: int) -> str:
@@ -298,7 +280,8 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        model = build_model(Path(tmp))
+        model = tiny_reward_model(Path(tmp), hidden=128, intermediate=384, layers=4, max_positions=1024,
+                                  max_length=512)
         from rankrm.serve_engine import Renderer
 
         inproc = InProcess(model, args.batch_tokens)
