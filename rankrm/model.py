@@ -11,12 +11,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .encode import PAD_TOKEN, TextEncoder, add_pad_token, end_at_eos  # noqa: F401
 from .batch import Batch, TokenizedGroup, collate, collate_rows
 from .files import TMP_PREFIX, atomic_dir
 from .hub import DEFAULT_MODEL, resolve
 from .planning import plan_batches, token_budget_batches
 
-PAD_TOKEN = "<|rankrm_pad|>"  # added when a tokenizer has no pad token or pads with EOS
 META_FILE = "rankrm.json"
 # what a save writes; everything else in a model directory (a run's checkpoints, metrics, held-out data) is kept
 MODEL_FILE_NAMES = ("config.json", "generation_config.json", "special_tokens_map.json", "added_tokens.json",
@@ -39,50 +39,9 @@ def batch_rewards(model, batch: Batch, cache=None) -> torch.Tensor:
 
 def ensure_pad_token(hf, tokenizer) -> None:
     """Give the model a pad token distinct from EOS, so that Hugging Face's pooling (last non-pad token) reads EOS."""
-    if tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer has no EOS token; the reward is read at the completion's EOS. "
-                         "Fix: set tokenizer.eos_token before building the RewardModel.")
-    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
-        if len(tokenizer) > hf.get_input_embeddings().num_embeddings:
-            hf.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    if add_pad_token(tokenizer) and len(tokenizer) > hf.get_input_embeddings().num_embeddings:
+        hf.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     hf.config.pad_token_id = tokenizer.pad_token_id
-
-
-_PROBE = [{"role": "user", "content": "Which colour is the sky?"}]
-
-
-def end_at_eos(model, template: str) -> str:
-    """The chat template to keep with the reward model: a conversation that ends with an assistant message then
-    ends at that message's EOS, as RewardModel.render does.
-
-    ChatML-style templates put a newline after each turn's end token. Tools that score by rendering the whole
-    conversation (TRL's GRPO trainer: apply_chat_template(prompt + completion), then the logit at the last
-    non-pad token) would otherwise read the reward at that newline instead of at the EOS it was trained on. The
-    original template is kept whole inside a Jinja block; only that one trailing suffix is cut, and only when the
-    conversation ends with an assistant turn and no generation prompt is asked for."""
-    tok = model.tokenizer
-    full = tok.apply_chat_template(_PROBE + [{"role": "assistant", "content": "Blue."}], tokenize=False)
-    ours = model.render(_PROBE, "Blue.")
-    if full == ours or not full.startswith(ours):
-        return template  # already ends at the EOS, or renders completions differently: leave it as it is
-    suffix = full[len(ours):]
-    wrapped = ("{% set rankrm_rendered %}" + template + "{% endset %}"
-               "{% if messages and messages[-1]['role'] == 'assistant' and not add_generation_prompt "
-               f"and rankrm_rendered.endswith({suffix!r}) %}}{{{{ rankrm_rendered[:-{len(suffix)}] }}}}"
-               "{% else %}{{ rankrm_rendered }}{% endif %}")
-    def render_with(t, messages, gen):
-        tok.chat_template, saved = t, tok.chat_template
-        try:
-            return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
-        finally:
-            tok.chat_template = saved
-
-    convo = _PROBE + [{"role": "assistant", "content": "Blue."}]
-    ok = (render_with(wrapped, convo, False) == full[:-len(suffix)]
-          and render_with(wrapped, _PROBE, True) == render_with(template, _PROBE, True))
-    return wrapped if ok else template
-
 
 
 class RewardModel(nn.Module):
@@ -96,13 +55,8 @@ class RewardModel(nn.Module):
                              "backbones whose sequence-classification head reads the last token (Llama, Qwen2, "
                              "GPT-2, Mistral, ...).")
         self.hf = hf_model
-        self.tokenizer = tokenizer
-        self.max_length = max_length
+        self.encoder = TextEncoder(tokenizer, max_length)
         self.normalization: dict | None = None  # statistics of the demonstrations, once normalized (rankrm.json)
-        probe = tokenizer("a").input_ids
-        self.adds_bos = tokenizer.bos_token_id is not None and len(probe) > 0 and probe[0] == tokenizer.bos_token_id
-        if tokenizer.chat_template:
-            tokenizer.chat_template = end_at_eos(self, tokenizer.chat_template)
 
     # -- loading and saving ------------------------------------------------------------------------------------
 
@@ -201,38 +155,33 @@ class RewardModel(nn.Module):
     def reward_bias(self, value: float) -> None:
         self.hf.config.reward_bias = float(value)
 
+    @property
+    def tokenizer(self):
+        return self.encoder.tokenizer
+
+    @property
+    def max_length(self) -> int:
+        return self.encoder.max_length
+
+    @max_length.setter
+    def max_length(self, value: int) -> None:
+        self.encoder.max_length = value
+
+    @property
+    def adds_bos(self) -> bool:
+        return self.encoder.adds_bos
+
     def render_prompt(self, prompt) -> str:
-        """The prompt as text: a string verbatim; messages through the chat template, else 'Role: text' blocks."""
-        if isinstance(prompt, str):
-            text = prompt
-        elif self.tokenizer.chat_template:
-            text = self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-        else:  # documented fallback for tokenizers without a chat template
-            text = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in prompt) + "Assistant: "
-        bos = self.tokenizer.bos_token
-        if self.adds_bos and not text.startswith(bos):
-            text = bos + text
-        return text
+        """The prompt as text (TextEncoder.render_prompt)."""
+        return self.encoder.render_prompt(prompt)
 
     def render(self, prompt, completion: str) -> str:
         """Exactly the text the backbone reads for (prompt, completion), ending with the EOS token."""
-        return self.render_prompt(prompt) + completion + self.tokenizer.eos_token
+        return self.encoder.render(prompt, completion)
 
     def tokenize(self, prompts, completions) -> tuple[list[list[int]], list[bool]]:
-        """Token ids of each rendered pair, cut from the left to max_length; returns (ids, which were cut).
-
-        The one place text becomes tokens: training, evaluation, scoring and serving all come through here."""
-        texts = [self.render(p, c) for p, c in zip(prompts, completions, strict=True)]
-        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        eos = self.tokenizer.eos_token_id
-        cut = [False] * len(ids)
-        for i, row in enumerate(ids):
-            if not row or row[-1] != eos:
-                raise ValueError(f"rendered text does not end with the EOS token id {eos}: {texts[i][-80:]!r}. "
-                                 "Fix: use a tokenizer that parses its EOS token as a special token.")
-            if len(row) > self.max_length:  # keep the end: the prompt is cut from the left, never the EOS
-                ids[i], cut[i] = row[-self.max_length:], True
-        return ids, cut
+        """Token ids of each rendered pair, cut from the left to max_length (TextEncoder.tokenize)."""
+        return self.encoder.tokenize(prompts, completions)
 
     # -- forward -----------------------------------------------------------------------------------------------
 
