@@ -8,8 +8,10 @@ group stating exactly their comparisons, each with how many records state it (se
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,7 @@ class Comparison:
     margin: float | None
     line: Location
     subset: str | None = None
+    seq: int = 0  # the record's position in its file: merged groups are ordered by their first record
 
 
 def _at(loc: Location) -> str:
@@ -64,10 +67,20 @@ def merge_comparisons(comps: list[Comparison], path, report: ReadReport, skip_in
     are skipped). When the records of a prompt state a full ranking once each, the group is a plain ranked group;
     otherwise it carries its comparisons and counts."""
     check_conflicts(conflicts)
+    groups = [g for _, g in _merged(comps, path, report, skip_invalid, conflicts)]
+    report.groups += len(groups)
+    return groups
+
+
+def _prompt_key(prompt: Prompt) -> str:
+    return json.dumps(prompt, ensure_ascii=False, sort_keys=True)
+
+
+def _merged(comps: list[Comparison], path, report: ReadReport, skip_invalid: bool, conflicts: str):
+    """(seq of the prompt's first record, group) per prompt of comps (merge_comparisons without the count)."""
     by_prompt: dict[str, list[Comparison]] = {}
     for c in comps:
-        by_prompt.setdefault(json.dumps(c.prompt, ensure_ascii=False, sort_keys=True), []).append(c)
-    groups = []
+        by_prompt.setdefault(_prompt_key(c.prompt), []).append(c)
     for cs in by_prompt.values():
         texts: dict[str, int] = {}
         stated: dict[tuple[int, int], Comparison] = {}
@@ -119,9 +132,42 @@ def merge_comparisons(comps: list[Comparison], path, report: ReadReport, skip_in
             report.notes["groups stating a partial order (only the labeled comparisons)"] += 1
         if g.margins is not None:
             report.notes["groups with margins (kept, not used by the loss)"] += 1
-        groups.append(g)
-    report.groups += len(groups)
-    return groups
+        yield cs[0].seq, g
+
+
+def merge_stream(comparisons, path, report: ReadReport, skip_invalid: bool, conflicts: str = "keep"):
+    """merge_comparisons over a file read twice, in memory bounded by hashes: yields (seq, group).
+
+    comparisons(report, skip_invalid) iterates the file's records as lists of Comparisons (one per vote). The first
+    pass counts each prompt's comparisons under a 64-bit hash of the prompt; the second merges a prompt's records
+    as soon as its last one is read, so only the records of prompts still open are held. A group comes out when
+    it is complete, which can be after groups of later prompts: seq (its first record's position) restores the
+    file's order."""
+    check_conflicts(conflicts)
+    expected: Counter = Counter()
+    for cs in comparisons(ReadReport(), True):  # invalid records are left out of both passes alike
+        expected[_prompt_hash(cs[0].prompt)] += len(cs)
+    pending: dict[bytes, list[Comparison]] = {}
+    for cs in comparisons(report, skip_invalid):
+        h = _prompt_hash(cs[0].prompt)
+        if h not in pending and expected[h] == len(cs):
+            ready = cs
+        else:
+            bucket = pending.setdefault(h, [])
+            bucket.extend(cs)
+            if len(bucket) < expected[h]:
+                continue
+            ready = pending.pop(h)
+        for seq, g in _merged(ready, path, report, skip_invalid, conflicts):
+            report.groups += 1
+            yield seq, g
+    for cs in pending.values():  # not reached unless the file changed between the passes
+        raise DataError(path, cs[0].line, None, "changed while it was being read",
+                        "read a file that no other program writes to")
+
+
+def _prompt_hash(prompt: Prompt) -> bytes:
+    return hashlib.blake2b(_prompt_key(prompt).encode(), digest_size=8).digest()
 
 
 def _short(text: str, n: int = 30) -> str:
@@ -153,9 +199,24 @@ def read_pairwise(path: Path, report: ReadReport | None = None, skip_invalid: bo
     """Read TRL pairwise records {"prompt", "chosen", "rejected", "margin"?, "subset"?}, standard or conversational.
 
     One record per vote; a record may also carry several votes as "votes": N (how many annotators stated it)."""
+    return _in_order(iter_pairwise(path, report, skip_invalid, conflicts))
+
+
+def _in_order(pairs) -> list[RankedGroup]:
+    return [g for _, g in sorted(pairs, key=lambda x: x[0])]
+
+
+def iter_pairwise(path: Path, report: ReadReport | None = None, skip_invalid: bool = False,
+                  conflicts: str = "keep"):
+    """read_pairwise as a stream of (seq, group) in bounded memory (see merge_stream)."""
     report = report if report is not None else ReadReport()
-    comps = []
-    for line, obj in iter_records(path, report, skip_invalid):
+    return merge_stream(lambda rep, skip: _pairwise_comparisons(path, rep, skip), path, report, skip_invalid,
+                        conflicts)
+
+
+def _pairwise_comparisons(path: Path, report: ReadReport, skip_invalid: bool):
+    """Each valid pairwise record as its list of Comparisons (one per vote)."""
+    for seq, (line, obj) in enumerate(iter_records(path, report, skip_invalid)):
         try:
             require_fields(obj, ("prompt", "chosen", "rejected"), path, line,
                      'write {"prompt": ..., "chosen": ..., "rejected": ...}')
@@ -166,11 +227,12 @@ def read_pairwise(path: Path, report: ReadReport | None = None, skip_invalid: bo
             else:
                 chosen, rejected = _reply(c, path, line, "chosen"), _reply(r, path, line, "rejected")
             _check_sides(chosen, rejected, path, line)
-            c = Comparison(prompt, chosen, rejected, _margin(obj, path, line), line, _subset(obj, path, line))
-            comps += [c] * _votes(obj, path, line)
+            c = Comparison(prompt, chosen, rejected, _margin(obj, path, line), line, _subset(obj, path, line), seq)
+            votes = _votes(obj, path, line)
         except DataError as e:
             report.skip(e, skip_invalid)
-    return merge_comparisons(comps, path, report, skip_invalid, conflicts)
+            continue
+        yield [c] * votes
 
 
 def _subset(obj: dict, path, line) -> str | None:
@@ -278,9 +340,20 @@ def read_implicit(path: Path, report: ReadReport | None = None, skip_invalid: bo
 
     An empty final assistant turn in an HH dialogue is kept as an empty reply (in HH-RLHF's harmless data the
     labeler preferred the assistant saying nothing) and counted in report.notes."""
+    return _in_order(iter_implicit(path, report, skip_invalid, conflicts))
+
+
+def iter_implicit(path: Path, report: ReadReport | None = None, skip_invalid: bool = False,
+                  conflicts: str = "keep"):
+    """read_implicit as a stream of (seq, group) in bounded memory (see merge_stream)."""
     report = report if report is not None else ReadReport()
-    comps = []
-    for line, obj in iter_records(path, report, skip_invalid):
+    return merge_stream(lambda rep, skip: _implicit_comparisons(path, rep, skip), path, report, skip_invalid,
+                        conflicts)
+
+
+def _implicit_comparisons(path: Path, report: ReadReport, skip_invalid: bool):
+    """Each valid dialogue-pair record as its list of Comparisons (one per vote)."""
+    for seq, (line, obj) in enumerate(iter_records(path, report, skip_invalid)):
         try:
             require_fields(obj, ("chosen", "rejected"), path, line,
                      'write {"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ...", "rejected": ...}')
@@ -296,8 +369,8 @@ def read_implicit(path: Path, report: ReadReport | None = None, skip_invalid: bo
                 raise DataError(path, line, "rejected", f"is a {type(r).__name__} and 'chosen' a {type(c).__name__}",
                                 "give both as dialogue strings or both as message lists",
                                 reason="chosen and rejected of different types")
-            comps += [Comparison(prompt, chosen, rejected, _margin(obj, path, line), line,
-                                 _subset(obj, path, line))] * _votes(obj, path, line)
+            c = Comparison(prompt, chosen, rejected, _margin(obj, path, line), line, _subset(obj, path, line), seq)
+            votes = _votes(obj, path, line)
         except DataError as e:
             report.skip(e, skip_invalid)
             continue
@@ -306,5 +379,5 @@ def read_implicit(path: Path, report: ReadReport | None = None, skip_invalid: bo
         empty = sum(1 for x in (chosen, rejected) if not x.strip())
         if empty:
             report.notes["empty assistant replies kept (the dialogue's last turn is empty)"] += empty
-    return merge_comparisons(comps, path, report, skip_invalid, conflicts)
+        yield [c] * votes
 

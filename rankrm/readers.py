@@ -7,20 +7,27 @@ counted in the report. The readers of the other formats live in pairwise.py, sco
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 from .containers import HUB_PREFIX, check_source
 from .errors import DataError
 from .groups import RankedGroup, ReadReport, check_conflicts, count_conflicts, find_cycle, iter_records, make_group, require_fields
-from .splits import group_hash
+from .splits import group_digest
 from .pairwise import REPEATED
 from .oasst import read_oasst
-from .pairwise import read_implicit, read_pairwise
-from .scored import read_scored
+from .pairwise import iter_implicit, iter_pairwise, read_implicit, read_pairwise
+from .scored import iter_scored, read_scored
 
 
 def read_native(path: Path, report: ReadReport | None = None, skip_invalid: bool = False,
                 conflicts: str = "keep") -> list[RankedGroup]:
-    """Read the native format: {"prompt", "completions", "ranks"? | "pairs"?, "counts"?, "margins"?, "subset"?,
+    """Every group of a native file (iter_native as a list)."""
+    return list(iter_native(path, report, skip_invalid, conflicts))
+
+
+def iter_native(path: Path, report: ReadReport | None = None, skip_invalid: bool = False,
+                conflicts: str = "keep") -> Iterator[RankedGroup]:
+    """Read the native format, one record at a time: {"prompt", "completions", "ranks"? | "pairs"?, "counts"?, "margins"?, "subset"?,
     "tree"?} per record.
 
     "counts", aligned with "pairs", says how many times each comparison was stated (several annotators); pairs may
@@ -28,7 +35,6 @@ def read_native(path: Path, report: ReadReport | None = None, skip_invalid: bool
     record whose pairs contradict or cycle left out), error (repeats counted once; a contradiction is an error)."""
     check_conflicts(conflicts)
     report = report if report is not None else ReadReport()
-    groups = []
     for line, obj in iter_records(path, report, skip_invalid):
         try:
             require_fields(obj, ("prompt", "completions"), path, line,
@@ -56,9 +62,8 @@ def read_native(path: Path, report: ReadReport | None = None, skip_invalid: bool
             continue
         if g.margins is not None:
             report.notes["groups with margins (kept, not used by the loss)"] += 1
-        groups.append(g)
-    report.groups += len(groups)
-    return groups
+        report.groups += 1
+        yield g
 
 
 def format_of(obj: dict) -> str | None:
@@ -91,29 +96,43 @@ READERS = {"native": read_native, "pairwise": read_pairwise, "implicit": read_im
            "oasst": read_oasst}
 
 
+# each format as a stream of (order, group): the order of the group's first record in its file (pairwise records
+# of one prompt are merged when the prompt's last record is read, so their groups can come out late)
+STREAMS = {"native": lambda *a: enumerate(iter_native(*a)), "pairwise": iter_pairwise, "implicit": iter_implicit,
+           "scored": lambda *a: enumerate(iter_scored(*a)), "oasst": lambda *a: enumerate(read_oasst(*a))}
+DUPLICATE = "duplicate groups (same prompt and completions in an earlier record or file)"
+
+
 def read_groups(paths, fmt: str = "auto", report: ReadReport | None = None, skip_invalid: bool = False,
                 conflicts: str = "keep") -> list[RankedGroup]:
     """Read and validate ranked groups from one or more files; exact duplicate groups across files are dropped.
 
     conflicts: what to do with repeated, contradictory and cyclic judgments of one prompt (keep, drop, error)."""
+    return [g for _, _, g in sorted(iter_groups(paths, fmt, report, skip_invalid, conflicts), key=lambda x: x[:2])]
+
+
+def iter_groups(paths, fmt: str = "auto", report: ReadReport | None = None, skip_invalid: bool = False,
+                conflicts: str = "keep") -> Iterator[tuple[int, int, RankedGroup]]:
+    """read_groups as a stream of (file index, order in the file, group), in memory bounded by hashes (the groups
+    seen, the prompts of pairwise files); sorting by (file, order) gives read_groups' order. OpenAssistant exports
+    are read whole (a tree's messages can be anywhere in the file)."""
     check_conflicts(conflicts)
     report = report if report is not None else ReadReport()
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    out, seen = [], set()
-    for p in paths:
+    seen = set()
+    for i, p in enumerate(paths):
         p = p if str(p).startswith(HUB_PREFIX) else Path(p)
         check_source(p)
         f = detect_format(p, skip_invalid) if fmt == "auto" else fmt
         if f not in READERS:
             raise DataError(p, None, None, f"unknown format {f!r}", f"use one of auto, {', '.join(READERS)}")
         sub = ReadReport()
-        for g in READERS[f](p, sub, skip_invalid, conflicts):
-            key = group_hash(g)
+        for order, g in STREAMS[f](p, sub, skip_invalid, conflicts):
+            key = group_digest(g)
             if key in seen:
                 sub.groups -= 1
-                sub.skipped["duplicate groups (same prompt and completions in an earlier record or file)"] += 1
+                sub.skipped[DUPLICATE] += 1
                 continue
             seen.add(key)
-            out.append(g)
+            yield i, order, g
         report.merge(sub)
-    return out

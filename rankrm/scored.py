@@ -4,6 +4,7 @@ tie."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 from .errors import DataError
 from .groups import RankedGroup, ReadReport, check_completions, check_number, check_prompt, iter_records, require_fields
@@ -41,12 +42,17 @@ def ranks_from_scores(scores) -> tuple[int, ...]:
 
 def read_scored(path: Path, report: ReadReport | None = None, skip_invalid: bool = False,
                 conflicts: str = "keep") -> list[RankedGroup]:
+    """Every group of a scored file (iter_scored as a list)."""
+    return list(iter_scored(path, report, skip_invalid, conflicts))
+
+
+def iter_scored(path: Path, report: ReadReport | None = None, skip_invalid: bool = False,
+                conflicts: str = "keep") -> Iterator[RankedGroup]:
     """Read scored completions: {"prompt" | "instruction", "completions": [str], "scores" | "ratings": [number]},
     or completions as objects {"response", "score" | "rating" | "fine-grained_score" | "overall_score"}.
 
     Scores state one ranking per record, so `conflicts` has nothing to act on here (every reader takes it)."""
     report = report if report is not None else ReadReport()
-    groups = []
     for line, obj in iter_records(path, report, skip_invalid):
         try:
             pkey = "instruction" if "prompt" not in obj and "instruction" in obj else "prompt"
@@ -76,6 +82,5 @@ def read_scored(path: Path, report: ReadReport | None = None, skip_invalid: bool
         if not g.comparisons():
             report.skipped["all completions tied: no comparison"] += 1
             continue
-        groups.append(g)
-    report.groups += len(groups)
-    return groups
+        report.groups += 1
+        yield g

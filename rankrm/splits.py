@@ -15,8 +15,13 @@ from .groups import Prompt, RankedGroup
 
 def group_hash(g: RankedGroup) -> str:
     """A content hash of a group's prompt and completions (order-free)."""
+    return group_digest(g).hex()
+
+
+def group_digest(g: RankedGroup) -> bytes:
+    """group_hash as 20 bytes (what the readers keep per group to drop duplicates)."""
     blob = json.dumps([g.prompt, sorted(g.completions)], ensure_ascii=False, sort_keys=True)
-    return hashlib.sha1(blob.encode()).hexdigest()
+    return hashlib.sha1(blob.encode()).digest()
 
 
 def write_native(groups, path: Path) -> None:
