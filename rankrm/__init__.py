@@ -4,7 +4,7 @@ The public API, imported eagerly on purpose: `rankrm.train`, `rankrm.evaluate` a
 that share their names with submodules, and binding them here, after their submodules are loaded, keeps them
 functions whatever is imported later (`import rankrm.train` then finds the submodule loaded and rebinds nothing)."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 from .batch import TokenizedGroup, tokenize_groups
 from .client import LocalReward, RewardClient

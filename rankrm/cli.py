@@ -25,18 +25,19 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .batch import tokenize_groups
     from .evaluate import compare, evaluate_groups, format_report
-    from .groups import ReadReport
     from .model import RewardModel
-    from .readers import read_groups
+    from .store import default_cache, open_data
 
-    report = ReadReport()
-    groups = read_groups(args.data, args.format, report, skip_invalid=args.skip_invalid, conflicts=args.conflicts)
-    results, out = [], {"data": args.data, "read": report.summary(), "models": []}
+    results, out = [], {"data": args.data, "models": []}
     for name in args.model:
         model = RewardModel.from_pretrained(name, max_length=args.max_length)
-        tok, truncated = tokenize_groups(model, groups)
+        store = open_data(args.data, model.encoder, args.data_cache or default_cache(), args.format, args.conflicts,
+                          args.skip_invalid, args.num_proc or default_processes(), say=note, what=f"--model {name}")
+        report = store.report
+        out["read"] = report.summary()
+        tok = store.view()
+        truncated = int(tok.column("cut").sum())
         res = evaluate_groups(model, tok, args.batch_tokens, progress=not args.json)
         results.append(res)
         out["models"].append({"model": name, "truncated_completions": truncated, **res.metrics})
@@ -73,10 +74,22 @@ CONFLICTS_HELP = ("repeated, contradictory (a > b and b > a) and cyclic judgment
                   "error")
 
 
+def note(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def default_processes() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
 def cmd_data(args) -> int:
     from .convert import convert_data
     from .describe import describe_data, format_description
 
+    if args.data_command == "prepare":
+        return data_prepare(args)
+    if args.data_command == "cache":
+        return data_cache(args)
     if args.data_command == "inspect":
         d = describe_data(args.files, args.format, args.skip_invalid, args.model, args.max_length, args.against,
                           args.conflicts)
@@ -87,10 +100,74 @@ def cmd_data(args) -> int:
     return 0
 
 
+def data_prepare(args) -> int:
+    import time
+
+    from .encode import TextEncoder
+    from .hub import resolve
+    from .store import prepare
+
+    t0 = time.time()
+    encoder = TextEncoder.from_pretrained(resolve(args.model), args.max_length)
+    store = prepare(args.inputs, encoder, args.out, args.format, args.conflicts, args.skip_invalid,
+                    args.num_proc or default_processes(), say=note)
+    m = store.manifest
+    print(f"read {store.report.summary()}; prepared {m['groups']} groups ({m['comparisons']} comparisons, "
+          f"{m['tokens']} tokens, max length {m['max_length']}) into {store.path} ({store.bytes / 2**20:.1f} MB) in "
+          f"{time.time() - t0:.0f}s; give it to train (--train-data / --eval-data) or eval (--data)")
+    return 0
+
+
+def data_cache(args) -> int:
+    import shutil
+
+    from .store import MANIFEST, default_cache
+
+    root = Path(args.data_cache or default_cache())
+    found = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    total = 0
+    for p in found:
+        size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+        total += size
+        try:
+            sources = ", ".join(json.loads((p / MANIFEST).read_text())["sources"])
+        except (OSError, ValueError, KeyError):
+            sources = "(unfinished or damaged: no manifest)"
+        print(f"{size / 2**20:10.1f} MB  {p}  {sources}")
+        if args.clear:
+            shutil.rmtree(p)
+    print(f"{'removed' if args.clear else 'in all'}: {len(found)} prepared stores, {total / 2**20:.1f} MB in {root}")
+    return 0
+
+
+def add_store_flags(p) -> None:
+    p.add_argument("--data-cache", default="", help="where prepared stores are kept (default: $RANKRM_DATA_CACHE, "
+                                                    "else ~/.cache/rankrm/data)")
+    p.add_argument("--num-proc", type=int, default=0, help="processes that tokenize when data is prepared "
+                                                           "(0: up to 8, one per CPU core)")
+
+
 def add_data_parser(sub) -> None:
-    """`rankrm data inspect|convert`."""
-    d = sub.add_parser("data", help="inspect a data set, or convert it to another format")
+    """`rankrm data inspect|convert|prepare|cache`."""
+    d = sub.add_parser("data", help="inspect a data set, convert it to another format, or prepare it for training")
     dsub = d.add_subparsers(dest="data_command", required=True)
+    pr = dsub.add_parser("prepare", help="read, validate and tokenize data once into a memory-mapped store that "
+                                         "train and eval read (they also prepare into --data-cache by themselves)")
+    pr.add_argument("inputs", nargs="+", help="data file(s), datasets directories or hf:OWNER/NAME[:SPLIT]")
+    pr.add_argument("--model", required=True, help="the backbone or reward model whose tokenizer and chat template "
+                                                   "the store is for (its weights are not loaded)")
+    pr.add_argument("--out", required=True, help="the store directory to write (replaced as a whole)")
+    pr.add_argument("--max-length", type=int, default=None, help="tokens per prompt + completion (default: the "
+                                                                 "model's own, else 1024); train with the same")
+    pr.add_argument("--format", default="auto", help=FORMAT_HELP)
+    pr.add_argument("--skip-invalid", action="store_true", help=SKIP_HELP)
+    pr.add_argument("--conflicts", default="keep", choices=["keep", "drop", "error"], help=CONFLICTS_HELP)
+    pr.add_argument("--num-proc", type=int, default=0, help="tokenizing processes (0: up to 8, one per CPU core)")
+    ca = dsub.add_parser("cache", help="list the prepared stores of the data cache and their sizes; --clear "
+                                       "removes them")
+    ca.add_argument("--data-cache", default="", help="the cache directory (default: $RANKRM_DATA_CACHE, else "
+                                                     "~/.cache/rankrm/data)")
+    ca.add_argument("--clear", action="store_true", help="remove every prepared store")
     i = dsub.add_parser("inspect", help="groups, K, comparisons, ties, duplicates, lengths, truncation")
     i.add_argument("files", nargs="+", help="data file(s), datasets directories or hf:OWNER/NAME[:SPLIT]")
     i.add_argument("--format", default="auto", help=FORMAT_HELP)
@@ -181,7 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-length", type=int, default=None, help="tokens per prompt + completion "
                                                                "(default: the model's own)")
     e.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per forward pass")
-    e.add_argument("--data", required=True, nargs="+", help="file(s) of ranked groups")
+    e.add_argument("--data", required=True, nargs="+", help="file(s) of ranked groups, or a prepared store "
+                   "(rankrm data prepare); files are prepared once into --data-cache")
+    add_store_flags(e)
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
     e.add_argument("--report", default=None, metavar="DIR", help="also write PNG plots (reliability diagram, rewards "
                    "of preferred vs rejected completions, accuracy per subset) and summary.md into DIR (needs "

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import functools
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,11 @@ class TrainConfig:
     conflicts: str = opt("keep", "repeated, contradictory (a > b and b > a) and cyclic judgments of one prompt: keep "
                                  "(every vote counts in the loss and metrics), drop (a repeat once, prompts whose "
                                  "judgments contradict or cycle left out) or error")
+    data_cache: str = opt("", "where the data, read and tokenized once, is kept as prepared stores, found again by a "
+                              "fingerprint of the files, format options, tokenizer and max length (empty: "
+                              "$RANKRM_DATA_CACHE, else ~/.cache/rankrm/data); --train-data may name a store itself "
+                              "(rankrm data prepare)")
+    num_proc: int = opt(0, "processes that tokenize the data when it is prepared (0: up to 8, one per CPU core)")
     output_dir: str = opt("runs/rm", "where the model, metrics and checkpoints are written")
     epochs: float = opt(1.0, "passes over the training groups (fractions allowed)")
     max_steps: int = opt(0, "stop after this many optimizer steps (0: run the epochs)")
@@ -88,6 +94,8 @@ class TrainConfig:
                                   "names of the linear layers that get LoRA adapters (GPT-2: c_attn c_proj c_fc)")
     cache_frozen: bool = opt(True, "with --train-layers N >= 0, run the frozen layers below the top N once per "
                                    "sequence and reuse their output in later epochs and evaluations")
+    frozen_cache_gb: float = opt(2.0, "memory the frozen-layer cache may hold, in GB; beyond it new sequences run "
+                                      "through the frozen layers each time (reported), those cached stay")
     max_grad_norm: float = opt(1.0, "clip the gradient norm to this (0: no clipping)")
     bf16: bool = opt(False, "bf16 autocast (fast on GPUs and CPUs with AMX/AVX512-BF16; slow on plain AVX2)")
     dtype: str = opt("fp32", "precision the backbone's weights load in: fp32, or bf16 (half the memory of the frozen "
@@ -124,7 +132,8 @@ class TrainConfig:
         positive = ("learning_rate", "batch_size", "micro_batch_tokens", "eval_batch_tokens", "lora_alpha",
                     "keep_checkpoints")
         at_least_zero = ("head_learning_rate", "weight_decay", "max_steps", "length_sort_window", "max_train_groups",
-                         "lora_r", "max_grad_norm", "eval_steps", "save_steps", "save_minutes")
+                         "lora_r", "max_grad_norm", "eval_steps", "save_steps", "save_minutes", "num_proc",
+                         "frozen_cache_gb")
         for name in positive + at_least_zero:
             v = getattr(self, name)
             if not math.isfinite(v) or v < 0 or (name in positive and v == 0):
@@ -154,6 +163,10 @@ class TrainConfig:
     def autocast_bf16(self) -> bool:
         """Whether the forward runs under bf16 autocast (--bf16, or weights loaded in bf16)."""
         return self.bf16 or self.dtype == "bf16"
+
+    @property
+    def tokenize_processes(self) -> int:
+        return self.num_proc or max(1, min(8, os.cpu_count() or 1))
 
     @property
     def frozen_cache_on(self) -> bool:

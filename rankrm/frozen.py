@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 from torch import nn
@@ -52,8 +53,10 @@ class FrozenLayerCache:
     layout or training regime is computed once. Works for backbones that loop over their layer list and pass the
     hidden states first (Llama, Qwen2, Mistral, GPT-2, ...); `verify` checks the replay against a full forward."""
 
-    def __init__(self, backbone: nn.Module, train_layers: int):
+    def __init__(self, backbone: nn.Module, train_layers: int, budget_bytes: float = math.inf, say=print):
         self.backbone = backbone
+        self.budget, self.held, self.say = budget_bytes, 0, say
+        self.full = False  # the budget is spent: new sequences run through the frozen layers each time
         self.name, layers = layer_stack(backbone)
         n = len(layers)
         self.top = nn.ModuleList(list(layers)[n - train_layers:])
@@ -78,7 +81,18 @@ class FrozenLayerCache:
         def hook(module, args):
             h = args[0].detach()  # (B, T, H)
             for (row, spans), key in zip(batch.sequences, keys):
+                size = sum(n for _, n in spans) * h.shape[-1] * h.element_size()
+                if key in self.store:
+                    continue
+                if self.held + size > self.budget:
+                    if not self.full:
+                        self.full = True
+                        self.say(f"frozen-layer cache: its budget of {self.budget / 2**30:.2f} GB is spent "
+                                 f"({len(self.store)} sequences cached); sequences not cached run through the frozen "
+                                 "layers each time (--frozen-cache-gb raises it)")
+                    continue
                 self.store[key] = torch.cat([h[row, s:s + n] for s, n in spans]).to("cpu", copy=True)
+                self.held += size
         handle = self.entry.register_forward_pre_hook(hook)
         try:
             yield
@@ -133,4 +147,5 @@ class FrozenLayerCache:
         err = float((full - replayed).abs().max() / full.abs().max().clamp(min=1e-6))
         if err > 1e-3:
             self.store.clear()
+            self.held = 0
         return err

@@ -245,6 +245,8 @@ def _graph(pairs) -> graphlib.TopologicalSorter:
 
 def find_cycle(pairs) -> list[int] | None:
     """A cycle w1 > w2 > ... > w1 among (winner, loser) pairs, from its lowest index, or None for a partial order."""
+    if len(pairs) == 1:
+        return None if pairs[0][0] != pairs[0][1] else [pairs[0][0], pairs[0][0]]
     try:
         _graph(pairs).prepare()
     except graphlib.CycleError as e:

@@ -286,16 +286,24 @@ def dialogue_messages(text: str, path, line, name: str) -> list[dict]:
             for role, content in zip(parts[1::2], parts[2::2])]
 
 
+def common_prefix_length(a: str, b: str) -> int:
+    """How many leading characters a and b share (compared a block at a time, then one by one)."""
+    n, step = 0, 256
+    end = min(len(a), len(b))
+    while n < end and a[n:n + step] == b[n:n + step]:
+        n += step
+    n = min(n, end)
+    while n < end and a[n] == b[n]:
+        n += 1
+    return n
+
+
 def split_dialogues(chosen: str, rejected: str, path, line) -> tuple[list[dict], str, str, bool]:
     """(prompt messages, chosen reply, rejected reply, diverged): cut at the last shared "\\n\\nAssistant:".
 
     Usually that is the last "\\n\\nAssistant:" of both; when the dialogues part earlier (a reply that goes on
     to write further turns itself), the replies keep everything after the shared prefix, and diverged is True."""
-    n = 0
-    for a, b in zip(chosen, rejected):
-        if a != b:
-            break
-        n += 1
+    n = common_prefix_length(chosen, rejected)
     cut = chosen.rfind(ASSISTANT, 0, n)
     if cut < 0:
         raise DataError(path, line, "rejected", "shares no dialogue with 'chosen' up to an '\\n\\nAssistant:' turn",

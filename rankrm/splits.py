@@ -9,6 +9,7 @@ import random
 from pathlib import Path
 
 from .containers import write_jsonl
+from .errors import DataError
 from .groups import Prompt, RankedGroup
 
 
@@ -31,23 +32,39 @@ def write_native(groups, path: Path) -> None:
 
 def split_by_prompt(groups, eval_fraction: float, seed: int):
     """Split groups into (train, eval) by split key, so a conversation never lands on both sides."""
+    train, held = split_indices([g.split_key for g in groups], eval_fraction, seed)
+    return [groups[i] for i in train], [groups[i] for i in held]
+
+
+def split_indices(keys, eval_fraction: float, seed: int, source=None):
+    """(train, held-out) index arrays of groups with these split keys, in their order; a key's groups stay on one
+    side. The keys are sorted and shuffled by the seed, and the first eval_fraction of them held out."""
+    import numpy as np
+
     if not 0.0 < eval_fraction < 1.0:
         raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
-    keys = sorted({g.split_key for g in groups})
-    random.Random(seed).shuffle(keys)
-    n_eval = max(1, round(eval_fraction * len(keys)))
-    eval_keys = set(keys[:n_eval])
-    train = [g for g in groups if g.split_key not in eval_keys]
-    held = [g for g in groups if g.split_key in eval_keys]
-    if not train:
-        raise ValueError(f"eval_fraction {eval_fraction} leaves no training prompts ({len(keys)} in all)")
-    return train, held
+    unique = sorted(set(keys))
+    if len(unique) < 2:
+        raise DataError(source or "the data", None, None, "has fewer than 2 prompts to split into training and "
+                        "held-out data", "give more ranked groups, or held-out data with --eval-data")
+    random.Random(seed).shuffle(unique)
+    eval_keys = set(unique[:max(1, round(eval_fraction * len(unique)))])
+    del unique
+    held = np.fromiter((k in eval_keys for k in keys), dtype=bool, count=len(keys))
+    if held.all():
+        raise ValueError(f"eval_fraction {eval_fraction} leaves no training prompts ({len(eval_keys)} in all)")
+    return np.flatnonzero(~held), np.flatnonzero(held)
 
 
 def overlap(train, held) -> int:
     """How many held-out groups share a split key with a training group (a leak, if > 0)."""
-    keys = {g.split_key for g in train}
-    return sum(1 for g in held if g.split_key in keys)
+    return overlap_keys([g.split_key for g in train], [g.split_key for g in held])
+
+
+def overlap_keys(train_keys, held_keys) -> int:
+    """How many held-out keys are also training keys."""
+    keys = set(train_keys)
+    return sum(1 for k in held_keys if k in keys)
 
 
 def prompt_key(prompt: Prompt) -> str:

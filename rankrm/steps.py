@@ -106,7 +106,8 @@ def steps(cfg, accelerator, model, core, run: Run, tok_eval, cache, signals, say
                              "or give --resume the checkpoint directory itself")
     pad_id = core.tokenizer.pad_token_id
     params = [p for p in model.parameters() if p.requires_grad]
-    lengths = [sum(len(r) for r in u.ids) for u in run.units]
+    lengths = (run.units.lengths.tolist() if hasattr(run.units, "lengths")  # a prepared store's, without reading it
+               else [sum(len(r) for r in u.ids) for u in run.units])
     losses, correct, pairs, plan = [], 0.0, 0.0, {}
     t0 = last_save = run.stats["t0"]
     for step in range(run.start, run.total_steps):

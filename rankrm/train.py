@@ -16,10 +16,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-from .batch import TokenizedGroup, collate, shuffled_pairs, tokenize_groups
+from .batch import collate, shuffled_pairs
 from .checkpoint import RunLock, check_identity, find_checkpoint, load_checkpoint
 from .config import TrainConfig
 from .errors import DataError
@@ -27,11 +28,13 @@ from .evaluate import EvalResult, compare, format_metrics
 from .files import remove_leftovers
 from .frozen import FrozenLayerCache, select_trainable
 from .groups import ReadReport
-from .splits import overlap, split_by_prompt
+from .splits import overlap_keys, split_indices
+from .store import StoreView, default_cache, native_line, open_data
+from .encode import TextEncoder
+from .hub import resolve
 from .lora import add_lora, merge_lora
 from .model import RewardModel
 from .planning import plan_batches
-from .readers import read_groups
 from .signals import StopSignals
 from .steps import Run, all_sum, evaluate_shared, loop
 
@@ -54,10 +57,12 @@ def train(cfg: TrainConfig, frozen_cache: dict | None = None) -> dict:
         if accelerator.is_main_process:
             for p in remove_leftovers(out) + remove_leftovers(out / "checkpoints"):
                 say(f"removed the leftover of an interrupted save: {p}")
-        data = load_data(cfg, say)
+        encoder = TextEncoder.from_pretrained(resolve(cfg.model), cfg.max_length)
+        data = load_data(cfg, encoder, say, accelerator.main_process_first)
         set_seed(cfg.seed)
         model, trainable = build_model(cfg, say)
-        tok_train, tok_eval = tokenize_data(model, data, say)
+        check_tokens(model, encoder, data, say)
+        tok_train, tok_eval = data.train, data.held
         run = plan_run(cfg, model, trainable, tok_train, say)
         model, run.optimizer = accelerator.prepare(model, run.optimizer)
         core = accelerator.unwrap_model(model)
@@ -98,45 +103,49 @@ def check_launch(accelerator) -> None:
 
 @dataclass
 class Data:
-    train: list
-    held: list
+    train: StoreView
+    held: StoreView
     report: ReadReport
 
 
-def load_data(cfg: TrainConfig, say) -> Data:
-    """Read and validate the training (and held-out) groups, split by prompt; fail before any model loads."""
-    report = ReadReport()
-    groups = read_groups(cfg.train_data, cfg.format, report, skip_invalid=cfg.skip_invalid, conflicts=cfg.conflicts)
+def load_data(cfg: TrainConfig, encoder: TextEncoder, say, first=contextlib.nullcontext) -> Data:
+    """The training (and held-out) groups, read, validated and tokenized once into prepared stores (found again by
+    their fingerprint), split by prompt; fails before any model loads. `first`: a context in which the main process
+    prepares while the others wait (they then find its store)."""
+    cache = cfg.data_cache or default_cache()
+    opts = {"fmt": cfg.format, "conflicts": cfg.conflicts, "skip_invalid": cfg.skip_invalid,
+            "num_proc": cfg.tokenize_processes, "say": say, "what": "--model"}
+    with first():
+        store = open_data(cfg.train_data, encoder, cache, **opts)
+        held_store = open_data(cfg.eval_data, encoder, cache, **opts) if cfg.eval_data else None
+    report = store.report
     say(f"train data: {report.summary()}")
-    if not any(g.comparisons() for g in groups):
+    if not store.manifest["comparisons"]:
         raise DataError(", ".join(map(str, cfg.train_data)), None, None, f"gives no training comparison "
                         f"({report.summary()})", "give ranked groups whose completions are not all tied")
-    if cfg.eval_data:
-        eval_report = ReadReport()
-        held = read_groups(cfg.eval_data, cfg.format, eval_report, skip_invalid=cfg.skip_invalid,
-                           conflicts=cfg.conflicts)
-        say(f"eval data: {eval_report.summary()}")
-        leaks = overlap(groups, held)
+    keys = store.column("split_key")
+    if held_store is not None:
+        say(f"eval data: {held_store.report.summary()}")
+        train_idx, held = np.arange(len(keys)), held_store.view()
+        leaks = overlap_keys(keys, held.column("split_key"))
         if leaks:
             say(f"warning: {leaks} held-out groups share a prompt or conversation with the training data")
-        train_groups = groups
     else:
-        if len({g.split_key for g in groups}) < 2:
-            raise DataError(cfg.train_data[0], None, None, "has fewer than 2 prompts to split into training and "
-                            "held-out data", "give more ranked groups, or held-out data with --eval-data")
-        train_groups, held = split_by_prompt(groups, cfg.eval_fraction, cfg.seed)
-    if cfg.max_train_groups and cfg.max_train_groups < len(train_groups):
+        train_idx, held_idx = split_indices(keys, cfg.eval_fraction, cfg.seed, cfg.train_data[0])
+        held = store.view(held_idx)
+    if cfg.max_train_groups and cfg.max_train_groups < len(train_idx):
         rng = random.Random(cfg.seed)
-        train_groups = [train_groups[i] for i in sorted(rng.sample(range(len(train_groups)), cfg.max_train_groups))]
+        train_idx = train_idx[sorted(rng.sample(range(len(train_idx)), cfg.max_train_groups))]
         say(f"using {cfg.max_train_groups} of the training groups (--max-train-groups)")
-    for name, part, files in (("training", train_groups, cfg.train_data), ("held-out", held, cfg.eval_data or
-                                                                          cfg.train_data)):
-        if not any(g.comparisons() for g in part):
+    train = store.view(train_idx)
+    for name, part, files in (("training", train, cfg.train_data), ("held-out", held, cfg.eval_data or
+                                                                      cfg.train_data)):
+        if not part.column("n_pairs").sum():
             raise DataError(", ".join(map(str, files)), None, None, f"gives no {name} comparison (no groups, or "
                             "every group tied)", "give ranked groups whose completions are not all tied")
-    n_pairs = sum(len(g.comparisons()) for g in train_groups)
-    say(f"split by prompt: {len(train_groups)} training groups ({n_pairs} comparisons), {len(held)} held out")
-    return Data(train_groups, held, report)
+    n_pairs = int(train.column("n_pairs").sum())
+    say(f"split by prompt: {len(train)} training groups ({n_pairs} comparisons), {len(held)} held out")
+    return Data(train, held, report)
 
 
 # -- model ------------------------------------------------------------------------------------------------------
@@ -176,19 +185,21 @@ def build_model(cfg: TrainConfig, say) -> tuple[RewardModel, list[str]]:
     return model, trainable
 
 
-def tokenize_data(model: RewardModel, data: Data, say) -> tuple[list[TokenizedGroup], list[TokenizedGroup]]:
-    """Token ids of both splits; a max length that leaves no completion its own tokens is an error."""
-    tok_train, cut_train = tokenize_groups(model, data.train)
-    tok_eval, cut_eval = tokenize_groups(model, data.held)
-    say(f"tokens: {sum(g.tokens for g in tok_train)} training, {sum(g.tokens for g in tok_eval)} held out; "
-        f"prompts cut from the left to fit --max-length: {cut_train} training and {cut_eval} held-out completions")
-    blind = sum(1 for g in tok_train + tok_eval if len({tuple(r) for r in g.ids}) < len(g.ids))
-    if blind == len(tok_train) + len(tok_eval):
+def check_tokens(model: RewardModel, encoder: TextEncoder, data: Data, say) -> None:
+    """The model tokenizes as the stores were prepared; a max length that leaves no completion its own tokens is an
+    error (counts from the stores)."""
+    if model.encoder.fingerprint() != encoder.fingerprint():
+        raise ValueError(f"the model {model.hf.name_or_path} tokenizes otherwise than its tokenizer loaded alone "
+                         "(the data was prepared with the latter): report this as a bug")
+    cut = [int(part.column("cut").sum()) for part in (data.train, data.held)]
+    say(f"tokens: {int(data.train.lengths.sum())} training, {int(data.held.lengths.sum())} held out; prompts cut "
+        f"from the left to fit --max-length: {cut[0]} training and {cut[1]} held-out completions")
+    blind = int(data.train.column("blind").sum() + data.held.column("blind").sum())
+    if blind == len(data.train) + len(data.held):
         raise ValueError(f"--max-length {model.max_length} cuts every group's completions to the same tokens: there "
                          "is nothing to compare. Fix: raise --max-length")
     if blind:
         say(f"warning: {blind} groups have completions made identical by --max-length {model.max_length}")
-    return tok_train, tok_eval
 
 
 # -- optimizer, schedule and the run's state --------------------------------------------------------------------
@@ -216,15 +227,21 @@ def plan_run(cfg: TrainConfig, model: RewardModel, trainable: list[str], tok_tra
     name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.lr_schedule]
     scheduler = get_scheduler(name, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total),
                               num_training_steps=total)
-    identity = run_identity(cfg, units, trainable, total, steps_per_epoch)
+    identity = run_identity(cfg, tok_train, trainable, total, steps_per_epoch)
     return Run(optimizer, scheduler, units, step_size, steps_per_epoch, total, trainable, identity)
 
 
-def run_identity(cfg: TrainConfig, units, trainable: list[str], total: int, steps_per_epoch: int) -> dict:
-    """What decides a run's result, compared on resume: model, data (as tokens), trainable set, seed, schedule."""
-    h = hashlib.sha256()
-    for u in units:
-        h.update(json.dumps([u.ids, u.ranks, u.stated_pairs]).encode())
+def run_identity(cfg: TrainConfig, train, trainable: list[str], total: int, steps_per_epoch: int) -> dict:
+    """What decides a run's result, compared on resume: model, data (a prepared store's fingerprint, which covers
+    the files, options and tokenizer, and which of its groups train; groups given in memory: their tokens),
+    trainable set, seed, schedule."""
+    if isinstance(train, StoreView):
+        h = hashlib.sha256(train.store.fingerprint.encode())
+        h.update(np.ascontiguousarray(train.indices, dtype=np.int64).tobytes())
+    else:
+        h = hashlib.sha256()
+        for u in train:
+            h.update(json.dumps([u.ids, u.ranks, u.stated_pairs, u.counts]).encode())
     schedule = {k: getattr(cfg, k) for k in ("learning_rate", "head_learning_rate", "weight_decay", "lr_schedule",
                                              "warmup_ratio", "batch_size", "regime", "length_sort_window")}
     return {"model": cfg.model, "data_sha256": h.hexdigest(), "seed": cfg.seed,
@@ -256,9 +273,10 @@ def frozen_layer_cache(cfg: TrainConfig, core: RewardModel, store: dict | None, 
         say("layout kv: the frozen layers run at every step (their cache needs one forward pass per batch; "
             "--layout auto, packed or padded keep it)")
         return None
-    cache = FrozenLayerCache(core.backbone, cfg.train_layers)
+    cache = FrozenLayerCache(core.backbone, cfg.train_layers, cfg.frozen_cache_gb * 2**30, say)
     if store is not None:
         cache.store = store
+        cache.held = sum(t.numel() * t.element_size() for t in store.values())
     idx, how = plan_batches(tok_eval, cfg.eval_batch_tokens, cfg.layout, core.attention_per_token, kv=False)[0]
     batch = collate([tok_eval[i] for i in idx], core.tokenizer.pad_token_id, how)
     err = cache.verify(core, batch.to(next(core.parameters()).device))
@@ -291,7 +309,7 @@ def finish(cfg, accelerator, core: RewardModel, run: Run, data: Data, tok_train,
     if accelerator.is_main_process:
         if cfg.lora_r:
             merge_lora(core)  # the saved model is a plain Hugging Face model
-        heldout = "".join(json.dumps(g.to_json(), ensure_ascii=False) + "\n" for g in data.held)
+        heldout = "".join(native_line(r) for r in data.held.records())
         core.save_pretrained(out, extra_files={"eval_results.json": json.dumps(results, indent=2, allow_nan=False)
                                                + "\n", "heldout.jsonl": heldout})
     accelerator.wait_for_everyone()

@@ -71,6 +71,21 @@ def build_model_dir(out: Path, arch: str, tok, seed: int = 0, layers: int = 2, h
     return out
 
 
+@pytest.fixture(scope="session", autouse=True)
+def data_cache(tmp_path_factory):
+    """Prepared stores go to a directory of this test session (also for the CLI processes tests start)."""
+    import os
+
+    path = tmp_path_factory.mktemp("data-cache")
+    old = os.environ.get("RANKRM_DATA_CACHE")
+    os.environ["RANKRM_DATA_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("RANKRM_DATA_CACHE", None)
+    else:
+        os.environ["RANKRM_DATA_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def tokenizers_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("tok")

@@ -100,13 +100,19 @@ def test_the_schedule_is_transformers_warmup_then_cosine():
     assert lrs == pytest.approx(want, abs=1e-12)
 
 
-def test_data_with_nothing_to_learn_or_evaluate_is_refused_before_the_model_loads(tmp_path, capsys):
+def test_data_with_nothing_to_learn_or_evaluate_is_refused_before_the_model_loads(tmp_path, capsys, model_dirs):
+    """Only the tokenizer is read before the data (to tokenize it): a model directory without weights shows that
+    the weights are never loaded for data that has nothing to learn."""
+    import shutil
+
     from conftest import write_jsonl
 
     ties = write_jsonl(tmp_path / "ties.jsonl", [{"prompt": f"p{i}", "completions": ["a", "b"], "ranks": [0, 0]}
                                                  for i in range(4)])
-    code, err = run_cli(["train", "--train-data", str(ties), "--model", str(tmp_path / "absent")], capsys)
-    assert code == 2 and "ties.jsonl" in err and "gives no training comparison" in err and "Fix:" in err
+    no_weights = tmp_path / "no-weights"
+    shutil.copytree(model_dirs["llama-chat"], no_weights, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    code, err = run_cli(["train", "--train-data", str(ties), "--model", str(no_weights)], capsys)
+    assert code == 2 and "ties.jsonl" in err and "gives no comparison to train or evaluate on" in err and "Fix:" in err
 
 
 def test_a_directory_that_is_not_a_model_is_named(tmp_path, capsys):
