@@ -143,12 +143,14 @@ def write_training_report(out_dir, before: EvalResult, after: EvalResult, result
         return
     curves = [{"step": 0, **before.metrics}, *results["history"], {"step": results["steps"], **after.metrics}]
     change = {"model": "after training", "against": "before training", **results["change"]}
-    notes = (f"{results['steps']} optimizer steps on {results['train_groups']} training groups "
-             f"({results['data']['train']}); held out: {results['eval_groups']} groups.",)
+    cfg = results["config"]
+    held = ", ".join(cfg["eval_data"]) if cfg["eval_data"] else f"{cfg['eval_fraction']:g} of the prompts (split)"
+    notes = (f"{results['steps']} optimizer steps on {results['train_groups']} training groups; held out: "
+             f"{results['eval_groups']} groups from {held}. Training data read: {results['data']['train']}.",)
     if not results["history"]:
         notes += ("Only the held-out metrics before and after training are plotted: evaluate during training with "
                   "--eval-steps N for curves.",)
     with atomic_dir(out_dir) as tmp:
         files = write_report(tmp, ["before training", "after training"], [before, after], [change],
-                             ", ".join(results["config"]["train_data"]), curves, "Reward model training", notes)
+                             ", ".join(cfg["train_data"]), curves, "Reward model training", notes)
     say(f"training report written to {out_dir}: {', '.join(f.name for f in files)}")

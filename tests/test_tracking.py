@@ -12,10 +12,11 @@ import time
 import numpy as np
 import pytest
 
-from rankrm.cli import main
-from rankrm.config import TrainConfig
+from rankrm.cli import build_parser, main
+from rankrm.config import TrainConfig, config_from_args
 from rankrm.model import RewardModel
 from rankrm.signals import TrainingInterrupted
+from rankrm.tracking import accelerator_kwargs, tracker_names
 from rankrm.train import train
 from conftest import synthetic_groups, write_jsonl
 
@@ -136,6 +137,16 @@ def test_a_tracker_whose_package_is_missing_fails_at_start_naming_the_flag(model
     assert main(["train", "--train-data", str(data[0]), "--report-to", "tensorbord"]) == 2
     assert "--report-to 'tensorbord' unknown. Fix: use none, all, or a comma list of tensorboard, wandb" in \
         capsys.readouterr().err
+
+
+def test_report_flags_parse(data):
+    c = config_from_args(build_parser().parse_args(["train", "--train-data", str(data[0]), "--no-plots",
+                                                    "--report-to", "tensorboard, tensorboard"]))
+    assert c.plots is False and c.report_to == "tensorboard, tensorboard"
+    assert TrainConfig(train_data=["x"]).plots is True and TrainConfig(train_data=["x"]).report_to == "none"
+    assert tracker_names(c.report_to) == ["tensorboard"] and tracker_names("none") == [] == tracker_names("")
+    assert accelerator_kwargs("tensorboard", "runs/x") == {"log_with": ["tensorboard"], "project_dir": "runs/x/logs"}
+    assert "tensorboard" in tracker_names("all")
 
 
 def test_without_matplotlib_the_report_is_skipped_with_a_note(model_dirs, data, tmp_path, capsys, monkeypatch):
