@@ -8,6 +8,7 @@ run would log nothing); `all` means every tracker whose package is installed. Lo
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -83,8 +84,17 @@ def start_trackers(accelerator, output_dir, config: dict, say) -> None:
     logs = log_dir(output_dir)
     if accelerator.is_main_process:
         logs.mkdir(parents=True, exist_ok=True)
-    accelerator.init_trackers(PROJECT, config=flat_config(config),
-                              init_kwargs={"wandb": {"dir": str(logs)}, "mlflow": {"logging_dir": str(logs)}})
+    try:
+        accelerator.init_trackers(PROJECT, config=flat_config(config),
+                                  init_kwargs={"wandb": {"dir": str(logs)}, "mlflow": {"logging_dir": str(logs)}})
+    except Exception as e:  # a tracker's own error (not logged in, an unreachable server, an unwritable directory)
+        for t in accelerator.trackers:  # close those that started; one that did not may fail to: its error is below
+            with contextlib.suppress(Exception):
+                t.finish()
+        accelerator.trackers.clear()
+        raise ValueError(f"--report-to {','.join(names)}: a tracker did not start ({type(e).__name__}: {e}). Fix: set "
+                         f"it up (wandb login, MLFLOW_TRACKING_URI, a writable {logs}) or leave it out of "
+                         "--report-to") from e
     say(f"reporting to {', '.join(names)}; local logs in {logs} (tensorboard --logdir {logs})")
 
 

@@ -139,6 +139,18 @@ def test_a_tracker_whose_package_is_missing_fails_at_start_naming_the_flag(model
         capsys.readouterr().err
 
 
+def test_a_tracker_that_cannot_start_is_a_settings_error(model_dirs, data, tmp_path, capsys):
+    out = tmp_path / "rm"
+    (out / "logs").mkdir(parents=True)
+    (out / "logs" / "rankrm").write_text("a file where TensorBoard's directory goes")
+    code = main(["train", "--model", str(model_dirs["llama-chat"]), "--train-data", str(data[0]), "--output-dir",
+                 str(out), "--report-to", "tensorboard"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "--report-to tensorboard: a tracker did not start (FileExistsError" in err and "Fix:" in err
+    assert not (out / "config.json").exists()
+
+
 def test_report_flags_parse(data):
     c = config_from_args(build_parser().parse_args(["train", "--train-data", str(data[0]), "--no-plots",
                                                     "--report-to", "tensorboard, tensorboard"]))
