@@ -84,7 +84,8 @@ def start_trackers(accelerator, output_dir, config: dict, say) -> None:
     logs = log_dir(output_dir)
     if accelerator.is_main_process:
         logs.mkdir(parents=True, exist_ok=True)
-    try:
+    error = None
+    try:  # on the main process (Accelerate starts the trackers there only)
         accelerator.init_trackers(PROJECT, config=flat_config(config),
                                   init_kwargs={"wandb": {"dir": str(logs)}, "mlflow": {"logging_dir": str(logs)}})
     except Exception as e:  # a tracker's own error (not logged in, an unreachable server, an unwritable directory)
@@ -92,9 +93,14 @@ def start_trackers(accelerator, output_dir, config: dict, say) -> None:
             with contextlib.suppress(Exception):
                 t.finish()
         accelerator.trackers.clear()
-        raise ValueError(f"--report-to {','.join(names)}: a tracker did not start ({type(e).__name__}: {e}). Fix: set "
-                         f"it up (wandb login, MLFLOW_TRACKING_URI, a writable {logs}) or leave it out of "
-                         "--report-to") from e
+        error = (f"--report-to {','.join(names)}: a tracker did not start ({type(e).__name__}: {e}). Fix: set it up "
+                 f"(wandb login, MLFLOW_TRACKING_URI, a writable {logs}) or leave it out of --report-to")
+    if accelerator.num_processes > 1:  # every process stops alike: none waits for a main process that has left
+        from accelerate.utils import broadcast_object_list
+
+        error = broadcast_object_list([error])[0]
+    if error:
+        raise ValueError(error)
     say(f"reporting to {', '.join(names)}; local logs in {logs} (tensorboard --logdir {logs})")
 
 
