@@ -20,6 +20,7 @@ import yaml
 from .batch import LAYOUTS
 from .groups import CONFLICTS
 from .hub import DEFAULT_MODEL
+from .tracking import tracker_names
 
 FORMATS = ("auto", "native", "pairwise", "implicit", "scored", "oasst")
 ALIASES = {"length_buckets": "length_sort_window"}  # earlier names of settings, still read
@@ -112,6 +113,15 @@ class TrainConfig:
     resume: str = opt("", "resume from a checkpoint directory, or 'latest' for the newest in --output-dir")
     eval_batch_tokens: int = opt(4096, "padded tokens per forward pass when evaluating (on CPUs, small batches "
                                        "run faster per token)")
+    report_to: str = opt("none", "send the training loss and accuracy of every step and the held-out metrics of "
+                                 "every evaluation to experiment trackers, through Accelerate: none, all (every "
+                                 "installed one), or a comma list of tensorboard, wandb, trackio, mlflow, comet_ml, "
+                                 "aim, clearml, dvclive, swanlab; local logs go to OUTPUT_DIR/logs (tensorboard "
+                                 "--logdir OUTPUT_DIR/logs)")
+    plots: bool = opt(True, "at the end, write OUTPUT_DIR/report/: PNG plots (training and validation curves, "
+                            "reliability diagram, rewards of preferred vs rejected completions, accuracy per subset) "
+                            "and summary.md; needs matplotlib (pip install 'rankrm[report]'), skipped with a note "
+                            "without it")
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -158,6 +168,10 @@ class TrainConfig:
                    "--layout padded with it, or --attn-implementation sdpa")
         if self.lora_r and self.train_layers >= 0:
             yield "--lora-r and --train-layers both choose what trains. Fix: give one of them"
+        try:
+            tracker_names(self.report_to)
+        except ValueError as e:
+            yield str(e)
 
     @property
     def autocast_bf16(self) -> bool:

@@ -71,7 +71,11 @@ class TextEncoder:
 
         Batched through the (fast) tokenizer. The one place text becomes tokens: training, evaluation, scoring and
         serving all come through here."""
-        texts = [self.render(p, c) for p, c in zip(prompts, completions, strict=True)]
+        prompts = list(prompts)  # held, so that no id below is reused
+        rendered: dict[int, str] = {}  # a prompt object given for several completions is rendered once
+        eos = self.tokenizer.eos_token
+        texts = [(rendered.get(id(p)) or rendered.setdefault(id(p), self.render_prompt(p))) + c + eos
+                 for p, c in zip(prompts, completions, strict=True)]
         ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         eos = self.tokenizer.eos_token_id
         cut = [False] * len(ids)

@@ -1,8 +1,10 @@
-"""`rankrm eval --report DIR`: the pictures people look at (a reliability diagram, rewards of preferred vs rejected
-completions, accuracy per subset) as PNG files and a short Markdown summary, drawn with matplotlib.
+"""The pictures people look at (a reliability diagram, rewards of preferred vs rejected completions, accuracy per
+subset, and for a training run its training and validation curves) as PNG files and a short Markdown summary, drawn
+with matplotlib: `rankrm eval --report DIR`, and `rankrm train` into OUTPUT_DIR/report/ (--plots, on by default).
 
-Every file is written whole or not at all (files.atomic_file). matplotlib is an optional dependency
-(pip install rankrm[report]); it is imported here only, when a report is asked for."""
+Every file is written whole or not at all (files.atomic_file; a training report is swapped in as a whole directory).
+matplotlib is an optional dependency (pip install rankrm[report]); it is imported here only, when a report is asked
+for, and a training run without it skips its report with a note rather than failing after the model is saved."""
 
 from __future__ import annotations
 
@@ -11,15 +13,25 @@ from pathlib import Path
 import numpy as np
 
 from .evaluate import EvalResult, format_report
-from .files import atomic_file, write_text
+from .files import atomic_dir, atomic_file, write_text
+
+MISSING = "matplotlib is not installed. Fix: pip install 'rankrm[report]' (or matplotlib)"
+
+
+def plotting_missing() -> str | None:
+    """Why no plots can be drawn (matplotlib missing), or None."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return MISSING
+    return None
 
 
 def _pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise ValueError("--report draws with matplotlib, which is not installed. Fix: pip install "
-                         "'rankrm[report]' (or matplotlib)") from None
+        raise ValueError(f"--report draws with matplotlib: {MISSING}") from None
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
@@ -40,13 +52,32 @@ def preferred_and_rejected(res: EvalResult) -> tuple[np.ndarray, np.ndarray, np.
 
 
 def write_report(out_dir, names: list[str], results: list[EvalResult], differences: list[dict] | None = None,
-                 data: str = "") -> list[Path]:
-    """Write reliability.png, rewards.png, subsets.png (when the data names subsets) and summary.md into out_dir;
-    returns the files written."""
+                 data: str = "", curves: list[dict] | None = None, title: str = "Reward model evaluation",
+                 notes: tuple[str, ...] = ()) -> list[Path]:
+    """Write curves.png (given the points of a training run), reliability.png, rewards.png, subsets.png (when the
+    data names subsets) and summary.md into out_dir; returns the files written.
+
+    curves: {"step", "accuracy", "log_loss"[, "train_loss", "train_accuracy"]} per evaluation, in step order."""
     plt = _pyplot()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
+
+    if curves:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+        for ax, train_key, held_key, chance, what in ((axes[0], "train_loss", "log_loss", np.log(2), "loss"),
+                                                     (axes[1], "train_accuracy", "accuracy", 0.5, "accuracy")):
+            pts = [(c["step"], c[train_key]) for c in curves if c.get(train_key) is not None]
+            if pts:  # each point: the mean over the steps since the evaluation before it
+                ax.plot(*zip(*pts), marker=".", label="training (mean since the last evaluation)")
+            ax.plot([c["step"] for c in curves], [c[held_key] for c in curves], marker="o",
+                    label=f"validation (held-out {'log loss' if what == 'loss' else 'pair accuracy'})")
+            ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label="chance")
+            ax.set(xlabel="optimizer step", ylabel=what, title=f"{what.capitalize()} over training")
+            ax.legend(fontsize=8)
+        _save(fig, out / "curves.png")
+        written.append(out / "curves.png")
+        plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0.5, 1.0], [0.5, 1.0], color="grey", linestyle="--", label="perfectly calibrated")
@@ -90,7 +121,7 @@ def write_report(out_dir, names: list[str], results: list[EvalResult], differenc
         written.append(out / "subsets.png")
         plt.close(fig)
 
-    lines = ["# Reward model evaluation", "", f"Data: {data}", ""]
+    lines = [f"# {title}", "", f"Data: {data}", "", *[x for n in notes for x in (n, "")]]
     for name, res in zip(names, results):
         lines += [f"## {name}", "", "```", format_report(res.metrics), "```", ""]
     for d in differences or []:
@@ -101,3 +132,25 @@ def write_report(out_dir, names: list[str], results: list[EvalResult], differenc
     lines += [f"![{p.stem}]({p.name})" for p in written]
     write_text(out / "summary.md", "\n".join(lines) + "\n")
     return written + [out / "summary.md"]
+
+
+def write_training_report(out_dir, before: EvalResult, after: EvalResult, results: dict, say) -> None:
+    """A training run's report (curves from its history, and the held-out metrics before and after training) as
+    one directory swapped in whole; without matplotlib, a note instead."""
+    why = plotting_missing()
+    if why:
+        say(f"note: no training report in {out_dir}: {why}, or pass --no-plots")
+        return
+    curves = [{"step": 0, **before.metrics}, *results["history"], {"step": results["steps"], **after.metrics}]
+    change = {"model": "after training", "against": "before training", **results["change"]}
+    cfg = results["config"]
+    held = ", ".join(cfg["eval_data"]) if cfg["eval_data"] else f"{cfg['eval_fraction']:g} of the prompts (split)"
+    notes = (f"{results['steps']} optimizer steps on {results['train_groups']} training groups; held out: "
+             f"{results['eval_groups']} groups from {held}. Training data read: {results['data']['train']}.",)
+    if not results["history"]:
+        notes += ("Only the held-out metrics before and after training are plotted: evaluate during training with "
+                  "--eval-steps N for curves.",)
+    with atomic_dir(out_dir) as tmp:
+        files = write_report(tmp, ["before training", "after training"], [before, after], [change],
+                             ", ".join(cfg["train_data"]), curves, "Reward model training", notes)
+    say(f"training report written to {out_dir}: {', '.join(f.name for f in files)}")

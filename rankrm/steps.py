@@ -21,6 +21,7 @@ from .loss import group_stats, kwise_loss
 from .model import RewardModel, batch_rewards
 from .planning import epoch_steps, plan_batches
 from .signals import TrainingInterrupted
+from .tracking import scalars
 
 
 class NonFiniteError(ValueError):
@@ -108,7 +109,7 @@ def steps(cfg, accelerator, model, core, run: Run, tok_eval, cache, signals, say
     params = [p for p in model.parameters() if p.requires_grad]
     lengths = (run.units.lengths.tolist() if hasattr(run.units, "lengths")  # a prepared store's, without reading it
                else [sum(len(r) for r in u.ids) for u in run.units])
-    losses, correct, pairs, plan = [], 0.0, 0.0, {}
+    losses, accs, correct, pairs, plan = [], [], 0.0, 0.0, {}  # accs: (pairs ordered right, pairs) per step
     t0 = last_save = run.stats["t0"]
     for step in range(run.start, run.total_steps):
         epoch, i = divmod(step, run.steps_per_epoch)
@@ -131,11 +132,13 @@ def steps(cfg, accelerator, model, core, run: Run, tok_eval, cache, signals, say
             bool(cfg.save_minutes and time.time() - last_save >= 60 * cfg.save_minutes)])
         step_loss = loss_sum / n
         flags = [bad > 0 or not math.isfinite(step_loss), signal > 0, due > 0]
+        lr = run.scheduler.get_last_lr()[0]  # this step's
         if flags[0]:
             nonfinite(cfg, run, step, step_loss, float(norm), say)
         else:
             run.optimizer.step()
             losses.append(step_loss)
+            accs.append((ok, n_pairs))
         run.scheduler.step()
         run.optimizer.zero_grad(set_to_none=True)
         run.stats["tokens"] += st["tokens"]
@@ -146,6 +149,10 @@ def steps(cfg, accelerator, model, core, run: Run, tok_eval, cache, signals, say
                         acc=f"{correct / max(pairs, 1):.3f}", lr=f"{run.scheduler.get_last_lr()[0]:.2e}",
                         epoch=f"{(step + 1) / run.steps_per_epoch:.2f}")
         done = step + 1
+        logged = {"learning_rate": lr, "epoch": done / run.steps_per_epoch}  # to the --report-to trackers
+        if not flags[0]:
+            logged.update(loss=step_loss, accuracy=ok / n_pairs if n_pairs else math.nan)
+        accelerator.log(scalars("train", logged), step=done)
         if cfg.eval_steps and done % cfg.eval_steps == 0 and done < run.total_steps:
             t_eval = time.time()
             m = evaluate_shared(accelerator, core, tok_eval, cfg.eval_batch_tokens, cfg.layout, cache).metrics
@@ -153,9 +160,11 @@ def steps(cfg, accelerator, model, core, run: Run, tok_eval, cache, signals, say
             run.state["history"].append({"step": done, "epoch": done / run.steps_per_epoch,
                                          "train_loss": (float(np.mean(losses[-cfg.eval_steps:]))
                                                         if losses[-cfg.eval_steps:] else None),  # all skipped
+                                         "train_accuracy": accuracy_of(accs[-cfg.eval_steps:]),
                                          "completions_forwarded": run.stats["completions"],
                                          "train_seconds": round(time.time() - t0 - run.stats["eval_seconds"], 2),
                                          **m})
+            accelerator.log(scalars("eval", m), step=done)
             bar.write(f"step {done}: {format_metrics(m)}")
         if (cfg.save_steps and done % cfg.save_steps == 0) or done == run.total_steps or flags[1] or flags[2]:
             checkpoint(cfg, accelerator, core, run, done)
@@ -164,6 +173,12 @@ def steps(cfg, accelerator, model, core, run: Run, tok_eval, cache, signals, say
             # the signal may have reached another process only (under a launcher): report it as SIGTERM here
             raise TrainingInterrupted(signals.requested or 15, done, Path(cfg.output_dir) / "checkpoints" /
                                       f"step-{done}")
+
+
+def accuracy_of(steps: list[tuple[float, float]]) -> float | None:
+    """The pair accuracy over some steps' (pairs ordered right, pairs); None when they state no pair."""
+    n = sum(p for _, p in steps)
+    return sum(c for c, _ in steps) / n if n else None
 
 
 def all_sum(accelerator, values: list[float]) -> list[float]:

@@ -35,8 +35,10 @@ from .hub import resolve
 from .lora import add_lora, merge_lora
 from .model import RewardModel
 from .planning import plan_batches
+from .report import plotting_missing, write_training_report
 from .signals import StopSignals
 from .steps import Run, all_sum, evaluate_shared, loop
+from .tracking import accelerator_kwargs, end_trackers, scalars, start_trackers
 
 
 def train(cfg: TrainConfig, frozen_cache: dict | None = None) -> dict:
@@ -48,17 +50,21 @@ def train(cfg: TrainConfig, frozen_cache: dict | None = None) -> dict:
     from accelerate.utils import set_seed
 
     # bf16 is plain torch autocast around the forward, not Accelerate's setting, which is fixed once per process
-    accelerator = Accelerator()
+    accelerator = Accelerator(**accelerator_kwargs(cfg.report_to, cfg.output_dir))  # --report-to trackers
     say = accelerator.print
     check_launch(accelerator)
     out = Path(cfg.output_dir)
     lock = RunLock(out, say) if accelerator.is_main_process else contextlib.nullcontext()
-    with lock, StopSignals() as signals:
+    with lock, StopSignals() as signals, contextlib.ExitStack() as ending:
         if accelerator.is_main_process:
             for p in remove_leftovers(out) + remove_leftovers(out / "checkpoints"):
                 say(f"removed the leftover of an interrupted save: {p}")
         encoder = TextEncoder.from_pretrained(resolve(cfg.model), cfg.max_length)
         data = load_data(cfg, encoder, say, accelerator.main_process_first)
+        ending.callback(end_trackers, accelerator)  # flushed on every way out: done, an error, a signal
+        start_trackers(accelerator, out, asdict(cfg), say)
+        if cfg.plots and plotting_missing():
+            say(f"note: no training report at the end: {plotting_missing()}, or pass --no-plots")
         set_seed(cfg.seed)
         model, trainable = build_model(cfg, say)
         check_tokens(model, encoder, data, say)
@@ -75,6 +81,7 @@ def train(cfg: TrainConfig, frozen_cache: dict | None = None) -> dict:
             before = evaluate_shared(accelerator, core, tok_eval, cfg.eval_batch_tokens, cfg.layout, cache,
                                      progress=accelerator.is_local_main_process)
             run.state["before"] = before.to_json()
+            accelerator.log(scalars("eval", before.metrics), step=run.start)
             say(f"before training: {format_metrics(before.metrics)}  [{time.time() - t0:.0f}s]")
         loop(cfg, accelerator, model, core, run, tok_eval, cache, signals, say)
         return finish(cfg, accelerator, core, run, data, tok_train, tok_eval, cache, say)
@@ -297,6 +304,7 @@ def finish(cfg, accelerator, core: RewardModel, run: Run, data: Data, tok_train,
     before = EvalResult.from_json(run.state["before"])
     after = evaluate_shared(accelerator, core, tok_eval, cfg.eval_batch_tokens, cfg.layout, cache,
                             progress=accelerator.is_local_main_process)
+    accelerator.log(scalars("eval", after.metrics), step=run.total_steps)
     tokens, completions = all_sum(accelerator, [run.stats["tokens"], run.stats["completions"]])  # every process's
     elapsed = run.stats.get("train_seconds", 0.0)
     results = {"before": before.metrics, "after": after.metrics, "change": compare(before, after),
@@ -312,6 +320,8 @@ def finish(cfg, accelerator, core: RewardModel, run: Run, data: Data, tok_train,
         heldout = "".join(native_line(r) for r in data.held.records())
         core.save_pretrained(out, extra_files={"eval_results.json": json.dumps(results, indent=2, allow_nan=False)
                                                + "\n", "heldout.jsonl": heldout})
+        if cfg.plots:  # after the model: kept by its later saves (not a model file), and a plot cannot cost it
+            write_training_report(out / "report", before, after, results, say)
     accelerator.wait_for_everyone()
     ch = results["change"]
     say(f"before training: {format_metrics(before.metrics)}")
