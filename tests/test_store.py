@@ -23,7 +23,7 @@ from rankrm.frozen import FrozenLayerCache
 from rankrm.model import RewardModel
 from rankrm.pairwise import merge_comparisons
 from rankrm.readers import read_groups
-from rankrm.store import MANIFEST, Store, fingerprint, is_store, open_data, prepare
+from rankrm.store import Store, fingerprint, is_store, open_data, prepare
 
 HH = SHIPPED / "hh_harmless_base_test.jsonl.gz"
 
