@@ -1,10 +1,13 @@
 """Two processes (DDP over gloo, started by `accelerate launch` with the shipped configs/accelerate/ddp.yaml) against
 one: the same metrics and weights within 1e-5 for every layout, the frozen-layer cache, LoRA and the shuffled-pairs
 regime, with a last step of 1 group for 2 processes; a SIGTERM to the launcher reaches both processes and leaves one
-checkpoint, from which --resume ends bit-identical to the uninterrupted 2-process run.
+checkpoint, from which --resume ends bit-identical to the uninterrupted 2-process run. Every shipped recipe that can
+start here is started: ddp_multinode.yaml as two machines of one process on this host, and the FSDP / DeepSpeed
+recipes, which rankrm refuses at start.
 
 Cost: one launch runs the four configurations in sequence (tests/multi_runs.py), one is stopped by the signal and
-one resumes: three starts of 2 processes (~20 s each on 2 busy cores) and four 1-process references in this process.
+one resumes: three starts of 2 processes (~20 s each on 2 busy cores) and four 1-process references in this process;
+then the two-machine run (~30 s) and one start per FSDP recipe (~15 s each, they stop at start).
 The references run on one thread, as each launched process does (accelerate sets OMP_NUM_THREADS=1): a float sum
 split over other threads rounds differently (~1e-9), and the held-out metrics before training are then equal to the
 last bit, which shows the evaluation spread over the processes computes what one process does."""
