@@ -49,6 +49,7 @@ def train(cfg: TrainConfig, frozen_cache: dict | None = None) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    check_engine()  # before Accelerator(): on a machine without GPUs its FSDP plugin fails with an error of its own
     # bf16 is plain torch autocast around the forward, not Accelerate's setting, which is fixed once per process
     accelerator = Accelerator(**accelerator_kwargs(cfg.report_to, cfg.output_dir))  # --report-to trackers
     say = accelerator.print
@@ -90,19 +91,25 @@ def train(cfg: TrainConfig, frozen_cache: dict | None = None) -> dict:
 def check_launch(accelerator) -> None:
     """Refuse a launch that would not train as asked: processes that do not see each other, or a sharded engine
     (FSDP, DeepSpeed) that rankrm's checkpoints and evaluation do not handle yet (they read the unsharded module)."""
+    check_engine(accelerator.distributed_type.value)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != accelerator.num_processes:
         raise ValueError(f"launched as {launched} processes, but Accelerate runs {accelerator.num_processes}: each "
                          "would train alone and write the same files. Fix: on CPUs launch with ACCELERATE_USE_CPU=1 "
                          "accelerate launch --multi_gpu --num_processes N (plain --cpu starts one process)")
+
+
+def check_engine(distributed_type: str = "") -> None:
+    """Refuse FSDP and DeepSpeed, as `accelerate launch` announces them (ACCELERATE_USE_FSDP / _DEEPSPEED) or as
+    Accelerate runs them (distributed_type)."""
     engine = [name for name in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{name}", "").lower() == "true"
-              or accelerator.distributed_type.value == name]
+              or distributed_type == name]
     if engine:
+        cpus = " (and on CPUs Accelerate cannot run FSDP: it asks for a GPU or runs DDP)" if engine[0] == "FSDP" else ""
         raise ValueError(f"{engine[0]} is not supported by rankrm yet: its checkpoints, evaluation and saved model "
-                         "read the whole (unsharded) model, which FSDP and DeepSpeed split over the processes (and on "
-                         "CPUs Accelerate would quietly run plain DDP instead). Fix: launch with "
-                         "configs/accelerate/ddp.yaml; for a backbone too big for DDP, train --lora-r 16 or "
-                         "--train-layers N with --dtype bf16 (see the README, \"More GPUs, more machines\")")
+                         f"read the whole (unsharded) model, which {engine[0]} splits over the processes{cpus}. Fix: "
+                         "launch with configs/accelerate/ddp.yaml; for a backbone too big for DDP, train --lora-r 16 "
+                         "or --train-layers N with --dtype bf16 (see the README, \"More GPUs, more machines\")")
 
 
 # -- data: read, validate, split by prompt ----------------------------------------------------------------------

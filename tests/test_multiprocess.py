@@ -1,16 +1,20 @@
 """Two processes (DDP over gloo, started by `accelerate launch` with the shipped configs/accelerate/ddp.yaml) against
 one: the same metrics and weights within 1e-5 for every layout, the frozen-layer cache, LoRA and the shuffled-pairs
 regime, with a last step of 1 group for 2 processes; a SIGTERM to the launcher reaches both processes and leaves one
-checkpoint, from which --resume ends bit-identical to the uninterrupted 2-process run.
+checkpoint, from which --resume ends bit-identical to the uninterrupted 2-process run. Every shipped recipe that can
+start here is started: ddp_multinode.yaml as two machines of one process on this host, and the FSDP / DeepSpeed
+recipes, which rankrm refuses at start.
 
 Cost: one launch runs the four configurations in sequence (tests/multi_runs.py), one is stopped by the signal and
-one resumes: three starts of 2 processes (~20 s each on 2 busy cores) and four 1-process references in this process.
+one resumes: three starts of 2 processes (~20 s each on 2 busy cores) and four 1-process references in this process;
+then the two-machine run (~30 s) and one start per FSDP recipe (~15 s each, they stop at start).
 The references run on one thread, as each launched process does (accelerate sets OMP_NUM_THREADS=1): a float sum
 split over other threads rounds differently (~1e-9), and the held-out metrics before training are then equal to the
 last bit, which shows the evaluation spread over the processes computes what one process does."""
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -57,16 +61,21 @@ def flags(values: dict) -> list[str]:
     return args
 
 
-def launch(args: list[str], script: list[str]) -> subprocess.Popen:
-    """`accelerate launch` with the shipped DDP recipe, 2 processes on the CPU (gloo), a free rendezvous port."""
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def launch(args: list[str], script: list[str], config: str = "ddp.yaml", port: int | None = None,
+           machine: list[str] = ()) -> subprocess.Popen:
+    """`accelerate launch` with a shipped recipe (DDP by default), 2 processes on the CPU (gloo), a free rendezvous
+    port; machine: the launcher flags of one machine of several."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]), "ACCELERATE_USE_CPU": "1",
            "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(ROOT / "configs" / "accelerate" / "ddp.yaml"), "--num_processes", "2", "--main_process_port", str(port),
-           *script, *args]
+           str(ROOT / "configs" / "accelerate" / config), "--num_processes", "2",
+           "--main_process_port", str(port or free_port()), *machine, *script, *args]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
 
 
@@ -147,6 +156,57 @@ def test_sigterm_to_the_launcher_stops_both_processes_with_one_checkpoint_then_r
     a, b = weights(root / "two-auto"), weights(out)
     assert all(torch.equal(a[n], b[n]) for n in a), "resumed 2-process run differs from the uninterrupted one"
     assert results(out)["after"] == results(root / "two-auto")["after"]
+
+
+def test_the_multinode_recipe_two_machines_of_one_process_on_this_host_train_as_one(runs, model_dirs, data,
+                                                                                     tmp_path):
+    """configs/accelerate/ddp_multinode.yaml started as two machines (two launchers, machine ranks 0 and 1, this
+    host's address), one process each, into one output directory as on a shared file system: the weights of the
+    1-process run within 1e-5, the same metrics and checkpoints. Each process is its machine's local main process;
+    only the global main one writes (two writers would collide on the run lock)."""
+    root, _ = runs
+    out = tmp_path / "multinode"
+    args = flags(settings(model_dirs, data, out, **CASES["auto"]))
+    port = free_port()
+    procs = [launch(args, ["-m", "rankrm", "train"], "ddp_multinode.yaml", port,
+                    ["--machine_rank", str(rank), "--main_process_ip", "127.0.0.1"]) for rank in (0, 1)]
+    logs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, logs):
+        assert p.returncode == 0, err[-3000:]
+    assert all("after training:" in log for log, _ in logs)  # each machine's first process logs (Accelerate's print)
+    a, b = weights(root / "one-auto"), weights(out)
+    assert a.keys() == b.keys()
+    for n in a:
+        torch.testing.assert_close(b[n], a[n], rtol=0, atol=1e-5, msg=n)
+    ra, rb = results(root / "one-auto"), results(out)
+    assert rb["before"] == ra["before"]
+    assert rb["after"]["accuracy"] == ra["after"]["accuracy"]
+    assert rb["after"]["log_loss"] == pytest.approx(ra["after"]["log_loss"], abs=1e-6)
+    assert [c.name for c in checkpoints(out / "checkpoints")] == [c.name for c in checkpoints(root / "one-auto" /
+                                                                                               "checkpoints")]
+
+
+SHARDED = ["fsdp_full_shard.yaml", "fsdp_shard_grad_op.yaml", "deepspeed_zero2.yaml", "deepspeed_zero3.yaml"]
+
+
+@pytest.mark.parametrize("config", SHARDED)
+def test_the_shipped_sharded_recipes_start_and_are_refused_with_the_fix(config, model_dirs, data, tmp_path):
+    """`accelerate launch` with each FSDP / DeepSpeed recipe as shipped: the processes stop at start with rankrm's
+    message (exit 2), not with Accelerate's own error (on CPUs its FSDP plugin raises "no available devices"), and
+    write nothing (the launcher stops the other process when the first exits, sometimes before it has printed). The DeepSpeed recipes need the deepspeed package (Accelerate's launcher refuses to start them
+    without it), so they run only where it is installed."""
+    engine = "FSDP" if config.startswith("fsdp") else "DEEPSPEED"
+    if engine == "DEEPSPEED":
+        pytest.importorskip("deepspeed")
+    out = tmp_path / "sharded"
+    proc = launch(flags(settings(model_dirs, data, out)), ["-m", "rankrm", "train"], config)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    assert f"rankrm train: error: {engine} is not supported by rankrm yet" in err, err[-3000:]
+    assert re.search(r"exitcode\s*: 2 ", err), err[-3000:]  # the CLI's exit for a bad setting, as torchrun saw it
+    assert "Fix: launch with configs/accelerate/ddp.yaml" in err
+    assert "no available devices" not in err
+    assert not out.exists()
 
 
 def test_a_launch_that_would_not_train_as_asked_is_refused(monkeypatch):
