@@ -11,9 +11,10 @@ too) is sampled every 0.2 s:
   with an empty data cache (it prepares the store itself, then takes one optimizer step)
 - warm: the same command again (the store is found in the cache)
 
-"start" is the time from launch to the line that training prints just before its first optimizer step (the held-out
-evaluation of 64 groups before training included); "1 step" is the whole command (the step, the evaluation after it
-and the saved model included).
+"ready" is the time from launch to the line training prints when its data is ready and the model loaded (`tokens:
+...`); "first step" the time to the line it prints just before its first optimizer step (after the held-out
+evaluation of 16 groups before training); "1 step" is the whole command (the step, the evaluation after it and the
+saved model included).
 
     python -m benchmarks.data_scale                  # 10k, 100k and 1M (about an hour on 2 CPU cores)
     python -m benchmarks.data_scale --sizes 10000    # one size
@@ -67,12 +68,12 @@ def tree_rss(proc: psutil.Process) -> int:
     return total
 
 
-def run(cmd: list[str], env: dict, mark: str | None = None, log: Path | None = None) -> dict:
-    """Run a command, sampling its process tree's memory; the time at which `mark` first appears in its output."""
+def run(cmd: list[str], env: dict, marks: tuple[str, ...] = (), log: Path | None = None) -> dict:
+    """Run a command, sampling its process tree's memory; the times at which each mark first appears in its output."""
     t0 = time.time()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ps = psutil.Process(proc.pid)
-    peak, seen, lines = [0], [None], []
+    peak, seen, lines = [0], {}, []
 
     def sample():
         while proc.poll() is None:
@@ -82,15 +83,16 @@ def run(cmd: list[str], env: dict, mark: str | None = None, log: Path | None = N
     threading.Thread(target=sample, daemon=True).start()
     for line in proc.stdout:
         lines.append(line)
-        if mark and seen[0] is None and mark in line:
-            seen[0] = time.time() - t0
+        for m in marks:
+            if m not in seen and m in line:
+                seen[m] = round(time.time() - t0, 1)
     proc.wait()
     wall = time.time() - t0
     if log:
         log.write_text("".join(lines))
     if proc.returncode != 0:
         sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{''.join(lines[-30:])}")
-    return {"seconds": round(wall, 1), "mark_seconds": None if seen[0] is None else round(seen[0], 1),
+    return {"seconds": round(wall, 1), "marks": seen,
             "peak_rss_gb": round(peak[0] / 2**30, 2), "output": "".join(lines[-40:])}
 
 
@@ -106,7 +108,7 @@ def main() -> None:
 
     model = resolve("HuggingFaceTB/SmolLM2-135M-Instruct")
     args.work.mkdir(parents=True, exist_ok=True)
-    small = build(args.work / "small.jsonl", 64, offset=10**7)  # held-out prompts no training copy has
+    small = build(args.work / "small.jsonl", 16, offset=10**7)  # held-out prompts no training copy has
     rankrm = [sys.executable, "-m", "rankrm"]
     common = ["--model", model, "--max-length", "256", "--num-proc", str(args.num_proc)]
     rows, payload = [], {"cpu_count": os.cpu_count(), "model": "SmolLM2-135M-Instruct", "sizes": {}}
@@ -123,23 +125,23 @@ def main() -> None:
         print(f"prepare: {prep['seconds']}s, peak {prep['peak_rss_gb']} GB", flush=True)
         train = [*rankrm, "train", "--train-data", str(data), "--eval-data", str(small), "--max-steps", "1",
                  "--train-layers", "0", *common, "--output-dir", str(args.work / f"run-{n}")]
-        cold = run(train, env, mark="before training:", log=args.work / f"cold-{n}.log")
-        print(f"cold: start {cold['mark_seconds']}s, 1 step {cold['seconds']}s, peak {cold['peak_rss_gb']} GB",
-              flush=True)
-        warm = run(train, env, mark="before training:", log=args.work / f"warm-{n}.log")
-        print(f"warm: start {warm['mark_seconds']}s, 1 step {warm['seconds']}s, peak {warm['peak_rss_gb']} GB",
-              flush=True)
+        marks = ("tokens:", "before training:")
+        cold = run(train, env, marks, log=args.work / f"cold-{n}.log")
+        print(f"cold: {cold['marks']}, 1 step {cold['seconds']}s, peak {cold['peak_rss_gb']} GB", flush=True)
+        warm = run(train, env, marks, log=args.work / f"warm-{n}.log")
+        print(f"warm: {warm['marks']}, 1 step {warm['seconds']}s, peak {warm['peak_rss_gb']} GB", flush=True)
         store = json.loads(next(cache.glob("*/rankrm-store.json")).read_text())
         payload["sizes"][n] = {"file_mb": round(mb), "prepare": prep, "cold": cold, "warm": warm,
                                "store_mb": round(sum(store["files"].values()) / 2**20), "groups": store["groups"],
                                "tokens": store["tokens"], "prepare_seconds_read": store["seconds"]["read"]}
+        c, w = cold["marks"], warm["marks"]
         rows.append(f"| {n:,} | {mb:,.0f} MB | {prep['seconds']:.0f} s | {prep['peak_rss_gb']:.2f} GB | "
-                    f"{payload['sizes'][n]['store_mb']:,} MB | {cold['mark_seconds']:.0f} s / {cold['seconds']:.0f} s "
-                    f"| {cold['peak_rss_gb']:.2f} GB | {warm['mark_seconds']:.1f} s / {warm['seconds']:.0f} s | "
-                    f"{warm['peak_rss_gb']:.2f} GB |")
+                    f"{payload['sizes'][n]['store_mb']:,} MB | {c['tokens:']:.0f} / {c['before training:']:.0f} / "
+                    f"{cold['seconds']:.0f} s | {cold['peak_rss_gb']:.2f} GB | {w['tokens:']:.1f} / "
+                    f"{w['before training:']:.1f} / {warm['seconds']:.0f} s | {warm['peak_rss_gb']:.2f} GB |")
         shutil.rmtree(cache, ignore_errors=True)
-    head = ("| comparisons | JSONL | prepare | prepare peak | store | cold: start / 1 step | cold peak | "
-            "warm: start / 1 step | warm peak |\n|---|---|---|---|---|---|---|---|---|")
+    head = ("| comparisons | JSONL | prepare | prepare peak | store | cold: ready / first step / 1 step | cold peak | "
+            "warm: ready / first step / 1 step | warm peak |\n|---|---|---|---|---|---|---|---|---|")
     save(args.out, "data_scale", head, rows, payload, "data_scale")
 
 

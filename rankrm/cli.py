@@ -107,8 +107,12 @@ def data_prepare(args) -> int:
     from .hub import resolve
     from .store import prepare
 
+    from .config import TrainConfig
+
     t0 = time.time()
-    encoder = TextEncoder.from_pretrained(resolve(args.model), args.max_length)
+    path = resolve(args.model)
+    saved = (Path(path) / "rankrm.json").is_file()  # a reward model's own max length, else train's default
+    encoder = TextEncoder.from_pretrained(path, args.max_length or (None if saved else TrainConfig.max_length))
     store = prepare(args.inputs, encoder, args.out, args.format, args.conflicts, args.skip_invalid,
                     args.num_proc or default_processes(), say=note)
     m = store.manifest
@@ -157,8 +161,9 @@ def add_data_parser(sub) -> None:
     pr.add_argument("--model", required=True, help="the backbone or reward model whose tokenizer and chat template "
                                                    "the store is for (its weights are not loaded)")
     pr.add_argument("--out", required=True, help="the store directory to write (replaced as a whole)")
-    pr.add_argument("--max-length", type=int, default=None, help="tokens per prompt + completion (default: the "
-                                                                 "model's own, else 1024); train with the same")
+    pr.add_argument("--max-length", type=int, default=None, help="tokens per prompt + completion (default: a "
+                                                                 "reward model's own, else train's default, 512); "
+                                                                 "train with the same")
     pr.add_argument("--format", default="auto", help=FORMAT_HELP)
     pr.add_argument("--skip-invalid", action="store_true", help=SKIP_HELP)
     pr.add_argument("--conflicts", default="keep", choices=["keep", "drop", "error"], help=CONFLICTS_HELP)

@@ -258,6 +258,10 @@ def find_cycle(pairs) -> list[int] | None:
 
 def depth_ranks(k: int, pairs) -> tuple[int, ...]:
     """Ranks consistent with acyclic (winner, loser) pairs: each index's longest chain of winners above it."""
+    if len(pairs) == 1:  # one comparison (a pairwise record): the loser one below the winner, the rest at the top
+        rank = [0] * k
+        rank[pairs[0][1]] = 1
+        return tuple(rank)
     winners = defaultdict(list)
     for w, l in pairs:
         winners[l].append(w)

@@ -78,10 +78,14 @@ def _prompt_key(prompt: Prompt) -> str:
 
 def _merged(comps: list[Comparison], path, report: ReadReport, skip_invalid: bool, conflicts: str):
     """(seq of the prompt's first record, group) per prompt of comps (merge_comparisons without the count)."""
-    by_prompt: dict[str, list[Comparison]] = {}
-    for c in comps:
-        by_prompt.setdefault(_prompt_key(c.prompt), []).append(c)
-    for cs in by_prompt.values():
+    if len({id(c.prompt) for c in comps}) == 1:  # one record's comparisons (its votes): one prompt, no key needed
+        buckets = [comps]
+    else:
+        by_prompt: dict[str, list[Comparison]] = {}
+        for c in comps:
+            by_prompt.setdefault(_prompt_key(c.prompt), []).append(c)
+        buckets = list(by_prompt.values())
+    for cs in buckets:
         texts: dict[str, int] = {}
         stated: dict[tuple[int, int], Comparison] = {}
         votes: dict[tuple[int, int], int] = {}
@@ -287,14 +291,12 @@ def dialogue_messages(text: str, path, line, name: str) -> list[dict]:
 
 
 def common_prefix_length(a: str, b: str) -> int:
-    """How many leading characters a and b share (compared a block at a time, then one by one)."""
-    n, step = 0, 256
-    end = min(len(a), len(b))
-    while n < end and a[n:n + step] == b[n:n + step]:
-        n += step
-    n = min(n, end)
-    while n < end and a[n] == b[n]:
-        n += 1
+    """How many leading characters a and b share: equal blocks skipped, the block sizes halved down to one."""
+    end, n, step = min(len(a), len(b)), 0, 1024
+    while step:
+        while n + step <= end and a[n:n + step] == b[n:n + step]:
+            n += step
+        step //= 2
     return n
 
 

@@ -15,6 +15,7 @@ data prepare` writes one where asked, and a store directory can be given whereve
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import time
@@ -130,29 +131,35 @@ def group_from_record(obj: dict) -> RankedGroup:
                        None if obj.get("counts") is None else tuple(obj["counts"]), obj.get("subset"))
 
 
-def _encode(batch: dict, encoder) -> dict:
-    """datasets.map function: a batch of groups (their JSON) -> token ids and labels, through TextEncoder.tokenize."""
+def _encode(batch: dict, encoder):
+    """datasets.map function: a batch of groups (their JSON) -> token ids and labels, through TextEncoder.tokenize;
+    returned as an Arrow table built from flat arrays (no per-token Python objects on the way to Arrow)."""
+    import pyarrow as pa
+
     groups = [json.loads(s) for s in batch["group"]]
     ids, cut = encoder.tokenize([g["prompt"] for g in groups for _ in g["completions"]],
                                 [c for g in groups for c in g["completions"]])
-    out = {k: [] for k in ("ids", "ranks", "pairs", "counts", "has_pairs", "has_counts", "subset", "tokens", "cut",
-                           "blind")}
-    at = 0
-    for g in groups:
-        k = len(g["completions"])
-        rows = ids[at:at + k]
-        out["ids"].append(rows)
-        out["ranks"].append(g["ranks"])
-        out["pairs"].append(g.get("pairs") or [])
-        out["counts"].append(g.get("counts") or [])
-        out["has_pairs"].append("pairs" in g)
-        out["has_counts"].append("counts" in g)
-        out["subset"].append(g.get("subset"))
-        out["tokens"].append(sum(len(r) for r in rows))
-        out["cut"].append(sum(cut[at:at + k]))
-        out["blind"].append(len({tuple(r) for r in rows}) < k)
-        at += k
-    return out
+    ks = np.fromiter((len(g["completions"]) for g in groups), np.int32, len(groups))
+    row_len = np.fromiter((len(r) for r in ids), np.int32, len(ids))
+    values = np.fromiter(itertools.chain.from_iterable(ids), np.int32, int(row_len.sum()))
+    rows = pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(row_len)]), pa.int32()), values)
+    group_at = np.concatenate([[0], np.cumsum(ks)])
+    starts = group_at[:-1]
+    tokens = np.add.reduceat(row_len, starts) if len(row_len) else np.zeros(0, np.int64)
+    cuts = np.add.reduceat(np.asarray(cut, np.int32), starts) if len(cut) else np.zeros(0, np.int32)
+    blind = [len({tuple(r) for r in ids[a:b]}) < b - a for a, b in zip(group_at[:-1], group_at[1:])]
+    i32 = pa.list_(pa.int32())
+    return pa.table({
+        "ids": pa.ListArray.from_arrays(pa.array(group_at, pa.int32()), rows),
+        "ranks": pa.array([g["ranks"] for g in groups], i32),
+        "pairs": pa.array([g.get("pairs") or [] for g in groups], pa.list_(i32)),
+        "counts": pa.array([g.get("counts") or [] for g in groups], i32),
+        "has_pairs": pa.array(["pairs" in g for g in groups], pa.bool_()),
+        "has_counts": pa.array(["counts" in g for g in groups], pa.bool_()),
+        "subset": pa.array([g.get("subset") for g in groups], pa.string()),
+        "tokens": pa.array(tokens.astype(np.int64), pa.int64()),
+        "cut": pa.array(cuts.astype(np.int32), pa.int32()),
+        "blind": pa.array(blind, pa.bool_())})
 
 
 def prepare(sources, encoder, out, fmt: str = "auto", conflicts: str = "keep", skip_invalid: bool = False,
