@@ -4,7 +4,7 @@
 The files are built from the shipped HH-RLHF harmless-base test file (2,312 dialogue pairs), repeated with distinct
 prompts (each copy's first human turn is numbered), as in the issue that asked for this. Each run is the rankrm
 command a user types, in its own process tree, whose resident memory (all processes summed: the tokenizing workers
-too) is sampled every 0.2 s:
+too; proportional set sizes, so pages the processes share count once) is sampled every 0.2 s:
 
 - prepare: `rankrm data prepare FILE --model SmolLM2 --max-length 256 --out DIR`
 - cold: `rankrm train --train-data FILE --eval-data small.jsonl --max-steps 1 --train-layers 0 --max-length 256`
@@ -58,11 +58,13 @@ def build(path: Path, n: int, offset: int = 0) -> Path:
     return path
 
 
-def tree_rss(proc: psutil.Process) -> int:
+def tree_pss(proc: psutil.Process) -> int:
+    """Memory of a process tree: each process's proportional set size (shared pages split among the processes that
+    share them, so the forked tokenizing workers' copy-on-write pages are not counted twice), summed."""
     total = 0
     for p in [proc, *proc.children(recursive=True)]:
         try:
-            total += p.memory_info().rss
+            total += p.memory_full_info().pss
         except psutil.Error:
             pass
     return total
@@ -77,7 +79,7 @@ def run(cmd: list[str], env: dict, marks: tuple[str, ...] = (), log: Path | None
 
     def sample():
         while proc.poll() is None:
-            peak[0] = max(peak[0], tree_rss(ps))
+            peak[0] = max(peak[0], tree_pss(ps))
             time.sleep(0.2)
 
     threading.Thread(target=sample, daemon=True).start()
@@ -93,7 +95,7 @@ def run(cmd: list[str], env: dict, marks: tuple[str, ...] = (), log: Path | None
     if proc.returncode != 0:
         sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{''.join(lines[-30:])}")
     return {"seconds": round(wall, 1), "marks": seen,
-            "peak_rss_gb": round(peak[0] / 2**30, 2), "output": "".join(lines[-40:])}
+            "peak_gb": round(peak[0] / 2**30, 2), "output": "".join(lines[-40:])}
 
 
 def main() -> None:
@@ -122,23 +124,23 @@ def main() -> None:
         prep = run([*rankrm, "data", "prepare", str(data), *common, "--out", str(args.work / f"store-{n}")], env,
                    log=args.work / f"prepare-{n}.log")
         shutil.rmtree(args.work / f"store-{n}", ignore_errors=True)
-        print(f"prepare: {prep['seconds']}s, peak {prep['peak_rss_gb']} GB", flush=True)
+        print(f"prepare: {prep['seconds']}s, peak {prep['peak_gb']} GB", flush=True)
         train = [*rankrm, "train", "--train-data", str(data), "--eval-data", str(small), "--max-steps", "1",
                  "--train-layers", "0", *common, "--output-dir", str(args.work / f"run-{n}")]
         marks = ("tokens:", "before training:")
         cold = run(train, env, marks, log=args.work / f"cold-{n}.log")
-        print(f"cold: {cold['marks']}, 1 step {cold['seconds']}s, peak {cold['peak_rss_gb']} GB", flush=True)
+        print(f"cold: {cold['marks']}, 1 step {cold['seconds']}s, peak {cold['peak_gb']} GB", flush=True)
         warm = run(train, env, marks, log=args.work / f"warm-{n}.log")
-        print(f"warm: {warm['marks']}, 1 step {warm['seconds']}s, peak {warm['peak_rss_gb']} GB", flush=True)
+        print(f"warm: {warm['marks']}, 1 step {warm['seconds']}s, peak {warm['peak_gb']} GB", flush=True)
         store = json.loads(next(cache.glob("*/rankrm-store.json")).read_text())
         payload["sizes"][n] = {"file_mb": round(mb), "prepare": prep, "cold": cold, "warm": warm,
                                "store_mb": round(sum(store["files"].values()) / 2**20), "groups": store["groups"],
                                "tokens": store["tokens"], "prepare_seconds_read": store["seconds"]["read"]}
         c, w = cold["marks"], warm["marks"]
-        rows.append(f"| {n:,} | {mb:,.0f} MB | {prep['seconds']:.0f} s | {prep['peak_rss_gb']:.2f} GB | "
+        rows.append(f"| {n:,} | {mb:,.0f} MB | {prep['seconds']:.0f} s | {prep['peak_gb']:.2f} GB | "
                     f"{payload['sizes'][n]['store_mb']:,} MB | {c['tokens:']:.0f} / {c['before training:']:.0f} / "
-                    f"{cold['seconds']:.0f} s | {cold['peak_rss_gb']:.2f} GB | {w['tokens:']:.1f} / "
-                    f"{w['before training:']:.1f} / {warm['seconds']:.0f} s | {warm['peak_rss_gb']:.2f} GB |")
+                    f"{cold['seconds']:.0f} s | {cold['peak_gb']:.2f} GB | {w['tokens:']:.1f} / "
+                    f"{w['before training:']:.1f} / {warm['seconds']:.0f} s | {warm['peak_gb']:.2f} GB |")
         shutil.rmtree(cache, ignore_errors=True)
     head = ("| comparisons | JSONL | prepare | prepare peak | store | cold: ready / first step / 1 step | cold peak | "
             "warm: ready / first step / 1 step | warm peak |\n|---|---|---|---|---|---|---|---|---|")
