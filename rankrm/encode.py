@@ -6,8 +6,10 @@ loaded on its own (store.py), so a prepared store holds exactly the tokens the m
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import re
 
 PAD_TOKEN = "<|rankrm_pad|>"  # added when a tokenizer has no pad token or pads with EOS
 
@@ -37,6 +39,27 @@ class TextEncoder:
         self.adds_bos = tokenizer.bos_token_id is not None and len(probe) > 0 and probe[0] == tokenizer.bos_token_id
         if tokenizer.chat_template:
             tokenizer.chat_template = end_at_eos(self, tokenizer.chat_template)
+        self._split_at = _special_token_pattern(tokenizer)
+
+    def __getstate__(self):  # the compiled pattern is rebuilt, not pickled (datasets.map sends encoders to workers)
+        return {k: v for k, v in self.__dict__.items() if k != "_split_at"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._split_at = _special_token_pattern(self.tokenizer)
+
+    def split_prompt(self, text: str) -> tuple[str, str]:
+        """A rendered prompt as (head, tail), cut where its last special token starts (("", text) when it has none
+        or the tokenizer cannot be cut): a fast tokenizer splits its input at special tokens before anything else
+        and tokenizes the pieces apart, so tokens(head) + tokens(tail + completion) == tokens(whole text), and the
+        head, most of a long prompt, is tokenized once for all its completions (tests/test_store.py checks the
+        equality on the shipped data)."""
+        if self._split_at is None:
+            return "", text
+        last = None
+        for last in self._split_at.finditer(text):
+            pass
+        return ("", text) if last is None else (text[:last.start()], text[last.start():])
 
     @classmethod
     def from_pretrained(cls, path: str, max_length: int | None = None) -> "TextEncoder":
@@ -72,11 +95,22 @@ class TextEncoder:
         Batched through the (fast) tokenizer. The one place text becomes tokens: training, evaluation, scoring and
         serving all come through here."""
         prompts = list(prompts)  # held, so that no id below is reused
-        rendered: dict[int, str] = {}  # a prompt object given for several completions is rendered once
+        heads: dict[int, int] = {}  # prompt object -> its head's index: each prompt rendered and its head tokenized once
+        head_texts, which, texts = [], [], []
         eos = self.tokenizer.eos_token
-        texts = [(rendered.get(id(p)) or rendered.setdefault(id(p), self.render_prompt(p))) + c + eos
-                 for p, c in zip(prompts, completions, strict=True)]
-        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        for p, c in zip(prompts, completions, strict=True):
+            if id(p) not in heads:
+                head, tail = self.split_prompt(self.render_prompt(p))
+                heads[id(p)] = len(head_texts)
+                head_texts.append((head, tail))
+            h = heads[id(p)]
+            which.append(h)
+            texts.append(head_texts[h][1] + c + eos)
+        tok = functools.partial(self.tokenizer, add_special_tokens=False)
+        head_ids = tok([h for h, _ in head_texts])["input_ids"] if any(h for h, _ in head_texts) else None
+        ids = tok(texts)["input_ids"]
+        if head_ids is not None:
+            ids = [head_ids[h] + row for h, row in zip(which, ids)]
         eos = self.tokenizer.eos_token_id
         cut = [False] * len(ids)
         for i, row in enumerate(ids):
@@ -98,6 +132,20 @@ class TextEncoder:
                              "added": sorted(tok.get_added_vocab().items()), "template": tok.chat_template,
                              "max_length": self.max_length}, sort_keys=True, default=str).encode())
         return h.hexdigest()
+
+
+def _special_token_pattern(tokenizer):
+    """A regex of the tokenizer's special tokens where a text may be cut without changing its tokens, or None.
+
+    Only for fast tokenizers (which split at added tokens before normalizing and pre-tokenizing), and only special
+    tokens matched on the raw text that take no whitespace from before them (lstrip) and need no word boundary."""
+    if not getattr(tokenizer, "is_fast", False):
+        return None
+    tokens = [t.content for t in tokenizer.added_tokens_decoder.values()
+              if t.special and not t.normalized and not t.lstrip and not t.single_word and t.content]
+    if not tokens:
+        return None
+    return re.compile("|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True)))
 
 
 def end_at_eos(encoder, template: str) -> str:
