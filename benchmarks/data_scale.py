@@ -132,7 +132,8 @@ def main() -> None:
         print(f"cold: {cold['marks']}, 1 step {cold['seconds']}s, peak {cold['peak_gb']} GB", flush=True)
         warm = run(train, env, marks, log=args.work / f"warm-{n}.log")
         print(f"warm: {warm['marks']}, 1 step {warm['seconds']}s, peak {warm['peak_gb']} GB", flush=True)
-        store = json.loads(next(cache.glob("*/rankrm-store.json")).read_text())
+        store = next(m for m in (json.loads(f.read_text()) for f in cache.glob("*/rankrm-store.json"))
+                     if m["sources"] == [str(data)])
         payload["sizes"][n] = {"file_mb": round(mb), "prepare": prep, "cold": cold, "warm": warm,
                                "store_mb": round(sum(store["files"].values()) / 2**20), "groups": store["groups"],
                                "tokens": store["tokens"], "prepare_seconds_read": store["seconds"]["read"]}

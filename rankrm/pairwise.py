@@ -8,6 +8,7 @@ group stating exactly their comparisons, each with how many records state it (se
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -139,7 +140,7 @@ def _merged(comps: list[Comparison], path, report: ReadReport, skip_invalid: boo
         yield cs[0].seq, g
 
 
-def merge_stream(comparisons, path, report: ReadReport, skip_invalid: bool, conflicts: str = "keep"):
+def merge_stream(comparisons, path, report: ReadReport | None, skip_invalid: bool, conflicts: str = "keep"):
     """merge_comparisons over a file read twice, in memory bounded by hashes: yields (seq, group).
 
     comparisons(report, skip_invalid) iterates the file's records as lists of Comparisons (one per vote). The first
@@ -148,6 +149,7 @@ def merge_stream(comparisons, path, report: ReadReport, skip_invalid: bool, conf
     it is complete, which can be after groups of later prompts: seq (its first record's position) restores the
     file's order."""
     check_conflicts(conflicts)
+    report = report if report is not None else ReadReport()
     expected: Counter = Counter()
     for cs in comparisons(ReadReport(), True):  # invalid records are left out of both passes alike
         expected[_prompt_hash(cs[0].prompt)] += len(cs)
@@ -213,9 +215,7 @@ def _in_order(pairs) -> list[RankedGroup]:
 def iter_pairwise(path: Path, report: ReadReport | None = None, skip_invalid: bool = False,
                   conflicts: str = "keep"):
     """read_pairwise as a stream of (seq, group) in bounded memory (see merge_stream)."""
-    report = report if report is not None else ReadReport()
-    return merge_stream(lambda rep, skip: _pairwise_comparisons(path, rep, skip), path, report, skip_invalid,
-                        conflicts)
+    return merge_stream(functools.partial(_pairwise_comparisons, path), path, report, skip_invalid, conflicts)
 
 
 def _pairwise_comparisons(path: Path, report: ReadReport, skip_invalid: bool):
@@ -356,9 +356,7 @@ def read_implicit(path: Path, report: ReadReport | None = None, skip_invalid: bo
 def iter_implicit(path: Path, report: ReadReport | None = None, skip_invalid: bool = False,
                   conflicts: str = "keep"):
     """read_implicit as a stream of (seq, group) in bounded memory (see merge_stream)."""
-    report = report if report is not None else ReadReport()
-    return merge_stream(lambda rep, skip: _implicit_comparisons(path, rep, skip), path, report, skip_invalid,
-                        conflicts)
+    return merge_stream(functools.partial(_implicit_comparisons, path), path, report, skip_invalid, conflicts)
 
 
 def _implicit_comparisons(path: Path, report: ReadReport, skip_invalid: bool):
