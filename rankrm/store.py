@@ -123,14 +123,6 @@ def native_line(record: str) -> str:
     return json.dumps(obj, ensure_ascii=False) + "\n"
 
 
-def group_from_record(obj: dict) -> RankedGroup:
-    pairs = obj.get("pairs")
-    return RankedGroup(obj["prompt"], tuple(obj["completions"]), tuple(obj["ranks"]), obj.get("tree"),
-                       obj.get("source", ""), None if pairs is None else tuple(tuple(p) for p in pairs),
-                       None if obj.get("margins") is None else tuple(obj["margins"]),
-                       None if obj.get("counts") is None else tuple(obj["counts"]), obj.get("subset"))
-
-
 def _encode(batch: dict, encoder):
     """datasets.map function: a batch of groups (their JSON) -> token ids and labels, through TextEncoder.tokenize;
     returned as an Arrow table built from flat arrays (no per-token Python objects on the way to Arrow)."""
@@ -296,15 +288,11 @@ class StoreView(Sequence):
     def column(self, name: str) -> np.ndarray:
         return self.store.column(name)[self.indices]
 
-    def records(self, chunk: int = 4096):
-        """The groups' native records (JSON text), in this view's order, a chunk at a time."""
+    def records(self):
+        """The groups' native records (JSON text), in this view's order, one at a time."""
         col = self.store.groups.column("group")
-        for s in range(0, len(self.indices), chunk):
-            for i in self.indices[s:s + chunk]:
-                yield col[int(i)].as_py()
-
-    def ranked(self, i: int) -> RankedGroup:
-        return group_from_record(json.loads(self.store.groups.column("group")[int(self.indices[i])].as_py()))
+        for i in self.indices:
+            yield col[int(i)].as_py()
 
 
 # -- finding or preparing a store for a run ---------------------------------------------------------------------
