@@ -4,7 +4,7 @@ The public API, imported eagerly on purpose: `rankrm.train`, `rankrm.evaluate` a
 that share their names with submodules, and binding them here, after their submodules are loaded, keeps them
 functions whatever is imported later (`import rankrm.train` then finds the submodule loaded and rebinds nothing)."""
 
-__version__ = "0.3.0"
+from ._version import __version__
 
 from .batch import TokenizedGroup, tokenize_groups
 from .client import LocalReward, RewardClient
@@ -19,7 +19,7 @@ from .normalize import normalize
 from .readers import read_groups
 from .train import train
 
-__all__ = ["DataError", "EvalResult", "GroupStats", "LocalReward", "RankedGroup", "ReadReport", "RewardClient",
+__all__ = ["__version__", "DataError", "EvalResult", "GroupStats", "LocalReward", "RankedGroup", "ReadReport", "RewardClient",
            "RewardModel", "TokenizedGroup",
            "TrainConfig", "compare", "evaluate", "group_stats", "kwise_loss", "normalize", "read_groups",
            "split_by_prompt", "tokenize_groups", "train", "write_native"]

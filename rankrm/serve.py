@@ -87,7 +87,7 @@ def cmd_serve(args) -> int:
         raise OSError(f"rankrm serve needs {e.name}. Fix: pip install 'rankrm[serve]'") from None
     import torch
 
-    from . import __version__
+    from ._version import __version__
     from .model import RewardModel
     from .serve_api import ServeOptions, build_app
 

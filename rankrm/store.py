@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._version import __version__
 from .batch import TokenizedGroup
 from .containers import HUB_PREFIX, check_source
 from .errors import DataError
@@ -63,10 +64,8 @@ def source_identity(src) -> dict:
 
 def fingerprint(sources, fmt: str, conflicts: str, skip_invalid: bool, encoder) -> tuple[str, dict]:
     """(digest, what it covers) of a store built from these sources with these options and this encoder."""
-    from . import __version__
-
-    what = {"version": VERSION, "rankrm": __version__, "sources": [source_identity(s) for s in sources], "format": fmt,
-            "conflicts": conflicts, "skip_invalid": bool(skip_invalid), "encoder": encoder.fingerprint()}
+    what = {"version": VERSION, "rankrm": __version__, "sources": [source_identity(s) for s in sources],
+            "format": fmt, "conflicts": conflicts, "skip_invalid": bool(skip_invalid), "encoder": encoder.fingerprint()}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest(), what
 
 
