@@ -94,8 +94,12 @@ def run(cmd: list[str], env: dict, marks: tuple[str, ...] = (), log: Path | None
         log.write_text("".join(lines))
     if proc.returncode != 0:
         sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{''.join(lines[-30:])}")
-    return {"seconds": round(wall, 1), "marks": seen,
-            "peak_gb": round(peak[0] / 2**30, 2), "output": "".join(lines[-40:])}
+    return {
+        "seconds": round(wall, 1),
+        "marks": seen,
+        "peak_gb": round(peak[0] / 2**30, 2),
+        "output": "".join(lines[-40:]),
+    }
 
 
 def main() -> None:
@@ -106,7 +110,7 @@ def main() -> None:
     ap.add_argument("--num-proc", type=int, default=0)
     args = ap.parse_args()
 
-    from rankrm.hub import resolve
+    from rankrm.modeling.hub import resolve
 
     model = resolve("HuggingFaceTB/SmolLM2-135M-Instruct")
     args.work.mkdir(parents=True, exist_ok=True)
@@ -121,30 +125,60 @@ def main() -> None:
         shutil.rmtree(cache, ignore_errors=True)
         env = {**os.environ, "RANKRM_DATA_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
         print(f"== {n} comparisons ({mb:.0f} MB)", flush=True)
-        prep = run([*rankrm, "data", "prepare", str(data), *common, "--out", str(args.work / f"store-{n}")], env,
-                   log=args.work / f"prepare-{n}.log")
+        prep = run(
+            [*rankrm, "data", "prepare", str(data), *common, "--out", str(args.work / f"store-{n}")],
+            env,
+            log=args.work / f"prepare-{n}.log",
+        )
         shutil.rmtree(args.work / f"store-{n}", ignore_errors=True)
         print(f"prepare: {prep['seconds']}s, peak {prep['peak_gb']} GB", flush=True)
-        train = [*rankrm, "train", "--train-data", str(data), "--eval-data", str(small), "--max-steps", "1",
-                 "--train-layers", "0", *common, "--output-dir", str(args.work / f"run-{n}")]
+        train = [
+            *rankrm,
+            "train",
+            "--train-data",
+            str(data),
+            "--eval-data",
+            str(small),
+            "--max-steps",
+            "1",
+            "--train-layers",
+            "0",
+            *common,
+            "--output-dir",
+            str(args.work / f"run-{n}"),
+        ]
         marks = ("tokens:", "before training:")
         cold = run(train, env, marks, log=args.work / f"cold-{n}.log")
         print(f"cold: {cold['marks']}, 1 step {cold['seconds']}s, peak {cold['peak_gb']} GB", flush=True)
         warm = run(train, env, marks, log=args.work / f"warm-{n}.log")
         print(f"warm: {warm['marks']}, 1 step {warm['seconds']}s, peak {warm['peak_gb']} GB", flush=True)
-        store = next(m for m in (json.loads(f.read_text()) for f in cache.glob("*/rankrm-store.json"))
-                     if m["sources"] == [str(data)])
-        payload["sizes"][n] = {"file_mb": round(mb), "prepare": prep, "cold": cold, "warm": warm,
-                               "store_mb": round(sum(store["files"].values()) / 2**20), "groups": store["groups"],
-                               "tokens": store["tokens"], "prepare_seconds_read": store["seconds"]["read"]}
+        store = next(
+            m
+            for m in (json.loads(f.read_text()) for f in cache.glob("*/rankrm-store.json"))
+            if m["sources"] == [str(data)]
+        )
+        payload["sizes"][n] = {
+            "file_mb": round(mb),
+            "prepare": prep,
+            "cold": cold,
+            "warm": warm,
+            "store_mb": round(sum(store["files"].values()) / 2**20),
+            "groups": store["groups"],
+            "tokens": store["tokens"],
+            "prepare_seconds_read": store["seconds"]["read"],
+        }
         c, w = cold["marks"], warm["marks"]
-        rows.append(f"| {n:,} | {mb:,.0f} MB | {prep['seconds']:.0f} s | {prep['peak_gb']:.2f} GB | "
-                    f"{payload['sizes'][n]['store_mb']:,} MB | {c['tokens:']:.0f} / {c['before training:']:.0f} / "
-                    f"{cold['seconds']:.0f} s | {cold['peak_gb']:.2f} GB | {w['tokens:']:.1f} / "
-                    f"{w['before training:']:.1f} / {warm['seconds']:.0f} s | {warm['peak_gb']:.2f} GB |")
+        rows.append(
+            f"| {n:,} | {mb:,.0f} MB | {prep['seconds']:.0f} s | {prep['peak_gb']:.2f} GB | "
+            f"{payload['sizes'][n]['store_mb']:,} MB | {c['tokens:']:.0f} / {c['before training:']:.0f} / "
+            f"{cold['seconds']:.0f} s | {cold['peak_gb']:.2f} GB | {w['tokens:']:.1f} / "
+            f"{w['before training:']:.1f} / {warm['seconds']:.0f} s | {warm['peak_gb']:.2f} GB |"
+        )
         shutil.rmtree(cache, ignore_errors=True)
-    head = ("| comparisons | JSONL | prepare | prepare peak | store | cold: ready / first step / 1 step | cold peak | "
-            "warm: ready / first step / 1 step | warm peak |\n|---|---|---|---|---|---|---|---|---|")
+    head = (
+        "| comparisons | JSONL | prepare | prepare peak | store | cold: ready / first step / 1 step | cold peak | "
+        "warm: ready / first step / 1 step | warm peak |\n|---|---|---|---|---|---|---|---|---|"
+    )
     save(args.out, "data_scale", head, rows, payload, "data_scale")
 
 

@@ -30,10 +30,19 @@ def main() -> None:
 
     s = SHAPES[args.shape]
     tok = build_tokenizer(args.out, chat_template=True, pad_is_eos=False)
-    cfg = Qwen2Config(hidden_size=s["h"], intermediate_size=s["i"], num_hidden_layers=args.layers or s["L"],
-                      num_attention_heads=s["heads"], num_key_value_heads=s["kv"], vocab_size=s["vocab"],
-                      max_position_embeddings=32768, tie_word_embeddings=args.shape != "Qwen2.5-7B",
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    cfg = Qwen2Config(
+        hidden_size=s["h"],
+        intermediate_size=s["i"],
+        num_hidden_layers=args.layers or s["L"],
+        num_attention_heads=s["heads"],
+        num_key_value_heads=s["kv"],
+        vocab_size=s["vocab"],
+        max_position_embeddings=32768,
+        tie_word_embeddings=args.shape != "Qwen2.5-7B",
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with torch.device(device):

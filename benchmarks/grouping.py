@@ -29,14 +29,14 @@ import time
 from pathlib import Path
 
 from benchmarks._results import save
-from rankrm.batch import tokenize_groups
-from rankrm.config import TrainConfig
-from rankrm.readers import read_groups
-from rankrm.evaluate import evaluate_groups
-from rankrm.frozen import FrozenLayerCache, select_trainable
-from rankrm.hub import DEFAULT_MODEL
-from rankrm.model import RewardModel
-from rankrm.train import train
+from rankrm.data.encode import tokenize_groups
+from rankrm.data.readers import read_groups
+from rankrm.evaluation.evaluate import evaluate_groups
+from rankrm.modeling.frozen import FrozenLayerCache, select_trainable
+from rankrm.modeling.hub import DEFAULT_MODEL
+from rankrm.modeling.model import RewardModel
+from rankrm.training.config import TrainConfig
+from rankrm.training.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = [str(ROOT / "rankrm/shipped/oasst_en_100_tree.jsonl"), str(ROOT / "rankrm/shipped/oasst1_en_validation.jsonl")]
@@ -57,13 +57,28 @@ def warm_cache(cfg: TrainConfig, cache: dict) -> float:
 
 def curve(res: dict) -> list[dict]:
     """(epoch, accuracy, log loss, completions forwarded, training seconds) from before training to the end."""
-    pts = [{"epoch": 0.0, "accuracy": res["before"]["accuracy"], "log_loss": res["before"]["log_loss"],
-            "completions_forwarded": 0, "train_seconds": 0.0}]
-    pts += [{k: h[k] for k in ("epoch", "accuracy", "log_loss", "completions_forwarded", "train_seconds")}
-            for h in res["history"]]
-    pts.append({"epoch": res["config"]["epochs"], "accuracy": res["after"]["accuracy"],
-                "log_loss": res["after"]["log_loss"], "completions_forwarded": res["completions_forwarded"],
-                "train_seconds": res["train_seconds"]})
+    pts = [
+        {
+            "epoch": 0.0,
+            "accuracy": res["before"]["accuracy"],
+            "log_loss": res["before"]["log_loss"],
+            "completions_forwarded": 0,
+            "train_seconds": 0.0,
+        }
+    ]
+    pts += [
+        {k: h[k] for k in ("epoch", "accuracy", "log_loss", "completions_forwarded", "train_seconds")}
+        for h in res["history"]
+    ]
+    pts.append(
+        {
+            "epoch": res["config"]["epochs"],
+            "accuracy": res["after"]["accuracy"],
+            "log_loss": res["after"]["log_loss"],
+            "completions_forwarded": res["completions_forwarded"],
+            "train_seconds": res["train_seconds"],
+        }
+    )
     return pts
 
 
@@ -72,12 +87,15 @@ def mean_sd(xs):
 
 
 def table(runs: dict, epochs: float, warm_seconds: float, seeds) -> str:
-    lines = [f"Seeds: {', '.join(map(str, seeds))} (each seed: its own held-out split of 20% of the conversation "
-             f"trees, head initialisation and data order). Mean ± standard deviation over seeds; "
-             f"[min, max] in brackets.", "",
-             "| regime | held-out accuracy (end) | log loss (end) | best accuracy (any point) | lowest log loss "
-             "(any point) | completions forwarded per epoch | training time (s) |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"Seeds: {', '.join(map(str, seeds))} (each seed: its own held-out split of 20% of the conversation "
+        f"trees, head initialisation and data order). Mean ± standard deviation over seeds; "
+        f"[min, max] in brackets.",
+        "",
+        "| regime | held-out accuracy (end) | log loss (end) | best accuracy (any point) | lowest log loss "
+        "(any point) | completions forwarded per epoch | training time (s) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for regime in REGIMES:
         rs = runs[regime]
         acc = [r[-1]["accuracy"] for r in rs]
@@ -86,17 +104,23 @@ def table(runs: dict, epochs: float, warm_seconds: float, seeds) -> str:
         low = [min(p["log_loss"] for p in r) for r in rs]
         fwd = [r[-1]["completions_forwarded"] / epochs for r in rs]
         sec = [r[-1]["train_seconds"] for r in rs]
-        f = lambda xs, d=4: (f"{mean_sd(xs)[0]:.{d}f} ± {mean_sd(xs)[1]:.{d}f} "  # noqa: E731
-                             f"[{min(xs):.{d}f}, {max(xs):.{d}f}]")
-        lines.append(f"| {regime} | {f(acc)} | {f(ll)} | {f(best)} | {f(low)} | {statistics.mean(fwd):.0f} | "
-                     f"{f(sec, 0)} |")
+        f = lambda xs, d=4: (
+            f"{mean_sd(xs)[0]:.{d}f} ± {mean_sd(xs)[1]:.{d}f} "  # noqa: E731
+            f"[{min(xs):.{d}f}, {max(xs):.{d}f}]"
+        )
+        lines.append(
+            f"| {regime} | {f(acc)} | {f(ll)} | {f(best)} | {f(low)} | {statistics.mean(fwd):.0f} | {f(sec, 0)} |"
+        )
     g = statistics.mean(r[-1]["train_seconds"] for r in runs["grouped"])
     s = statistics.mean(r[-1]["train_seconds"] for r in runs["shuffled-pairs"])
     gf = statistics.mean(r[-1]["completions_forwarded"] for r in runs["grouped"])
     sf = statistics.mean(r[-1]["completions_forwarded"] for r in runs["shuffled-pairs"])
-    lines += ["", f"Forward passes (completions through the trainable layers): shuffled-pairs / grouped = "
-              f"{sf / gf:.2f}; training wall time shuffled-pairs / grouped = {s / g:.2f}. The frozen layers ran once "
-              f"per distinct sequence for all runs together, before them ({warm_seconds:.0f} s)."]
+    lines += [
+        "",
+        f"Forward passes (completions through the trainable layers): shuffled-pairs / grouped = "
+        f"{sf / gf:.2f}; training wall time shuffled-pairs / grouped = {s / g:.2f}. The frozen layers ran once "
+        f"per distinct sequence for all runs together, before them ({warm_seconds:.0f} s).",
+    ]
     return "\n".join(lines)
 
 
@@ -113,10 +137,17 @@ def plot(runs: dict, title: str):
         xs = [p["epoch"] for p in rs[0]]
         for ax, key in zip(axes, ["accuracy", "log_loss"]):
             ys = [[r[i][key] for r in rs] for i in range(len(xs))]
-            ax.plot(xs, [statistics.mean(y) for y in ys], color=color, marker="o", ms=3,
-                    label=f"{regime} (mean of {len(rs)} seeds)")
-            ax.fill_between(xs, [min(y) for y in ys], [max(y) for y in ys], color=color, alpha=0.18,
-                            label=f"{regime}: seed min-max")
+            ax.plot(
+                xs,
+                [statistics.mean(y) for y in ys],
+                color=color,
+                marker="o",
+                ms=3,
+                label=f"{regime} (mean of {len(rs)} seeds)",
+            )
+            ax.fill_between(
+                xs, [min(y) for y in ys], [max(y) for y in ys], color=color, alpha=0.18, label=f"{regime}: seed min-max"
+            )
     axes[0].set_ylabel("held-out pairwise accuracy")
     axes[1].set_ylabel("held-out log loss (mean -log sigmoid)")
     for ax in axes:
@@ -141,9 +172,20 @@ def main() -> None:
     args = p.parse_args()
     import matplotlib  # noqa: F401  (the plot comes last: fail now, not after the runs, if it is missing)
 
-    base = dict(model=args.model, train_data=DATA, eval_fraction=0.2, max_length=args.max_length,
-                train_layers=args.train_layers, epochs=args.epochs, batch_size=args.batch_size,
-                learning_rate=5e-5, head_learning_rate=5e-4, warmup_ratio=0.05, layout="padded", length_sort_window=0)
+    base = dict(
+        model=args.model,
+        train_data=DATA,
+        eval_fraction=0.2,
+        max_length=args.max_length,
+        train_layers=args.train_layers,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=5e-5,
+        head_learning_rate=5e-4,
+        warmup_ratio=0.05,
+        layout="padded",
+        length_sort_window=0,
+    )
     n_train = round(0.8 * len(read_groups(DATA)))  # about: the split is by conversation tree
     steps = int(args.epochs * -(-n_train // args.batch_size))
     base["eval_steps"] = max(1, steps // (args.eval_points + 1))
@@ -161,19 +203,36 @@ def main() -> None:
                 out = Path(tmp) / f"{regime}-{seed}"
                 res = train(TrainConfig(**base, seed=seed, regime=regime, output_dir=str(out)), frozen_cache=cache)
                 runs[regime].append(curve(res))
-                raw.append({"seed": seed, "regime": regime, "curve": runs[regime][-1], "before": res["before"],
-                            "after": res["after"], "steps": res["steps"], "eval_groups": res["eval_groups"],
-                            "train_groups": res["train_groups"]})
+                raw.append(
+                    {
+                        "seed": seed,
+                        "regime": regime,
+                        "curve": runs[regime][-1],
+                        "before": res["before"],
+                        "after": res["after"],
+                        "steps": res["steps"],
+                        "eval_groups": res["eval_groups"],
+                        "train_groups": res["train_groups"],
+                    }
+                )
                 shutil.rmtree(out, ignore_errors=True)
     total = time.time() - t_all + warm
 
-    title = (f"{Path(args.model).name}, top {args.train_layers} layer(s) + final norm + head trained, max length {args.max_length}, "
-             f"OpenAssistant ({raw[0]['train_groups']} train / {raw[0]['eval_groups']} held-out prompts), "
-             f"{len(args.seeds)} seeds")
+    title = (
+        f"{Path(args.model).name}, top {args.train_layers} layer(s) + final norm + head trained, max length {args.max_length}, "
+        f"OpenAssistant ({raw[0]['train_groups']} train / {raw[0]['eval_groups']} held-out prompts), "
+        f"{len(args.seeds)} seeds"
+    )
     head = f"# Grouped vs shuffled pairs\n\n{title}; total run time {total / 60:.1f} min.\n"
-    save(args.out, "grouping", head, table(runs, args.epochs, warm, args.seeds).split("\n"),
-         {"settings": {**base, "seeds": args.seeds}, "runs": raw, "warm_seconds": warm, "total_seconds": total},
-         "grouping", figure=plot(runs, title))
+    save(
+        args.out,
+        "grouping",
+        head,
+        table(runs, args.epochs, warm, args.seeds).split("\n"),
+        {"settings": {**base, "seeds": args.seeds}, "runs": raw, "warm_seconds": warm, "total_seconds": total},
+        "grouping",
+        figure=plot(runs, title),
+    )
     print(f"total {total / 60:.1f} min; wrote {args.out}/grouping.{{json,md,png}}")
 
 

@@ -18,7 +18,7 @@ SHAPES = {  # the published configs (config.json) of the Qwen2.5 backbones, unto
     "Qwen2.5-1.5B": dict(h=1536, L=28, i=8960, heads=12, kv=2, vocab=151936),
     "Qwen2.5-7B": dict(h=3584, L=28, i=18944, heads=28, kv=4, vocab=152064),
 }
-GIB = 2 ** 30
+GIB = 2**30
 
 
 def params(h, L, i, heads, kv, vocab) -> tuple[int, int]:
@@ -29,19 +29,42 @@ def params(h, L, i, heads, kv, vocab) -> tuple[int, int]:
 
 
 def table(n_gpus: int = 8, tokens: int = 4096) -> str:
-    rows = ["| backbone | params | DDP fp32 | DDP bf16, top 4 layers | DDP LoRA r=16 | FSDP full shard / ZeRO-3 | "
-            "FSDP grad-op / ZeRO-2 | activations, T=4096 | with checkpointing |", "|" + "---|" * 9]
+    rows = [
+        "| backbone | params | DDP fp32 | DDP bf16, top 4 layers | DDP LoRA r=16 | FSDP full shard / ZeRO-3 | "
+        "FSDP grad-op / ZeRO-2 | activations, T=4096 | with checkpointing |",
+        "|" + "---|" * 9,
+    ]
     for name, s in SHAPES.items():
         p, layer = params(**s)
         top = 4 * layer + s["h"] + s["h"]  # top 4 layers, final norm, head
         d = s["h"] // s["heads"]
-        lora = s["L"] * 16 * sum(a + b for a, b in [(s["h"], s["h"]), (s["h"], s["kv"] * d), (s["h"], s["kv"] * d),
-                                                    (s["h"], s["h"]), (s["h"], s["i"]), (s["h"], s["i"]),
-                                                    (s["i"], s["h"])])
+        lora = (
+            s["L"]
+            * 16
+            * sum(
+                a + b
+                for a, b in [
+                    (s["h"], s["h"]),
+                    (s["h"], s["kv"] * d),
+                    (s["h"], s["kv"] * d),
+                    (s["h"], s["h"]),
+                    (s["h"], s["i"]),
+                    (s["h"], s["i"]),
+                    (s["i"], s["h"]),
+                ]
+            )
+        )
         act = 34 * s["h"] * s["L"] * tokens
         ckpt = 2 * s["h"] * s["L"] * tokens + 34 * s["h"] * tokens
-        cells = [16 * p, 2 * (p - top) + 16 * top, 2 * p + 16 * lora, 16 * p / n_gpus + 4 * layer,
-                 2 * p + 14 * p / n_gpus, act, ckpt]
+        cells = [
+            16 * p,
+            2 * (p - top) + 16 * top,
+            2 * p + 16 * lora,
+            16 * p / n_gpus + 4 * layer,
+            2 * p + 14 * p / n_gpus,
+            act,
+            ckpt,
+        ]
         rows.append(f"| {name} | {p / 1e9:.2f}B | " + " | ".join(f"{c / GIB:.1f}" for c in cells) + " |")
     return "\n".join(rows)
 

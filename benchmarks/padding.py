@@ -14,13 +14,14 @@ import argparse
 from pathlib import Path
 
 from benchmarks._results import save
-from rankrm.batch import collate, tokenize_groups
-from rankrm.config import TrainConfig
-from rankrm.splits import split_by_prompt
-from rankrm.readers import read_groups
-from rankrm.hub import DEFAULT_MODEL
-from rankrm.model import RewardModel
-from rankrm.planning import epoch_steps, plan_batches
+from rankrm.data.encode import tokenize_groups
+from rankrm.data.readers import read_groups
+from rankrm.data.splits import split_by_prompt
+from rankrm.modeling.batch import collate
+from rankrm.modeling.hub import DEFAULT_MODEL
+from rankrm.modeling.model import RewardModel
+from rankrm.modeling.planning import epoch_steps, plan_batches
+from rankrm.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = [str(ROOT / "rankrm/shipped/oasst_en_100_tree.jsonl"), str(ROOT / "rankrm/shipped/oasst1_en_validation.jsonl")]
@@ -62,22 +63,37 @@ def main() -> None:
                     slots, pad, passes = slots + s, pad + q, passes + n
                 ev = count(tok_eval, plan_batches(tok_eval, d.eval_batch_tokens, layout, apt, kv), pad_id)
                 real = sum(g.tokens for g in tok_train)
-                r = {"max_length": max_length, "batch_size": batch_size, "settings": where, "layout": layout,
-                     "length_sort_window": window, "train_slots": slots, "train_padding": pad,
-                     "train_padding_share": pad / slots, "train_passes": passes, "completion_tokens": real,
-                     "eval_slots": ev[0], "eval_padding": ev[1], "eval_padding_share": ev[1] / ev[0]}
+                r = {
+                    "max_length": max_length,
+                    "batch_size": batch_size,
+                    "settings": where,
+                    "layout": layout,
+                    "length_sort_window": window,
+                    "train_slots": slots,
+                    "train_padding": pad,
+                    "train_padding_share": pad / slots,
+                    "train_passes": passes,
+                    "completion_tokens": real,
+                    "eval_slots": ev[0],
+                    "eval_padding": ev[1],
+                    "eval_padding_share": ev[1] / ev[0],
+                }
                 results.append(r)
-                rows.append(f"| {max_length} | {batch_size} | {layout} | {window} | {slots:,} | "
-                            f"{100 * pad / slots:.1f}% | {passes} | {slots / real:.2f} | {100 * ev[1] / ev[0]:.1f}% |")
-    head = (f"# Padding waste on the shipped OpenAssistant data\n\n{Path(args.model).name} tokenizer and chat template; "
-            f"{len(train_groups)} training / {len(held)} held-out prompts (split seed 0, 20% held out); one training "
-            f"epoch planned as `rankrm train` plans it (micro-batches of {d.micro_batch_tokens} padded tokens), and "
-            f"the evaluation batches ({d.eval_batch_tokens} tokens).\n\n"
-            "Token slots: what the forward passes process (rows x row length). Slots per completion token: slots "
-            "over the tokens of every (prompt + completion) row, so below 1 when packing forwards each prompt once.\n\n"
-            "| max length | groups per step | layout | length sort window | training token slots | padding share "
-            "(training) | forward passes | slots per completion token | padding share (evaluation) |\n"
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+                rows.append(
+                    f"| {max_length} | {batch_size} | {layout} | {window} | {slots:,} | "
+                    f"{100 * pad / slots:.1f}% | {passes} | {slots / real:.2f} | {100 * ev[1] / ev[0]:.1f}% |"
+                )
+    head = (
+        f"# Padding waste on the shipped OpenAssistant data\n\n{Path(args.model).name} tokenizer and chat template; "
+        f"{len(train_groups)} training / {len(held)} held-out prompts (split seed 0, 20% held out); one training "
+        f"epoch planned as `rankrm train` plans it (micro-batches of {d.micro_batch_tokens} padded tokens), and "
+        f"the evaluation batches ({d.eval_batch_tokens} tokens).\n\n"
+        "Token slots: what the forward passes process (rows x row length). Slots per completion token: slots "
+        "over the tokens of every (prompt + completion) row, so below 1 when packing forwards each prompt once.\n\n"
+        "| max length | groups per step | layout | length sort window | training token slots | padding share "
+        "(training) | forward passes | slots per completion token | padding share (evaluation) |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    )
     save(args.out, "padding", head, rows, results, "padding")
 
 

@@ -37,15 +37,24 @@ def write_lines(path: Path, n: int) -> None:
 
 def run(model: Path, src: Path, dst: Path) -> dict:
     t0 = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "rankrm", "score", "--model", str(model), str(src), str(dst),
-                             "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rankrm", "score", "--model", str(model), str(src), str(dst), "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     if status != 0:
         raise SystemExit(proc.stderr.read().decode()[-2000:])
     secs = time.time() - t0
     n = sum(1 for _ in open(dst))
-    return {"lines": n, "seconds": round(secs, 1), "lines_per_second": round(n / secs), "peak_rss_mib":
-            round(usage.ru_maxrss / 1024, 1), "input_mib": round(src.stat().st_size / 2**20, 1)}
+    return {
+        "lines": n,
+        "seconds": round(secs, 1),
+        "lines_per_second": round(n / secs),
+        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+        "input_mib": round(src.stat().st_size / 2**20, 1),
+    }
 
 
 def main() -> None:
@@ -63,11 +72,15 @@ def main() -> None:
             rows.append(run(tmp / "rm", src, tmp / "out.jsonl"))
             print(rows[-1], flush=True)
             src.unlink()
-    head = ("# `rankrm score`: peak memory against file size\n\nDefault --chunk-lines 4096; tiny Llama (2 layers, "
-            "hidden 64) with SmolLM2's tokenizer.\n\n| lines | input (MiB) | peak RSS (MiB) | seconds | lines/s |\n"
-            "| --- | --- | --- | --- | --- |")
-    lines = [f"| {r['lines']:,} | {r['input_mib']} | {r['peak_rss_mib']} | {r['seconds']} | {r['lines_per_second']:,} |"
-             for r in rows]
+    head = (
+        "# `rankrm score`: peak memory against file size\n\nDefault --chunk-lines 4096; tiny Llama (2 layers, "
+        "hidden 64) with SmolLM2's tokenizer.\n\n| lines | input (MiB) | peak RSS (MiB) | seconds | lines/s |\n"
+        "| --- | --- | --- | --- | --- |"
+    )
+    lines = [
+        f"| {r['lines']:,} | {r['input_mib']} | {r['peak_rss_mib']} | {r['seconds']} | {r['lines_per_second']:,} |"
+        for r in rows
+    ]
     save(args.out, "score_memory", head, lines, rows, "score_memory")
 
 

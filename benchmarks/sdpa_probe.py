@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.throughput import synthetic_groups
-from rankrm.batch import collate
-from rankrm.model import RewardModel
+from rankrm.modeling.batch import collate
+from rankrm.modeling.model import RewardModel
 
 
 def timed(fn, device, reps: int = 5) -> float:
@@ -94,40 +94,66 @@ def main() -> None:
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model = RewardModel.from_pretrained(args.model, dtype=dtype, max_length=args.prompt + args.completion + 8,
-                                        attn_implementation="sdpa").to(device).eval()
+    model = (
+        RewardModel.from_pretrained(
+            args.model, dtype=dtype, max_length=args.prompt + args.completion + 8, attn_implementation="sdpa"
+        )
+        .to(device)
+        .eval()
+    )
     cfg = model.hf.config
     heads, d = cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads
     tok = model.tokenizer
-    groups = synthetic_groups(args.k, args.prompt, args.completion, args.groups, list(range(100, 390)),
-                              tok.eos_token_id, seed=0)
-    report = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
-              "dtype": str(dtype), "heads": heads, "head_dim": d, "k": args.k, "prompt": args.prompt,
-              "completion": args.completion, "groups": args.groups, "layouts": {}}
+    groups = synthetic_groups(
+        args.k, args.prompt, args.completion, args.groups, list(range(100, 390)), tok.eos_token_id, seed=0
+    )
+    report = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "dtype": str(dtype),
+        "heads": heads,
+        "head_dim": d,
+        "k": args.k,
+        "prompt": args.prompt,
+        "completion": args.completion,
+        "groups": args.groups,
+        "layouts": {},
+    }
     for layout in ("packed", "kv"):
         b = collate(groups, tok.pad_token_id, layout).to(device)
         mask = b.attention_mask  # (B, 1, T, S) bool
         rows, t, s = mask.shape[0], mask.shape[2], mask.shape[3]
         q = torch.randn(rows, heads, t, d, device=device, dtype=dtype)
         k, v = (torch.randn(rows, heads, s, d, device=device, dtype=dtype) for _ in range(2))
-        report["layouts"][layout] = {"mask": list(mask.shape), "sdpa": backends(q, k, v, mask, device),
-                                     "flex": flex(q, k, v, mask, device),
-                                     "model_forward_kernels": kernels_of_forward(model, b, device)}
+        report["layouts"][layout] = {
+            "mask": list(mask.shape),
+            "sdpa": backends(q, k, v, mask, device),
+            "flex": flex(q, k, v, mask, device),
+            "model_forward_kernels": kernels_of_forward(model, b, device),
+        }
         print(layout, json.dumps(report["layouts"][layout], indent=1))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "sdpa_probe.json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = [f"# SDPA with rankrm's 4D masks: {report['device']}, torch {report['torch']}, {report['dtype']}, "
-             f"{heads} heads x {d}, K={args.k}, P={args.prompt}, C={args.completion}, {args.groups} groups", "",
-             "| layout | mask | flash | efficient | cudnn | math | default | flex (block sparsity) |", "|---" * 8 + "|"]
+    lines = [
+        f"# SDPA with rankrm's 4D masks: {report['device']}, torch {report['torch']}, {report['dtype']}, "
+        f"{heads} heads x {d}, K={args.k}, P={args.prompt}, C={args.completion}, {args.groups} groups",
+        "",
+        "| layout | mask | flash | efficient | cudnn | math | default | flex (block sparsity) |",
+        "|---" * 8 + "|",
+    ]
     for layout, r in report["layouts"].items():
         cell = lambda x: f"{x['ms']} ms" if x.get("runs") else "refused"  # noqa: E731
         sd = r["sdpa"]
         fl = r["flex"]
-        lines.append(f"| {layout} | {r['mask']} | {cell(sd['FLASH_ATTENTION'])} | {cell(sd['EFFICIENT_ATTENTION'])} | "
-                     f"{cell(sd['CUDNN_ATTENTION'])} | {cell(sd['MATH'])} | {sd['default']['ms']} ms | "
-                     f"{cell(fl)}{' (' + str(fl['block_sparsity_percent']) + '%)' if fl.get('runs') else ''} |")
-    lines += ["", "Kernels one model forward ran (packed): " + ", ".join(report["layouts"]["packed"]
-                                                                        ["model_forward_kernels"])]
+        lines.append(
+            f"| {layout} | {r['mask']} | {cell(sd['FLASH_ATTENTION'])} | {cell(sd['EFFICIENT_ATTENTION'])} | "
+            f"{cell(sd['CUDNN_ATTENTION'])} | {cell(sd['MATH'])} | {sd['default']['ms']} ms | "
+            f"{cell(fl)}{' (' + str(fl['block_sparsity_percent']) + '%)' if fl.get('runs') else ''} |"
+        )
+    lines += [
+        "",
+        "Kernels one model forward ran (packed): " + ", ".join(report["layouts"]["packed"]["model_forward_kernels"]),
+    ]
     (args.out / "sdpa_probe.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -47,19 +47,45 @@ def score_items(n: int) -> list[dict]:
 
 def grpo_groups(n: int, tok, prompt_tokens=256, completion_tokens=64, k=8) -> list[dict]:
     """GRPO-shaped groups: a prompt of prompt_tokens tokens with k completions of completion_tokens tokens each."""
+
     def exact(seed, length):
         ids = tok(text(length * 2, seed), add_special_tokens=False).input_ids[:length]
         return tok.decode(ids)
-    return [{"prompt": exact(g, prompt_tokens), "completions": [exact(1000 * g + j, completion_tokens - 1)
-                                                                 for j in range(k)]} for g in range(n)]
+
+    return [
+        {
+            "prompt": exact(g, prompt_tokens),
+            "completions": [exact(1000 * g + j, completion_tokens - 1) for j in range(k)],
+        }
+        for g in range(n)
+    ]
 
 
 class Server:
     def __init__(self, model: Path, *flags):
-        cmd = [sys.executable, "-m", "rankrm", "serve", "--model", str(model), "--port", "0", "--log-level", "warning",
-               "--threads", str(THREADS), *flags]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, "PYTHONPATH": str(ROOT)})
+        cmd = [
+            sys.executable,
+            "-m",
+            "rankrm",
+            "serve",
+            "--model",
+            str(model),
+            "--port",
+            "0",
+            "--log-level",
+            "warning",
+            "--threads",
+            str(THREADS),
+            *flags,
+        ]
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
         self.url = None
         for line in self.proc.stderr:  # the first line names the port
             if " on http://" in line:
@@ -67,6 +93,7 @@ class Server:
                 break
         threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()
         import httpx
+
         for _ in range(600):
             try:
                 if httpx.get(self.url + "/health", timeout=2).status_code == 200:
@@ -77,6 +104,7 @@ class Server:
 
     def metric(self, name: str) -> float:
         import httpx
+
         text = httpx.get(self.url + "/metrics", timeout=10).text
         return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
 
@@ -144,17 +172,27 @@ class Cell:
     def summary(self) -> dict:
         lat = sorted(self.lat)
         q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else float("nan")  # noqa: E731
-        return {"requests": len(lat), "failed": self.failed, "seconds": self.seconds, "rps": len(lat) / self.seconds,
-                "p50_ms": q(0.50), "p95_ms": q(0.95), "p99_ms": q(0.99),
-                "mean_batch_requests": self.requests / self.calls if self.calls else float("nan"),
-                "model_busy": self.busy / self.seconds,
-                "in_process_items_per_s": statistics.median(self.reference) if self.reference else float("nan")}
+        return {
+            "requests": len(lat),
+            "failed": self.failed,
+            "seconds": self.seconds,
+            "rps": len(lat) / self.seconds,
+            "p50_ms": q(0.50),
+            "p95_ms": q(0.95),
+            "p99_ms": q(0.99),
+            "mean_batch_requests": self.requests / self.calls if self.calls else float("nan"),
+            "model_busy": self.busy / self.seconds,
+            "in_process_items_per_s": statistics.median(self.reference) if self.reference else float("nan"),
+        }
 
 
 def model_calls(server: Server) -> tuple[float, float, float]:
     """(model calls, requests they served, seconds the model thread spent) so far, from the server's /metrics."""
-    return (server.metric("rankrm_batch_requests_count"), server.metric("rankrm_batch_requests_sum"),
-            server.metric("rankrm_model_seconds_total"))
+    return (
+        server.metric("rankrm_batch_requests_count"),
+        server.metric("rankrm_batch_requests_sum"),
+        server.metric("rankrm_model_seconds_total"),
+    )
 
 
 class InProcess:
@@ -163,7 +201,7 @@ class InProcess:
     def __init__(self, model_dir: Path, batch_tokens: int):
         import torch
 
-        from rankrm.model import RewardModel
+        from rankrm.modeling.model import RewardModel
 
         torch.set_num_threads(THREADS)
         self.rm, self.batch_tokens = RewardModel.from_pretrained(str(model_dir)), batch_tokens
@@ -174,6 +212,7 @@ class InProcess:
                 self.rm.score_groups(prompts, completions, batch_tokens=self.batch_tokens)
             else:
                 self.rm.score(prompts, completions, batch_tokens=self.batch_tokens)
+
         n = sum(len(c) for c in completions) if grouped else len(completions)
         once()  # warm-up
         t0, calls = time.monotonic(), 0
@@ -183,8 +222,11 @@ class InProcess:
         return calls * n / (time.monotonic() - t0)
 
 
-CONFIGS = [("default (--max-wait-ms 0: what queued)", []), ("--max-wait-ms 5", ["--max-wait-ms", "5"]),
-           ("no coalescing (--max-batch-requests 1)", ["--max-batch-requests", "1"])]
+CONFIGS = [
+    ("default (--max-wait-ms 0: what queued)", []),
+    ("--max-wait-ms 5", ["--max-wait-ms", "5"]),
+    ("no coalescing (--max-batch-requests 1)", ["--max-batch-requests", "1"]),
+]
 
 
 def rounds(servers, inproc, items, bodies, groups, args) -> tuple[dict, dict, dict]:
@@ -206,11 +248,17 @@ def rounds(servers, inproc, items, bodies, groups, args) -> tuple[dict, dict, di
                 cell.add(res, tuple(a - b for a, b in zip(after, before)))
                 cell.reference.append(ref)
         s = servers[CONFIGS[0][0]]
-        base["grpo_groups"].append(inproc.rate(half, [g["prompt"] for g in groups], [g["completions"] for g in groups],
-                                               grouped=True))
+        base["grpo_groups"].append(
+            inproc.rate(half, [g["prompt"] for g in groups], [g["completions"] for g in groups], grouped=True)
+        )
         grpo["rank"].add(load(s.url, "/rank", groups, 8, args.seconds, args.max_requests))
-        base["grpo_score"].append(inproc.rate(half, [g["prompt"] for g in groups for _ in g["completions"]],
-                                              [c for g in groups for c in g["completions"]]))
+        base["grpo_score"].append(
+            inproc.rate(
+                half,
+                [g["prompt"] for g in groups for _ in g["completions"]],
+                [c for g in groups for c in g["completions"]],
+            )
+        )
         grpo["score"].add(load(s.url, "/score", flat, 8, args.seconds, args.max_requests))
         print(f"round {r + 1}/{args.rounds} done; load average {os.getloadavg()[0]:.1f}", flush=True)
     return cells, grpo, {k: statistics.median(v) for k, v in base.items()}
@@ -231,35 +279,53 @@ def memory_run(server: Server, requests: int) -> list[dict]:
 
 
 def table(cells, grpo, base, bound, memory, args, load_avg, k) -> list[str]:
-    rows = ["| server | clients | requests/s | items/s | p50 ms | p95 ms | p99 ms | requests per model call "
-            "| model thread busy | items/s vs in-process |", "| --- " * 10 + "|"]
+    rows = [
+        "| server | clients | requests/s | items/s | p50 ms | p95 ms | p99 ms | requests per model call "
+        "| model thread busy | items/s vs in-process |",
+        "| --- " * 10 + "|",
+    ]
     for (label, clients), cell in cells.items():
         r = cell.summary()
-        rows.append(f"| {label} | {clients} | {r['rps']:.1f} | {r['rps'] * k:.0f} | {r['p50_ms']:.0f} | "
-                    f"{r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['mean_batch_requests']:.2f} | {r['model_busy']:.0%} | "
-                    f"{r['rps'] * k / r['in_process_items_per_s']:.0%} |")
+        rows.append(
+            f"| {label} | {clients} | {r['rps']:.1f} | {r['rps'] * k:.0f} | {r['p50_ms']:.0f} | "
+            f"{r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['mean_batch_requests']:.2f} | {r['model_busy']:.0%} | "
+            f"{r['rps'] * k / r['in_process_items_per_s']:.0%} |"
+        )
     rank, flat = grpo["rank"].summary(), grpo["score"].summary()
     speed, inproc = rank["rps"] / flat["rps"], base["grpo_groups"] / base["grpo_score"]
-    lo, hi = min(c.summary()["in_process_items_per_s"] for c in cells.values()), \
-        max(c.summary()["in_process_items_per_s"] for c in cells.values())
-    rows += ["", f"In-process `RewardModel.score` on the same items (batch_tokens {args.batch_tokens}), run for "
-             f"{args.seconds / 2:.1f} s just before each server run and compared with it: {base['score']:.0f} items/s "
-             f"(median; the cells' medians ranged {lo:.0f}-{hi:.0f}, other work on the machine varied).", "",
-             "| GRPO-shaped load (256-token prompt, 8 completions of 64 tokens; 8 clients) | completions/s | p50 ms "
-             "| p95 ms | in-process completions/s |", "| --- | --- | --- | --- | --- |",
-             f"| /score (each completion with its prompt) | {flat['rps'] * 8:.0f} | {flat['p50_ms']:.0f} | "
-             f"{flat['p95_ms']:.0f} | {base['grpo_score']:.0f} (score) |",
-             f"| /rank (the prompt read once per group) | {rank['rps'] * 8:.0f} | {rank['p50_ms']:.0f} | "
-             f"{rank['p95_ms']:.0f} | {base['grpo_groups']:.0f} (score_groups) |", "",
-             f"/rank over /score: {speed:.2f}x, against a token-ratio bound of {bound:.2f}x (tokens /score reads over "
-             f"tokens /rank reads): {speed / bound:.0%} of the bound. In-process score_groups over score: "
-             f"{inproc:.2f}x ({inproc / bound:.0%} of the bound).", "",
-             "| single-item requests served | server RSS (MiB) | server peak RSS (MiB) |", "| --- | --- | --- |"]
+    lo, hi = (
+        min(c.summary()["in_process_items_per_s"] for c in cells.values()),
+        max(c.summary()["in_process_items_per_s"] for c in cells.values()),
+    )
+    rows += [
+        "",
+        f"In-process `RewardModel.score` on the same items (batch_tokens {args.batch_tokens}), run for "
+        f"{args.seconds / 2:.1f} s just before each server run and compared with it: {base['score']:.0f} items/s "
+        f"(median; the cells' medians ranged {lo:.0f}-{hi:.0f}, other work on the machine varied).",
+        "",
+        "| GRPO-shaped load (256-token prompt, 8 completions of 64 tokens; 8 clients) | completions/s | p50 ms "
+        "| p95 ms | in-process completions/s |",
+        "| --- | --- | --- | --- | --- |",
+        f"| /score (each completion with its prompt) | {flat['rps'] * 8:.0f} | {flat['p50_ms']:.0f} | "
+        f"{flat['p95_ms']:.0f} | {base['grpo_score']:.0f} (score) |",
+        f"| /rank (the prompt read once per group) | {rank['rps'] * 8:.0f} | {rank['p50_ms']:.0f} | "
+        f"{rank['p95_ms']:.0f} | {base['grpo_groups']:.0f} (score_groups) |",
+        "",
+        f"/rank over /score: {speed:.2f}x, against a token-ratio bound of {bound:.2f}x (tokens /score reads over "
+        f"tokens /rank reads): {speed / bound:.0%} of the bound. In-process score_groups over score: "
+        f"{inproc:.2f}x ({inproc / bound:.0%} of the bound).",
+        "",
+        "| single-item requests served | server RSS (MiB) | server peak RSS (MiB) |",
+        "| --- | --- | --- |",
+    ]
     rows += [f"| {m['requests']:,} | {m['rss_mib']:.0f} | {m['peak_mib']:.0f} |" for m in memory]
     failed = sum(c.failed for c in cells.values())
-    rows += ["", f"{args.rounds} rounds of {args.seconds:.0f} s per cell, interleaved across the servers; {k} items "
-             f"per /score request; {failed} failed requests. The load generator shares the 2 cores with the server. "
-             f"Load average before/after: {load_avg[0]:.1f} / {load_avg[1]:.1f}."]
+    rows += [
+        "",
+        f"{args.rounds} rounds of {args.seconds:.0f} s per cell, interleaved across the servers; {k} items "
+        f"per /score request; {failed} failed requests. The load generator shares the 2 cores with the server. "
+        f"Load average before/after: {load_avg[0]:.1f} / {load_avg[1]:.1f}.",
+    ]
     return rows
 
 
@@ -280,17 +346,17 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        model = tiny_reward_model(Path(tmp), hidden=128, intermediate=384, layers=4, max_positions=1024,
-                                  max_length=512)
-        from rankrm.serve_engine import Renderer
+        model = tiny_reward_model(Path(tmp), hidden=128, intermediate=384, layers=4, max_positions=1024, max_length=512)
+        from rankrm.serving.engine import Renderer
 
         inproc = InProcess(model, args.batch_tokens)
         items, k = score_items(256), args.items_per_request
-        bodies = [{"items": items[i:i + k]} for i in range(0, len(items), k)]
+        bodies = [{"items": items[i : i + k]} for i in range(0, len(items), k)]
         groups = grpo_groups(16, inproc.rm.tokenizer)
         ren = Renderer(inproc.rm)
-        flat_tokens = ren.pairs([g["prompt"] for g in groups for _ in g["completions"]],
-                                [c for g in groups for c in g["completions"]])[2]
+        flat_tokens = ren.pairs(
+            [g["prompt"] for g in groups for _ in g["completions"]], [c for g in groups for c in g["completions"]]
+        )[2]
         bound = flat_tokens / ren.groups([g["prompt"] for g in groups], [g["completions"] for g in groups])[2]
         servers = {}
         try:
@@ -302,13 +368,27 @@ def main() -> None:
             for s in servers.values():
                 s.stop()
     load_avg = (load_before, os.getloadavg()[0])
-    head = ("# `rankrm serve` under load (loopback, 2 CPU cores, small Llama: 4 layers, hidden 128, SmolLM2 "
-            f"tokenizer; torch threads {args.threads})\n")
-    payload = {"cells": [{"config": lab, "clients": c, **cell.summary()} for (lab, c), cell in cells.items()],
-               "grpo": {k2: v.summary() for k2, v in grpo.items()}, "in_process": base, "token_ratio_bound": bound,
-               "memory": memory, "args": {a: str(v) for a, v in vars(args).items()}, "load_average": load_avg}
-    save(args.out, "serve_load", head, table(cells, grpo, base, bound, memory, args, load_avg, k), payload,
-         "serve_load.py")
+    head = (
+        "# `rankrm serve` under load (loopback, 2 CPU cores, small Llama: 4 layers, hidden 128, SmolLM2 "
+        f"tokenizer; torch threads {args.threads})\n"
+    )
+    payload = {
+        "cells": [{"config": lab, "clients": c, **cell.summary()} for (lab, c), cell in cells.items()],
+        "grpo": {k2: v.summary() for k2, v in grpo.items()},
+        "in_process": base,
+        "token_ratio_bound": bound,
+        "memory": memory,
+        "args": {a: str(v) for a, v in vars(args).items()},
+        "load_average": load_avg,
+    }
+    save(
+        args.out,
+        "serve_load",
+        head,
+        table(cells, grpo, base, bound, memory, args, load_avg, k),
+        payload,
+        "serve_load.py",
+    )
 
 
 if __name__ == "__main__":

@@ -42,13 +42,13 @@ from pathlib import Path
 import torch
 
 from benchmarks._results import save
-from rankrm.batch import TokenizedGroup
-from rankrm.config import TrainConfig
-from rankrm.frozen import layer_stack
-from rankrm.hub import DEFAULT_MODEL
-from rankrm.model import RewardModel
-from rankrm.steps import backward_step
-from rankrm.train import disable_dropout
+from rankrm.data.encode import TokenizedGroup
+from rankrm.modeling.frozen import layer_stack
+from rankrm.modeling.hub import DEFAULT_MODEL
+from rankrm.modeling.model import RewardModel
+from rankrm.training.config import TrainConfig
+from rankrm.training.loop import backward_step
+from rankrm.training.run import disable_dropout
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYOUTS = ["padded", "packed", "kv", "auto"]
@@ -113,8 +113,9 @@ def synthetic_groups(k: int, p: int, c: int, n: int, vocab: list[int], eos: int,
         prompt = [rng.choice(vocab) for _ in range(p)]
         ranks = list(range(k))
         rng.shuffle(ranks)
-        out.append(TokenizedGroup([prompt + [rng.choice(vocab) for _ in range(c - 1)] + [eos] for _ in range(k)],
-                                  ranks))
+        out.append(
+            TokenizedGroup([prompt + [rng.choice(vocab) for _ in range(c - 1)] + [eos] for _ in range(k)], ranks)
+        )
     return out
 
 
@@ -124,8 +125,15 @@ def run_rankrm(model: RewardModel, steps: list[list[TokenizedGroup]], layout: st
     ends, chosen = [], set()
     with PeakMemory(device) as mem:
         for groups in steps:
-            st = backward_step(model, groups, 1 / len(groups), MICRO_BATCH_TOKENS, layout, model.attention_per_token,
-                               model.tokenizer.pad_token_id)
+            st = backward_step(
+                model,
+                groups,
+                1 / len(groups),
+                MICRO_BATCH_TOKENS,
+                layout,
+                model.attention_per_token,
+                model.tokenizer.pad_token_id,
+            )
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -133,8 +141,12 @@ def run_rankrm(model: RewardModel, steps: list[list[TokenizedGroup]], layout: st
             ends.append(time.perf_counter())
             chosen.update(st["layouts"])  # the layouts the micro-batches ran in
     del opt
-    return {"seconds": ends[-1] - ends[0], "timed_steps": len(steps) - 1, "peak_mib": mem.mib,
-            "layouts_used": "+".join(sorted(chosen))}
+    return {
+        "seconds": ends[-1] - ends[0],
+        "timed_steps": len(steps) - 1,
+        "peak_mib": mem.mib,
+        "layouts_used": "+".join(sorted(chosen)),
+    }
 
 
 def run_trl(model_dir: str, tokenizer, steps: list[list[TokenizedGroup]], device, train_embeddings: bool) -> dict:
@@ -150,19 +162,38 @@ def run_trl(model_dir: str, tokenizer, steps: list[list[TokenizedGroup]], device
             ends.append(time.perf_counter())
 
     k = len(steps[0][0].ids)
-    pairs = [{"chosen_ids": g.ids[w], "rejected_ids": g.ids[l]}
-             for groups in steps for g in groups for w, l in g.comparisons()]
+    pairs = [
+        {"chosen_ids": g.ids[w], "rejected_ids": g.ids[l]}
+        for groups in steps
+        for g in groups
+        for w, l in g.comparisons()
+    ]
     hf = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, dtype=torch.float32)
     hf.get_input_embeddings().requires_grad_(train_embeddings)
     with tempfile.TemporaryDirectory() as tmp:
-        args = RewardConfig(output_dir=tmp, per_device_train_batch_size=comb(k, 2),
-                            gradient_accumulation_steps=len(steps[0]), max_steps=len(steps), learning_rate=1e-6,
-                            lr_scheduler_type="constant", max_grad_norm=1.0, bf16=False,
-                            gradient_checkpointing=False, max_length=None, save_strategy="no", eval_strategy="no",
-                            report_to=[], logging_steps=10**9, disable_tqdm=True, dataloader_num_workers=0,
-                            use_cpu=device.type == "cpu", seed=0)
-        trainer = RewardTrainer(model=hf, args=args, train_dataset=Dataset.from_list(pairs),
-                                processing_class=tokenizer, callbacks=[Clock()])
+        args = RewardConfig(
+            output_dir=tmp,
+            per_device_train_batch_size=comb(k, 2),
+            gradient_accumulation_steps=len(steps[0]),
+            max_steps=len(steps),
+            learning_rate=1e-6,
+            lr_scheduler_type="constant",
+            max_grad_norm=1.0,
+            bf16=False,
+            gradient_checkpointing=False,
+            max_length=None,
+            save_strategy="no",
+            eval_strategy="no",
+            report_to=[],
+            logging_steps=10**9,
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            use_cpu=device.type == "cpu",
+            seed=0,
+        )
+        trainer = RewardTrainer(
+            model=hf, args=args, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer, callbacks=[Clock()]
+        )
         with PeakMemory(device) as mem:
             trainer.train()
     del trainer, hf
@@ -172,17 +203,26 @@ def run_trl(model_dir: str, tokenizer, steps: list[list[TokenizedGroup]], device
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--layers", type=int, default=4, help="keep only the first N transformer layers (0: all); "
-                   "per-layer costs are the same, so the ratios carry over to the full depth")
+    p.add_argument(
+        "--layers",
+        type=int,
+        default=4,
+        help="keep only the first N transformer layers (0: all); "
+        "per-layer costs are the same, so the ratios carry over to the full depth",
+    )
     p.add_argument("--completion-tokens", type=int, default=32, help="C")
     p.add_argument("--ks", type=int, nargs="+", default=[2, 4, 9])
     p.add_argument("--prompt-factors", type=float, nargs="+", default=[0.25, 1, 4], help="P / C")
     p.add_argument("--groups-per-step", type=int, default=8)
     p.add_argument("--steps", type=int, default=4, help="optimizer steps per run, the first one untimed")
     p.add_argument("--bf16", action="store_true", help="bf16 weights on both sides (GPU)")
-    p.add_argument("--train-embeddings", action="store_true", help="train the input embeddings too (by default "
-                   "frozen on both sides: their AdamW update is a fixed cost per step, the same for both, which with "
-                   "4 of 30 layers would weigh several times more than in the full model)")
+    p.add_argument(
+        "--train-embeddings",
+        action="store_true",
+        help="train the input embeddings too (by default "
+        "frozen on both sides: their AdamW update is a fixed cost per step, the same for both, which with "
+        "4 of 30 layers would weigh several times more than in the full model)",
+    )
     p.add_argument("--no-trl", action="store_true", help="rankrm layouts only")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--name", default="throughput", help="results file stem")
@@ -193,7 +233,7 @@ def main() -> None:
     model = RewardModel.from_pretrained(args.model)
     if args.layers:
         name, layers = layer_stack(model.backbone)
-        setattr(model.backbone, name, torch.nn.ModuleList(list(layers)[:args.layers]))
+        setattr(model.backbone, name, torch.nn.ModuleList(list(layers)[: args.layers]))
         model.hf.config.num_hidden_layers = args.layers
     disable_dropout(model)
     if not args.train_embeddings:
@@ -204,8 +244,10 @@ def main() -> None:
     tok = model.tokenizer
     special = set(tok.all_special_ids)
     vocab = [i for i in range(100, min(len(tok), 40000)) if i not in special]
-    print(f"{device} ({torch.get_num_threads()} threads), {Path(args.model).name} first {n_layers} layers, "
-          f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, {dtype}")
+    print(
+        f"{device} ({torch.get_num_threads()} threads), {Path(args.model).name} first {n_layers} layers, "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, {dtype}"
+    )
 
     rows, results = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -215,12 +257,17 @@ def main() -> None:
         for k in args.ks:
             for f in args.prompt_factors:
                 p_len = max(1, round(f * c))
-                groups = synthetic_groups(k, p_len, c, args.groups_per_step * args.steps, vocab, tok.eos_token_id,
-                                          seed=k * 1000 + p_len)
-                steps = [groups[i:i + args.groups_per_step] for i in range(0, len(groups), args.groups_per_step)]
+                groups = synthetic_groups(
+                    k, p_len, c, args.groups_per_step * args.steps, vocab, tok.eos_token_id, seed=k * 1000 + p_len
+                )
+                steps = [groups[i : i + args.groups_per_step] for i in range(0, len(groups), args.groups_per_step)]
                 n_groups = args.groups_per_step * (args.steps - 1)
-                tokens = {"trl": 2 * comb(k, 2) * (p_len + c), "padded": k * (p_len + c), "packed": p_len + k * c,
-                          "kv": p_len + k * c}
+                tokens = {
+                    "trl": 2 * comb(k, 2) * (p_len + c),
+                    "padded": k * (p_len + c),
+                    "packed": p_len + k * c,
+                    "kv": p_len + k * c,
+                }
                 runs = {}
                 for layout in LAYOUTS:
                     model.load_state_dict(start_state)
@@ -229,39 +276,63 @@ def main() -> None:
                     runs["trl"] = run_trl(tmp, tok, steps, device, args.train_embeddings)
                 for name, r in runs.items():
                     r["groups_per_s"] = n_groups / r["seconds"]
-                    per_group = tokens[r.get("layouts_used", "trl")] if name != "auto" or "+" not in \
-                        r["layouts_used"] else tokens["padded"]
+                    per_group = (
+                        tokens[r.get("layouts_used", "trl")]
+                        if name != "auto" or "+" not in r["layouts_used"]
+                        else tokens["padded"]
+                    )
                     r["tokens_per_group"] = per_group
                     r["tokens_per_s"] = r["groups_per_s"] * per_group
                 base = runs.get("trl")
                 for name, r in runs.items():
-                    line = {"K": k, "P": p_len, "C": c, "method": name, **{x: round(v, 4) if isinstance(v, float)
-                                                                             else v for x, v in r.items()}}
+                    line = {
+                        "K": k,
+                        "P": p_len,
+                        "C": c,
+                        "method": name,
+                        **{x: round(v, 4) if isinstance(v, float) else v for x, v in r.items()},
+                    }
                     if base is not None and name != "trl":
                         line["speedup_vs_trl"] = r["groups_per_s"] / base["groups_per_s"]
                         line["token_ratio_bound"] = tokens["trl"] / r["tokens_per_group"]
                         line["share_of_bound"] = line["speedup_vs_trl"] / line["token_ratio_bound"]
                     line["vs_padded"] = r["groups_per_s"] / runs["padded"]["groups_per_s"]
                     results.append(line)
-                    su = (f"{line['speedup_vs_trl']:.2f}x | {line['token_ratio_bound']:.2f}x | "
-                          f"{100 * line['share_of_bound']:.0f}%") if "speedup_vs_trl" in line else "- | - | -"
+                    su = (
+                        (
+                            f"{line['speedup_vs_trl']:.2f}x | {line['token_ratio_bound']:.2f}x | "
+                            f"{100 * line['share_of_bound']:.0f}%"
+                        )
+                        if "speedup_vs_trl" in line
+                        else "- | - | -"
+                    )
                     shown = f"{name} ({r['layouts_used']})" if name == "auto" else name
-                    rows.append(f"| {k} | {p_len} | {c} | {shown} | {r['groups_per_s']:.2f} | {r['tokens_per_s']:.0f} | "
-                                f"{r['peak_mib']:.0f} | {su} | {line['vs_padded']:.2f} |")
+                    rows.append(
+                        f"| {k} | {p_len} | {c} | {shown} | {r['groups_per_s']:.2f} | {r['tokens_per_s']:.0f} | "
+                        f"{r['peak_mib']:.0f} | {su} | {line['vs_padded']:.2f} |"
+                    )
                     print(rows[-1], flush=True)
 
-    head = (f"# Training throughput: rankrm layouts vs TRL RewardTrainer\n\n{device}, "
-            f"{torch.get_num_threads()} threads; {Path(args.model).name}, first {n_layers} layers "
-            f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters), {dtype}, "
-            f"{'whole model' if args.train_embeddings else 'all but the input embeddings'} trained, AdamW; {args.groups_per_step} prompts per optimizer step, {args.steps - 1} timed steps after a warm-up "
-            f"step. TRL: trl {__import__('trl').__version__ if not args.no_trl else '-'}, the C(K,2) pairs of each "
-            f"prompt, one prompt's pairs per forward.\n\n"
-            "Tokens per prompt: TRL 2 C(K,2) (P + C); padded K (P + C); packed and kv P + K C. The bound is TRL's tokens "
-            "over the layout's; share of bound = speedup / bound. Peak memory: above the level at the run's start.\n\n"
-            "| K | P | C | method | prompts/s | tokens/s | peak memory (MiB) | speedup vs TRL | token-ratio bound | "
-            "share of bound | vs padded |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    save(args.out, args.name, head, rows, {"settings": vars(args) | {"out": str(args.out)}, "device": str(device),
-                                           "results": results}, "throughput")
+    head = (
+        f"# Training throughput: rankrm layouts vs TRL RewardTrainer\n\n{device}, "
+        f"{torch.get_num_threads()} threads; {Path(args.model).name}, first {n_layers} layers "
+        f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters), {dtype}, "
+        f"{'whole model' if args.train_embeddings else 'all but the input embeddings'} trained, AdamW; {args.groups_per_step} prompts per optimizer step, {args.steps - 1} timed steps after a warm-up "
+        f"step. TRL: trl {__import__('trl').__version__ if not args.no_trl else '-'}, the C(K,2) pairs of each "
+        f"prompt, one prompt's pairs per forward.\n\n"
+        "Tokens per prompt: TRL 2 C(K,2) (P + C); padded K (P + C); packed and kv P + K C. The bound is TRL's tokens "
+        "over the layout's; share of bound = speedup / bound. Peak memory: above the level at the run's start.\n\n"
+        "| K | P | C | method | prompts/s | tokens/s | peak memory (MiB) | speedup vs TRL | token-ratio bound | "
+        "share of bound | vs padded |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    )
+    save(
+        args.out,
+        args.name,
+        head,
+        rows,
+        {"settings": vars(args) | {"out": str(args.out)}, "device": str(device), "results": results},
+        "throughput",
+    )
 
 
 if __name__ == "__main__":

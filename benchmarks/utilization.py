@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 
 from benchmarks._results import save
-from benchmarks.throughput import MICRO_BATCH_TOKENS, synthetic_groups, sync
-from rankrm.hub import DEFAULT_MODEL
-from rankrm.model import RewardModel
-from rankrm.steps import backward_step
-from rankrm.train import disable_dropout
+from benchmarks.throughput import MICRO_BATCH_TOKENS, sync, synthetic_groups
+from rankrm.modeling.hub import DEFAULT_MODEL
+from rankrm.modeling.model import RewardModel
+from rankrm.training.loop import backward_step
+from rankrm.training.run import disable_dropout
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,9 +75,16 @@ def main() -> None:
     special = set(tok.all_special_ids)
     vocab = [i for i in range(100, min(len(tok), 40000)) if i not in special]
     half = args.tokens // 2
-    groups = synthetic_groups(args.k, half, args.tokens - half, args.groups * (max(args.steps, args.bf16_steps) + 1), vocab,
-                              tok.eos_token_id, seed=0)
-    steps = [groups[i:i + args.groups] for i in range(0, len(groups), args.groups)]
+    groups = synthetic_groups(
+        args.k,
+        half,
+        args.tokens - half,
+        args.groups * (max(args.steps, args.bf16_steps) + 1),
+        vocab,
+        tok.eos_token_id,
+        seed=0,
+    )
+    steps = [groups[i : i + args.groups] for i in range(0, len(groups), args.groups)]
     rows = args.groups * args.k
     flops = model_flops(model, rows, args.tokens)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -87,8 +94,16 @@ def main() -> None:
         peak, n = matmul_peak(torch.bfloat16 if bf16 else torch.float32, device)
 
         def step(groups):  # the padded layout: the tokens the formula counts
-            backward_step(model, groups, 1 / len(groups), MICRO_BATCH_TOKENS, "padded", model.attention_per_token,
-                          tok.pad_token_id, bf16=bf16)
+            backward_step(
+                model,
+                groups,
+                1 / len(groups),
+                MICRO_BATCH_TOKENS,
+                "padded",
+                model.attention_per_token,
+                tok.pad_token_id,
+                bf16=bf16,
+            )
             opt.step()
             opt.zero_grad(set_to_none=True)
             sync(device)
@@ -101,30 +116,43 @@ def main() -> None:
             counted = counter.get_total_flops()
         else:
             step(steps[0])  # warm-up; the same matmuls as in fp32
-        timed = steps[1:1 + (args.bf16_steps if bf16 else args.steps)]
+        timed = steps[1 : 1 + (args.bf16_steps if bf16 else args.steps)]
         t0 = time.perf_counter()
         for groups in timed:
             step(groups)
         per_step = (time.perf_counter() - t0) / len(timed)
         achieved = flops / per_step
-        r = {"precision": name, "matmul_peak_flops": peak, "peak_reached_by": n, "step_seconds": per_step, "timed_steps": len(timed),
-             "model_flops_per_step": flops, "counted_flops_per_step": counted, "tokens_per_step": rows * args.tokens,
-             "model_flops_per_s": achieved, "utilization": achieved / peak}
+        r = {
+            "precision": name,
+            "matmul_peak_flops": peak,
+            "peak_reached_by": n,
+            "step_seconds": per_step,
+            "timed_steps": len(timed),
+            "model_flops_per_step": flops,
+            "counted_flops_per_step": counted,
+            "tokens_per_step": rows * args.tokens,
+            "model_flops_per_s": achieved,
+            "utilization": achieved / peak,
+        }
         results.append(r)
-        lines.append(f"| {name} | {peak / 1e9:.1f} ({n}) | {len(timed)} | {rows * args.tokens} | {per_step:.2f} | "
-                     f"{rows * args.tokens / per_step:.0f} | {flops / 1e9:.1f} | {counted / 1e9:.1f} | "
-                     f"{achieved / 1e9:.1f} | {100 * achieved / peak:.0f}% |")
+        lines.append(
+            f"| {name} | {peak / 1e9:.1f} ({n}) | {len(timed)} | {rows * args.tokens} | {per_step:.2f} | "
+            f"{rows * args.tokens / per_step:.0f} | {flops / 1e9:.1f} | {counted / 1e9:.1f} | "
+            f"{achieved / 1e9:.1f} | {100 * achieved / peak:.0f}% |"
+        )
         print(lines[-1], flush=True)
-    head = (f"# Utilization of a training step\n\n{device}, {torch.get_num_threads()} threads; "
-            f"{Path(args.model).name} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters), whole "
-            f"model trained with AdamW; a step of {args.groups} groups x K={args.k} rows of {args.tokens} tokens "
-            f"(padded layout, no padding), timed after a warm-up step.\n\n"
-            "Model FLOPs = 6 x non-embedding parameters x tokens + 12 x layers x hidden x T^2 per row; counted = "
-            "torch.utils.flop_counter on the same step. Utilization = model FLOP/s over the matmul peak of the same "
-            "precision measured in this run.\n\n"
-            "| precision | matmul peak (GFLOP/s) | timed steps | tokens per step | seconds per step | tokens/s | model GFLOP per "
-            "step | counted GFLOP per step | model GFLOP/s | utilization |\n"
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    head = (
+        f"# Utilization of a training step\n\n{device}, {torch.get_num_threads()} threads; "
+        f"{Path(args.model).name} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters), whole "
+        f"model trained with AdamW; a step of {args.groups} groups x K={args.k} rows of {args.tokens} tokens "
+        f"(padded layout, no padding), timed after a warm-up step.\n\n"
+        "Model FLOPs = 6 x non-embedding parameters x tokens + 12 x layers x hidden x T^2 per row; counted = "
+        "torch.utils.flop_counter on the same step. Utilization = model FLOP/s over the matmul peak of the same "
+        "precision measured in this run.\n\n"
+        "| precision | matmul peak (GFLOP/s) | timed steps | tokens per step | seconds per step | tokens/s | model GFLOP per "
+        "step | counted GFLOP per step | model GFLOP/s | utilization |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    )
     save(args.out, "utilization", head, lines, {"device": str(device), "results": results}, "utilization")
 
 

@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from rankrm.cli import main
 
 sys.exit(main())

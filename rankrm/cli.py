@@ -12,28 +12,37 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import DataError
-from .serve import add_serve_parser
+from rankrm.errors import DataError
+from rankrm.serving.server import add_serve_parser
 
 
 def cmd_train(args) -> int:
-    from .config import config_from_args
-    from .train import train
+    from rankrm.training.config import config_from_args
+    from rankrm.training.run import train
 
     train(config_from_args(args))
     return 0
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import compare, evaluate_groups, format_report
-    from .model import RewardModel
-    from .store import default_cache, open_data
+    from rankrm.data.store import default_cache, open_data
+    from rankrm.evaluation.evaluate import compare, evaluate_groups, format_report
+    from rankrm.modeling.model import RewardModel
 
     results, out = [], {"data": args.data, "models": []}
     for name in args.model:
         model = RewardModel.from_pretrained(name, max_length=args.max_length)
-        store = open_data(args.data, model.encoder, args.data_cache or default_cache(), args.format, args.conflicts,
-                          args.skip_invalid, args.num_proc or default_processes(), say=note, what=f"--model {name}")
+        store = open_data(
+            args.data,
+            model.encoder,
+            args.data_cache or default_cache(),
+            args.format,
+            args.conflicts,
+            args.skip_invalid,
+            args.num_proc or default_processes(),
+            say=note,
+            what=f"--model {name}",
+        )
         report = store.report
         out["read"] = report.summary()
         tok = store.view()
@@ -42,13 +51,18 @@ def cmd_eval(args) -> int:
         results.append(res)
         out["models"].append({"model": name, "truncated_completions": truncated, **res.metrics})
         if truncated:
-            print(f"rankrm eval: {name}: {truncated} completions had their prompt cut from the left to fit "
-                  f"--max-length {model.max_length}", file=sys.stderr)
+            print(
+                f"rankrm eval: {name}: {truncated} completions had their prompt cut from the left to fit "
+                f"--max-length {model.max_length}",
+                file=sys.stderr,
+            )
     if len(results) > 1:  # each later model against the first, paired over the same prompts
-        out["differences"] = [{"model": name, "against": args.model[0], **compare(results[0], res)}
-                              for name, res in zip(args.model[1:], results[1:])]
+        out["differences"] = [
+            {"model": name, "against": args.model[0], **compare(results[0], res)}
+            for name, res in zip(args.model[1:], results[1:])
+        ]
     if args.report:
-        from .report import write_report
+        from rankrm.evaluation.plots import write_report
 
         files = write_report(args.report, args.model, results, out.get("differences"), " ".join(args.data))
         print(f"rankrm eval: report written: {', '.join(str(f) for f in files)}", file=sys.stderr)
@@ -60,18 +74,22 @@ def cmd_eval(args) -> int:
         print(f"== {m['model']} ({m['truncated_completions']} completions cut to --max-length)")
         print(format_report(m))
     for d in out.get("differences", []):
-        print(f"== {d['model']} minus {d['against']} (paired bootstrap over prompts, 95% CI): accuracy "
-              f"{d['accuracy_gain']:+.4f} [{d['accuracy_gain_ci95'][0]:+.4f}, {d['accuracy_gain_ci95'][1]:+.4f}]  "
-              f"log loss {d['log_loss_change']:+.4f} [{d['log_loss_change_ci95'][0]:+.4f}, "
-              f"{d['log_loss_change_ci95'][1]:+.4f}]")
+        print(
+            f"== {d['model']} minus {d['against']} (paired bootstrap over prompts, 95% CI): accuracy "
+            f"{d['accuracy_gain']:+.4f} [{d['accuracy_gain_ci95'][0]:+.4f}, {d['accuracy_gain_ci95'][1]:+.4f}]  "
+            f"log loss {d['log_loss_change']:+.4f} [{d['log_loss_change_ci95'][0]:+.4f}, "
+            f"{d['log_loss_change_ci95'][1]:+.4f}]"
+        )
     return 0
 
 
 FORMAT_HELP = "data format: auto (from the fields), native, pairwise, implicit, scored or oasst"
 SKIP_HELP = "skip invalid records, counting them by reason, instead of stopping at the first"
-CONFLICTS_HELP = ("repeated, contradictory (a > b and b > a) and cyclic judgments of one prompt: keep (every vote "
-                  "counts; default), drop (a repeat once, prompts whose judgments contradict or cycle left out) or "
-                  "error")
+CONFLICTS_HELP = (
+    "repeated, contradictory (a > b and b > a) and cyclic judgments of one prompt: keep (every vote "
+    "counts; default), drop (a repeat once, prompts whose judgments contradict or cycle left out) or "
+    "error"
+)
 
 
 def note(message: str) -> None:
@@ -83,16 +101,16 @@ def default_processes() -> int:
 
 
 def cmd_data(args) -> int:
-    from .convert import convert_data
-    from .describe import describe_data, format_description
+    from rankrm.data.convert import convert_data
+    from rankrm.data.inspect import describe_data, format_description
 
     if args.data_command == "prepare":
         return data_prepare(args)
     if args.data_command == "cache":
         return data_cache(args)
     if args.data_command == "inspect":
-        d = describe_data(args.files, args.format, args.skip_invalid, args.model, args.max_length, args.against,
-                          args.conflicts)
+        encoder = encoder_for(args.model, args.max_length) if args.model else None
+        d = describe_data(args.files, args.format, args.skip_invalid, encoder, args.model, args.against, args.conflicts)
         print(json.dumps(d, indent=2) if args.json else format_description(d))
     else:
         report, n = convert_data(args.inputs, args.output, args.to, args.format, args.skip_invalid, args.conflicts)
@@ -100,32 +118,48 @@ def cmd_data(args) -> int:
     return 0
 
 
+def encoder_for(model: str, max_length: int | None):
+    """The TextEncoder `rankrm train` would use for a model (its tokenizer only, never its weights): a reward model's
+    own max length, else train's default, unless max_length is given."""
+    from rankrm.data.encode import TextEncoder
+    from rankrm.modeling.hub import resolve
+    from rankrm.training.config import TrainConfig
+
+    path = resolve(model)
+    saved = (Path(path) / "rankrm.json").is_file()
+    return TextEncoder.from_pretrained(path, max_length or (None if saved else TrainConfig.max_length))
+
+
 def data_prepare(args) -> int:
     import time
 
-    from .encode import TextEncoder
-    from .hub import resolve
-    from .store import prepare
-
-    from .config import TrainConfig
+    from rankrm.data.store import prepare
 
     t0 = time.time()
-    path = resolve(args.model)
-    saved = (Path(path) / "rankrm.json").is_file()  # a reward model's own max length, else train's default
-    encoder = TextEncoder.from_pretrained(path, args.max_length or (None if saved else TrainConfig.max_length))
-    store = prepare(args.inputs, encoder, args.out, args.format, args.conflicts, args.skip_invalid,
-                    args.num_proc or default_processes(), say=note)
+    encoder = encoder_for(args.model, args.max_length)
+    store = prepare(
+        args.inputs,
+        encoder,
+        args.out,
+        args.format,
+        args.conflicts,
+        args.skip_invalid,
+        args.num_proc or default_processes(),
+        say=note,
+    )
     m = store.manifest
-    print(f"read {store.report.summary()}; prepared {m['groups']} groups ({m['comparisons']} comparisons, "
-          f"{m['tokens']} tokens, max length {m['max_length']}) into {store.path} ({store.bytes / 2**20:.1f} MB) in "
-          f"{time.time() - t0:.0f}s; give it to train (--train-data / --eval-data) or eval (--data)")
+    print(
+        f"read {store.report.summary()}; prepared {m['groups']} groups ({m['comparisons']} comparisons, "
+        f"{m['tokens']} tokens, max length {m['max_length']}) into {store.path} ({store.bytes / 2**20:.1f} MB) in "
+        f"{time.time() - t0:.0f}s; give it to train (--train-data / --eval-data) or eval (--data)"
+    )
     return 0
 
 
 def data_cache(args) -> int:
     import shutil
 
-    from .store import MANIFEST, default_cache
+    from rankrm.data.store import MANIFEST, default_cache
 
     root = Path(args.data_cache or default_cache())
     found = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
@@ -145,33 +179,54 @@ def data_cache(args) -> int:
 
 
 def add_store_flags(p) -> None:
-    p.add_argument("--data-cache", default="", help="where prepared stores are kept (default: $RANKRM_DATA_CACHE, "
-                                                    "else ~/.cache/rankrm/data)")
-    p.add_argument("--num-proc", type=int, default=0, help="processes that tokenize when data is prepared "
-                                                           "(0: up to 8, one per CPU core)")
+    p.add_argument(
+        "--data-cache",
+        default="",
+        help="where prepared stores are kept (default: $RANKRM_DATA_CACHE, else ~/.cache/rankrm/data)",
+    )
+    p.add_argument(
+        "--num-proc",
+        type=int,
+        default=0,
+        help="processes that tokenize when data is prepared (0: up to 8, one per CPU core)",
+    )
 
 
 def add_data_parser(sub) -> None:
     """`rankrm data inspect|convert|prepare|cache`."""
     d = sub.add_parser("data", help="inspect a data set, convert it to another format, or prepare it for training")
     dsub = d.add_subparsers(dest="data_command", required=True)
-    pr = dsub.add_parser("prepare", help="read, validate and tokenize data once into a memory-mapped store that "
-                                         "train and eval read (they also prepare into --data-cache by themselves)")
+    pr = dsub.add_parser(
+        "prepare",
+        help="read, validate and tokenize data once into a memory-mapped store that "
+        "train and eval read (they also prepare into --data-cache by themselves)",
+    )
     pr.add_argument("inputs", nargs="+", help="data file(s), datasets directories or hf:OWNER/NAME[:SPLIT]")
-    pr.add_argument("--model", required=True, help="the backbone or reward model whose tokenizer and chat template "
-                                                   "the store is for (its weights are not loaded)")
+    pr.add_argument(
+        "--model",
+        required=True,
+        help="the backbone or reward model whose tokenizer and chat template "
+        "the store is for (its weights are not loaded)",
+    )
     pr.add_argument("--out", required=True, help="the store directory to write (replaced as a whole)")
-    pr.add_argument("--max-length", type=int, default=None, help="tokens per prompt + completion (default: a "
-                                                                 "reward model's own, else train's default, 512); "
-                                                                 "train with the same")
+    pr.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="tokens per prompt + completion (default: a "
+        "reward model's own, else train's default, 512); "
+        "train with the same",
+    )
     pr.add_argument("--format", default="auto", help=FORMAT_HELP)
     pr.add_argument("--skip-invalid", action="store_true", help=SKIP_HELP)
     pr.add_argument("--conflicts", default="keep", choices=["keep", "drop", "error"], help=CONFLICTS_HELP)
     pr.add_argument("--num-proc", type=int, default=0, help="tokenizing processes (0: up to 8, one per CPU core)")
-    ca = dsub.add_parser("cache", help="list the prepared stores of the data cache and their sizes; --clear "
-                                       "removes them")
-    ca.add_argument("--data-cache", default="", help="the cache directory (default: $RANKRM_DATA_CACHE, else "
-                                                     "~/.cache/rankrm/data)")
+    ca = dsub.add_parser(
+        "cache", help="list the prepared stores of the data cache and their sizes; --clear removes them"
+    )
+    ca.add_argument(
+        "--data-cache", default="", help="the cache directory (default: $RANKRM_DATA_CACHE, else ~/.cache/rankrm/data)"
+    )
     ca.add_argument("--clear", action="store_true", help="remove every prepared store")
     i = dsub.add_parser("inspect", help="groups, K, comparisons, ties, duplicates, lengths, truncation")
     i.add_argument("files", nargs="+", help="data file(s), datasets directories or hf:OWNER/NAME[:SPLIT]")
@@ -180,16 +235,29 @@ def add_data_parser(sub) -> None:
     i.add_argument("--conflicts", default="keep", choices=["keep", "drop", "error"], help=CONFLICTS_HELP)
     i.add_argument("--json", action="store_true", help="print the inspection as JSON")
     i.add_argument("--model", default=None, help="count tokens with this model's tokenizer and template")
-    i.add_argument("--max-length", type=int, default=None, help="tokens per prompt + completion for the "
-                                                               "truncation count (default: the model's own)")
-    i.add_argument("--against", nargs="+", default=None, help="other file(s), e.g. the eval set: count prompts "
-                                                              "and conversations found in both")
+    i.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="tokens per prompt + completion for the "
+        "truncation count (default: a reward model's own, else train's default, as data prepare)",
+    )
+    i.add_argument(
+        "--against",
+        nargs="+",
+        default=None,
+        help="other file(s), e.g. the eval set: count prompts and conversations found in both",
+    )
     c = dsub.add_parser("convert", help="write data as native or TRL pairwise JSONL")
     c.add_argument("inputs", nargs="+", help="data file(s) to read")
     c.add_argument("output", help="the JSONL file to write (gzip-compressed if it ends in .gz)")
-    c.add_argument("--to", required=True, choices=["native", "pairwise"],
-                   help="native: one ranked group per line; pairwise: one prompt/chosen/rejected record per stated "
-                        "comparison (TRL's format)")
+    c.add_argument(
+        "--to",
+        required=True,
+        choices=["native", "pairwise"],
+        help="native: one ranked group per line; pairwise: one prompt/chosen/rejected record per stated "
+        "comparison (TRL's format)",
+    )
     c.add_argument("--format", default="auto", help=FORMAT_HELP)
     c.add_argument("--skip-invalid", action="store_true", help=SKIP_HELP)
     c.add_argument("--conflicts", default="keep", choices=["keep", "drop", "error"], help=CONFLICTS_HELP)
@@ -197,8 +265,8 @@ def add_data_parser(sub) -> None:
 
 
 def cmd_normalize(args) -> int:
-    from .model import RewardModel
-    from .normalize import demonstrations, file_sha256, normalize
+    from rankrm.modeling.model import RewardModel
+    from rankrm.modeling.normalize import demonstrations, file_sha256, normalize
 
     prompts, responses, source = demonstrations(args.demonstrations, args.format)
     model = RewardModel.from_pretrained(args.model, max_length=args.max_length)
@@ -209,21 +277,26 @@ def cmd_normalize(args) -> int:
     model.save_pretrained(out)
     check = model.score(prompts, responses, batch_tokens=args.batch_tokens)
     mean = sum(check) / len(check)
-    print(f"{stats['count']} demonstrations ({source}): mean {stats['mean']:+.4f}, std {stats['std']:.4f} before; "
-          f"offset {stats['offset']:+.4f} ({stats['offset_in']}), gain {stats['gain']:.4f}; "
-          f"mean after {mean:+.2e}; saved to {out}")
+    print(
+        f"{stats['count']} demonstrations ({source}): mean {stats['mean']:+.4f}, std {stats['std']:.4f} before; "
+        f"offset {stats['offset']:+.4f} ({stats['offset_in']}), gain {stats['gain']:.4f}; "
+        f"mean after {mean:+.2e}; saved to {out}"
+    )
     return 0
 
 
 def cmd_score(args) -> int:
-    from .model import RewardModel
-    from .scoring import score_file
+    from rankrm.modeling.model import RewardModel
+    from rankrm.serving.scoring import score_file
 
     model = RewardModel.from_pretrained(args.model, max_length=args.max_length)
     n = score_file(model, args.input, args.output, args.chunk_lines, args.batch_tokens, progress=not args.quiet)
     if n["truncated"]:
-        print(f"rankrm score: {n['truncated']} of {n['records']} records had their prompt cut from the left to fit "
-              f"--max-length {model.max_length} (marked \"truncated\": true)", file=sys.stderr)
+        print(
+            f"rankrm score: {n['truncated']} of {n['records']} records had their prompt cut from the left to fit "
+            f'--max-length {model.max_length} (marked "truncated": true)',
+            file=sys.stderr,
+        )
     print(f"scored {n['records']} records into {args.output}")
     return 0
 
@@ -232,8 +305,9 @@ def shared_flags() -> dict[str, argparse.ArgumentParser]:
     """Parent parsers (argparse parents=) for the flags several subcommands share."""
     model = argparse.ArgumentParser(add_help=False)
     model.add_argument("--model", required=True, help="a saved reward model directory (or hub id)")
-    model.add_argument("--max-length", type=int, default=None, help="tokens per prompt + completion "
-                                                                   "(default: the model's own)")
+    model.add_argument(
+        "--max-length", type=int, default=None, help="tokens per prompt + completion (default: the model's own)"
+    )
     model.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per forward pass")
     data = argparse.ArgumentParser(add_help=False)
     data.add_argument("--format", default="auto", help=FORMAT_HELP)
@@ -243,52 +317,86 @@ def shared_flags() -> dict[str, argparse.ArgumentParser]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import train_flags
+    from rankrm.training.config import train_flags
 
-    p = argparse.ArgumentParser(prog="rankrm", description="Train reward models on K-wise human rankings, "
-                                                           "the InstructGPT way.")
+    p = argparse.ArgumentParser(
+        prog="rankrm", description="Train reward models on K-wise human rankings, the InstructGPT way."
+    )
     sub = p.add_subparsers(dest="command", required=True)
     shared = shared_flags()
 
-    t = sub.add_parser("train", parents=[train_flags()], help="train a reward model",
-                       description="Train a reward model on ranked groups. Launch on several GPUs or nodes with "
-                                   "`accelerate launch -m rankrm train ...`.")
+    t = sub.add_parser(
+        "train",
+        parents=[train_flags()],
+        help="train a reward model",
+        description="Train a reward model on ranked groups. Launch on several GPUs or nodes with "
+        "`accelerate launch -m rankrm train ...`.",
+    )
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("eval", parents=[shared["data"]],
-                       help="accuracy, log loss, ranking, vote, calibration and per-subset metrics of reward "
-                            "models on ranked data; with several --model, their paired differences")
-    e.add_argument("--model", required=True, action="append", help="a saved reward model directory (or hub id); "
-                   "repeat it to compare models on the same data (each against the first, paired by prompt)")
-    e.add_argument("--max-length", type=int, default=None, help="tokens per prompt + completion "
-                                                               "(default: the model's own)")
+    e = sub.add_parser(
+        "eval",
+        parents=[shared["data"]],
+        help="accuracy, log loss, ranking, vote, calibration and per-subset metrics of reward "
+        "models on ranked data; with several --model, their paired differences",
+    )
+    e.add_argument(
+        "--model",
+        required=True,
+        action="append",
+        help="a saved reward model directory (or hub id); "
+        "repeat it to compare models on the same data (each against the first, paired by prompt)",
+    )
+    e.add_argument(
+        "--max-length", type=int, default=None, help="tokens per prompt + completion (default: the model's own)"
+    )
     e.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per forward pass")
-    e.add_argument("--data", required=True, nargs="+", help="file(s) of ranked groups, or a prepared store "
-                   "(rankrm data prepare); files are prepared once into --data-cache")
+    e.add_argument(
+        "--data",
+        required=True,
+        nargs="+",
+        help="file(s) of ranked groups, or a prepared store "
+        "(rankrm data prepare); files are prepared once into --data-cache",
+    )
     add_store_flags(e)
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    e.add_argument("--report", default=None, metavar="DIR", help="also write PNG plots (reliability diagram, rewards "
-                   "of preferred vs rejected completions, accuracy per subset) and summary.md into DIR (needs "
-                   "matplotlib: pip install 'rankrm[report]')")
+    e.add_argument(
+        "--report",
+        default=None,
+        metavar="DIR",
+        help="also write PNG plots (reliability diagram, rewards "
+        "of preferred vs rejected completions, accuracy per subset) and summary.md into DIR (needs "
+        "matplotlib: pip install 'rankrm[report]')",
+    )
     e.set_defaults(func=cmd_eval)
 
     add_data_parser(sub)
 
-    n = sub.add_parser("normalize", parents=[shared["model"]],
-                       help="set a bias so that demonstrations score a mean of 0 (InstructGPT)")
-    n.add_argument("--demonstrations", required=True, type=Path,
-                   help="JSONL of {prompt, response}, or ranked data whose rank-0 completions serve as "
-                        "demonstrations (e.g. the heldout.jsonl that `rankrm train` writes)")
+    n = sub.add_parser(
+        "normalize", parents=[shared["model"]], help="set a bias so that demonstrations score a mean of 0 (InstructGPT)"
+    )
+    n.add_argument(
+        "--demonstrations",
+        required=True,
+        type=Path,
+        help="JSONL of {prompt, response}, or ranked data whose rank-0 completions serve as "
+        "demonstrations (e.g. the heldout.jsonl that `rankrm train` writes)",
+    )
     n.add_argument("--output-dir", default=None, help="where to save the normalized model (default: in place)")
-    n.add_argument("--target-std", type=float, default=None, help="also set a gain so the demonstrations' "
-                                                                  "rewards have this standard deviation")
+    n.add_argument(
+        "--target-std",
+        type=float,
+        default=None,
+        help="also set a gain so the demonstrations' rewards have this standard deviation",
+    )
     n.add_argument("--format", default="auto", help="format of a ranked-data demonstrations file")
     n.set_defaults(func=cmd_normalize)
 
-    s = sub.add_parser("score", parents=[shared["model"]],
-                       help="add a reward to every (prompt, completion) record of a JSONL file")
+    s = sub.add_parser(
+        "score", parents=[shared["model"]], help="add a reward to every (prompt, completion) record of a JSONL file"
+    )
     s.add_argument("input", help="JSONL with prompt (string or messages) and completion per line; .gz is read too")
-    s.add_argument("output", help="JSONL to write: the input records with \"reward\" added, in input order")
+    s.add_argument("output", help='JSONL to write: the input records with "reward" added, in input order')
     s.add_argument("--chunk-lines", type=int, default=4096, help="records held in memory at once")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_score)
@@ -298,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from .signals import TrainingInterrupted
+    from rankrm.training.signals import TrainingInterrupted
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Union
 
-Location = Union[int, str]  # a line number, or "record N" where a file has no lines (Parquet, JSON lists, datasets)
+Location = int | str  # a line number, or "record N" where a file has no lines (Parquet, JSON lists, datasets)
 
 
 class DataError(ValueError):

@@ -34,9 +34,13 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _explain(e: OSError, path: Path) -> WriteError:
-    what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
-            errno.EACCES: "permission denied", errno.EROFS: "the file system is read-only",
-            errno.ENOENT: "its directory does not exist"}.get(e.errno, e.strerror or type(e).__name__)
+    what = {
+        errno.ENOSPC: "the disk is full",
+        errno.EDQUOT: "the disk quota is exceeded",
+        errno.EACCES: "permission denied",
+        errno.EROFS: "the file system is read-only",
+        errno.ENOENT: "its directory does not exist",
+    }.get(e.errno, e.strerror or type(e).__name__)
     fix = {errno.ENOENT: "create the directory or check the path"}.get(e.errno, "free space or choose another path")
     return WriteError(e.errno or 0, f"cannot write {path}: {what}. Fix: {fix}")
 
@@ -63,8 +67,10 @@ def atomic_file(path, mode: str = "w", encoding: str | None = "utf-8"):
     """Open a temporary file for writing; on success it is fsynced and renamed to path, on failure removed."""
     path = Path(path)
     if not path.parent.is_dir():
-        raise WriteError(errno.ENOENT, f"cannot write {path}: its directory {path.parent} does not exist. "
-                                       "Fix: create it or check the path")
+        raise WriteError(
+            errno.ENOENT,
+            f"cannot write {path}: its directory {path.parent} does not exist. Fix: create it or check the path",
+        )
     tmp = tmp_name(path)
     try:
         with open(tmp, mode, encoding=None if "b" in mode else encoding) as f:
@@ -173,7 +179,7 @@ def leftovers(directory: Path) -> list[Path]:
     """Temporary entries in directory left by writers that are no longer running."""
     out = []
     for p in Path(directory).glob(TMP_PREFIX + "*"):
-        pid = p.name[len(TMP_PREFIX):].split("-", 1)[0]
+        pid = p.name[len(TMP_PREFIX) :].split("-", 1)[0]
         if pid.isdigit() and not pid_alive(int(pid)):
             out.append(p)
     return out

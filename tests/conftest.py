@@ -14,8 +14,10 @@ SHIPPED = ROOT / "rankrm" / "shipped"
 OASST_TREES = SHIPPED / "oasst_en_100_tree.jsonl"
 OASST_FLAT = SHIPPED / "oasst1_en_validation.jsonl"
 
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 SYNTH_WORDS = ["good", "bad", "red", "blue", "cat", "dog", "sun", "moon", "tree", "rock", "fish", "bird"]
 
 
@@ -36,11 +38,22 @@ def build_tokenizer(out: Path, chat_template: bool, pad_is_eos: bool):
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
-    tk.train_from_iterator(_corpus(), trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
-                                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                                           show_progress=False))
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", bos_token="<|im_start|>",
-                                  unk_token="<|endoftext|>", pad_token="<|im_end|>" if pad_is_eos else "<|endoftext|>")
+    tk.train_from_iterator(
+        _corpus(),
+        trainers.BpeTrainer(
+            vocab_size=400,
+            special_tokens=specials,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        eos_token="<|im_end|>",
+        bos_token="<|im_start|>",
+        unk_token="<|endoftext|>",
+        pad_token="<|im_end|>" if pad_is_eos else "<|endoftext|>",
+    )
     if chat_template:
         tok.chat_template = CHATML
     tok.save_pretrained(out)
@@ -52,14 +65,29 @@ def build_model_dir(out: Path, arch: str, tok, seed: int = 0, layers: int = 2, h
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Config
 
     vocab = len(tok)
-    common = dict(vocab_size=vocab, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                  pad_token_id=tok.pad_token_id)
+    common = dict(
+        vocab_size=vocab, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
+    )
     if arch == "llama":
-        cfg = LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, **common)
+        cfg = LlamaConfig(
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            **common,
+        )
     elif arch == "qwen2":
-        cfg = Qwen2Config(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, **common)
+        cfg = Qwen2Config(
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            **common,
+        )
     elif arch == "gpt2":
         cfg = GPT2Config(n_embd=hidden, n_layer=layers, n_head=4, n_positions=512, **common)
     else:
@@ -125,6 +153,11 @@ def synthetic_groups(n: int, seed: int, k: int = 4):
             rng.shuffle(words)
             comps.append(" ".join(words))
         ranks = [sorted(counts, reverse=True).index(c) for c in counts]
-        rows.append({"prompt": [{"role": "user", "content": f"Say something good, please (#{seed}-{len(rows)})."}], "completions": comps,
-                     "ranks": ranks})
+        rows.append(
+            {
+                "prompt": [{"role": "user", "content": f"Say something good, please (#{seed}-{len(rows)})."}],
+                "completions": comps,
+                "ranks": ranks,
+            }
+        )
     return rows

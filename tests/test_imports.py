@@ -1,4 +1,8 @@
-"""The package's import graph: no module imports itself through others, and the data layer's arrows point down."""
+"""The package's import graph: no circle, and the layers' arrows point one way.
+
+errors, files, loss, _version  <  data  <  modeling  <  evaluation, serving  <  training  <  cli (and the package's
+__init__, the public API). A module imports modules of its own subpackage or of lower layers only, imports inside
+functions included; evaluation and serving know nothing of each other."""
 
 import ast
 import graphlib
@@ -7,36 +11,69 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "rankrm"
-# the data layer, lowest first: a module may import only those before it
-DATA_LAYERS = ["errors", "containers", "groups", "splits", "pairwise", "scored", "oasst", "readers", "describe", "convert"]
+LAYER = {
+    "errors": 0,
+    "files": 0,
+    "loss": 0,
+    "_version": 0,
+    "data": 1,
+    "modeling": 2,
+    "evaluation": 3,
+    "serving": 3,
+    "training": 4,
+    "cli": 5,
+    "__init__": 5,
+    "__main__": 6,
+}
 
 
-def imports_of(path: Path, package: Path) -> set[str]:
-    """The package's modules that a module imports (as file stems, "__init__" for the package), in functions too."""
+def module_name(path: Path, package: Path) -> str:
+    """A file's module as a dotted name inside the package: 'data.groups', 'cli', '__init__', 'data.__init__'."""
+    return ".".join(path.relative_to(package).with_suffix("").parts)
+
+
+def imports_of(path: Path, package: Path, modules: set[str]) -> set[str]:
+    """The package's modules that a module imports (dotted names inside the package), in functions too."""
+    me = module_name(path, package).split(".")
+    here = me[:-1]  # the module's own subpackage
     out = set()
+
+    def module(dotted: str) -> str:
+        """A dotted name as a module: a package is its __init__."""
+        return f"{dotted}.__init__" if f"{dotted}.__init__" in modules else dotted or "__init__"
+
+    def add(dotted: str, names=()):
+        subs = [n for n in names if f"{dotted}.{n}".strip(".") in modules]  # from x import y: y a submodule
+        out.update(f"{dotted}.{n}".strip(".") for n in subs)
+        if len(subs) < len(names) or not names:
+            out.add(module(dotted))
+
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom):
-            if node.level == 1:
-                base = node.module
-            elif node.level == 0 and node.module and node.module.split(".")[0] == package.name:
-                base = node.module.partition(".")[2] or None
+            if node.level:
+                base = here[: len(here) - node.level + 1] + (node.module.split(".") if node.module else [])
+            elif node.module and node.module.split(".")[0] == package.name:
+                base = node.module.split(".")[1:]
             else:
                 continue
-            if base:
-                out.add(base.split(".")[0])
-            else:  # from . import x: a module, or a name of the package's __init__
-                out |= {a.name if (package / f"{a.name}.py").is_file() else "__init__" for a in node.names}
+            add(".".join(base), [a.name for a in node.names])
         elif isinstance(node, ast.Import):
             for a in node.names:
                 parts = a.name.split(".")
                 if parts[0] == package.name:
-                    out.add(parts[1] if len(parts) > 1 else "__init__")
+                    add(".".join(parts[1:]))
     return out
 
 
 def import_graph(package: Path) -> dict[str, set[str]]:
-    """{module: the package's modules it imports} for every module of a flat package."""
-    return {p.stem: imports_of(p, package) for p in sorted(package.glob("*.py"))}
+    """{module: the package's modules it imports} for every module of the package and its subpackages."""
+    paths = sorted(package.rglob("*.py"))
+    modules = {module_name(p, package) for p in paths}
+    return {module_name(p, package): imports_of(p, package, modules) for p in paths}
+
+
+def layer_of(module: str) -> int:
+    return LAYER[module.split(".")[0]]
 
 
 def test_no_module_imports_in_a_circle():
@@ -49,24 +86,38 @@ def test_no_module_imports_in_a_circle():
         pytest.fail(f"import circle: {' -> '.join(e.args[1])}")
 
 
-def test_the_data_layer_imports_only_modules_below_it():
+def test_every_module_sits_in_a_layer_and_imports_only_its_own_package_or_lower_layers():
     graph = import_graph(PACKAGE)
-    assert set(DATA_LAYERS) <= set(graph)
-    for i, m in enumerate(DATA_LAYERS):
-        up = (graph[m] & set(DATA_LAYERS)) - set(DATA_LAYERS[:i])
-        assert not up, f"{m} imports {sorted(up)}, which sit above it"
-    assert graph["containers"] == {"errors", "files"}  # containers know nothing of groups or formats
+    up = []
+    for m, xs in graph.items():
+        for x in xs:
+            same = m.split(".")[0] == x.split(".")[0]
+            if not same and layer_of(x) >= layer_of(m):
+                up.append(f"{m} imports {x}")
+    assert not up, "imports that point up or sideways: " + "; ".join(sorted(up))
+    assert graph["data.containers"] == {"errors", "files"}  # containers know nothing of groups or formats
 
 
-def test_a_circle_through_an_import_inside_a_function_is_found(tmp_path):
-    """The check itself can fail: a imports b at the top, b imports a inside a function (and c from the package)."""
+def test_the_checks_can_fail(tmp_path):
+    """A imports b at the top, b imports a inside a function (and c from the package); data imports training."""
     pkg = tmp_path / "pkg"
-    pkg.mkdir()
+    (pkg / "data").mkdir(parents=True)
+    (pkg / "training").mkdir()
     (pkg / "__init__.py").write_text("")
-    (pkg / "a.py").write_text("from .b import f\n")
-    (pkg / "b.py").write_text("import pkg.c\n\n\ndef f():\n    from . import a\n    return a\n")
-    (pkg / "c.py").write_text("from pkg import __version__\n")
+    (pkg / "data" / "__init__.py").write_text("")
+    (pkg / "training" / "__init__.py").write_text("")
+    (pkg / "data" / "a.py").write_text("from .b import f\n")
+    (pkg / "data" / "b.py").write_text("import pkg.training.c\n\n\ndef f():\n    from . import a\n    return a\n")
+    (pkg / "training" / "c.py").write_text("from pkg import __version__\nfrom ..data.a import f\n")
     graph = import_graph(pkg)
-    assert graph == {"__init__": set(), "a": {"b"}, "b": {"a", "c"}, "c": {"__init__"}}
+    assert graph == {
+        "__init__": set(),
+        "data.__init__": set(),
+        "training.__init__": set(),
+        "data.a": {"data.b"},
+        "data.b": {"data.a", "training.c"},
+        "training.c": {"__init__", "data.a"},
+    }
     with pytest.raises(graphlib.CycleError):
         graphlib.TopologicalSorter(graph).prepare()
+    assert layer_of("data.b") < layer_of("training.c")  # data.b -> training.c points up: the layer check flags it

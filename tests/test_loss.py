@@ -52,8 +52,10 @@ def test_batch_is_the_mean_over_groups_not_pairs():
     assert s.loss.tolist() == pytest.approx([g0, LN2], abs=1e-12)
     assert s.pairs.tolist() == [3.0, 1.0]
     # a step split into passes: each pass's share with weight 1/G adds up to the mean over the step's G groups
-    shares = [kwise_loss(group_stats(rewards[:3], ranks[:3], groups[:3], 1), group_weight=1 / 2),
-              kwise_loss(group_stats(rewards[3:], ranks[3:], groups[3:] - 1, 1), group_weight=1 / 2)]
+    shares = [
+        kwise_loss(group_stats(rewards[:3], ranks[:3], groups[:3], 1), group_weight=1 / 2),
+        kwise_loss(group_stats(rewards[3:], ranks[3:], groups[3:] - 1, 1), group_weight=1 / 2),
+    ]
     assert sum(x.item() for x in shares) == pytest.approx((g0 + LN2) / 2, abs=1e-12)
 
 
@@ -124,7 +126,9 @@ def test_a_two_one_split_contradiction():
         opt.zero_grad()
         kwise_loss(group_stats(torch.stack([d, torch.zeros_like(d)]), ranks, g, 1, counts)).backward()
         opt.step()
-    assert torch.sigmoid(d).item() == pytest.approx(2 / 3, abs=1e-6) and d.item() == pytest.approx(math.log(2), abs=1e-5)
+    assert torch.sigmoid(d).item() == pytest.approx(2 / 3, abs=1e-6) and d.item() == pytest.approx(
+        math.log(2), abs=1e-5
+    )
 
 
 def test_a_cycle_of_single_votes_is_minimized_by_equal_rewards():

@@ -1,0 +1,271 @@
+"""Text to token ids: the one place a (prompt, completion) becomes the tokens a reward model reads.
+
+A TextEncoder is the tokenizer, its chat template and the max length, without the model's weights: training,
+evaluation, scoring and serving tokenize through the RewardModel's encoder, and `rankrm data prepare` through one
+loaded on its own (store.py), so a prepared store holds exactly the tokens the model would make."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+
+PAD_TOKEN = "<|rankrm_pad|>"  # added when a tokenizer has no pad token or pads with EOS
+
+_PROBE = [{"role": "user", "content": "Which colour is the sky?"}]
+
+
+def add_pad_token(tokenizer) -> bool:
+    """Give the tokenizer a pad token distinct from EOS (so that Hugging Face's pooling, the last non-pad token,
+    reads EOS); returns whether one was added (the model's embeddings then need a row for it)."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError(
+            "the tokenizer has no EOS token; the reward is read at the completion's EOS. "
+            "Fix: set tokenizer.eos_token before building the RewardModel."
+        )
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+        return True
+    return False
+
+
+class TextEncoder:
+    """Renders (prompt, completion) pairs and tokenizes them, cut from the left to max_length."""
+
+    def __init__(self, tokenizer, max_length: int = 1024):
+        add_pad_token(tokenizer)
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        probe = tokenizer("a").input_ids
+        self.adds_bos = tokenizer.bos_token_id is not None and len(probe) > 0 and probe[0] == tokenizer.bos_token_id
+        if tokenizer.chat_template:
+            tokenizer.chat_template = end_at_eos(self, tokenizer.chat_template)
+        self._split_at = _special_token_pattern(tokenizer)
+
+    def __getstate__(self):  # the compiled pattern is rebuilt, not pickled (datasets.map sends encoders to workers)
+        return {k: v for k, v in self.__dict__.items() if k != "_split_at"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._split_at = _special_token_pattern(self.tokenizer)
+
+    def split_prompt(self, text: str) -> tuple[str, str]:
+        """A rendered prompt as (head, tail), cut where its last special token starts (("", text) when it has none
+        or the tokenizer cannot be cut): a fast tokenizer splits its input at special tokens before anything else
+        and tokenizes the pieces apart, so tokens(head) + tokens(tail + completion) == tokens(whole text), and the
+        head, most of a long prompt, is tokenized once for all its completions (tests/data/test_store.py checks the
+        equality on the shipped data)."""
+        if self._split_at is None:
+            return "", text
+        last = None
+        for last in self._split_at.finditer(text):
+            pass
+        return ("", text) if last is None else (text[: last.start()], text[last.start() :])
+
+    @classmethod
+    def from_pretrained(cls, path: str, max_length: int | None = None) -> TextEncoder:
+        """The encoder of a local model directory (a backbone or a saved reward model), without its weights."""
+        from pathlib import Path
+
+        from transformers import AutoTokenizer
+
+        meta = Path(path) / "rankrm.json"
+        saved = json.loads(meta.read_text()).get("max_length") if meta.is_file() else None
+        return cls(AutoTokenizer.from_pretrained(path), max_length or saved or 1024)
+
+    def render_prompt(self, prompt) -> str:
+        """The prompt as text: a string verbatim; messages through the chat template, else 'Role: text' blocks."""
+        if isinstance(prompt, str):
+            text = prompt
+        elif self.tokenizer.chat_template:
+            text = self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        else:  # documented fallback for tokenizers without a chat template
+            text = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in prompt) + "Assistant: "
+        bos = self.tokenizer.bos_token
+        if self.adds_bos and not text.startswith(bos):
+            text = bos + text
+        return text
+
+    def render(self, prompt, completion: str) -> str:
+        """Exactly the text the backbone reads for (prompt, completion), ending with the EOS token."""
+        return self.render_prompt(prompt) + completion + self.tokenizer.eos_token
+
+    def tokenize(self, prompts, completions) -> tuple[list[list[int]], list[bool]]:
+        """Token ids of each rendered pair, cut from the left to max_length; returns (ids, which were cut).
+
+        Batched through the (fast) tokenizer. The one place text becomes tokens: training, evaluation, scoring and
+        serving all come through here."""
+        prompts = list(prompts)  # held, so that no id below is reused
+        heads: dict[
+            int, int
+        ] = {}  # prompt object -> its head's index: each prompt rendered and its head tokenized once
+        head_texts, which, texts = [], [], []
+        eos = self.tokenizer.eos_token
+        for p, c in zip(prompts, completions, strict=True):
+            if id(p) not in heads:
+                head, tail = self.split_prompt(self.render_prompt(p))
+                heads[id(p)] = len(head_texts)
+                head_texts.append((head, tail))
+            h = heads[id(p)]
+            which.append(h)
+            texts.append(head_texts[h][1] + c + eos)
+        tok = functools.partial(self.tokenizer, add_special_tokens=False)
+        head_ids = tok([h for h, _ in head_texts])["input_ids"] if any(h for h, _ in head_texts) else None
+        ids = tok(texts)["input_ids"]
+        if head_ids is not None:
+            ids = [head_ids[h] + row for h, row in zip(which, ids)]
+        eos = self.tokenizer.eos_token_id
+        cut = [False] * len(ids)
+        for i, row in enumerate(ids):
+            if not row or row[-1] != eos:
+                raise ValueError(
+                    f"rendered text does not end with the EOS token id {eos}: {texts[i][-80:]!r}. "
+                    "Fix: use a tokenizer that parses its EOS token as a special token."
+                )
+            if len(row) > self.max_length:  # keep the end: the prompt is cut from the left, never the EOS
+                ids[i], cut[i] = row[-self.max_length :], True
+        return ids, cut
+
+    def fingerprint(self) -> str:
+        """A digest of everything that decides the tokens: the tokenizer's whole definition (vocabulary, merges,
+        normalizer, added tokens), its special tokens, the chat template and the max length."""
+        tok = self.tokenizer
+        backend = getattr(tok, "backend_tokenizer", None)
+        definition = backend.to_str() if backend is not None else json.dumps(sorted(tok.get_vocab().items()))
+        h = hashlib.sha256(definition.encode())
+        h.update(
+            json.dumps(
+                {
+                    "class": type(tok).__name__,
+                    "special": tok.special_tokens_map,
+                    "adds_bos": self.adds_bos,
+                    "added": sorted(tok.get_added_vocab().items()),
+                    "template": tok.chat_template,
+                    "max_length": self.max_length,
+                },
+                sort_keys=True,
+                default=str,
+            ).encode()
+        )
+        return h.hexdigest()
+
+
+def _special_token_pattern(tokenizer):
+    """A regex of the tokenizer's special tokens where a text may be cut without changing its tokens, or None.
+
+    Only for fast tokenizers (which split at added tokens before normalizing and pre-tokenizing), and only special
+    tokens matched on the raw text that take no whitespace from before them (lstrip) and need no word boundary."""
+    if not getattr(tokenizer, "is_fast", False):
+        return None
+    tokens = [
+        t.content
+        for t in tokenizer.added_tokens_decoder.values()
+        if t.special and not t.normalized and not t.lstrip and not t.single_word and t.content
+    ]
+    if not tokens:
+        return None
+    return re.compile("|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True)))
+
+
+def end_at_eos(encoder, template: str) -> str:
+    """The chat template to keep with the reward model: a conversation that ends with an assistant message then
+    ends at that message's EOS, as TextEncoder.render does.
+
+    ChatML-style templates put a newline after each turn's end token. Tools that score by rendering the whole
+    conversation (TRL's GRPO trainer: apply_chat_template(prompt + completion), then the logit at the last
+    non-pad token) would otherwise read the reward at that newline instead of at the EOS it was trained on. The
+    original template is kept whole inside a Jinja block; only that one trailing suffix is cut, and only when the
+    conversation ends with an assistant turn and no generation prompt is asked for."""
+    tok = encoder.tokenizer
+    full = tok.apply_chat_template(_PROBE + [{"role": "assistant", "content": "Blue."}], tokenize=False)
+    ours = encoder.render(_PROBE, "Blue.")
+    if full == ours or not full.startswith(ours):
+        return template  # already ends at the EOS, or renders completions differently: leave it as it is
+    suffix = full[len(ours) :]
+    wrapped = (
+        "{% set rankrm_rendered %}" + template + "{% endset %}"
+        "{% if messages and messages[-1]['role'] == 'assistant' and not add_generation_prompt "
+        f"and rankrm_rendered.endswith({suffix!r}) %}}{{{{ rankrm_rendered[:-{len(suffix)}] }}}}"
+        "{% else %}{{ rankrm_rendered }}{% endif %}"
+    )
+
+    def render_with(t, messages, gen):
+        tok.chat_template, saved = t, tok.chat_template
+        try:
+            return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
+        finally:
+            tok.chat_template = saved
+
+    convo = _PROBE + [{"role": "assistant", "content": "Blue."}]
+    ok = render_with(wrapped, convo, False) == full[: -len(suffix)] and render_with(
+        wrapped, _PROBE, True
+    ) == render_with(template, _PROBE, True)
+    return wrapped if ok else template
+
+
+@dataclass
+class TokenizedGroup:
+    """A ranked group as token ids: one row per completion (prompt + completion + EOS)."""
+
+    ids: list[list[int]]
+    ranks: list[int]
+    stated_pairs: list[tuple[int, int]] | None = None  # a partial order's (winner, loser) pairs; None: from ranks
+    counts: list[int] | None = None  # times each stated pair was stated (several annotators); None: once each
+    subset: str | None = None  # the group's subset / category, for per-subset metrics
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(x) for x in self.ids)
+
+    @functools.cached_property
+    def prompt_length(self) -> int:
+        """Leading tokens all completions share (the prompt, at least), leaving each row its last token."""
+        return shared_prefix_length(self.ids)
+
+    def comparisons(self) -> list[tuple[int, int]]:
+        """Every (winner, loser) index pair this group states: its partial order, else every pair its ranks order."""
+        if self.stated_pairs is not None:
+            return list(self.stated_pairs)
+        k = len(self.ids)
+        return [(i, j) for i in range(k) for j in range(k) if self.ranks[i] < self.ranks[j]]
+
+    def votes(self) -> list[int]:
+        """How many times each pair of comparisons() was stated."""
+        return list(self.counts) if self.counts is not None else [1] * len(self.comparisons())
+
+
+def shared_prefix_length(rows: list[list[int]]) -> int:
+    """How many leading tokens all rows share (the prompt, at least), leaving each row its last token."""
+    n = min(len(r) for r in rows) - 1
+    first = rows[0]
+    for i in range(n):
+        if any(r[i] != first[i] for r in rows[1:]):
+            return i
+    return n
+
+
+def tokenize_groups(model, groups) -> tuple[list[TokenizedGroup], int]:
+    """Tokenize every group through model.tokenize in one call; returns (groups, completions truncated)."""
+    prompts = [g.prompt for g in groups for _ in g.completions]
+    completions = [c for g in groups for c in g.completions]
+    ids, cut = model.tokenize(prompts, completions)
+    out, at = [], 0
+    for g in groups:
+        stated = None if g.stated_pairs is None else [tuple(p) for p in g.stated_pairs]
+        counts = None if g.counts is None else list(g.counts)
+        out.append(TokenizedGroup(ids[at : at + g.k], list(g.ranks), stated, counts, g.subset))
+        at += g.k
+    return out, sum(cut)
+
+
+def shuffled_pairs(groups: list[TokenizedGroup]) -> list[TokenizedGroup]:
+    """Every stated vote as its own K=2 group (the pairwise-only regime InstructGPT found to overfit): a comparison
+    stated n times is n examples, as its count weighs it n times in the grouped loss."""
+    return [
+        TokenizedGroup([g.ids[w], g.ids[l]], [0, 1])
+        for g in groups
+        for (w, l), n in zip(g.comparisons(), g.votes())
+        for _ in range(n)
+    ]

@@ -1,0 +1,502 @@
+"""Readers of pairwise preference records: TRL's prompt/chosen/rejected, and whole dialogues sharing an implicit
+prompt (HH-RLHF text or message lists).
+
+Every reader turns records into RankedGroups with the validators of groups.py, and takes (path, report,
+skip_invalid, conflicts): a bad record raises a DataError naming the file, the line (or record), the field and the
+fix, or, with skip_invalid, is counted in report.skipped under its reason. Pairwise records of one prompt become one
+group stating exactly their comparisons, each with how many records state it (see merge_comparisons)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from rankrm.data.groups import (
+    Prompt,
+    RankedGroup,
+    ReadReport,
+    check_conflicts,
+    check_number,
+    check_prompt,
+    check_subset,
+    count_conflicts,
+    find_cycle,
+    group_from_pairs,
+    iter_records,
+    require_fields,
+)
+from rankrm.errors import DataError, Location
+
+
+@dataclass
+class Comparison:
+    """One pairwise record: chosen beat rejected for this prompt."""
+
+    prompt: Prompt
+    chosen: str
+    rejected: str
+    margin: float | None
+    line: Location
+    subset: str | None = None
+    seq: int = 0  # the record's position in its file: merged groups are ordered by their first record
+
+
+def _at(loc: Location) -> str:
+    return f"line {loc}" if isinstance(loc, int) else str(loc)
+
+
+def _margin(obj: dict, path, line) -> float | None:
+    return None if obj.get("margin") is None else check_number(obj["margin"], path, line, "margin")
+
+
+def _check_sides(chosen: str, rejected: str, path, line, allow_empty: bool = False) -> None:
+    """A comparison needs two different, non-empty replies (empty ones only where the source means them)."""
+    for name, text in (("chosen", chosen), ("rejected", rejected)):
+        if not text.strip() and not allow_empty:
+            raise DataError(
+                path,
+                line,
+                name,
+                "is empty",
+                "give the reply's text, or drop the record (--skip-invalid drops such records)",
+                reason="empty completion",
+            )
+    if chosen == rejected:
+        raise DataError(
+            path,
+            line,
+            "rejected",
+            "is the same text as 'chosen'",
+            "a comparison needs two different replies: fix or drop the record",
+            reason="duplicate completions in a group",
+        )
+
+
+REPEATED = "repeated comparisons (same prompt, chosen and rejected as an earlier record)"
+
+
+def merge_comparisons(
+    comps: list[Comparison], path, report: ReadReport, skip_invalid: bool, conflicts: str = "keep"
+) -> list[RankedGroup]:
+    """One group per prompt, stating exactly the comparisons of its records, each with how many records state it.
+
+    conflicts: keep (default) keeps every record as a vote: a repeat adds to its pair's count, a contradiction
+    (a > b and b > a) or a cycle across records stays, counted in report.notes. drop: a repeat is kept once
+    (counted as skipped) and a prompt whose records contradict or cycle is left out (counted as skipped). error: a
+    repeat is kept once, a contradiction or cycle is a DataError naming the lines (with skip_invalid, its records
+    are skipped). When the records of a prompt state a full ranking once each, the group is a plain ranked group;
+    otherwise it carries its comparisons and counts."""
+    check_conflicts(conflicts)
+    groups = [g for _, g in _merged(comps, path, report, skip_invalid, conflicts)]
+    report.groups += len(groups)
+    return groups
+
+
+def _prompt_key(prompt: Prompt) -> str:
+    return json.dumps(prompt, ensure_ascii=False, sort_keys=True)
+
+
+def _merged(comps: list[Comparison], path, report: ReadReport, skip_invalid: bool, conflicts: str):
+    """(seq of the prompt's first record, group) per prompt of comps (merge_comparisons without the count)."""
+    if len({id(c.prompt) for c in comps}) == 1:  # one record's comparisons (its votes): one prompt, no key needed
+        buckets = [comps]
+    else:
+        by_prompt: dict[str, list[Comparison]] = {}
+        for c in comps:
+            by_prompt.setdefault(_prompt_key(c.prompt), []).append(c)
+        buckets = list(by_prompt.values())
+    for cs in buckets:
+        texts: dict[str, int] = {}
+        stated: dict[tuple[int, int], Comparison] = {}
+        votes: dict[tuple[int, int], int] = {}
+        for c in cs:
+            w, l = (texts.setdefault(t, len(texts)) for t in (c.chosen, c.rejected))
+            if (w, l) in stated and conflicts != "keep":
+                report.skipped[REPEATED] += 1
+                continue
+            stated.setdefault((w, l), c)
+            votes[(w, l)] = votes.get((w, l), 0) + 1
+        pairs = list(stated)
+        try:
+            has_margin = [c.margin is not None for c in stated.values()]
+            if any(has_margin) and not all(has_margin):
+                a = next(c for c in stated.values() if c.margin is not None)
+                b = next(c for c in stated.values() if c.margin is None)
+                raise DataError(
+                    path,
+                    b.line,
+                    "margin",
+                    f"is missing, and {_at(a.line)} gives one for the same prompt",
+                    "give a margin on every record of a prompt, or on none",
+                    reason="margin: missing",
+                )
+            cycle = find_cycle(pairs)
+            if cycle is not None and conflicts == "error":
+                links = [stated[(a, b)] for a, b in zip(cycle, cycle[1:])]
+                what = "contradictory" if len(cycle) == 3 else "cyclic"
+                chain = " > ".join(repr(_short(list(texts)[i])) for i in cycle)
+                raise DataError(
+                    path,
+                    links[-1].line,
+                    "chosen",
+                    f"{what} labels for one prompt ({', '.join(_at(x.line) for x in links)}): {chain}",
+                    "fix or drop the records that disagree, or keep them as votes (--conflicts keep)",
+                    reason=f"{what} comparisons",
+                )
+            margins = [c.margin for c in stated.values()] if any(has_margin) else None
+            counts = [votes[p] for p in pairs]
+            subset = next((c.subset for c in cs if c.subset is not None), None)
+            g = group_from_pairs(
+                cs[0].prompt,
+                list(texts),
+                pairs,
+                margins,
+                path,
+                cs[0].line,
+                counts=counts,
+                subset=subset,
+                conflicts=conflicts,
+            )
+        except DataError as e:
+            if not skip_invalid:
+                raise
+            report.skipped[f"invalid: {e.reason} (records)"] += len({c.line for c in cs})
+            continue
+        if cycle is not None and conflicts == "drop":
+            report.skipped["records of prompts whose judgments contradict or cycle (--conflicts drop)"] += len(
+                {c.line for c in cs}
+            )
+            continue
+        if conflicts == "keep" and g.stated_pairs is not None:
+            count_conflicts(report, g.stated_pairs, g.counts)
+        records = len({c.line for c in cs})  # a record with "votes": N is N comparisons but one record
+        if records > 1:
+            report.notes["pairwise records merged with others of the same prompt"] += records
+        if g.stated_pairs is not None:
+            report.notes["groups stating a partial order (only the labeled comparisons)"] += 1
+        if g.margins is not None:
+            report.notes["groups with margins (kept, not used by the loss)"] += 1
+        yield cs[0].seq, g
+
+
+def merge_stream(comparisons, path, report: ReadReport | None, skip_invalid: bool, conflicts: str = "keep"):
+    """merge_comparisons over a file read twice, in memory bounded by hashes: yields (seq, group).
+
+    comparisons(report, skip_invalid) iterates the file's records as lists of Comparisons (one per vote). The first
+    pass counts each prompt's comparisons under a 64-bit hash of the prompt; the second merges a prompt's records
+    as soon as its last one is read, so only the records of prompts still open are held. A group comes out when
+    it is complete, which can be after groups of later prompts: seq (its first record's position) restores the
+    file's order."""
+    check_conflicts(conflicts)
+    report = report if report is not None else ReadReport()
+    expected: Counter = Counter()
+    for cs in comparisons(ReadReport(), True):  # invalid records are left out of both passes alike
+        expected[_prompt_hash(cs[0].prompt)] += len(cs)
+    pending: dict[bytes, list[Comparison]] = {}
+    for cs in comparisons(report, skip_invalid):
+        h = _prompt_hash(cs[0].prompt)
+        if h not in pending and expected[h] == len(cs):
+            ready = cs
+        else:
+            bucket = pending.setdefault(h, [])
+            bucket.extend(cs)
+            if len(bucket) < expected[h]:
+                continue
+            ready = pending.pop(h)
+        for seq, g in _merged(ready, path, report, skip_invalid, conflicts):
+            report.groups += 1
+            yield seq, g
+    for cs in pending.values():  # not reached unless the file changed between the passes
+        raise DataError(
+            path, cs[0].line, None, "changed while it was being read", "read a file that no other program writes to"
+        )
+
+
+def _prompt_hash(prompt: Prompt) -> bytes:
+    return hashlib.blake2b(_prompt_key(prompt).encode(), digest_size=8).digest()
+
+
+def _short(text: str, n: int = 30) -> str:
+    return text if len(text) <= n else text[:n] + "..."
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pairwise with an explicit prompt (TRL's preference format)
+
+
+def _reply(value, path, line, name: str) -> str:
+    """A pairwise side as text: a string, or a list of one assistant message (TRL's conversational form)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        if (
+            len(value) == 1
+            and isinstance(value[0], dict)
+            and value[0].get("role") == "assistant"
+            and isinstance(value[0].get("content"), str)
+        ):
+            return value[0]["content"]
+        raise DataError(
+            path,
+            line,
+            name,
+            f"expected one assistant message, got a list of {len(value)} item(s)",
+            f'write {name} as [{{"role": "assistant", "content": "..."}}] or as a string',
+            reason=f"{name}: not one assistant message",
+        )
+    raise DataError(
+        path,
+        line,
+        name,
+        f"expected a string or a list of messages, got {type(value).__name__}",
+        f"give {name} as text, or as a list with one assistant message",
+        reason=f"{name}: not text or messages",
+    )
+
+
+def read_pairwise(
+    path: Path, report: ReadReport | None = None, skip_invalid: bool = False, conflicts: str = "keep"
+) -> list[RankedGroup]:
+    """Read TRL pairwise records {"prompt", "chosen", "rejected", "margin"?, "subset"?}, standard or conversational.
+
+    One record per vote; a record may also carry several votes as "votes": N (how many annotators stated it)."""
+    return _in_order(iter_pairwise(path, report, skip_invalid, conflicts))
+
+
+def _in_order(pairs) -> list[RankedGroup]:
+    return [g for _, g in sorted(pairs, key=lambda x: x[0])]
+
+
+def iter_pairwise(path: Path, report: ReadReport | None = None, skip_invalid: bool = False, conflicts: str = "keep"):
+    """read_pairwise as a stream of (seq, group) in bounded memory (see merge_stream)."""
+    return merge_stream(functools.partial(_pairwise_comparisons, path), path, report, skip_invalid, conflicts)
+
+
+def _pairwise_comparisons(path: Path, report: ReadReport, skip_invalid: bool):
+    """Each valid pairwise record as its list of Comparisons (one per vote)."""
+    for seq, (line, obj) in enumerate(iter_records(path, report, skip_invalid)):
+        try:
+            require_fields(
+                obj,
+                ("prompt", "chosen", "rejected"),
+                path,
+                line,
+                'write {"prompt": ..., "chosen": ..., "rejected": ...}',
+            )
+            prompt = check_prompt(obj["prompt"], path, line)
+            c, r = obj["chosen"], obj["rejected"]
+            if isinstance(c, list) and isinstance(r, list) and (len(c) > 1 or len(r) > 1):
+                prompt, chosen, rejected = _whole_conversations(prompt, c, r, path, line)
+            else:
+                chosen, rejected = _reply(c, path, line, "chosen"), _reply(r, path, line, "rejected")
+            _check_sides(chosen, rejected, path, line)
+            c = Comparison(prompt, chosen, rejected, _margin(obj, path, line), line, _subset(obj, path, line), seq)
+            votes = _votes(obj, path, line)
+        except DataError as e:
+            report.skip(e, skip_invalid)
+            continue
+        yield [c] * votes
+
+
+def _subset(obj: dict, path, line) -> str | None:
+    """The record's subset (RewardBench) or category."""
+    name = "subset" if "subset" in obj else "category"
+    return check_subset(obj.get(name), path, line, name)
+
+
+def _votes(obj: dict, path, line) -> int:
+    """How many annotators stated this record's comparison ("votes", default 1)."""
+    n = obj.get("votes", 1)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise DataError(
+            path,
+            line,
+            "votes",
+            f"expected a positive integer, got {n!r}",
+            "give how many annotators stated this comparison (1 or more), or leave the field out",
+            reason="votes: not a positive integer",
+        )
+    return n
+
+
+def _whole_conversations(prompt: Prompt, chosen: list, rejected: list, path, line) -> tuple[list[dict], str, str]:
+    """(prompt messages, chosen reply, rejected reply) when chosen and rejected repeat the prompt before their reply
+    (as in ultrafeedback_binarized: a string prompt, and chosen = [user: prompt, assistant: reply])."""
+    want = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+    replies = []
+    for name, value in (("chosen", chosen), ("rejected", rejected)):
+        msgs = check_prompt(value, path, line, name)
+        if msgs[-1]["role"] != "assistant" or msgs[:-1] != want:
+            raise DataError(
+                path,
+                line,
+                name,
+                "is a conversation that is not the prompt followed by one assistant reply",
+                f'write {name} as [{{"role": "assistant", "content": "..."}}], or as the '
+                "prompt's messages plus that reply",
+                reason=f"{name}: not the prompt plus one reply",
+            )
+        replies.append(msgs[-1]["content"])
+    return want, replies[0], replies[1]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pairwise with an implicit prompt: whole dialogues sharing a prefix (HH-RLHF strings, or message lists)
+
+HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
+_TURN = re.compile(r"\n\n(Human|Assistant):")
+
+
+def dialogue_messages(text: str, path, line, name: str) -> list[dict]:
+    """An HH-RLHF dialogue "\\n\\nHuman: ...\\n\\nAssistant: ..." as user/assistant messages (contents stripped)."""
+    if text.startswith(("Human:", "Assistant:")):
+        text = "\n\n" + text
+    parts = _TURN.split(text)  # [before, role, content, role, content, ...]
+    if parts[0].strip() or len(parts) < 3:
+        raise DataError(
+            path,
+            line,
+            name,
+            "does not start with a '\\n\\nHuman:' turn",
+            "give HH-RLHF dialogues, or an explicit prompt field (pairwise format)",
+            reason=f"{name}: not an HH dialogue",
+        )
+    return [
+        {"role": "user" if role == "Human" else "assistant", "content": content.strip()}
+        for role, content in zip(parts[1::2], parts[2::2])
+    ]
+
+
+def common_prefix_length(a: str, b: str) -> int:
+    """How many leading characters a and b share: equal blocks skipped, the block sizes halved down to one."""
+    end, n, step = min(len(a), len(b)), 0, 1024
+    while step:
+        while n + step <= end and a[n : n + step] == b[n : n + step]:
+            n += step
+        step //= 2
+    return n
+
+
+def split_dialogues(chosen: str, rejected: str, path, line) -> tuple[list[dict], str, str, bool]:
+    """(prompt messages, chosen reply, rejected reply, diverged): cut at the last shared "\\n\\nAssistant:".
+
+    Usually that is the last "\\n\\nAssistant:" of both; when the dialogues part earlier (a reply that goes on
+    to write further turns itself), the replies keep everything after the shared prefix, and diverged is True."""
+    n = common_prefix_length(chosen, rejected)
+    cut = chosen.rfind(ASSISTANT, 0, n)
+    if cut < 0:
+        raise DataError(
+            path,
+            line,
+            "rejected",
+            "shares no dialogue with 'chosen' up to an '\\n\\nAssistant:' turn",
+            "give both dialogues with the same prompt, or an explicit prompt field (pairwise format)",
+            reason="chosen and rejected share no prompt",
+        )
+    prompt = dialogue_messages(chosen[:cut], path, line, "chosen")
+    c, r = chosen[cut + len(ASSISTANT) :].strip(), rejected[cut + len(ASSISTANT) :].strip()
+    diverged = chosen.rfind(ASSISTANT) != cut or rejected.rfind(ASSISTANT) != cut
+    return prompt, c, r, diverged
+
+
+def split_message_lists(chosen: list, rejected: list, path, line) -> tuple[list[dict], str, str]:
+    """(prompt messages, chosen reply, rejected reply) from two conversations sharing all but their last reply."""
+    c_msgs, r_msgs = check_prompt(chosen, path, line, "chosen"), check_prompt(rejected, path, line, "rejected")
+    n = 0
+    for a, b in zip(c_msgs, r_msgs):
+        if a != b:
+            break
+        n += 1
+    if n == 0:
+        raise DataError(
+            path,
+            line,
+            "rejected",
+            "shares no messages with 'chosen'",
+            "give both conversations with the same prompt, or an explicit prompt field (pairwise format)",
+            reason="chosen and rejected share no prompt",
+        )
+    replies = []
+    for name, msgs in (("chosen", c_msgs), ("rejected", r_msgs)):
+        tail = msgs[n:]
+        if len(tail) != 1 or tail[0]["role"] != "assistant":
+            if c_msgs == r_msgs:
+                raise DataError(
+                    path,
+                    line,
+                    "rejected",
+                    "is the same conversation as 'chosen'",
+                    "a comparison needs two different replies: fix or drop the record",
+                    reason="duplicate completions in a group",
+                )
+            raise DataError(
+                path,
+                line,
+                name,
+                f"goes on for {len(tail)} message(s) after the shared prompt, expected one assistant reply",
+                "end both conversations with the one reply they compare",
+                reason=f"{name}: not one reply after the prompt",
+            )
+        replies.append(tail[0]["content"])
+    return c_msgs[:n], replies[0], replies[1]
+
+
+def read_implicit(
+    path: Path, report: ReadReport | None = None, skip_invalid: bool = False, conflicts: str = "keep"
+) -> list[RankedGroup]:
+    """Read {"chosen", "rejected", "margin"?} whole dialogues sharing their prompt: HH-RLHF text or message lists.
+
+    An empty final assistant turn in an HH dialogue is kept as an empty reply (in HH-RLHF's harmless data the
+    labeler preferred the assistant saying nothing) and counted in report.notes."""
+    return _in_order(iter_implicit(path, report, skip_invalid, conflicts))
+
+
+def iter_implicit(path: Path, report: ReadReport | None = None, skip_invalid: bool = False, conflicts: str = "keep"):
+    """read_implicit as a stream of (seq, group) in bounded memory (see merge_stream)."""
+    return merge_stream(functools.partial(_implicit_comparisons, path), path, report, skip_invalid, conflicts)
+
+
+def _implicit_comparisons(path: Path, report: ReadReport, skip_invalid: bool):
+    """Each valid dialogue-pair record as its list of Comparisons (one per vote)."""
+    for seq, (line, obj) in enumerate(iter_records(path, report, skip_invalid)):
+        try:
+            require_fields(
+                obj,
+                ("chosen", "rejected"),
+                path,
+                line,
+                'write {"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ...", "rejected": ...}',
+            )
+            c, r = obj["chosen"], obj["rejected"]
+            if isinstance(c, str) and isinstance(r, str):
+                prompt, chosen, rejected, diverged = split_dialogues(c, r, path, line)
+                _check_sides(chosen, rejected, path, line, allow_empty=True)
+            elif isinstance(c, list) and isinstance(r, list):
+                prompt, chosen, rejected = split_message_lists(c, r, path, line)
+                _check_sides(chosen, rejected, path, line)
+                diverged = False
+            else:
+                raise DataError(
+                    path,
+                    line,
+                    "rejected",
+                    f"is a {type(r).__name__} and 'chosen' a {type(c).__name__}",
+                    "give both as dialogue strings or both as message lists",
+                    reason="chosen and rejected of different types",
+                )
+            c = Comparison(prompt, chosen, rejected, _margin(obj, path, line), line, _subset(obj, path, line), seq)
+            votes = _votes(obj, path, line)
+        except DataError as e:
+            report.skip(e, skip_invalid)
+            continue
+        if diverged:
+            report.notes["dialogues that part before their last assistant turn (split where they part)"] += 1
+        empty = sum(1 for x in (chosen, rejected) if not x.strip())
+        if empty:
+            report.notes["empty assistant replies kept (the dialogue's last turn is empty)"] += empty
+        yield [c] * votes

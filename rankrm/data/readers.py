@@ -1,0 +1,192 @@
+"""Reading ranked groups from files: the native reader, telling a file's format from its fields, and read_groups,
+the one entry point that reads any supported format from any container.
+
+Every reader takes (path, report, skip_invalid, conflicts) and returns the groups it kept; what it left out is
+counted in the report. The readers of the other formats live in pairwise.py, scored.py and oasst.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from rankrm.data.containers import HUB_PREFIX, check_source
+from rankrm.data.groups import (
+    RankedGroup,
+    ReadReport,
+    check_conflicts,
+    count_conflicts,
+    find_cycle,
+    iter_records,
+    make_group,
+    require_fields,
+)
+from rankrm.data.oasst import read_oasst
+from rankrm.data.pairwise import REPEATED, iter_implicit, iter_pairwise, read_implicit, read_pairwise
+from rankrm.data.scored import iter_scored, read_scored
+from rankrm.data.splits import group_digest
+from rankrm.errors import DataError
+
+
+def read_native(
+    path: Path, report: ReadReport | None = None, skip_invalid: bool = False, conflicts: str = "keep"
+) -> list[RankedGroup]:
+    """Every group of a native file (iter_native as a list)."""
+    return list(iter_native(path, report, skip_invalid, conflicts))
+
+
+def iter_native(
+    path: Path, report: ReadReport | None = None, skip_invalid: bool = False, conflicts: str = "keep"
+) -> Iterator[RankedGroup]:
+    """Read the native format, one record at a time: {"prompt", "completions", "ranks"? | "pairs"?, "counts"?, "margins"?, "subset"?,
+    "tree"?} per record.
+
+    "counts", aligned with "pairs", says how many times each comparison was stated (several annotators); pairs may
+    then state both directions of a pair or a cycle. conflicts: keep (every vote), drop (repeats counted once, a
+    record whose pairs contradict or cycle left out), error (repeats counted once; a contradiction is an error)."""
+    check_conflicts(conflicts)
+    report = report if report is not None else ReadReport()
+    for line, obj in iter_records(path, report, skip_invalid):
+        try:
+            require_fields(
+                obj,
+                ("prompt", "completions"),
+                path,
+                line,
+                'write {"prompt": ..., "completions": [...], "ranks": [...]}',
+            )
+            tree = obj.get("tree")
+            if tree is not None and not isinstance(tree, str):
+                raise DataError(path, line, "tree", "expected a string", "give the conversation id as a string")
+            subset = obj.get("subset", obj.get("category"))
+            g = make_group(
+                obj["prompt"],
+                obj["completions"],
+                obj.get("ranks"),
+                path,
+                line,
+                tree,
+                obj.get("pairs"),
+                obj.get("margins"),
+                obj.get("counts"),
+                subset,
+                conflicts,
+            )
+            if g.counts is not None and conflicts != "keep":  # each comparison once, as without counts
+                report.skipped[REPEATED] += sum(g.counts) - len(g.counts)
+                g = make_group(
+                    obj["prompt"],
+                    obj["completions"],
+                    obj.get("ranks"),
+                    path,
+                    line,
+                    tree,
+                    obj.get("pairs"),
+                    obj.get("margins"),
+                    None,
+                    subset,
+                    conflicts,
+                )
+        except DataError as e:
+            report.skip(e, skip_invalid)
+            continue
+        if g.stated_pairs is not None and find_cycle(g.stated_pairs) is not None and conflicts == "drop":
+            report.skipped["records whose pairs contradict or cycle (--conflicts drop)"] += 1
+            continue
+        if g.stated_pairs is not None and conflicts == "keep":
+            count_conflicts(report, g.stated_pairs, g.counts)
+        if not g.comparisons():
+            report.skipped["all completions tied: no comparison"] += 1
+            continue
+        if g.margins is not None:
+            report.notes["groups with margins (kept, not used by the loss)"] += 1
+        report.groups += 1
+        yield g
+
+
+def format_of(obj: dict) -> str | None:
+    """The format a record's fields show, or None."""
+    if "message_tree_id" in obj:
+        return "oasst"
+    if "chosen" in obj or "rejected" in obj:
+        return "pairwise" if "prompt" in obj else "implicit"
+    if "completions" in obj:
+        c = obj["completions"]
+        dicts = isinstance(c, list) and bool(c) and isinstance(c[0], dict)
+        return "scored" if dicts or "scores" in obj or "ratings" in obj else "native"
+    return None
+
+
+def detect_format(path, skip_invalid: bool = False) -> str:
+    """Guess a file's format from the fields of its first (valid) record."""
+    for line, obj in iter_records(path, ReadReport(), skip_invalid):
+        fmt = format_of(obj)
+        if fmt is None:
+            raise DataError(
+                path,
+                line,
+                None,
+                f"unrecognised record with fields {sorted(obj)[:8]}",
+                "use one of the formats (native prompt/completions/ranks; pairwise prompt/chosen/"
+                "rejected; chosen/rejected dialogues; prompt/completions/scores; an OpenAssistant "
+                "export), or name the format with --format",
+            )
+        return fmt
+    raise DataError(path, None, None, "has no records", "give a file with at least one ranked group")
+
+
+READERS = {
+    "native": read_native,
+    "pairwise": read_pairwise,
+    "implicit": read_implicit,
+    "scored": read_scored,
+    "oasst": read_oasst,
+}
+
+
+# each format as a stream of (order, group): the order of the group's first record in its file (pairwise records
+# of one prompt are merged when the prompt's last record is read, so their groups can come out late)
+STREAMS = {
+    "native": lambda *a: enumerate(iter_native(*a)),
+    "pairwise": iter_pairwise,
+    "implicit": iter_implicit,
+    "scored": lambda *a: enumerate(iter_scored(*a)),
+    "oasst": lambda *a: enumerate(read_oasst(*a)),
+}
+DUPLICATE = "duplicate groups (same prompt and completions in an earlier record or file)"
+
+
+def read_groups(
+    paths, fmt: str = "auto", report: ReadReport | None = None, skip_invalid: bool = False, conflicts: str = "keep"
+) -> list[RankedGroup]:
+    """Read and validate ranked groups from one or more files; exact duplicate groups across files are dropped.
+
+    conflicts: what to do with repeated, contradictory and cyclic judgments of one prompt (keep, drop, error)."""
+    return [g for _, _, g in sorted(iter_groups(paths, fmt, report, skip_invalid, conflicts), key=lambda x: x[:2])]
+
+
+def iter_groups(
+    paths, fmt: str = "auto", report: ReadReport | None = None, skip_invalid: bool = False, conflicts: str = "keep"
+) -> Iterator[tuple[int, int, RankedGroup]]:
+    """read_groups as a stream of (file index, order in the file, group), in memory bounded by hashes (the groups
+    seen, the prompts of pairwise files); sorting by (file, order) gives read_groups' order. OpenAssistant exports
+    are read whole (a tree's messages can be anywhere in the file)."""
+    check_conflicts(conflicts)
+    report = report if report is not None else ReadReport()
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    seen = set()
+    for i, p in enumerate(paths):
+        p = p if str(p).startswith(HUB_PREFIX) else Path(p)
+        check_source(p)
+        f = detect_format(p, skip_invalid) if fmt == "auto" else fmt
+        if f not in READERS:
+            raise DataError(p, None, None, f"unknown format {f!r}", f"use one of auto, {', '.join(READERS)}")
+        sub = ReadReport()
+        for order, g in STREAMS[f](p, sub, skip_invalid, conflicts):
+            key = group_digest(g)
+            if key in seen:
+                sub.groups -= 1
+                sub.skipped[DUPLICATE] += 1
+                continue
+            seen.add(key)
+            yield i, order, g
+        report.merge(sub)

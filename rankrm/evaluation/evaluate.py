@@ -1,0 +1,262 @@
+"""Metrics of a reward model over held-out groups: pairwise accuracy and log loss with bootstrap confidence intervals
+by prompt; ranking metrics (Kendall tau-b, top-1); accuracy against every vote and each pair's majority;
+calibration (reliability table, ECE, temperature); accuracy per subset with RewardBench's sections."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from rankrm.data.encode import TokenizedGroup
+from rankrm.evaluation.metrics import calibration, ranking_metrics, stated_margins, subset_metrics, vote_metrics
+from rankrm.loss import group_stats
+from rankrm.modeling.batch import collate
+from rankrm.modeling.model import batch_rewards
+from rankrm.modeling.planning import plan_batches
+
+N_BOOT = 2000  # bootstrap resamples of the held-out prompts
+
+
+def bootstrap_indices(n_groups: int, n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray:
+    """(B, G) resampled group indices: whole prompts are resampled, since the pairs of one prompt correlate."""
+    return np.random.default_rng(seed).integers(0, n_groups, size=(n_boot, n_groups))
+
+
+def interval(values: np.ndarray) -> list[float]:
+    """The central 95% of bootstrap values."""
+    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+
+
+@dataclass(frozen=True)
+class Labels:
+    """What the humans said about one held-out group, as the metrics read it."""
+
+    ranks: tuple[int, ...]
+    pairs: tuple[tuple[int, int], ...]  # the stated (winner, loser) comparisons
+    votes: tuple[int, ...]  # how many times each pair was stated
+    full_ranking: bool  # the ranks are the humans' own ranking (not a partial order or a summary of votes)
+    subset: str | None = None
+
+    @classmethod
+    def of(cls, g: TokenizedGroup) -> Labels:
+        return cls(tuple(g.ranks), tuple(g.comparisons()), tuple(g.votes()), g.stated_pairs is None, g.subset)
+
+    def to_json(self) -> dict:
+        return {
+            "ranks": list(self.ranks),
+            "pairs": [list(p) for p in self.pairs],
+            "votes": list(self.votes),
+            "full_ranking": self.full_ranking,
+            "subset": self.subset,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> Labels:
+        return cls(
+            tuple(d["ranks"]),
+            tuple(tuple(p) for p in d["pairs"]),
+            tuple(d["votes"]),
+            d["full_ranking"],
+            d.get("subset"),
+        )
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Per-group pair statistics (G,): votes ordered right (reward ties count 1/2), votes, summed log loss; and,
+    for the ranking, vote, calibration and subset metrics, each group's rewards and labels."""
+
+    correct: np.ndarray
+    pairs: np.ndarray
+    nll: np.ndarray
+    rewards: tuple[np.ndarray, ...] = ()  # per group (K,)
+    labels: tuple[Labels, ...] = ()
+
+    @functools.cached_property
+    def metrics(self) -> dict:
+        """Accuracy and log loss over all votes, the mean per-group loss, 95% intervals, and (with rewards and
+        labels) ranking, vote, calibration and per-subset metrics (computed once)."""
+        keep = self.pairs > 0  # prompts without a comparison weigh nothing, and are not resampled
+        correct, pairs, nll = self.correct[keep], self.pairs[keep], self.nll[keep]
+        n = float(pairs.sum())
+        idx = bootstrap_indices(len(pairs))  # (B, G)
+        boot_pairs = pairs[idx].sum(axis=1)  # (B,)
+        m = {
+            "accuracy": float(correct.sum() / n),
+            "log_loss": float(nll.sum() / n),
+            "group_loss": float((nll / pairs).mean()),
+            "groups": int(keep.sum()),
+            "pairs": int(n),
+            "accuracy_ci95": interval(correct[idx].sum(axis=1) / boot_pairs),
+            "log_loss_ci95": interval(nll[idx].sum(axis=1) / boot_pairs),
+        }
+        if not self.labels:
+            return m
+        m.update(vote_metrics(self.rewards, self.labels))
+        m.update(ranking_metrics(self.rewards, self.labels))
+        d, w = stated_margins(self.rewards, self.labels)
+        m["calibration"] = calibration(d, w)
+        m.update(subset_metrics(self.correct, self.pairs, [x.subset for x in self.labels]))
+        return m
+
+    def to_json(self) -> dict:
+        return {
+            "correct": self.correct.tolist(),
+            "pairs": self.pairs.tolist(),
+            "nll": self.nll.tolist(),
+            "rewards": [r.tolist() for r in self.rewards],
+            "labels": [x.to_json() for x in self.labels],
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> EvalResult:
+        return cls(
+            np.array(d["correct"], dtype=float),
+            np.array(d["pairs"], dtype=float),
+            np.array(d["nll"], dtype=float),
+            tuple(np.array(r, dtype=float) for r in d.get("rewards", [])),
+            tuple(Labels.from_json(x) for x in d.get("labels", [])),
+        )
+
+
+# -- the metrics the field reads, each a pure function of rewards and labels ----------------------------------------
+
+
+def compare(before: EvalResult, after: EvalResult) -> dict:
+    """The change from `before` to `after` on the same groups, with paired bootstrap 95% intervals (two models on
+    the same data, or one model before and after training)."""
+    if len(before.pairs) != len(after.pairs) or not np.array_equal(before.pairs, after.pairs):
+        raise ValueError(
+            "the two results do not cover the same groups and votes. Fix: evaluate both on the same "
+            "data, read the same way"
+        )
+    keep = before.pairs > 0
+    idx = np.flatnonzero(keep)[bootstrap_indices(int(keep.sum()))]  # (B, G): the same prompts on both sides
+    boot_pairs = before.pairs[idx].sum(axis=1)  # (B,)
+    d_acc = (after.correct[idx].sum(axis=1) - before.correct[idx].sum(axis=1)) / boot_pairs
+    d_ll = (after.nll[idx].sum(axis=1) - before.nll[idx].sum(axis=1)) / boot_pairs
+    a, b = after.metrics, before.metrics
+    return {
+        "accuracy_gain": a["accuracy"] - b["accuracy"],
+        "accuracy_gain_ci95": interval(d_acc),
+        "log_loss_change": a["log_loss"] - b["log_loss"],
+        "log_loss_change_ci95": interval(d_ll),
+    }
+
+
+def format_metrics(m: dict) -> str:
+    """One line: accuracy with its interval, log loss, prompts and pairs."""
+    return (
+        f"accuracy {m['accuracy']:.4f} [{m['accuracy_ci95'][0]:.3f}, {m['accuracy_ci95'][1]:.3f}]  "
+        f"log loss {m['log_loss']:.4f}  ({m['groups']} prompts, {m['pairs']} pairs)"
+    )
+
+
+def format_report(m: dict) -> str:
+    """The metrics as a few lines: accuracy and log loss, then whichever of the ranking, vote, calibration and
+    subset metrics the data allowed."""
+    lines = [format_metrics(m)]
+    if "top1_accuracy" in m:
+        tau = "n/a" if m["kendall_tau_b"] is None else f"{m['kendall_tau_b']:.4f}"
+        lines.append(
+            f"ranking ({m['ranked_groups']} groups with K >= 3): Kendall tau-b {tau}  top-1 accuracy "
+            f"{m['top1_accuracy']:.4f}  reward gap of the model's pick to the humans' best "
+            f"{m['top1_reward_gap']:+.4f}"
+        )
+    if "accuracy_votes" in m:
+        maj = "n/a" if m["accuracy_majority"] is None else f"{m['accuracy_majority']:.4f}"
+        lines.append(
+            f"votes: accuracy against every vote {m['accuracy_votes']:.4f}, against each pair's majority "
+            f"{maj} ({m['majority_pairs']} pairs; {m['split_pairs']} split evenly, left out)"
+        )
+    if "calibration" in m:
+        c = m["calibration"]
+        lines.append(
+            f"calibration: ECE {c['ece']:.4f}  temperature {c['temperature']:.3g} (log loss "
+            f"{c['log_loss_at_temperature']:.4f} at it)"
+        )
+        lines += [
+            f"  P {b['bin'][0]:.2f}-{b['bin'][1]:.2f}: confidence {b['confidence']:.3f}  accuracy "
+            f"{b['accuracy']:.3f}  ({b['votes']:g} votes)"
+            for b in c["reliability"]
+        ]
+    if "subsets" in m:
+        lines.append(f"subsets (mean accuracy {m['subset_mean']:.4f}):")
+        lines += [
+            f"  {name}: accuracy {v['accuracy']:.4f}  ({v['groups']} prompts, {v['pairs']} pairs)"
+            for name, v in m["subsets"].items()
+        ]
+    if "sections" in m:
+        lines.append(
+            "sections: " + "  ".join(f"{k} {v:.4f}" for k, v in m["sections"].items()) + f"  score {m['score']:.4f}"
+        )
+    return "\n".join(lines)
+
+
+@torch.no_grad()
+def evaluate_groups(
+    model,
+    groups: list[TokenizedGroup],
+    batch_tokens: int = 4096,
+    layout: str = "auto",
+    cache=None,
+    progress: bool = False,
+    require_pairs: bool = True,
+) -> EvalResult:
+    """Score every completion once and collect each group's pair statistics (ties between labels excluded).
+
+    cache: a frozen.FrozenLayerCache; the frozen layers then run only the first time a sequence is seen.
+    require_pairs=False scores groups that state no comparison too (a share of a distributed evaluation)."""
+    from tqdm.auto import tqdm
+
+    if require_pairs and (not groups or not any(g.comparisons() for g in groups)):
+        raise ValueError(
+            "no held-out comparison to evaluate (every group is tied or there are no groups). Fix: give "
+            "evaluation data with ranked, untied completions"
+        )
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    pad_id = model.tokenizer.pad_token_id
+    correct, pairs, nll = (np.zeros(len(groups)) for _ in range(3))
+    rewards: list[np.ndarray] = [np.zeros(0)] * len(groups)
+    plan = plan_batches(groups, batch_tokens, layout, model.attention_per_token, kv=cache is None)
+    for idx, how in tqdm(plan, desc="evaluating", disable=not progress, leave=False):
+        b = collate([groups[i] for i in idx], pad_id, how).to(device)
+        r = batch_rewards(model, b, cache).double()
+        s = group_stats(r, b.ranks, b.group_index, len(idx), b.pair_counts)
+        correct[idx], pairs[idx], nll[idx] = (t.cpu().numpy() for t in (s.correct, s.pairs, s.nll))
+        flat, at = r.cpu().numpy(), 0  # (N,): the batch's completions in group order
+        for i in idx:
+            rewards[i] = flat[at : at + len(groups[i].ids)]
+            at += len(groups[i].ids)
+    model.train(was_training)
+    return EvalResult(correct, pairs, nll, tuple(rewards), tuple(Labels.of(g) for g in groups))
+
+
+def evaluate(
+    model,
+    data,
+    fmt: str = "auto",
+    batch_tokens: int = 4096,
+    max_length: int | None = None,
+    skip_invalid: bool = False,
+    conflicts: str = "keep",
+) -> EvalResult:
+    """Evaluate a reward model (a RewardModel or a saved directory) on ranked data (files or RankedGroups).
+
+    `.metrics` of the result holds accuracy, log loss and their 95% intervals, and the ranking, vote, calibration and
+    per-subset metrics the data allows; `compare(a, b)` pairs two results."""
+    from rankrm.data.encode import tokenize_groups
+    from rankrm.data.readers import read_groups
+    from rankrm.modeling.model import RewardModel
+
+    if not isinstance(model, RewardModel):
+        model = RewardModel.from_pretrained(str(model), max_length=max_length)
+    given = isinstance(data, list) and data and hasattr(data[0], "completions")  # RankedGroups, not paths
+    groups = data if given else read_groups(data, fmt, skip_invalid=skip_invalid, conflicts=conflicts)
+    tokenized, _ = tokenize_groups(model, groups)
+    return evaluate_groups(model, tokenized, batch_tokens)

@@ -1,0 +1,324 @@
+"""RewardModel: a pretrained backbone without its LM head, plus a scalar head read at each completion's last token."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rankrm.data.encode import PAD_TOKEN, TextEncoder, TokenizedGroup, add_pad_token, end_at_eos  # noqa: F401
+from rankrm.files import TMP_PREFIX, atomic_dir
+from rankrm.modeling.batch import Batch, collate, collate_rows
+from rankrm.modeling.hub import DEFAULT_MODEL, resolve
+from rankrm.modeling.planning import plan_batches, token_budget_batches
+
+META_FILE = "rankrm.json"
+# what a save writes; everything else in a model directory (a run's checkpoints, metrics, held-out data) is kept
+MODEL_FILE_NAMES = (
+    "config.json",
+    "generation_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "merges.txt",
+    META_FILE,
+)
+MODEL_FILE_PREFIXES = ("model", "pytorch_model", "tokenizer", "vocab")
+
+
+def is_model_file(name: str) -> bool:
+    """Whether a directory entry belongs to a saved model (replaced by the next save) rather than to its run."""
+    return name in MODEL_FILE_NAMES or name.startswith(MODEL_FILE_PREFIXES)
+
+
+def batch_rewards(model, batch: Batch, cache=None) -> torch.Tensor:
+    """Rewards (N,) of a batch: the one path from a batch to rewards (training, evaluation, scoring, serving).
+
+    model: the RewardModel or its distributed wrapper; cache: a frozen.FrozenLayerCache, whose frozen layers then
+    run only for sequences it has not seen."""
+    return model(batch) if cache is None else cache.rewards(model, batch)
+
+
+def ensure_pad_token(hf, tokenizer) -> None:
+    """Give the model a pad token distinct from EOS, so that Hugging Face's pooling (last non-pad token) reads EOS."""
+    if add_pad_token(tokenizer) and len(tokenizer) > hf.get_input_embeddings().num_embeddings:
+        hf.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    hf.config.pad_token_id = tokenizer.pad_token_id
+
+
+class RewardModel(nn.Module):
+    """A Hugging Face backbone without its LM head plus a scalar head; r(x, y) is read at y's last token (EOS)."""
+
+    def __init__(self, hf_model, tokenizer, max_length: int = 1024):
+        super().__init__()
+        ensure_pad_token(hf_model, tokenizer)
+        if not isinstance(getattr(hf_model, "score", None), nn.Linear):
+            raise ValueError(
+                f"{type(hf_model).__name__} has no last-token 'score' head; rankrm supports decoder "
+                "backbones whose sequence-classification head reads the last token (Llama, Qwen2, "
+                "GPT-2, Mistral, ...)."
+            )
+        self.hf = hf_model
+        self.encoder = TextEncoder(tokenizer, max_length)
+        self.normalization: dict | None = None  # statistics of the demonstrations, once normalized (rankrm.json)
+
+    # -- loading and saving ------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str = DEFAULT_MODEL,
+        dtype=torch.float32,
+        max_length: int | None = None,
+        attn_implementation: str | None = None,
+    ):
+        """Load a saved reward model, or a pretrained LM (hub id or local path) with a new scalar head.
+
+        attn_implementation: sdpa, eager, ... as transformers names them (None: transformers' default, sdpa).
+        Custom model code is never run (transformers' trust_remote_code stays off)."""
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        path = resolve(name_or_path)
+        meta = {}
+        if (Path(path) / META_FILE).is_file():
+            meta = json.loads((Path(path) / META_FILE).read_text())
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        verbosity = hf_logging.get_verbosity()
+        if not meta:  # a fresh head is expected to be missing from an LM checkpoint: no load report for it
+            hf_logging.set_verbosity_error()
+        try:
+            extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+            hf = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype, **extra)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        model = cls(hf, tokenizer, max_length=max_length or meta.get("max_length", 1024))
+        model.normalization = meta.get("normalization")
+        return model
+
+    def check_finite(self) -> None:
+        """Refuse weights holding NaN or infinity (a diverged run): such a model is never saved."""
+        bad = [n for n, p in self.named_parameters() if not torch.isfinite(p).all()]
+        if bad or not math.isfinite(self.reward_bias):
+            raise ValueError(
+                f"the model holds non-finite values ({len(bad)} tensors, e.g. {(bad or ['reward_bias'])[0]}"
+                "); not saved. Fix: lower the learning rate, or resume from an earlier checkpoint"
+            )
+
+    def write(self, out: Path) -> None:
+        """Write the model's files into an existing directory (save_pretrained makes that atomic)."""
+        self.hf.config.problem_type = "regression"  # serving engines (vLLM) then return the raw reward, no sigmoid
+        self.hf.save_pretrained(out, safe_serialization=True)
+        self.tokenizer.save_pretrained(out)
+        meta = {
+            "format": "rankrm-reward-model",
+            "max_length": self.max_length,
+            "eos_token": self.tokenizer.eos_token,
+            "pad_token": self.tokenizer.pad_token,
+            "chat_template": bool(self.tokenizer.chat_template),
+            "normalization": self.normalization,
+        }
+        (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+    def save_pretrained(self, out_dir, extra_files: dict[str, str] | None = None) -> None:
+        """Save a plain Hugging Face directory (safetensors, config, tokenizer, chat template) plus rankrm.json.
+
+        The directory is replaced as a whole (files.atomic_dir): a reader sees the old model or the new one, never a
+        mix. Entries that are not model files (a run's checkpoints, metrics, held-out data) are kept; extra_files
+        (name -> text) are written with the model."""
+        self.check_finite()
+        out, extra = Path(out_dir), extra_files or {}
+        keep = (
+            tuple(
+                p.name
+                for p in out.iterdir()
+                if not is_model_file(p.name) and p.name not in extra and not p.name.startswith(TMP_PREFIX)
+            )
+            if out.is_dir()
+            else ()
+        )
+        with atomic_dir(out, keep=keep) as tmp:
+            self.write(tmp)
+            for name, text in extra.items():
+                (tmp / name).write_text(text)
+
+    # -- the text the backbone reads ---------------------------------------------------------------------------
+
+    @property
+    def backbone(self) -> nn.Module:
+        return getattr(self.hf, self.hf.base_model_prefix)
+
+    def enable_checkpointing(self) -> None:
+        """Recompute each layer's activations in the backward pass (transformers' activation checkpointing,
+        non-reentrant, so frozen layers and replayed inputs work)."""
+        kw = {"use_reentrant": False}
+        if hasattr(self.hf, "activation_checkpointing_enable"):  # transformers >= 5.2x
+            self.hf.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+        else:
+            self.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+
+    @property
+    def head(self) -> nn.Linear:
+        return self.hf.score
+
+    @functools.cached_property
+    def attention_per_token(self) -> float:
+        """FLOPs of one attention (query, key) pair relative to one token's matmuls: the layout cost model."""
+        cfg = self.hf.config
+        per_layer = sum(p.numel() for p in self.backbone.parameters()) - self.hf.get_input_embeddings().weight.numel()
+        per_layer /= cfg.num_hidden_layers
+        return 4 * cfg.hidden_size / (2 * per_layer)
+
+    @property
+    def reward_bias(self) -> float:
+        """An offset added to every reward, for heads that cannot hold a bias (see normalize.py); in config.json."""
+        return float(getattr(self.hf.config, "reward_bias", 0.0))
+
+    @reward_bias.setter
+    def reward_bias(self, value: float) -> None:
+        self.hf.config.reward_bias = float(value)
+
+    @property
+    def tokenizer(self):
+        return self.encoder.tokenizer
+
+    @property
+    def max_length(self) -> int:
+        return self.encoder.max_length
+
+    @max_length.setter
+    def max_length(self, value: int) -> None:
+        self.encoder.max_length = value
+
+    @property
+    def adds_bos(self) -> bool:
+        return self.encoder.adds_bos
+
+    def render_prompt(self, prompt) -> str:
+        """The prompt as text (TextEncoder.render_prompt)."""
+        return self.encoder.render_prompt(prompt)
+
+    def render(self, prompt, completion: str) -> str:
+        """Exactly the text the backbone reads for (prompt, completion), ending with the EOS token."""
+        return self.encoder.render(prompt, completion)
+
+    def tokenize(self, prompts, completions) -> tuple[list[list[int]], list[bool]]:
+        """Token ids of each rendered pair, cut from the left to max_length (TextEncoder.tokenize)."""
+        return self.encoder.tokenize(prompts, completions)
+
+    # -- forward -----------------------------------------------------------------------------------------------
+
+    @functools.cached_property
+    def _cache_argument(self) -> str:
+        """The backbone's name for a key/value cache: `cache` (transformers >= 5.2x) or `past_key_values`."""
+        return "cache" if "cache" in inspect.signature(self.backbone.forward).parameters else "past_key_values"
+
+    def _mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """A 4D bool mask as the attention implementation takes it: eager adds it to the scores (allowed 0, masked
+        the most negative float); sdpa and the others take the bool mask as it is."""
+        if mask.dim() == 4 and self.hf.config._attn_implementation == "eager":
+            dtype = next(self.parameters()).dtype
+            return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+        return mask
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Rewards (N,) at the flat positions batch.end_index of the (B, T) batch, reward_bias included.
+
+        The kv layout (batch.prompt): a first pass over each group's prompt keeps its keys and values; every
+        completion row then attends to its group's (gathered by prompt.group_index) and its own tokens."""
+        kw = {"use_cache": False}
+        if batch.prompt is not None:
+            p, name = batch.prompt, self._cache_argument
+            first = self.backbone(
+                input_ids=p.input_ids,
+                attention_mask=self._mask(p.attention_mask),
+                position_ids=p.position_ids,
+                use_cache=True,
+            )
+            cache = getattr(first, name)
+            cache.batch_select_indices(p.group_index)  # (G, ...) -> (N, ...): each row its group's prompt
+            kw = {"use_cache": True, name: cache}
+        hidden = self.backbone(
+            input_ids=batch.input_ids,
+            attention_mask=self._mask(batch.attention_mask),
+            position_ids=batch.position_ids,
+            **kw,
+        ).last_hidden_state  # (B, T, H)
+        h_end = hidden.reshape(-1, hidden.shape[-1])[batch.end_index]  # (N, H)
+        return self.head(h_end).squeeze(-1).float() + self.reward_bias  # (N,)
+
+    # -- scoring -----------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def score(
+        self, prompts, completions, batch_tokens: int = 4096, progress: bool = False, return_truncated: bool = False
+    ):
+        """Rewards of (prompt, completion) pairs, batched by token budget and length-sorted; in input order.
+
+        return_truncated: also return which inputs were cut to max_length (their prompt lost its start)."""
+        from tqdm.auto import tqdm
+
+        ids, cut = self.tokenize(prompts, completions)
+        was_training = self.training
+        self.eval()
+        out = [0.0] * len(ids)
+        device = next(self.parameters()).device
+        for idx in tqdm(
+            token_budget_batches([len(x) for x in ids], batch_tokens),
+            desc="scoring",
+            disable=not progress,
+            unit="batch",
+        ):
+            r = batch_rewards(self, collate_rows([ids[i] for i in idx], self.tokenizer.pad_token_id).to(device))
+            for i, v in zip(idx, r.tolist()):
+                out[i] = v
+        self.train(was_training)
+        return (out, cut) if return_truncated else out
+
+    @torch.no_grad()
+    def score_groups(
+        self,
+        prompts,
+        completions: list[list[str]],
+        batch_tokens: int = 4096,
+        layout: str = "auto",
+        return_truncated: bool = False,
+    ):
+        """Rewards of each prompt's completions (a list per prompt), each prompt encoded once per group where the
+        layout cost model finds it cheaper (packed or kv); in input order."""
+        if any(not cs for cs in completions):
+            raise ValueError("a prompt has no completions to score. Fix: give each prompt at least one completion")
+        flat_p = [p for p, cs in zip(prompts, completions, strict=True) for _ in cs]
+        ids, cut = self.tokenize(flat_p, [c for cs in completions for c in cs])
+        groups, at = [], 0
+        for cs in completions:
+            groups.append(TokenizedGroup(ids[at : at + len(cs)], [0] * len(cs)))
+            at += len(cs)
+        was_training = self.training
+        self.eval()
+        out: list[list[float]] = [[] for _ in groups]
+        device = next(self.parameters()).device
+        for idx, how in plan_batches(groups, batch_tokens, layout, self.attention_per_token):
+            sub = [groups[i] for i in idx]
+            r = batch_rewards(self, collate(sub, self.tokenizer.pad_token_id, how).to(device)).tolist()
+            for i, g in zip(idx, sub):
+                out[i], r = r[: len(g.ids)], r[len(g.ids) :]
+        self.train(was_training)
+        if not return_truncated:
+            return out
+        at, flags = 0, []
+        for cs in completions:
+            flags.append(cut[at : at + len(cs)])
+            at += len(cs)
+        return out, flags
+
+    def rank(self, prompt, completions) -> tuple[list[float], list[int]]:
+        """Rewards of one prompt's completions (the prompt encoded once) and their order, best first."""
+        rewards = self.score_groups([prompt], [list(completions)])[0]
+        order = sorted(range(len(completions)), key=lambda i: -rewards[i])
+        return rewards, order

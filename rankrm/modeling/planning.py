@@ -1,0 +1,121 @@
+"""Which groups go into which optimizer step and forward pass, and in which layout: the cost model of --layout auto.
+
+Everything here works from token lengths only (no tensors), so training, evaluation and the benchmarks plan the
+same way."""
+
+from __future__ import annotations
+
+import random
+
+from rankrm.data.encode import TokenizedGroup
+from rankrm.modeling.batch import pack_rows, packed_length
+
+
+def epoch_steps(lengths: list[int], step_size: int, seed: int, epoch: int, sort_window: int = 0) -> list[list[int]]:
+    """The steps of an epoch (lists of unit indices): a function of (seed, epoch), so a resumed run repeats it.
+
+    sort_window = 0: consecutive slices of a shuffled order. sort_window = W > 0: the shuffled order is cut into
+    windows of W steps, each window sorted by length and cut into steps, and the steps shuffled (the last, short
+    step stays last): every step then holds units of similar length, so its micro-batches carry little padding,
+    while each unit is still seen once per epoch and every step still has step_size units."""
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if sort_window > 0:
+        chunk = sort_window * step_size
+        order = [i for c in range(0, len(order), chunk) for i in sorted(order[c : c + chunk], key=lambda i: lengths[i])]
+    steps = [order[i : i + step_size] for i in range(0, len(order), step_size)]
+    if sort_window > 0:
+        full = [st for st in steps if len(st) == step_size]
+        rng.shuffle(full)
+        steps = full + [st for st in steps if len(st) < step_size]
+    return steps
+
+
+def layout_cost(rows: int, length: int, attention_per_token: float) -> float:
+    """Cost of a pass over rows x length token slots: the slots plus their attention area, weighted by its cost.
+
+    attention_per_token: FLOPs of one (query, key) pair relative to one token's matmul FLOPs (RewardModel's
+    attention_per_token: 4 * hidden / (2 * non-embedding parameters per layer))."""
+    return rows * length * (1 + attention_per_token * length)
+
+
+def kv_cost(groups: list[TokenizedGroup], attention_per_token: float) -> float:
+    """The kv layout's cost: the prompt pass (G x P, attention P^2 per row) and the completion pass (N x T,
+    attention T (P + T) per row)."""
+    n = [g.prompt_length for g in groups]
+    p_len, t = max(n), max(len(r) - k for g, k in zip(groups, n) for r in g.ids)
+    rows = sum(len(g.ids) for g in groups)
+    return len(groups) * layout_cost(1, p_len, attention_per_token) + rows * t * (1 + attention_per_token * (p_len + t))
+
+
+def batch_cost(groups: list[TokenizedGroup], layout: str, attention_per_token: float) -> float:
+    """The cost of one forward pass over groups in a layout (packed rows shared as collate shares them)."""
+    if layout == "padded":
+        return layout_cost(
+            sum(len(g.ids) for g in groups), max(len(r) for g in groups for r in g.ids), attention_per_token
+        )
+    if layout == "packed":
+        lengths = [packed_length(g) for g in groups]
+        return layout_cost(len(pack_rows(lengths, max(lengths))), max(lengths), attention_per_token)
+    return kv_cost(groups, attention_per_token)
+
+
+def choose_layout(groups: list[TokenizedGroup], layout: str, attention_per_token: float, kv: bool = True) -> str:
+    """The layout asked; for auto, the cheapest for this batch by batch_cost among padded, packed, and kv unless
+    kv is False (the frozen-layer cache and gradient checkpointing need a single pass)."""
+    if layout != "auto":
+        return layout
+    return min(
+        ("padded", "packed", "kv") if kv else ("padded", "packed"),
+        key=lambda how: batch_cost(groups, how, attention_per_token),
+    )
+
+
+def token_budget_batches(lengths: list[int], budget: int, rows_per_item: list[int] | None = None) -> list[list[int]]:
+    """Indices sorted by length and cut into batches whose padded size (rows x longest) stays within budget.
+
+    With rows_per_item, each index stands for several rows (a group of K completions): an item is never split, and
+    an item larger than the budget gets a batch of its own."""
+    rows = rows_per_item or [1] * len(lengths)
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches, cur, cur_rows, cur_max = [], [], 0, 0
+    for i in order:
+        new_max, new_rows = max(cur_max, lengths[i]), cur_rows + rows[i]
+        if cur and new_max * new_rows > budget:
+            batches.append(cur)
+            cur, new_max, new_rows = [], lengths[i], rows[i]
+        cur.append(i)
+        cur_max, cur_rows = new_max, new_rows
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def plan_batches(
+    groups: list[TokenizedGroup], budget: int, layout: str, attention_per_token: float, kv: bool = True
+) -> list[tuple[list[int], str]]:
+    """The forward passes over groups: (group indices, layout) for each, within budget token slots per pass.
+
+    padded and kv: groups sorted by their longest completion, filled while completions x longest stays within the
+    budget. packed: groups sorted by packed length, filled while groups x longest stays within it (shared rows then
+    take fewer slots). auto: both plans, the first with the cheapest layout for each pass (choose_layout), and the
+    cheaper plan by batch_cost kept. A group that alone exceeds the budget gets a pass of its own."""
+
+    def by_rows():
+        return token_budget_batches([max(len(r) for r in g.ids) for g in groups], budget, [len(g.ids) for g in groups])
+
+    def by_packed():
+        return token_budget_batches([packed_length(g) for g in groups], budget)
+
+    if layout == "packed":
+        return [(idx, "packed") for idx in by_packed()]
+    if layout != "auto":
+        return [(idx, layout) for idx in by_rows()]
+    plans = [
+        [(idx, choose_layout([groups[i] for i in idx], "auto", attention_per_token, kv)) for idx in by_rows()],
+        [(idx, "packed") for idx in by_packed()],
+    ]
+    return min(
+        plans, key=lambda plan: sum(batch_cost([groups[i] for i in idx], how, attention_per_token) for idx, how in plan)
+    )

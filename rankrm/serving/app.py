@@ -1,0 +1,366 @@
+"""The HTTP side of `rankrm serve`: a FastAPI app whose endpoints all end in RewardModel.score / score_groups.
+
+Every endpoint answers exactly RewardModel.score's reward (reward_bias included) for the same input: /score and
+/rank take prompts and completions; /get_reward and /classify take the full text the model reads
+(RewardModel.render(prompt, completion)) and score it as RewardModel.score reads that pair."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import math
+import time
+import uuid
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from rankrm.serving.engine import Batcher, Job, Metrics, QueueFull, Renderer
+from rankrm.serving.schema import (
+    FIXES,
+    ClassifyRequest,
+    ClassifyResponse,
+    GetRewardRequest,
+    GetRewardResponse,
+    RankRequest,
+    RankResponse,
+    ScoreRequest,
+    ScoreResponse,
+    error_body,
+    prompt_value,
+    validation_message,
+)
+
+
+@dataclass
+class ServeOptions:
+    """The server's limits and batching; the CLI flags of `rankrm serve`."""
+
+    api_key: str | None = None  # required on every endpoint but /health when set
+    max_batch_tokens: int = 4096  # tokens the model reads per coalesced batch
+    max_wait_ms: float = 0.0  # how long the first request of a batch waits for others
+    max_queue: int = 256  # requests waiting for the model; more are answered 503
+    max_batch_requests: int = 64  # requests merged into one model call (1: no coalescing)
+    max_items: int = 4096  # sequences per request; more are answered 413
+    max_body_bytes: int = 16 * 2**20  # request body size; more is answered 413
+    problem_type: str | None = None  # config.json's: "regression" makes /classify's default the raw reward
+
+
+class ApiError(Exception):
+    def __init__(
+        self, status: int, message: str, field: str | None = None, fix: str | None = None, headers: dict | None = None
+    ):
+        super().__init__(message)
+        self.status, self.message, self.field, self.fix, self.headers = status, message, field, fix, headers
+
+
+def _error(status, message, field=None, fix=None, headers=None) -> JSONResponse:
+    return JSONResponse(error_body(status, message, field, fix), status_code=status, headers=headers)
+
+
+class Guard:
+    """ASGI middleware around every request: the API key, the body size limit, and the request metrics."""
+
+    def __init__(self, app, opts: ServeOptions, metrics: Metrics, routes: set[str]):
+        self.app, self.opts, self.metrics, self.routes = app, opts, metrics, routes
+        self.key = opts.api_key.encode() if opts.api_key else None
+
+    def _authorized(self, headers: dict[bytes, bytes]) -> bool:
+        given = headers.get(b"x-api-key", b"")
+        auth = headers.get(b"authorization", b"")
+        if auth[:7].lower() == b"bearer ":
+            given = auth[7:].strip()
+        return hmac.compare_digest(given, self.key)  # constant time
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), [500]
+        path = scope["path"]
+
+        async def send_status(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            headers = dict(scope.get("headers") or [])
+            if self.key is not None and path != "/health" and not self._authorized(headers):
+                return await _error(
+                    401,
+                    "missing or wrong API key",
+                    "Authorization",
+                    "send the header 'Authorization: Bearer <key>' (or 'X-API-Key: <key>') with "
+                    "the key the server was started with",
+                    {"WWW-Authenticate": "Bearer"},
+                )(scope, receive, send_status)
+            limit = self.opts.max_body_bytes
+            declared = headers.get(b"content-length", b"0")
+            if not declared.isdigit() or int(declared) > limit:
+                return await _error(
+                    413, f"request body larger than {limit} bytes (--max-body-bytes)", "body", "split the request"
+                )(scope, receive, send_status)
+            received = [0]
+
+            async def limited_receive():  # a chunked body has no content-length: count what arrives
+                message = await receive()
+                received[0] += len(message.get("body", b""))
+                if received[0] > limit:
+                    raise HTTPException(413, f"request body larger than {limit} bytes (--max-body-bytes)")
+                return message
+
+            await self.app(scope, limited_receive, send_status)
+        finally:
+            endpoint = path if path in self.routes else "other"
+            self.metrics.requests.labels(endpoint, str(status[0])).inc()
+            if status[0] >= 400:
+                self.metrics.errors.labels(str(status[0])).inc()
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error as JSON naming the field and the fix; never a traceback."""
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        errors = list(exc.errors())
+        if errors and errors[0].get("type") == "json_invalid":
+            return _error(
+                400,
+                f"the body is not valid JSON: {errors[0].get('ctx', {}).get('error', '')}",
+                "body",
+                "send a JSON object with Content-Type: application/json",
+            )
+        field, message = validation_message(errors) if errors else ("body", "invalid body")
+        return _error(422, message, field, FIXES.get(request.url.path))
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError):
+        return _error(exc.status, exc.message, exc.field, exc.fix, exc.headers)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        fix = {
+            404: "see GET /info or /docs for the endpoints",
+            405: "see /docs for each endpoint's method",
+            413: "split the request",
+        }.get(exc.status_code)
+        return _error(exc.status_code, str(exc.detail), None, fix, getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def crash(request: Request, exc: Exception):
+        return _error(500, f"internal error ({type(exc).__name__}); see the server log", None, None)
+
+
+@dataclass
+class Served:
+    """What the endpoints share: the model, its name, the options, the batcher and the renderer."""
+
+    model: object
+    name: str
+    opts: ServeOptions
+    metrics: Metrics
+    batcher: Batcher
+    renderer: Renderer
+    version: str
+
+    def check_count(self, n: int, what: str) -> None:
+        if n > self.opts.max_items:
+            raise ApiError(
+                413,
+                f"{what}: {n} sequences in one request; this server takes at most {self.opts.max_items} (--max-items)",
+                what,
+                "split the request",
+            )
+
+    async def render(self, fn, *args):
+        """fn (a Renderer method) on a worker thread; a prompt the chat template refuses is the caller's 422."""
+        try:
+            return await run_in_threadpool(fn, *args)
+        except Exception as e:  # jinja's TemplateError, a template's raise_exception, ...
+            raise ApiError(
+                422,
+                f"the prompt cannot be rendered: {type(e).__name__}: {e}",
+                "prompt",
+                "check the messages' roles and order against the model's chat template",
+            ) from None
+
+    async def run(self, job: Job):
+        """The job's rewards from the model thread; 503 with Retry-After when the queue is full."""
+        try:
+            future = self.batcher.submit(job)
+        except QueueFull as e:
+            raise ApiError(
+                503, f"the server is busy: {e}", None, "retry after a moment", {"Retry-After": "1"}
+            ) from None
+        try:
+            return await asyncio.wrap_future(future)
+        except Exception as e:
+            raise ApiError(500, f"scoring failed: {e}") from None
+
+    async def pairs(self, prompts: list, completions: list[str]) -> tuple[list[float], list[bool], int]:
+        """(rewards, truncated flags, tokens read) of (prompt, completion) pairs."""
+        texts, flags, tokens = await self.render(self.renderer.pairs, prompts, completions)
+        return await self.run(Job("pairs", texts, completions, tokens)), flags, tokens
+
+    async def texts(self, texts: list[str]) -> tuple[list[float], list[bool], int]:
+        """Full rendered texts (with or without EOS/BOS) -> rewards, as RewardModel.score reads the pair: the
+        text is render("", c) for the c split_full_text finds (a string prompt "" adds only the BOS)."""
+        return await self.pairs([""] * len(texts), [self.renderer.split_full_text(t) for t in texts])
+
+
+def build_app(model, name: str, opts: ServeOptions, version: str) -> FastAPI:
+    """The app serving model under name; its batcher starts and stops with the app's lifespan."""
+    from contextlib import asynccontextmanager
+
+    metrics = Metrics()
+    batcher = Batcher(model, metrics, opts.max_batch_tokens, opts.max_wait_ms, opts.max_queue, opts.max_batch_requests)
+    served = Served(model, name, opts, metrics, batcher, Renderer(model), version)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        batcher.start()
+        yield
+        await run_in_threadpool(batcher.close)  # uvicorn has finished the requests in flight by now
+
+    app = FastAPI(
+        title="rankrm serve",
+        version=version,
+        lifespan=lifespan,
+        description="Rewards of a rankrm reward model over HTTP.",
+    )
+    add_error_handlers(app)
+    add_reward_routes(app, served)
+    add_status_routes(app, served)
+    app.add_middleware(Guard, opts=opts, metrics=metrics, routes={r.path for r in app.routes})
+    return app
+
+
+def add_reward_routes(app: FastAPI, s: Served) -> None:
+    """/score, /rank, /get_reward, /classify: each ends in RewardModel.score or score_groups."""
+
+    @app.post("/score", response_model=ScoreResponse)
+    async def score(body: ScoreRequest):
+        """Rewards of (prompt, completion) pairs, in input order."""
+        s.check_count(len(body.items), "items")
+        rewards, flags, _ = await s.pairs(
+            [prompt_value(i.prompt) for i in body.items], [i.completion for i in body.items]
+        )
+        return {"rewards": rewards, "truncated": flags, "model": s.name}
+
+    @app.post("/rank", response_model=RankResponse, response_model_exclude_none=True)
+    async def rank(body: RankRequest):
+        """Rewards of each prompt's completions and their order, best first; each prompt is read once."""
+        groups = body.as_groups()
+        s.check_count(sum(len(g.completions) for g in groups), "completions")
+        prompts = [prompt_value(g.prompt) for g in groups]
+        completions = [g.completions for g in groups]
+        texts, flags, tokens = await s.render(s.renderer.groups, prompts, completions)
+        rewards = await s.run(Job("groups", texts, completions, tokens))
+        out = [
+            {"rewards": r, "order": sorted(range(len(r)), key=lambda i: -r[i]), "truncated": f}
+            for r, f in zip(rewards, flags)
+        ]
+        return {**out[0], "model": s.name} if body.groups is None else {"groups": out, "model": s.name}
+
+    @app.post("/get_reward", response_model=GetRewardResponse)
+    async def get_reward(body: GetRewardRequest):
+        """OpenRLHF's remote reward model: each query is the rendered prompt + response."""
+        s.check_count(len(body.query), "query")
+        rewards, flags, _ = await s.texts(body.query)
+        return {
+            "rewards": rewards,
+            "scores": rewards,
+            "truncated": flags,
+            "extra_logs": {"rankrm_truncated": [float(f) for f in flags]},
+        }
+
+    async def classify(body: ClassifyRequest):
+        """vLLM's /classify: probs [reward] with use_activation false, [sigmoid(reward)] otherwise."""
+        cut = body.truncate_prompt_tokens
+        if cut not in (None, -1) and cut < s.model.max_length:
+            raise ApiError(
+                422,
+                f"truncate_prompt_tokens {cut} is below this model's max_length "
+                f"{s.model.max_length}, and rankrm reads every input as it was trained",
+                "truncate_prompt_tokens",
+                "leave it out (inputs are cut from the left to max_length)",
+            )
+        if body.messages is not None:
+            rewards, flags, tokens = await s.pairs([prompt_value(body.messages[:-1])], [body.messages[-1].content])
+        else:
+            texts = [body.input] if isinstance(body.input, str) else body.input
+            s.check_count(len(texts), "input")
+            rewards, flags, tokens = await s.texts(texts)
+        act = next(
+            (a for a in (body.use_activation, body.activation) if a is not None), s.opts.problem_type != "regression"
+        )
+        data = [
+            {
+                "index": i,
+                "label": "LABEL_0",
+                "num_classes": 1,
+                "truncated": f,
+                "probs": [1 / (1 + math.exp(-r)) if act else r],
+            }
+            for i, (r, f) in enumerate(zip(rewards, flags))
+        ]
+        return {
+            "id": f"classify-{uuid.uuid4().hex}",
+            "object": "list",
+            "created": int(time.time()),
+            "model": s.name,
+            "data": data,
+            "usage": {
+                "prompt_tokens": tokens,
+                "total_tokens": tokens,
+                "completion_tokens": 0,
+                "prompt_tokens_details": None,
+            },
+        }
+
+    app.post("/classify", response_model=ClassifyResponse)(classify)
+    app.post("/v1/classify", response_model=ClassifyResponse, include_in_schema=False)(classify)  # SGLang's path
+
+
+def add_status_routes(app: FastAPI, s: Served) -> None:
+    """/health, /info, /metrics."""
+
+    @app.get("/health")
+    async def health():
+        """200 while the model thread runs (no API key needed)."""
+        alive = s.batcher.alive
+        return JSONResponse({"status": "ok" if alive else "stopped"}, status_code=200 if alive else 503)
+
+    @app.get("/info")
+    async def info():
+        """The served model, its reading policy and normalization, the limits."""
+        o = s.opts
+        return {
+            "model": s.name,
+            "rankrm_version": s.version,
+            "max_length": s.model.max_length,
+            "reward_bias": s.model.reward_bias,
+            "normalization": s.model.normalization,
+            "problem_type": o.problem_type,
+            "eos_token": s.renderer.eos,
+            "bos_prefix": s.renderer.bos,
+            "limits": {"max_items": o.max_items, "max_body_bytes": o.max_body_bytes, "max_queue": o.max_queue},
+            "batching": {
+                "max_batch_tokens": o.max_batch_tokens,
+                "max_wait_ms": o.max_wait_ms,
+                "max_batch_requests": o.max_batch_requests,
+            },
+            "auth": o.api_key is not None,
+        }
+
+    @app.get("/metrics")
+    async def prometheus():
+        """Prometheus text format."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(s.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,378 @@
+"""TrainConfig: every training setting with its help text; the same names serve flags and YAML keys.
+
+Flags come from the dataclass through transformers' HfArgumentParser (dashed and underscored spellings); a YAML
+file given with --config fills what the command line leaves out; every value is checked where it enters, before
+any model loads, and a bad one is a ValueError naming the setting and the fix."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import math
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from rankrm.data.groups import CONFLICTS
+from rankrm.modeling.batch import LAYOUTS
+from rankrm.modeling.hub import DEFAULT_MODEL
+from rankrm.training.tracking import tracker_names
+
+FORMATS = ("auto", "native", "pairwise", "implicit", "scored", "oasst")
+ALIASES = {"length_buckets": "length_sort_window"}  # earlier names of settings, still read
+
+
+def opt(default, help: str, aliases: list[str] | None = None):
+    """A config field with its help text (shown by --help)."""
+    meta = {"help": f"{help} (default: {default})"}
+    if aliases:
+        meta["aliases"] = aliases
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one reward-model training run."""
+
+    model: str = opt(
+        DEFAULT_MODEL, "backbone: a hub id or a local Hugging Face directory (a saved rankrm model continues training)"
+    )
+    train_data: list[str] = opt(
+        [],
+        "training file(s) of ranked groups: JSONL, JSON, CSV, Parquet (gzip allowed), a "
+        "datasets directory or hf:OWNER/NAME[:SPLIT]; any format of --format",
+    )
+    eval_data: list[str] = opt([], "held-out file(s); without them --eval-fraction of the prompts is held out")
+    eval_fraction: float = opt(0.1, "share of prompts (conversation trees) held out when no --eval-data is given")
+    format: str = opt("auto", "data format: auto (from the fields), native, pairwise, implicit, scored or oasst")
+    skip_invalid: bool = opt(
+        False,
+        "skip invalid records (counted by reason in the data report) instead of stopping at the first with an error",
+    )
+    conflicts: str = opt(
+        "keep",
+        "repeated, contradictory (a > b and b > a) and cyclic judgments of one prompt: keep "
+        "(every vote counts in the loss and metrics), drop (a repeat once, prompts whose "
+        "judgments contradict or cycle left out) or error",
+    )
+    data_cache: str = opt(
+        "",
+        "where the data, read and tokenized once, is kept as prepared stores, found again by a "
+        "fingerprint of the files, format options, tokenizer and max length (empty: "
+        "$RANKRM_DATA_CACHE, else ~/.cache/rankrm/data); --train-data may name a store itself "
+        "(rankrm data prepare)",
+    )
+    num_proc: int = opt(0, "processes that tokenize the data when it is prepared (0: up to 8, one per CPU core)")
+    output_dir: str = opt("runs/rm", "where the model, metrics and checkpoints are written")
+    epochs: float = opt(1.0, "passes over the training groups (fractions allowed)")
+    max_steps: int = opt(0, "stop after this many optimizer steps (0: run the epochs)")
+    learning_rate: float = opt(1e-5, "peak AdamW learning rate")
+    head_learning_rate: float = opt(0.0, "learning rate of the fresh scalar head (0: same as --learning-rate)")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    lr_schedule: str = opt("cosine", "decay after warmup: cosine, linear or constant")
+    warmup_ratio: float = opt(0.05, "share of the steps spent warming the learning rate up from 0")
+    regime: str = opt(
+        "grouped",
+        "grouped: one batch element = one prompt with all its C(K,2) comparisons, each "
+        "completion forwarded once (InstructGPT); shuffled-pairs: every comparison a separate "
+        "example, shuffled across the data set, with the same number of comparisons per step",
+    )
+    batch_size: int = opt(16, "groups (prompts, each with all its completions) per optimizer step")
+    micro_batch_tokens: int = opt(
+        4096,
+        "padded tokens per forward pass; a step accumulates gradients over as "
+        "many as it needs, weighted so the update is the mean over its groups",
+    )
+    layout: str = opt(
+        "auto",
+        "batch layout: padded (one row per completion), packed (the prompt forwarded once: "
+        "[prompt | c1 | ... | cK] rows, several groups per row, a 4D mask keeping completions "
+        "apart), kv (the prompt forwarded once, its keys and values shared by its completions' "
+        "rows) or auto (the cheapest per batch by tokens and attention area)",
+    )
+    length_sort_window: int = opt(
+        16,
+        "compose steps of groups of similar length, to cut padding: the shuffled epoch "
+        "is cut into windows of N steps, each sorted by length, and the steps shuffled "
+        "(0: steps are plain slices of the shuffled epoch)",
+        aliases=["--length-buckets"],
+    )
+    gradient_checkpointing: bool = opt(
+        False,
+        "recompute each trained layer's activations in the backward pass: less memory, about a third more compute",
+    )
+    attn_implementation: str = opt(
+        "sdpa",
+        "attention kernel: sdpa (PyTorch's fused attention, which picks flash or "
+        "memory-efficient kernels on GPUs), eager, or another name transformers "
+        "knows (flash_attention_2 and flex_attention on GPUs; padded layout only "
+        "for flash_attention_2, which takes no 4D mask)",
+    )
+    max_length: int = opt(512, "tokens per prompt + completion; longer ones lose the start of the prompt")
+    max_train_groups: int = opt(0, "use only this many training groups, chosen at random by --seed (0: all)")
+    train_layers: int = opt(
+        -1,
+        "train only the top N transformer layers plus the final norm and head "
+        "(-1: the whole model; 0: the final norm and head)",
+    )
+    lora_r: int = opt(
+        0,
+        "LoRA rank for the backbone's linear layers (0: no LoRA); adapters merge into the saved "
+        "model, which stays a plain Hugging Face model",
+    )
+    lora_alpha: float = opt(16.0, "LoRA scaling numerator (the update is alpha / r * B A)")
+    lora_targets: list[str] = opt(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "names of the linear layers that get LoRA adapters (GPT-2: c_attn c_proj c_fc)",
+    )
+    cache_frozen: bool = opt(
+        True,
+        "with --train-layers N >= 0, run the frozen layers below the top N once per "
+        "sequence and reuse their output in later epochs and evaluations",
+    )
+    frozen_cache_gb: float = opt(
+        2.0,
+        "memory the frozen-layer cache may hold, in GB; beyond it new sequences run "
+        "through the frozen layers each time (reported), those cached stay",
+    )
+    max_grad_norm: float = opt(1.0, "clip the gradient norm to this (0: no clipping)")
+    bf16: bool = opt(False, "bf16 autocast (fast on GPUs and CPUs with AMX/AVX512-BF16; slow on plain AVX2)")
+    dtype: str = opt(
+        "fp32",
+        "precision the backbone's weights load in: fp32, or bf16 (half the memory of the frozen "
+        "weights; the trained parameters are kept in fp32 for the optimizer and the forward runs "
+        "under bf16 autocast, as Accelerate's and FSDP's mixed precision do)",
+    )
+    seed: int = opt(0, "seed of the head's initialisation, the split and the data order")
+    eval_steps: int = opt(0, "evaluate every N steps (0: only before and after training)")
+    save_steps: int = opt(0, "write a resumable checkpoint every N steps (0: only at the end)")
+    save_minutes: float = opt(
+        0.0,
+        "also write a checkpoint when this many minutes have passed since the last one (0: off); preemptible clusters",
+    )
+    on_nonfinite: str = opt(
+        "stop",
+        "a NaN or infinite loss or gradient norm: stop (the run ends with an error naming "
+        "the step; no model is saved) or skip (that step's update is dropped and counted)",
+    )
+    keep_checkpoints: int = opt(2, "how many of the latest checkpoints to keep")
+    resume: str = opt("", "resume from a checkpoint directory, or 'latest' for the newest in --output-dir")
+    eval_batch_tokens: int = opt(
+        4096, "padded tokens per forward pass when evaluating (on CPUs, small batches run faster per token)"
+    )
+    report_to: str = opt(
+        "none",
+        "send the training loss and accuracy of every step and the held-out metrics of "
+        "every evaluation to experiment trackers, through Accelerate: none, all (every "
+        "installed one), or a comma list of tensorboard, wandb, trackio, mlflow, comet_ml, "
+        "aim, clearml, dvclive, swanlab; local logs go to OUTPUT_DIR/logs (tensorboard "
+        "--logdir OUTPUT_DIR/logs)",
+    )
+    plots: bool = opt(
+        True,
+        "at the end, write OUTPUT_DIR/report/: PNG plots (training and validation curves, "
+        "reliability diagram, rewards of preferred vs rejected completions, accuracy per subset) "
+        "and summary.md; needs matplotlib (pip install 'rankrm[report]'), skipped with a note "
+        "without it",
+    )
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, coerce(f.name, getattr(self, f.name), _hints()[f.name], "TrainConfig"))
+        for problem in self.problems():
+            raise ValueError(problem)
+
+    def problems(self) -> typing.Iterator[str]:
+        """Each bad setting as a message naming the flag and the fix (the first one is raised)."""
+        if not self.train_data:
+            yield "no training data. Fix: pass --train-data FILE (or train-data: in the YAML config)"
+        for name, choices in (
+            ("lr_schedule", ("cosine", "linear", "constant")),
+            ("layout", LAYOUTS),
+            ("regime", ("grouped", "shuffled-pairs")),
+            ("format", FORMATS),
+            ("on_nonfinite", ("stop", "skip")),
+            ("dtype", ("fp32", "bf16")),
+            ("conflicts", CONFLICTS),
+        ):
+            if getattr(self, name) not in choices:
+                yield f"{_flag(name)} {getattr(self, name)!r} unknown. Fix: use one of {', '.join(choices)}"
+        positive = (
+            "learning_rate",
+            "batch_size",
+            "micro_batch_tokens",
+            "eval_batch_tokens",
+            "lora_alpha",
+            "keep_checkpoints",
+        )
+        at_least_zero = (
+            "head_learning_rate",
+            "weight_decay",
+            "max_steps",
+            "length_sort_window",
+            "max_train_groups",
+            "lora_r",
+            "max_grad_norm",
+            "eval_steps",
+            "save_steps",
+            "save_minutes",
+            "num_proc",
+            "frozen_cache_gb",
+        )
+        for name in positive + at_least_zero:
+            v = getattr(self, name)
+            if not math.isfinite(v) or v < 0 or (name in positive and v == 0):
+                yield (
+                    f"{_flag(name)} must be {'> 0' if name in positive else '>= 0'}, got {v}. Fix: give a "
+                    f"{'positive' if name in positive else 'non-negative'} number"
+                )
+        if not (math.isfinite(self.epochs) and self.epochs > 0) and not self.max_steps:
+            yield f"--epochs must be > 0, got {self.epochs}. Fix: give a positive number of epochs (or --max-steps N)"
+        if not 0 <= self.warmup_ratio < 1:
+            yield f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}. Fix: e.g. 0.05"
+        if not 0 < self.eval_fraction < 1:
+            yield f"--eval-fraction must be in (0, 1), got {self.eval_fraction}. Fix: e.g. 0.1"
+        if self.max_length < MIN_LENGTH:
+            yield (
+                f"--max-length {self.max_length} leaves no room for a prompt and a completion. Fix: give at least "
+                f"{MIN_LENGTH} (prompts are cut from the left; a completion needs its own tokens and its EOS)"
+            )
+        if self.train_layers < -1:
+            yield f"--train-layers must be -1 (the whole model) or >= 0, got {self.train_layers}"
+        if self.layout == "kv" and self.gradient_checkpointing:
+            yield (
+                "the kv layout keeps the prompt's keys and values, which gradient checkpointing drops. Fix: use "
+                "--layout auto (it then chooses between padded and packed) or no checkpointing"
+            )
+        if self.attn_implementation == "flash_attention_2" and self.layout != "padded":
+            yield (
+                "flash_attention_2 takes no 4D attention mask, which the packed and kv layouts need. Fix: use "
+                "--layout padded with it, or --attn-implementation sdpa"
+            )
+        if self.lora_r and self.train_layers >= 0:
+            yield "--lora-r and --train-layers both choose what trains. Fix: give one of them"
+        try:
+            tracker_names(self.report_to)
+        except ValueError as e:
+            yield str(e)
+
+    @property
+    def autocast_bf16(self) -> bool:
+        """Whether the forward runs under bf16 autocast (--bf16, or weights loaded in bf16)."""
+        return self.bf16 or self.dtype == "bf16"
+
+    @property
+    def tokenize_processes(self) -> int:
+        return self.num_proc or max(1, min(8, os.cpu_count() or 1))
+
+    @property
+    def frozen_cache_on(self) -> bool:
+        """Whether the frozen layers run once per sequence (top layers trained, the cache on, not LoRA)."""
+        return self.cache_frozen and self.train_layers >= 0 and not self.lora_r
+
+
+MIN_LENGTH = 8
+
+
+@functools.cache
+def _hints() -> dict:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def coerce(name: str, value, tp, where: str):
+    """A setting's value as its field's type: numbers written as text ('1e-5', "8") are read as numbers, a single
+    path as a list of one; anything else of the wrong type is a ValueError naming where and the setting."""
+
+    def bad(expected: str):
+        return ValueError(
+            f"{where}: setting {name.replace('_', '-')!r}: expected {expected}, got {value!r}. Fix: "
+            f"write {expected} (see rankrm train --help)"
+        )
+
+    if typing.get_origin(tp) is list:
+        if isinstance(value, (str, Path)):
+            return [str(value)]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, (str, Path)) for v in value):
+            raise bad("a list of strings")
+        return [str(v) for v in value]
+    if tp is bool:
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.lower() in ("true", "yes", "1")
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise bad("a number")
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise bad("an integer" if tp is int else "a number") from None
+        if not isinstance(value, (int, float)):
+            raise bad("an integer" if tp is int else "a number")
+        if tp is int:
+            if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+                raise bad("an integer")
+            return int(value)
+        return float(value)
+    if tp is str and not isinstance(value, str):
+        raise bad("a string")
+    return value
+
+
+def train_flags() -> argparse.ArgumentParser:
+    """A parent parser (argparse parents=) with --config and one flag per TrainConfig field, via HfArgumentParser."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(TrainConfig, add_help=False)
+    parser.set_defaults(**{f.name: None for f in dataclasses.fields(TrainConfig)})  # None: not on the command line
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="YAML file whose keys mirror the flags (train-data or train_data); flags given on the command line win",
+    )
+    return parser
+
+
+def read_yaml(path: Path) -> dict:
+    """The settings of a YAML config file, by field name, typed; unknown keys are named."""
+    if not path.is_file():
+        raise ValueError(f"{path}: no such config file. Fix: check the --config path")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]}). Fix: write 'key: value' lines") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping of settings. Fix: write 'key: value' lines")
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {}
+    for key, value in raw.items():
+        name = str(key).replace("-", "_")
+        name = ALIASES.get(name, name)
+        if name not in names:
+            raise ValueError(
+                f"{path}: unknown setting {key!r}. Fix: use one of "
+                f"{', '.join(sorted(n.replace('_', '-') for n in names))}"
+            )
+        values[name] = coerce(name, value, _hints()[name], str(path))
+    return values
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Merge dataclass defaults < YAML config < command-line flags into a TrainConfig."""
+    values = read_yaml(args.config) if getattr(args, "config", None) is not None else {}
+    for f in dataclasses.fields(TrainConfig):
+        if getattr(args, f.name, None) is not None:
+            values[f.name] = getattr(args, f.name)
+    return TrainConfig(**values)

@@ -1,0 +1,293 @@
+"""Two processes (DDP over gloo, started by `accelerate launch` with the shipped configs/accelerate/ddp.yaml) against
+one: the same metrics and weights within 1e-5 for every layout, the frozen-layer cache, LoRA and the shuffled-pairs
+regime, with a last step of 1 group for 2 processes; a SIGTERM to the launcher reaches both processes and leaves one
+checkpoint, from which --resume ends bit-identical to the uninterrupted 2-process run. Every shipped recipe that can
+start here is started: ddp_multinode.yaml as two machines of one process on this host, and the FSDP / DeepSpeed
+recipes, which rankrm refuses at start.
+
+Cost: one launch runs the four configurations in sequence (tests/multi_runs.py), one is stopped by the signal and
+one resumes: three starts of 2 processes (~20 s each on 2 busy cores) and four 1-process references in this process;
+then the two-machine run (~30 s) and one start per FSDP recipe (~15 s each, they stop at start).
+The references run on one thread, as each launched process does (accelerate sets OMP_NUM_THREADS=1): a float sum
+split over other threads rounds differently (~1e-9), and the held-out metrics before training are then equal to the
+last bit, which shows the evaluation spread over the processes computes what one process does."""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, synthetic_groups, write_jsonl
+from safetensors.torch import load_file
+
+from rankrm.training.checkpoint import checkpoints, verify
+from rankrm.training.config import TrainConfig
+from rankrm.training.run import train
+
+# 19 training groups in steps of 3: six full steps and a last step of 1 group, which leaves the second process a
+# zero-weight stand-in; micro-batches of 200 tokens split each step; eval every 3 steps, spread over the processes
+COMMON = dict(
+    epochs=1,
+    batch_size=3,
+    max_length=64,
+    learning_rate=3e-3,
+    warmup_ratio=0.1,
+    seed=0,
+    micro_batch_tokens=200,
+    eval_batch_tokens=300,
+    eval_steps=3,
+    keep_checkpoints=10,
+)
+CASES = {
+    "padded-shuffled-pairs": dict(layout="padded", regime="shuffled-pairs"),
+    "packed-frozen-cache": dict(layout="packed", train_layers=1),
+    "kv-lora": dict(layout="kv", lora_r=4, lora_alpha=8.0),
+    "auto": dict(layout="auto"),
+}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mp")
+    return write_jsonl(d / "train.jsonl", synthetic_groups(19, 1)), write_jsonl(
+        d / "eval.jsonl", synthetic_groups(9, 2)
+    )
+
+
+def settings(model_dirs, data, out, **kw) -> dict:
+    return dict(
+        model=str(model_dirs["llama-chat"]),
+        train_data=[str(data[0])],
+        eval_data=[str(data[1])],
+        output_dir=str(out),
+        **COMMON,
+        **kw,
+    )
+
+
+def flags(values: dict) -> list[str]:
+    args = []
+    for k, v in values.items():
+        args += [f"--{k.replace('_', '-')}", *(map(str, v) if isinstance(v, list) else [str(v)])]
+    return args
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(
+    args: list[str], script: list[str], config: str = "ddp.yaml", port: int | None = None, machine: list[str] = ()
+) -> subprocess.Popen:
+    """`accelerate launch` with a shipped recipe (DDP by default), 2 processes on the CPU (gloo), a free rendezvous
+    port; machine: the launcher flags of one machine of several."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+        "ACCELERATE_USE_CPU": "1",
+        "PYTHONUNBUFFERED": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "configs" / "accelerate" / config),
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        str(port or free_port()),
+        *machine,
+        *script,
+        *args,
+    ]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+
+
+def weights(out: Path) -> dict:
+    return load_file(str(out / "model.safetensors"))
+
+
+def results(out: Path) -> dict:
+    return json.loads((out / "eval_results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def runs(model_dirs, data, tmp_path_factory):
+    """Each case trained by 2 launched processes (one launch for all) and by 1 process here."""
+    root = tmp_path_factory.mktemp("runs")
+    arglists = [flags(settings(model_dirs, data, root / f"two-{name}", **kw)) for name, kw in CASES.items()]
+    (root / "args.json").write_text(json.dumps(arglists))
+    proc = launch([str(root / "args.json")], [str(ROOT / "tests" / "training" / "multi_runs.py")])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name, kw in CASES.items():
+            train(TrainConfig(**settings(model_dirs, data, root / f"one-{name}", **kw)))
+    finally:
+        torch.set_num_threads(threads)
+        out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    return root, out
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_two_processes_train_as_one(runs, name):
+    root, log = runs
+    one, two = root / f"one-{name}", root / f"two-{name}"
+    a, b = weights(one), weights(two)
+    assert a.keys() == b.keys()
+    for n in a:
+        torch.testing.assert_close(b[n], a[n], rtol=0, atol=1e-5, msg=n)
+    ra, rb = results(one), results(two)
+    assert rb["before"] == ra["before"]  # exact: the spread evaluation computes each reward as one process does
+    assert rb["after"]["accuracy"] == ra["after"]["accuracy"]
+    assert rb["after"]["log_loss"] == pytest.approx(ra["after"]["log_loss"], abs=1e-6)
+    assert [h["step"] for h in rb["history"]] == [h["step"] for h in ra["history"]] == [3, 6]
+    for ha, hb in zip(ra["history"], rb["history"]):
+        assert hb["accuracy"] == ha["accuracy"]
+        assert hb["log_loss"] == pytest.approx(ha["log_loss"], abs=1e-6)
+        assert hb["train_loss"] == pytest.approx(ha["train_loss"], abs=1e-6)  # the mean over all the step's groups
+    assert rb["steps"] == ra["steps"] == 7
+    if name == "packed-frozen-cache":
+        assert log.count("frozen layers run once per sequence") == 1  # the cache ran (the main process says so)
+
+
+def test_sigterm_to_the_launcher_stops_both_processes_with_one_checkpoint_then_resume_is_bit_identical(
+    runs, model_dirs, data, tmp_path
+):
+    """The launcher (torchrun's agent) passes SIGTERM to both processes; they agree to stop after the step, the main
+    process alone writes checkpoint step-1; `--resume latest` by 2 processes ends bit-identical to the run above."""
+    root, _ = runs
+    out = tmp_path / "stopped"
+    args = flags(settings(model_dirs, data, out, save_steps=1, **CASES["auto"]))
+    proc = launch(args, ["-m", "rankrm", "train"])
+    try:
+        for line in proc.stdout:  # printed after both processes met in the first evaluation: both handle signals
+            if line.startswith("before training"):
+                proc.send_signal(signal.SIGTERM)
+                break
+        _, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0  # torchrun's agent re-raises the signal as its own failure
+    assert err.count("stopped by SIGTERM after step 1") == 2, err[-3000:]  # both processes, at the same step
+    assert [c.name for c in checkpoints(out / "checkpoints")] == ["step-1"]
+    verify(out / "checkpoints" / "step-1")
+    assert not (out / "model.safetensors").exists()  # the run did not finish
+    proc = launch(args + ["--resume", "latest"], ["-m", "rankrm", "train"])
+    log, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert "resumed from" in log and "at step 1" in log
+    a, b = weights(root / "two-auto"), weights(out)
+    assert all(torch.equal(a[n], b[n]) for n in a), "resumed 2-process run differs from the uninterrupted one"
+    assert results(out)["after"] == results(root / "two-auto")["after"]
+
+
+def test_the_multinode_recipe_two_machines_of_one_process_on_this_host_train_as_one(runs, model_dirs, data, tmp_path):
+    """configs/accelerate/ddp_multinode.yaml started as two machines (two launchers, machine ranks 0 and 1, this
+    host's address), one process each, into one output directory as on a shared file system: the weights of the
+    1-process run within 1e-5, the same metrics and checkpoints. Each process is its machine's local main process;
+    only the global main one writes (two writers would collide on the run lock)."""
+    root, _ = runs
+    out = tmp_path / "multinode"
+    args = flags(settings(model_dirs, data, out, **CASES["auto"]))
+    port = free_port()
+    procs = [
+        launch(
+            args,
+            ["-m", "rankrm", "train"],
+            "ddp_multinode.yaml",
+            port,
+            ["--machine_rank", str(rank), "--main_process_ip", "127.0.0.1"],
+        )
+        for rank in (0, 1)
+    ]
+    logs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, logs):
+        assert p.returncode == 0, err[-3000:]
+    assert all("after training:" in log for log, _ in logs)  # each machine's first process logs (Accelerate's print)
+    a, b = weights(root / "one-auto"), weights(out)
+    assert a.keys() == b.keys()
+    for n in a:
+        torch.testing.assert_close(b[n], a[n], rtol=0, atol=1e-5, msg=n)
+    ra, rb = results(root / "one-auto"), results(out)
+    assert rb["before"] == ra["before"]
+    assert rb["after"]["accuracy"] == ra["after"]["accuracy"]
+    assert rb["after"]["log_loss"] == pytest.approx(ra["after"]["log_loss"], abs=1e-6)
+    assert [c.name for c in checkpoints(out / "checkpoints")] == [
+        c.name for c in checkpoints(root / "one-auto" / "checkpoints")
+    ]
+
+
+SHARDED = ["fsdp_full_shard.yaml", "fsdp_shard_grad_op.yaml", "deepspeed_zero2.yaml", "deepspeed_zero3.yaml"]
+
+
+@pytest.mark.parametrize("config", SHARDED)
+def test_the_shipped_sharded_recipes_start_and_are_refused_with_the_fix(config, model_dirs, data, tmp_path):
+    """`accelerate launch` with each FSDP / DeepSpeed recipe as shipped: the processes stop at start with rankrm's
+    message (exit 2), not with Accelerate's own error (on CPUs its FSDP plugin raises "no available devices"), and
+    write nothing (the launcher stops the other process when the first exits, sometimes before it has printed). The DeepSpeed recipes need the deepspeed package (Accelerate's launcher refuses to start them
+    without it), so they run only where it is installed."""
+    engine = "FSDP" if config.startswith("fsdp") else "DEEPSPEED"
+    if engine == "DEEPSPEED":
+        pytest.importorskip("deepspeed")
+    out = tmp_path / "sharded"
+    proc = launch(flags(settings(model_dirs, data, out)), ["-m", "rankrm", "train"], config)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    assert f"rankrm train: error: {engine} is not supported by rankrm yet" in err, err[-3000:]
+    assert re.search(r"exitcode\s*: 2 ", err), err[-3000:]  # the CLI's exit for a bad setting, as torchrun saw it
+    assert "Fix: launch with configs/accelerate/ddp.yaml" in err
+    assert "no available devices" not in err
+    assert not out.exists()
+
+
+def test_a_launch_that_would_not_train_as_asked_is_refused(monkeypatch):
+    """Processes that do not see each other (`accelerate launch --cpu --num_processes 2` starts one; `--multi_gpu`
+    without a GPU starts 2 that each run alone) and FSDP / DeepSpeed, which rankrm does not shard yet."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from rankrm.training.run import check_launch
+
+    alone = SimpleNamespace(num_processes=1, distributed_type=DistributedType.NO)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="launched as 2 processes, but Accelerate runs 1.*ACCELERATE_USE_CPU=1"):
+        check_launch(alone)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    check_launch(alone)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # on CPUs Accelerate would run DDP instead
+    with pytest.raises(ValueError, match="FSDP is not supported by rankrm yet.*ddp.yaml"):
+        check_launch(alone)
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    with pytest.raises(ValueError, match="DEEPSPEED is not supported"):
+        check_launch(SimpleNamespace(num_processes=1, distributed_type=DistributedType.DEEPSPEED))
+
+
+def test_dtype_bf16_loads_frozen_weights_in_bf16_and_trains_fp32_master_weights(model_dirs, data, tmp_path):
+    """--dtype bf16 with --train-layers 1: the frozen layers stay bf16 (half their memory), the trained top layer
+    and head are fp32 for AdamW, the forward runs under bf16 autocast, and the run learns."""
+    cfg = TrainConfig(
+        **{**settings(model_dirs, data, tmp_path / "bf16", train_layers=1, dtype="bf16"), "eval_steps": 0}
+    )
+    assert cfg.autocast_bf16
+    res = train(cfg)
+    assert res["after"]["log_loss"] < res["before"]["log_loss"]
+    saved = weights(tmp_path / "bf16")  # as written: each tensor in the precision it trained in
+    assert saved["model.layers.0.mlp.up_proj.weight"].dtype == torch.bfloat16  # frozen
+    assert saved["model.layers.1.mlp.up_proj.weight"].dtype == torch.float32  # trained
+    assert saved["score.weight"].dtype == torch.float32
+    with pytest.raises(ValueError, match="--dtype 'fp16' unknown"):
+        TrainConfig(**{**settings(model_dirs, data, tmp_path / "x"), "dtype": "fp16"})

@@ -1,0 +1,242 @@
+"""The training entry point end to end on tiny models: learning a known rule, resuming, the CLI, bad input."""
+
+import json
+import math
+import random
+
+import pytest
+import torch
+from conftest import synthetic_groups, write_jsonl
+
+from rankrm.cli import main
+from rankrm.modeling.model import RewardModel
+from rankrm.training.config import TrainConfig
+from rankrm.training.run import train
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    d = tmp_path_factory.mktemp("synth")
+    return write_jsonl(d / "train.jsonl", synthetic_groups(240, 1)), write_jsonl(
+        d / "eval.jsonl", synthetic_groups(60, 2)
+    )
+
+
+def tiny_cfg(model_dirs, synth, out, **kw):
+    base = dict(
+        model=str(model_dirs["llama-chat"]),
+        train_data=[str(synth[0])],
+        eval_data=[str(synth[1])],
+        output_dir=str(out),
+        epochs=4,
+        learning_rate=3e-3,
+        batch_size=8,
+        max_length=64,
+        seed=0,
+        warmup_ratio=0.1,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_tiny_model_learns_a_known_rule_to_95_percent(model_dirs, synth, tmp_path):
+    res = train(tiny_cfg(model_dirs, synth, tmp_path / "run"))
+    assert res["before"]["accuracy"] < 0.8
+    assert res["after"]["accuracy"] >= 0.95, res["after"]
+    assert res["after"]["log_loss"] < res["before"]["log_loss"]
+    saved = json.loads((tmp_path / "run" / "eval_results.json").read_text())
+    assert saved["after"]["accuracy"] == res["after"]["accuracy"]
+    # the saved model scores as it did at the end of training
+    m = RewardModel.from_pretrained(str(tmp_path / "run"))
+    rows = [json.loads(x) for x in synth[1].read_text().splitlines()]
+    g = rows[0]
+    rewards = m.score([g["prompt"]] * 4, g["completions"])
+    best, worst = g["ranks"].index(0), g["ranks"].index(3)
+    assert rewards[best] > rewards[worst]
+
+
+def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(model_dirs, synth, tmp_path):
+    kw = dict(epochs=1, max_steps=6, save_steps=3, keep_checkpoints=5, train_layers=1)
+    full = train(tiny_cfg(model_dirs, synth, tmp_path / "full", **kw))
+    # a run stopped at step 3: the same schedule (max_steps 6), but it only gets as far as its first checkpoint
+    ckpt = tmp_path / "full" / "checkpoints" / "step-3"
+    assert ckpt.is_dir()
+    resumed = train(tiny_cfg(model_dirs, synth, tmp_path / "resumed", resume=str(ckpt), **kw))
+    assert resumed["after"]["accuracy"] == full["after"]["accuracy"]
+    assert resumed["after"]["log_loss"] == pytest.approx(full["after"]["log_loss"], rel=1e-6)
+    a = RewardModel.from_pretrained(str(tmp_path / "full"))
+    b = RewardModel.from_pretrained(str(tmp_path / "resumed"))
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=n)
+    # and the resumed run really did start at step 3, with a model different from the start
+    fresh = RewardModel.from_pretrained(str(model_dirs["llama-chat"]))
+    assert not torch.allclose(fresh.backbone.layers[-1].mlp.up_proj.weight, b.backbone.layers[-1].mlp.up_proj.weight)
+
+
+def test_train_layers_freezes_all_but_the_top(model_dirs, synth, tmp_path):
+    from rankrm.modeling.frozen import select_trainable
+
+    m = RewardModel.from_pretrained(str(model_dirs["gpt2-chat"]))
+    names = select_trainable(m, 1)
+    assert names and all(n.startswith(("hf.transformer.h.1.", "hf.transformer.ln_f.", "hf.score.")) for n in names)
+    assert any(n.startswith("hf.transformer.ln_f.") for n in names)
+    assert select_trainable(m, 0) == ["hf.transformer.ln_f.weight", "hf.transformer.ln_f.bias", "hf.score.weight"]
+
+
+def test_cli_trains_from_a_yaml_config_and_evaluates(model_dirs, synth, tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"model: {model_dirs['qwen2-chat']}\ntrain-data: {synth[0]}\neval_fraction: 0.25\n"
+        f"max-steps: 2\nbatch-size: 4\nlearning-rate: 1e-3\nmax-length: 64\nseed: 1\n"
+    )
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--output-dir", str(out), "--seed", "3"]) == 0
+    res = json.loads((out / "eval_results.json").read_text())
+    # the flag wins over the YAML key; YAML fills the rest; '1e-3' (a string to PyYAML) is read as a number
+    assert res["config"]["seed"] == 3 and res["config"]["batch_size"] == 4
+    assert res["config"]["learning_rate"] == 1e-3 and res["steps"] == 2
+    assert res["eval_groups"] == 60  # a quarter of the 240 prompts
+    capsys.readouterr()
+    assert main(["eval", "--model", str(out), "--data", str(synth[1]), "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert m["groups"] == 60 and m["pairs"] == 60 * 6 and 0 <= m["accuracy"] <= 1 and m["log_loss"] > 0
+
+
+def test_cli_bad_data_names_file_and_line_and_writes_nothing(model_dirs, synth, tmp_path, capsys):
+    bad = write_jsonl(tmp_path / "bad.jsonl", synthetic_groups(3, 5) + ['{"prompt": "x", "completions": ["a"]}'])
+    out = tmp_path / "run"
+    code = main(["train", "--model", str(model_dirs["llama-chat"]), "--train-data", str(bad), "--output-dir", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "bad.jsonl:4:" in err and "'completions'" in err and "Fix:" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_cli_unknown_yaml_key_is_named(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train-data: x.jsonl\nlearning_rat: 1\n")
+    assert main(["train", "--config", str(cfg)]) == 2
+    assert "unknown setting 'learning_rat'" in capsys.readouterr().err
+
+
+def test_shuffled_pairs_regime_forwards_each_completion_k_minus_1_times(model_dirs, synth, tmp_path):
+    """240 groups of K=4 (6 pairs each): grouped forwards 960 completions an epoch in 30 steps of 8 prompts;
+    shuffled-pairs forwards the 1,440 pairs' 2,880 completions in 30 steps of 48 comparisons."""
+    kw = dict(epochs=1, train_layers=0, eval_data=[str(synth[1])])
+    g = train(tiny_cfg(model_dirs, synth, tmp_path / "g", regime="grouped", **kw))
+    s = train(tiny_cfg(model_dirs, synth, tmp_path / "s", regime="shuffled-pairs", **kw))
+    assert (g["steps"], g["completions_forwarded"]) == (30, 960)
+    assert (s["steps"], s["completions_forwarded"]) == (30, 2880)
+    assert s["after"] != g["after"]  # the regimes really train differently
+
+
+def test_bf16_autocast_trains(model_dirs, synth, tmp_path):
+    res = train(tiny_cfg(model_dirs, synth, tmp_path / "b", max_steps=2, bf16=True))
+    assert math.isfinite(res["after"]["log_loss"]) and res["after"]["log_loss"] != res["before"]["log_loss"]
+
+
+def test_epoch_steps_with_length_buckets_keep_every_unit_once_and_group_similar_lengths():
+    from rankrm.modeling.planning import epoch_steps
+
+    rng = random.Random(0)
+    lengths = [rng.randint(10, 500) for _ in range(203)]
+    plain = epoch_steps(lengths, 8, seed=1, epoch=0)
+    bucketed = epoch_steps(lengths, 8, seed=1, epoch=0, sort_window=5)
+    for steps in (plain, bucketed):
+        assert sorted(i for st in steps for i in st) == list(range(203))
+        assert [len(st) for st in steps] == [8] * 25 + [3]
+    spread = lambda steps: sum(max(lengths[i] for i in st) - min(lengths[i] for i in st) for st in steps)  # noqa: E731
+    assert spread(bucketed) < spread(plain) / 3
+    assert bucketed == epoch_steps(lengths, 8, seed=1, epoch=0, sort_window=5)  # a resumed run repeats it
+    assert bucketed != epoch_steps(lengths, 8, seed=1, epoch=1, sort_window=5)
+
+
+def _step_gradients(model_dirs, rows, arch="llama-chat", attn=None, checkpointing=False, frozen=False, **cfg_kw):
+    from rankrm.data.encode import tokenize_groups
+    from rankrm.data.groups import RankedGroup
+    from rankrm.evaluation.evaluate import evaluate_groups
+    from rankrm.modeling.frozen import FrozenLayerCache, layer_stack, select_trainable
+    from rankrm.training.loop import backward_step
+
+    cfg_kw.setdefault("layout", "padded")
+    torch.manual_seed(0)
+    m = RewardModel.from_pretrained(str(model_dirs[arch]), max_length=64, attn_implementation=attn)
+    m.train()
+    if checkpointing:
+        m.enable_checkpointing()
+    groups, _ = tokenize_groups(m, [RankedGroup(r["prompt"], tuple(r["completions"]), tuple(r["ranks"])) for r in rows])
+    cache = None
+    if frozen:  # train the top layer only, the frozen ones replayed from the cache the first pass filled
+        select_trainable(m, 1)
+        cache = FrozenLayerCache(m.backbone, 1)
+        evaluate_groups(m, groups, layout=cfg_kw["layout"], cache=cache)
+        m.train()
+
+    calls = []
+    inner = next(layer_stack(m.backbone)[1][-1].children())  # inside the layer: rerun when it is recomputed
+    inner.register_forward_hook(lambda *a: calls.append(1))
+    out = backward_step(
+        m,
+        groups,
+        1 / len(groups),
+        cfg_kw.get("micro_batch_tokens", 4096),
+        cfg_kw["layout"],
+        m.attention_per_token,
+        m.tokenizer.pad_token_id,
+        cache,
+        kv=not checkpointing,
+    )
+    passes = sum(2 if how == "kv" else 1 for how in out["layouts"])  # kv: a prompt pass, then a completion pass
+    assert len(calls) == (2 if checkpointing else 1) * passes  # checkpointing: recomputed in the backward pass
+    return out, {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        dict(micro_batch_tokens=40),
+        dict(layout="packed"),
+        dict(layout="kv"),
+        dict(layout="auto"),
+        dict(layout="kv", arch="qwen2-chat"),
+        dict(checkpointing=True),
+        dict(attn="eager"),
+        dict(arch="gpt2-chat"),
+        dict(frozen=True, layout="packed", micro_batch_tokens=100),
+    ],
+)
+def test_the_step_gradient_is_the_same_whatever_the_batching(model_dirs, variant):
+    """One step of 8 groups (K = 2..4, ties) as one forward pass (padded), one pass per group (a 40-token budget),
+    packed rows, kv, auto, with checkpointing, eager attention, or replayed from the frozen-layer cache: the gradient is
+    the mean over the step's groups of each group's loss gradient, either way."""
+    rows = synthetic_groups(8, 7, k=4)
+    for i, r in enumerate(rows):  # mixed K and a tie
+        r["completions"], r["ranks"] = r["completions"][: 2 + i % 3], r["ranks"][: 2 + i % 3]
+    rows[0]["ranks"][0] = rows[0]["ranks"][1] = 0
+    rows[0]["completions"].append("good good good")
+    rows[0]["ranks"].append(1)
+    arch = variant.pop("arch", "llama-chat")
+    base = {k: variant[k] for k in ("frozen",) if k in variant}
+    want_stats, want = _step_gradients(model_dirs, rows, arch=arch, **base)
+    got_stats, got = _step_gradients(model_dirs, rows, arch=arch, **variant)
+    assert len(got) == len(want) > 3 and any(g.abs().sum() > 0 for g in want.values())
+    for n, g in want.items():
+        torch.testing.assert_close(got[n], g, rtol=1e-4, atol=1e-6, msg=n)
+    assert float(got_stats["loss"]) == pytest.approx(float(want_stats["loss"]), rel=1e-5)
+    assert got_stats["completions"] == want_stats["completions"] == sum(len(r["completions"]) for r in rows)
+
+
+def test_training_with_buckets_packing_and_checkpointing_runs(model_dirs, synth, tmp_path):
+    res = train(
+        tiny_cfg(
+            model_dirs,
+            synth,
+            tmp_path / "r",
+            max_steps=3,
+            length_sort_window=4,
+            layout="auto",
+            gradient_checkpointing=True,
+            train_layers=1,
+        )
+    )
+    assert math.isfinite(res["after"]["log_loss"]) and res["after"]["log_loss"] != res["before"]["log_loss"]
