@@ -1,7 +1,9 @@
 """The `rankrm` command: each subcommand parses its flags and calls the library.
 
-Exit codes: 0 done; 2 bad input or settings (a one-line error naming the file, line or setting, and the fix);
-128 + N when training stopped on signal N after writing a checkpoint (130 Ctrl-C, 143 SIGTERM, 138 SIGUSR1)."""
+Exit codes: 0 done; 2 bad input or settings (a RankrmError: one line naming the file, line or setting, and the fix;
+argparse's usage errors too); 1 a bug (any other exception: Python prints its traceback); 128 + N when training
+stopped on signal N after writing a checkpoint (130 Ctrl-C, 143 SIGTERM, 138 SIGUSR1). Under `accelerate launch`
+every process follows the same rule."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from rankrm.errors import DataError
+from rankrm.errors import RankrmError
 from rankrm.serving.server import add_serve_parser
 
 
@@ -20,11 +22,25 @@ def cmd_train(args) -> int:
     from rankrm.training.config import config_from_args
     from rankrm.training.run import train
 
-    train(config_from_args(args))
+    cfg = config_from_args(args)
+    check_sources(cfg.train_data + cfg.eval_data)  # before Accelerate starts and the model loads
+    train(cfg)
     return 0
 
 
+def check_sources(sources: list[str]) -> None:
+    """Data files, dataset directories, hub ids or prepared stores that exist, else a DataError naming the first
+    that does not; the data itself is read later."""
+    from rankrm.data.containers import check_source
+    from rankrm.data.store import is_store
+
+    for s in sources:
+        if not is_store(s):
+            check_source(s)
+
+
 def cmd_eval(args) -> int:
+    check_sources(args.data)  # before any weights load: a missing file is said in a second, not after a minute
     from rankrm.data.store import default_cache, open_data
     from rankrm.evaluation.evaluate import compare, evaluate_groups, format_report
     from rankrm.modeling.model import RewardModel
@@ -286,9 +302,11 @@ def cmd_normalize(args) -> int:
 
 
 def cmd_score(args) -> int:
+    from rankrm.data.containers import check_file
     from rankrm.modeling.model import RewardModel
     from rankrm.serving.scoring import score_file
 
+    check_file(args.input)  # before the weights load
     model = RewardModel.from_pretrained(args.model, max_length=args.max_length)
     n = score_file(model, args.input, args.output, args.chunk_lines, args.batch_tokens, progress=not args.quiet)
     if n["truncated"]:
@@ -419,7 +437,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"rankrm {args.command}: interrupted", file=sys.stderr)
         return 130
-    except (DataError, ValueError, OSError) as e:
+    except RankrmError as e:  # bad input or settings; anything else is a bug and shows its traceback
         print(f"rankrm {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from rankrm.data.containers import records
-from rankrm.errors import DataError, Location
+from rankrm.errors import DataError, Location, SettingsError
 
 Messages = list[dict]
 Prompt = str | Messages
@@ -382,7 +382,7 @@ CONFLICTS = ("keep", "drop", "error")  # what to do with repeated, contradictory
 def check_conflicts(conflicts: str) -> str:
     """Validate a --conflicts policy."""
     if conflicts not in CONFLICTS:
-        raise ValueError(
+        raise SettingsError(
             f"conflicts {conflicts!r} unknown. Fix: use keep (every vote counts), drop (repeats once, "
             "prompts whose judgments contradict or cycle left out) or error"
         )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rankrm.data.containers import write_jsonl
 from rankrm.data.groups import Prompt, RankedGroup
-from rankrm.errors import DataError
+from rankrm.errors import DataError, SettingsError
 
 
 def group_hash(g: RankedGroup) -> str:
@@ -41,7 +41,7 @@ def split_indices(keys, eval_fraction: float, seed: int, source=None):
     import numpy as np
 
     if not 0.0 < eval_fraction < 1.0:
-        raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
+        raise SettingsError(f"--eval-fraction must be in (0, 1), got {eval_fraction}")
     unique = sorted(set(keys))
     if len(unique) < 2:
         raise DataError(
@@ -56,7 +56,10 @@ def split_indices(keys, eval_fraction: float, seed: int, source=None):
     del unique
     held = np.fromiter((k in eval_keys for k in keys), dtype=bool, count=len(keys))
     if held.all():
-        raise ValueError(f"eval_fraction {eval_fraction} leaves no training prompts ({len(eval_keys)} in all)")
+        raise SettingsError(
+            f"--eval-fraction {eval_fraction} leaves no training prompts ({len(eval_keys)} in all). Fix: lower "
+            "it, or give held-out data with --eval-data"
+        )
     return np.flatnonzero(~held), np.flatnonzero(held)
 
 

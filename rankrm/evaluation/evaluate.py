@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from rankrm.data.encode import TokenizedGroup
+from rankrm.errors import DataError
 from rankrm.evaluation.metrics import calibration, ranking_metrics, stated_margins, subset_metrics, vote_metrics
 from rankrm.loss import group_stats
 from rankrm.modeling.batch import collate
@@ -213,9 +214,12 @@ def evaluate_groups(
     from tqdm.auto import tqdm
 
     if require_pairs and (not groups or not any(g.comparisons() for g in groups)):
-        raise ValueError(
-            "no held-out comparison to evaluate (every group is tied or there are no groups). Fix: give "
-            "evaluation data with ranked, untied completions"
+        raise DataError(
+            "the evaluation data",
+            None,
+            None,
+            "has no comparison to evaluate (every group is tied, or there are no groups)",
+            "give evaluation data with ranked, untied completions",
         )
     was_training = model.training
     model.eval()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rankrm.errors import SettingsError
 from rankrm.evaluation.evaluate import EvalResult, format_report
 from rankrm.files import atomic_dir, atomic_file, write_text
 
@@ -31,7 +32,7 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise ValueError(f"--report draws with matplotlib: {MISSING}") from None
+        raise SettingsError(f"--report draws with matplotlib: {MISSING}") from None
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 

@@ -8,12 +8,14 @@ import math
 import torch
 from torch import nn
 
+from rankrm.errors import SettingsError
+
 
 def layer_stack(backbone: nn.Module) -> tuple[str, nn.ModuleList]:
     """The backbone's list of transformer blocks (model.layers, transformer.h, ...): its largest ModuleList."""
     lists = [(n, m) for n, m in backbone.named_children() if isinstance(m, nn.ModuleList)]
     if not lists:
-        raise ValueError(f"{type(backbone).__name__} has no list of layers; use --train-layers -1")
+        raise SettingsError(f"{type(backbone).__name__} has no list of layers. Fix: use --train-layers -1")
     return max(lists, key=lambda nm: len(nm[1]))
 
 
@@ -31,7 +33,9 @@ def select_trainable(model, train_layers: int) -> list[str]:
     backbone = model.backbone
     _, layers = layer_stack(backbone)
     if train_layers > len(layers):
-        raise ValueError(f"--train-layers {train_layers} exceeds the backbone's {len(layers)} layers")
+        raise SettingsError(
+            f"--train-layers {train_layers} exceeds the backbone's {len(layers)} layers. Fix: give at most {len(layers)}"
+        )
     for p in model.parameters():
         p.requires_grad_(False)
     for block in list(layers)[len(layers) - train_layers :]:
@@ -134,7 +138,7 @@ class FrozenLayerCache:
         """Rewards for a batch: replayed from the cache when every sequence in it is there, else a full forward that
         fills the cache. `model` is the RewardModel or its distributed wrapper."""
         if batch.prompt is not None:
-            raise ValueError(
+            raise SettingsError(
                 "the frozen-layer cache needs a single forward pass per batch; the kv layout makes two. "
                 "Fix: use --layout padded, packed or auto with it, or --no-cache-frozen"
             )

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from rankrm.data.encode import PAD_TOKEN, TextEncoder, TokenizedGroup, add_pad_token, end_at_eos  # noqa: F401
+from rankrm.errors import ModelError, NonFiniteError
 from rankrm.files import TMP_PREFIX, atomic_dir
 from rankrm.modeling.batch import Batch, collate, collate_rows
 from rankrm.modeling.hub import DEFAULT_MODEL, resolve
@@ -58,7 +59,7 @@ class RewardModel(nn.Module):
         super().__init__()
         ensure_pad_token(hf_model, tokenizer)
         if not isinstance(getattr(hf_model, "score", None), nn.Linear):
-            raise ValueError(
+            raise ModelError(
                 f"{type(hf_model).__name__} has no last-token 'score' head; rankrm supports decoder "
                 "backbones whose sequence-classification head reads the last token (Llama, Qwen2, "
                 "GPT-2, Mistral, ...)."
@@ -105,7 +106,7 @@ class RewardModel(nn.Module):
         """Refuse weights holding NaN or infinity (a diverged run): such a model is never saved."""
         bad = [n for n, p in self.named_parameters() if not torch.isfinite(p).all()]
         if bad or not math.isfinite(self.reward_bias):
-            raise ValueError(
+            raise NonFiniteError(
                 f"the model holds non-finite values ({len(bad)} tensors, e.g. {(bad or ['reward_bias'])[0]}"
                 "); not saved. Fix: lower the learning rate, or resume from an earlier checkpoint"
             )

@@ -25,7 +25,7 @@ import torch
 
 from rankrm.data.containers import iter_json_lines
 from rankrm.data.groups import check_prompt
-from rankrm.errors import DataError
+from rankrm.errors import DataError, SettingsError
 
 
 def read_demonstrations(path) -> tuple[list, list[str]]:
@@ -96,9 +96,12 @@ def normalize(
     )
     mean, std = float(rewards.mean()), float(rewards.std())
     if target_std is not None and not (math.isfinite(target_std) and target_std > 0):
-        raise ValueError(f"--target-std must be a positive number, got {target_std}")
+        raise SettingsError(f"--target-std must be a positive number, got {target_std}. Fix: give a number > 0")
     if target_std is not None and std == 0:
-        raise ValueError("the demonstrations all score the same; a gain cannot set their standard deviation")
+        raise SettingsError(
+            "the demonstrations all score the same; --target-std cannot set their standard deviation. Fix: leave "
+            "--target-std out, or give varied demonstrations"
+        )
     gain = 1.0 if target_std is None else target_std / std
     where = set_normalization(model, mean, gain)
     return {

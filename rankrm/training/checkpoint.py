@@ -19,14 +19,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from rankrm.errors import CheckpointError
 from rankrm.files import atomic_dir, pid_alive, tmp_name, write_text
 
 MANIFEST, STATE, WEIGHTS, OPTIMIZER = "manifest.json", "state.json", "trainable.safetensors", "optimizer.safetensors"
 LOCK = ".rankrm.lock"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: damaged, of another run, or absent; the message says what to do."""
 
 
 def _sha256(path: Path) -> str:

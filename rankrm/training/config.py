@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from rankrm.data.groups import CONFLICTS
+from rankrm.errors import SettingsError
 from rankrm.modeling.batch import LAYOUTS
 from rankrm.modeling.hub import DEFAULT_MODEL
 from rankrm.training.tracking import tracker_names
@@ -186,7 +187,7 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             setattr(self, f.name, coerce(f.name, getattr(self, f.name), _hints()[f.name], "TrainConfig"))
         for problem in self.problems():
-            raise ValueError(problem)
+            raise SettingsError(problem)
 
     def problems(self) -> typing.Iterator[str]:
         """Each bad setting as a message naming the flag and the fix (the first one is raised)."""
@@ -294,7 +295,7 @@ def coerce(name: str, value, tp, where: str):
     path as a list of one; anything else of the wrong type is a ValueError naming where and the setting."""
 
     def bad(expected: str):
-        return ValueError(
+        return SettingsError(
             f"{where}: setting {name.replace('_', '-')!r}: expected {expected}, got {value!r}. Fix: "
             f"write {expected} (see rankrm train --help)"
         )
@@ -348,20 +349,22 @@ def train_flags() -> argparse.ArgumentParser:
 def read_yaml(path: Path) -> dict:
     """The settings of a YAML config file, by field name, typed; unknown keys are named."""
     if not path.is_file():
-        raise ValueError(f"{path}: no such config file. Fix: check the --config path")
+        raise SettingsError(f"{path}: no such config file. Fix: check the --config path")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]}). Fix: write 'key: value' lines") from None
+        raise SettingsError(
+            f"{path}: not valid YAML ({str(e).splitlines()[0]}). Fix: write 'key: value' lines"
+        ) from None
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping of settings. Fix: write 'key: value' lines")
+        raise SettingsError(f"{path}: expected a mapping of settings. Fix: write 'key: value' lines")
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {}
     for key, value in raw.items():
         name = str(key).replace("-", "_")
         name = ALIASES.get(name, name)
         if name not in names:
-            raise ValueError(
+            raise SettingsError(
                 f"{path}: unknown setting {key!r}. Fix: use one of "
                 f"{', '.join(sorted(n.replace('_', '-') for n in names))}"
             )

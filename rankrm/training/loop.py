@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from rankrm.data.encode import TokenizedGroup
+from rankrm.errors import CheckpointError, NonFiniteError
 from rankrm.evaluation.evaluate import EvalResult, Labels, evaluate_groups, format_metrics
 from rankrm.loss import group_stats, kwise_loss
 from rankrm.modeling.batch import collate
@@ -23,10 +24,6 @@ from rankrm.training.checkpoint import save_checkpoint
 from rankrm.training.config import TrainConfig
 from rankrm.training.signals import TrainingInterrupted
 from rankrm.training.tracking import scalars
-
-
-class NonFiniteError(ValueError):
-    """The loss or the gradient norm became NaN or infinite; nothing of that state is saved."""
 
 
 @dataclass
@@ -119,7 +116,7 @@ def steps(cfg, accelerator, model, core, run: Run, tok_eval, cache, signals, say
 
         starts = gather_object([run.start])
         if len(set(starts)) > 1:
-            raise ValueError(
+            raise CheckpointError(
                 f"the processes resumed at different steps {starts} (a checkpoint directory that not "
                 "every machine sees the same). Fix: put --output-dir on a file system all machines share, "
                 "or give --resume the checkpoint directory itself"

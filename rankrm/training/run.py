@@ -24,7 +24,7 @@ from rankrm.data.encode import TextEncoder, shuffled_pairs
 from rankrm.data.groups import ReadReport
 from rankrm.data.splits import overlap_keys, split_indices
 from rankrm.data.store import StoreView, default_cache, native_line, open_data
-from rankrm.errors import DataError
+from rankrm.errors import DataError, SettingsError
 from rankrm.evaluation.evaluate import EvalResult, compare, format_metrics
 from rankrm.evaluation.plots import plotting_missing, write_training_report
 from rankrm.files import remove_leftovers
@@ -101,7 +101,7 @@ def check_launch(accelerator) -> None:
     check_engine(accelerator.distributed_type.value)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != accelerator.num_processes:
-        raise ValueError(
+        raise SettingsError(
             f"launched as {launched} processes, but Accelerate runs {accelerator.num_processes}: each "
             "would train alone and write the same files. Fix: on CPUs launch with ACCELERATE_USE_CPU=1 "
             "accelerate launch --multi_gpu --num_processes N (plain --cpu starts one process)"
@@ -118,7 +118,7 @@ def check_engine(distributed_type: str = "") -> None:
     ]
     if engine:
         cpus = " (and on CPUs Accelerate cannot run FSDP: it asks for a GPU or runs DDP)" if engine[0] == "FSDP" else ""
-        raise ValueError(
+        raise SettingsError(
             f"{engine[0]} is not supported by rankrm yet: its checkpoints, evaluation and saved model "
             f"read the whole (unsharded) model, which {engine[0]} splits over the processes{cpus}. Fix: "
             "launch with configs/accelerate/ddp.yaml; for a backbone too big for DDP, train --lora-r 16 "
@@ -256,7 +256,7 @@ def check_tokens(model: RewardModel, encoder: TextEncoder, data: Data, say) -> N
     )
     blind = int(data.train.column("blind").sum() + data.held.column("blind").sum())
     if blind == len(data.train) + len(data.held):
-        raise ValueError(
+        raise SettingsError(
             f"--max-length {model.max_length} cuts every group's completions to the same tokens: there "
             "is nothing to compare. Fix: raise --max-length"
         )
