@@ -26,6 +26,7 @@ import torch
 from conftest import ROOT, synthetic_groups, write_jsonl
 from safetensors.torch import load_file
 
+from rankrm.errors import SettingsError
 from rankrm.training.checkpoint import checkpoints, verify
 from rankrm.training.config import TrainConfig
 from rankrm.training.run import train
@@ -264,15 +265,15 @@ def test_a_launch_that_would_not_train_as_asked_is_refused(monkeypatch):
 
     alone = SimpleNamespace(num_processes=1, distributed_type=DistributedType.NO)
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ValueError, match="launched as 2 processes, but Accelerate runs 1.*ACCELERATE_USE_CPU=1"):
+    with pytest.raises(SettingsError, match="launched as 2 processes, but Accelerate runs 1.*ACCELERATE_USE_CPU=1"):
         check_launch(alone)
     monkeypatch.setenv("WORLD_SIZE", "1")
     check_launch(alone)
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # on CPUs Accelerate would run DDP instead
-    with pytest.raises(ValueError, match="FSDP is not supported by rankrm yet.*ddp.yaml"):
+    with pytest.raises(SettingsError, match="FSDP is not supported by rankrm yet.*ddp.yaml"):
         check_launch(alone)
     monkeypatch.delenv("ACCELERATE_USE_FSDP")
-    with pytest.raises(ValueError, match="DEEPSPEED is not supported"):
+    with pytest.raises(SettingsError, match="DEEPSPEED is not supported"):
         check_launch(SimpleNamespace(num_processes=1, distributed_type=DistributedType.DEEPSPEED))
 
 
@@ -289,5 +290,5 @@ def test_dtype_bf16_loads_frozen_weights_in_bf16_and_trains_fp32_master_weights(
     assert saved["model.layers.0.mlp.up_proj.weight"].dtype == torch.bfloat16  # frozen
     assert saved["model.layers.1.mlp.up_proj.weight"].dtype == torch.float32  # trained
     assert saved["score.weight"].dtype == torch.float32
-    with pytest.raises(ValueError, match="--dtype 'fp16' unknown"):
+    with pytest.raises(SettingsError, match="--dtype 'fp16' unknown"):
         TrainConfig(**{**settings(model_dirs, data, tmp_path / "x"), "dtype": "fp16"})

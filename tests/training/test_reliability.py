@@ -18,6 +18,7 @@ import pytest
 import torch
 from conftest import ROOT, synthetic_groups, write_jsonl
 
+from rankrm.errors import WriteError
 from rankrm.files import TMP_PREFIX, leftovers, remove_leftovers
 from rankrm.modeling.model import RewardModel
 from rankrm.training.checkpoint import checkpoints, save_checkpoint, verify
@@ -306,7 +307,7 @@ def test_full_disk_is_reported_with_the_real_path_and_the_old_model_kept(model_d
         m = RewardModel.from_pretrained(str(model_dirs["llama-chat"]))
         (mnt / "rm").mkdir()
         (mnt / "rm" / "keep.txt").write_text("x")
-        with pytest.raises(OSError, match=rf"cannot write {mnt / 'rm'}: the disk is full"):
+        with pytest.raises(WriteError, match=rf"cannot write {mnt / 'rm'}: the disk is full"):
             big = RewardModel.from_pretrained(str(model_dirs["gpt2-chat"]))
             with torch.no_grad():  # ~1.5 MiB of weights: more than the disk holds
                 big.hf.resize_token_embeddings(12_000)
