@@ -14,6 +14,9 @@ import os
 import sys
 from pathlib import Path
 
+from rankrm.data.convert import CONVERT_TARGETS
+from rankrm.data.groups import CONFLICTS
+from rankrm.data.readers import CONFLICTS_HELP, FORMAT_HELP, FORMAT_NAMES, SKIP_INVALID_HELP
 from rankrm.errors import RankrmError
 from rankrm.serving.server import add_serve_parser
 
@@ -41,6 +44,7 @@ def check_sources(sources: list[str]) -> None:
 
 def cmd_eval(args) -> int:
     check_sources(args.data)  # before any weights load: a missing file is said in a second, not after a minute
+    from rankrm.data.encode import tokenize_processes
     from rankrm.data.store import default_cache, open_data
     from rankrm.evaluation.evaluate import compare, evaluate_groups, format_report
     from rankrm.modeling.model import RewardModel
@@ -55,7 +59,7 @@ def cmd_eval(args) -> int:
             args.format,
             args.conflicts,
             args.skip_invalid,
-            args.num_proc or default_processes(),
+            tokenize_processes(args.num_proc),
             say=note,
             what=f"--model {name}",
         )
@@ -99,21 +103,8 @@ def cmd_eval(args) -> int:
     return 0
 
 
-FORMAT_HELP = "data format: auto (from the fields), native, pairwise, implicit, scored or oasst"
-SKIP_HELP = "skip invalid records, counting them by reason, instead of stopping at the first"
-CONFLICTS_HELP = (
-    "repeated, contradictory (a > b and b > a) and cyclic judgments of one prompt: keep (every vote "
-    "counts; default), drop (a repeat once, prompts whose judgments contradict or cycle left out) or "
-    "error"
-)
-
-
 def note(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def default_processes() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
 
 
 def cmd_data(args) -> int:
@@ -149,6 +140,7 @@ def encoder_for(model: str, max_length: int | None):
 def data_prepare(args) -> int:
     import time
 
+    from rankrm.data.encode import tokenize_processes
     from rankrm.data.store import prepare
 
     t0 = time.time()
@@ -160,7 +152,7 @@ def data_prepare(args) -> int:
         args.format,
         args.conflicts,
         args.skip_invalid,
-        args.num_proc or default_processes(),
+        tokenize_processes(args.num_proc),
         say=note,
     )
     m = store.manifest
@@ -212,8 +204,10 @@ def add_data_parser(sub) -> None:
     """`rankrm data inspect|convert|prepare|cache`."""
     d = sub.add_parser("data", help="inspect a data set, convert it to another format, or prepare it for training")
     dsub = d.add_subparsers(dest="data_command", required=True)
+    data_flags = shared_flags()["data"]
     pr = dsub.add_parser(
         "prepare",
+        parents=[data_flags],
         help="read, validate and tokenize data once into a memory-mapped store that "
         "train and eval read (they also prepare into --data-cache by themselves)",
     )
@@ -233,9 +227,6 @@ def add_data_parser(sub) -> None:
         "reward model's own, else train's default, 512); "
         "train with the same",
     )
-    pr.add_argument("--format", default="auto", help=FORMAT_HELP)
-    pr.add_argument("--skip-invalid", action="store_true", help=SKIP_HELP)
-    pr.add_argument("--conflicts", default="keep", choices=["keep", "drop", "error"], help=CONFLICTS_HELP)
     pr.add_argument("--num-proc", type=int, default=0, help="tokenizing processes (0: up to 8, one per CPU core)")
     ca = dsub.add_parser(
         "cache", help="list the prepared stores of the data cache and their sizes; --clear removes them"
@@ -244,11 +235,10 @@ def add_data_parser(sub) -> None:
         "--data-cache", default="", help="the cache directory (default: $RANKRM_DATA_CACHE, else ~/.cache/rankrm/data)"
     )
     ca.add_argument("--clear", action="store_true", help="remove every prepared store")
-    i = dsub.add_parser("inspect", help="groups, K, comparisons, ties, duplicates, lengths, truncation")
+    i = dsub.add_parser(
+        "inspect", parents=[data_flags], help="groups, K, comparisons, ties, duplicates, lengths, truncation"
+    )
     i.add_argument("files", nargs="+", help="data file(s), datasets directories or hf:OWNER/NAME[:SPLIT]")
-    i.add_argument("--format", default="auto", help=FORMAT_HELP)
-    i.add_argument("--skip-invalid", action="store_true", help=SKIP_HELP)
-    i.add_argument("--conflicts", default="keep", choices=["keep", "drop", "error"], help=CONFLICTS_HELP)
     i.add_argument("--json", action="store_true", help="print the inspection as JSON")
     i.add_argument("--model", default=None, help="count tokens with this model's tokenizer and template")
     i.add_argument(
@@ -264,19 +254,16 @@ def add_data_parser(sub) -> None:
         default=None,
         help="other file(s), e.g. the eval set: count prompts and conversations found in both",
     )
-    c = dsub.add_parser("convert", help="write data as native or TRL pairwise JSONL")
+    c = dsub.add_parser("convert", parents=[data_flags], help="write data as native or TRL pairwise JSONL")
     c.add_argument("inputs", nargs="+", help="data file(s) to read")
     c.add_argument("output", help="the JSONL file to write (gzip-compressed if it ends in .gz)")
     c.add_argument(
         "--to",
         required=True,
-        choices=["native", "pairwise"],
+        choices=CONVERT_TARGETS,
         help="native: one ranked group per line; pairwise: one prompt/chosen/rejected record per stated "
         "comparison (TRL's format)",
     )
-    c.add_argument("--format", default="auto", help=FORMAT_HELP)
-    c.add_argument("--skip-invalid", action="store_true", help=SKIP_HELP)
-    c.add_argument("--conflicts", default="keep", choices=["keep", "drop", "error"], help=CONFLICTS_HELP)
     d.set_defaults(func=cmd_data)
 
 
@@ -328,9 +315,9 @@ def shared_flags() -> dict[str, argparse.ArgumentParser]:
     )
     model.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per forward pass")
     data = argparse.ArgumentParser(add_help=False)
-    data.add_argument("--format", default="auto", help=FORMAT_HELP)
-    data.add_argument("--skip-invalid", action="store_true", help=SKIP_HELP)
-    data.add_argument("--conflicts", default="keep", choices=["keep", "drop", "error"], help=CONFLICTS_HELP)
+    data.add_argument("--format", default="auto", choices=("auto", *FORMAT_NAMES), help=FORMAT_HELP)
+    data.add_argument("--skip-invalid", action="store_true", help=SKIP_INVALID_HELP)
+    data.add_argument("--conflicts", default="keep", choices=CONFLICTS, help=CONFLICTS_HELP)
     return {"model": model, "data": data}
 
 
@@ -407,7 +394,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="also set a gain so the demonstrations' rewards have this standard deviation",
     )
-    n.add_argument("--format", default="auto", help="format of a ranked-data demonstrations file")
+    n.add_argument(
+        "--format",
+        default="auto",
+        choices=("auto", *FORMAT_NAMES),
+        help="format of a ranked-data demonstrations file: " + FORMAT_HELP,
+    )
     n.set_defaults(func=cmd_normalize)
 
     s = sub.add_parser(

@@ -140,3 +140,22 @@ def test_a_store_given_to_score_is_refused_by_name(tmp_path, capsys, model_dirs)
     """A directory where score wants a JSONL file."""
     code, err = run(capsys, "score", "--model", model_dirs["llama-chat"], tmp_path, tmp_path / "o.jsonl")
     assert code == 2 and err == [f"rankrm score: error: {tmp_path}: is a directory, not a file. Fix: check the path"]
+
+
+@pytest.mark.parametrize(
+    "command", [["train"], ["eval"], ["data", "prepare"], ["data", "inspect"], ["data", "convert"], ["normalize"]]
+)
+def test_every_command_that_reads_data_offers_the_formats_of_the_one_table(command, capsys):
+    """The --format names and their help come from readers.FORMATS; --skip-invalid and --conflicts from one
+    declaration (train's from TrainConfig, the others' from shared_flags())."""
+    from rankrm.data.readers import FORMATS
+
+    with pytest.raises(SystemExit) as e:
+        main([*command, "--help"])
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse's line wrapping undone
+    for f in FORMATS:
+        assert f"{f.name}: {f.fields}" in out, f.name
+    if command != ["normalize"]:
+        assert all(flag in out.replace("_", "-") for flag in ("--skip-invalid", "--conflicts"))
+        assert "keep (every vote counts in the loss and metrics; default)" in out

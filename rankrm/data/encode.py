@@ -9,14 +9,21 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass
 
+from rankrm.data.groups import comparisons, votes
 from rankrm.errors import DataError, ModelError
 
 PAD_TOKEN = "<|rankrm_pad|>"  # added when a tokenizer has no pad token or pads with EOS
 
 _PROBE = [{"role": "user", "content": "Which colour is the sky?"}]
+
+
+def tokenize_processes(asked: int = 0) -> int:
+    """The processes that tokenize when data is prepared: `asked`, or (0) one per CPU core, up to 8."""
+    return asked or max(1, min(8, os.cpu_count() or 1))
 
 
 def add_pad_token(tokenizer) -> bool:
@@ -248,14 +255,11 @@ class TokenizedGroup:
 
     def comparisons(self) -> list[tuple[int, int]]:
         """Every (winner, loser) index pair this group states: its partial order, else every pair its ranks order."""
-        if self.stated_pairs is not None:
-            return list(self.stated_pairs)
-        k = len(self.ids)
-        return [(i, j) for i in range(k) for j in range(k) if self.ranks[i] < self.ranks[j]]
+        return comparisons(self.ranks, self.stated_pairs)
 
     def votes(self) -> list[int]:
         """How many times each pair of comparisons() was stated."""
-        return list(self.counts) if self.counts is not None else [1] * len(self.comparisons())
+        return votes(self.ranks, self.stated_pairs, self.counts)
 
 
 def shared_prefix_length(rows: list[list[int]]) -> int:

@@ -1,5 +1,5 @@
 """Splitting ranked groups into training and held-out data by conversation, and the identity and writing of
-groups (group_hash, write_native)."""
+groups (group_digest, write_native)."""
 
 from __future__ import annotations
 
@@ -9,17 +9,13 @@ import random
 from pathlib import Path
 
 from rankrm.data.containers import write_jsonl
-from rankrm.data.groups import Prompt, RankedGroup
+from rankrm.data.groups import RankedGroup, prompt_key
 from rankrm.errors import DataError, SettingsError
 
 
-def group_hash(g: RankedGroup) -> str:
-    """A content hash of a group's prompt and completions (order-free)."""
-    return group_digest(g).hex()
-
-
 def group_digest(g: RankedGroup) -> bytes:
-    """group_hash as 20 bytes (what the readers keep per group to drop duplicates)."""
+    """A content hash of a group's prompt and completions (order-free), 20 bytes: what the readers keep per group
+    to drop duplicates."""
     blob = json.dumps([g.prompt, sorted(g.completions)], ensure_ascii=False, sort_keys=True)
     return hashlib.sha1(blob.encode()).digest()
 
@@ -72,11 +68,6 @@ def overlap_keys(train_keys, held_keys) -> int:
     """How many held-out keys are also training keys."""
     keys = set(train_keys)
     return sum(1 for k in held_keys if k in keys)
-
-
-def prompt_key(prompt: Prompt) -> str:
-    """A prompt as one comparable string (messages included)."""
-    return prompt if isinstance(prompt, str) else json.dumps(prompt, ensure_ascii=False, sort_keys=True)
 
 
 def identical_prompts(train, held) -> int:

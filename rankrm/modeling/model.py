@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rankrm.data.encode import PAD_TOKEN, TextEncoder, TokenizedGroup, add_pad_token, end_at_eos  # noqa: F401
+from rankrm.data.encode import TextEncoder, TokenizedGroup, add_pad_token
 from rankrm.errors import ModelError, NonFiniteError
 from rankrm.files import TMP_PREFIX, atomic_dir
 from rankrm.modeling.batch import Batch, collate, collate_rows

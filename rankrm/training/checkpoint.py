@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rankrm.errors import CheckpointError
-from rankrm.files import atomic_dir, pid_alive, tmp_name, write_text
+from rankrm.files import atomic_dir, pid_alive, tmp_name
 
 MANIFEST, STATE, WEIGHTS, OPTIMIZER = "manifest.json", "state.json", "trainable.safetensors", "optimizer.safetensors"
 LOCK = ".rankrm.lock"
@@ -208,8 +208,3 @@ class RunLock:
             self.held = False
             if self.created and not any(self.path.parent.iterdir()):
                 self.path.parent.rmdir()
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically, refusing NaN (which is not JSON)."""
-    write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")

@@ -10,20 +10,21 @@ import argparse
 import dataclasses
 import functools
 import math
-import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from rankrm.data.encode import tokenize_processes
 from rankrm.data.groups import CONFLICTS
+from rankrm.data.readers import CONFLICTS_HELP, FORMAT_HELP, FORMAT_NAMES, SKIP_INVALID_HELP
 from rankrm.errors import SettingsError
 from rankrm.modeling.batch import LAYOUTS
 from rankrm.modeling.hub import DEFAULT_MODEL
 from rankrm.training.tracking import tracker_names
 
-FORMATS = ("auto", "native", "pairwise", "implicit", "scored", "oasst")
+FORMATS = ("auto", *FORMAT_NAMES)
 ALIASES = {"length_buckets": "length_sort_window"}  # earlier names of settings, still read
 
 
@@ -51,17 +52,9 @@ class TrainConfig:
     )
     eval_data: list[str] = opt([], "held-out file(s); without them --eval-fraction of the prompts is held out")
     eval_fraction: float = opt(0.1, "share of prompts (conversation trees) held out when no --eval-data is given")
-    format: str = opt("auto", "data format: auto (from the fields), native, pairwise, implicit, scored or oasst")
-    skip_invalid: bool = opt(
-        False,
-        "skip invalid records (counted by reason in the data report) instead of stopping at the first with an error",
-    )
-    conflicts: str = opt(
-        "keep",
-        "repeated, contradictory (a > b and b > a) and cyclic judgments of one prompt: keep "
-        "(every vote counts in the loss and metrics), drop (a repeat once, prompts whose "
-        "judgments contradict or cycle left out) or error",
-    )
+    format: str = opt("auto", FORMAT_HELP)
+    skip_invalid: bool = opt(False, SKIP_INVALID_HELP)
+    conflicts: str = opt("keep", CONFLICTS_HELP)
     data_cache: str = opt(
         "",
         "where the data, read and tokenized once, is kept as prepared stores, found again by a "
@@ -270,7 +263,7 @@ class TrainConfig:
 
     @property
     def tokenize_processes(self) -> int:
-        return self.num_proc or max(1, min(8, os.cpu_count() or 1))
+        return tokenize_processes(self.num_proc)
 
     @property
     def frozen_cache_on(self) -> bool:
