@@ -104,10 +104,10 @@ def table(runs: dict, epochs: float, warm_seconds: float, seeds) -> str:
         low = [min(p["log_loss"] for p in r) for r in rs]
         fwd = [r[-1]["completions_forwarded"] / epochs for r in rs]
         sec = [r[-1]["train_seconds"] for r in rs]
-        f = lambda xs, d=4: (
-            f"{mean_sd(xs)[0]:.{d}f} ± {mean_sd(xs)[1]:.{d}f} "  # noqa: E731
-            f"[{min(xs):.{d}f}, {max(xs):.{d}f}]"
-        )
+
+        def f(xs, d=4):
+            return f"{mean_sd(xs)[0]:.{d}f} ± {mean_sd(xs)[1]:.{d}f} [{min(xs):.{d}f}, {max(xs):.{d}f}]"
+
         lines.append(
             f"| {regime} | {f(acc)} | {f(ll)} | {f(best)} | {f(low)} | {statistics.mean(fwd):.0f} | {f(sec, 0)} |"
         )

@@ -5,7 +5,7 @@ Data: synthetic K-wise groups of random token ids, K = 2, 4, 9 completions of C 
 tokens, P = C/4, C, 4C. Every run trains the same backbone (all but its input embeddings, whose update is a fixed
 per-step cost alike for both, unless --train-embeddings; fp32 unless --bf16; no gradient checkpointing; AdamW,
 gradient clipping) on the same groups for the same optimizer steps of --groups-per-step prompts:
-- rankrm: rankrm.steps.backward_step (the trainer's own step: micro-batches of 4096 token slots, the K-wise loss)
+- rankrm: rankrm.training.loop.backward_step (the trainer's own step: micro-batches of 4096 token slots, the K-wise loss)
   with --layout padded (one row per completion), packed (the prompt forwarded once, rows shared by groups), kv
   (the prompt forwarded once, its keys and values shared by the completions' rows) and auto (the cheapest per
   step by the cost model);

@@ -11,8 +11,8 @@ also sets a gain for a target standard deviation. Both are folded into the saved
   `score`) cannot express a constant offset in their stock Hugging Face class: every path to the head passes
   through the final RMSNorm, whose output does not change when its input is scaled, so no weight setting adds a
   constant to every reward. For them the offset is stored as `reward_bias` in config.json: rankrm's API and CLI
-  add it; plain transformers returns `logits + config.reward_bias` only if the caller adds it (README: "Normalized
-  rewards in other tools"). The gain, folded into the weights, is exact everywhere.
+  add it; plain transformers returns `logits + config.reward_bias` only if the caller adds it (docs/serving.md: "rankrm normalize"
+  and "Serving the saved directory"). The gain, folded into the weights, is exact everywhere.
 """
 
 from __future__ import annotations

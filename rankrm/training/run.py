@@ -122,7 +122,7 @@ def check_engine(distributed_type: str = "") -> None:
             f"{engine[0]} is not supported by rankrm yet: its checkpoints, evaluation and saved model "
             f"read the whole (unsharded) model, which {engine[0]} splits over the processes{cpus}. Fix: "
             "launch with configs/accelerate/ddp.yaml; for a backbone too big for DDP, train --lora-r 16 "
-            'or --train-layers N with --dtype bf16 (see the README, "More GPUs, more machines")'
+            "or --train-layers N with --dtype bf16 (see docs/several-gpus.md)"
         )
 
 
