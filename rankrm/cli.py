@@ -40,7 +40,6 @@ def cmd_eval(args) -> int:
             args.conflicts,
             args.skip_invalid,
             args.num_proc or default_processes(),
-            say=note,
             what=f"--model {name}",
         )
         report = store.report
@@ -92,10 +91,6 @@ CONFLICTS_HELP = (
 )
 
 
-def note(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def default_processes() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
@@ -145,7 +140,6 @@ def data_prepare(args) -> int:
         args.conflicts,
         args.skip_invalid,
         args.num_proc or default_processes(),
-        say=note,
     )
     m = store.manifest
     print(

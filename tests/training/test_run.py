@@ -179,14 +179,14 @@ def _step_gradients(model_dirs, rows, arch="llama-chat", attn=None, checkpointin
         m,
         groups,
         1 / len(groups),
-        cfg_kw.get("micro_batch_tokens", 4096),
-        cfg_kw["layout"],
-        m.attention_per_token,
-        m.tokenizer.pad_token_id,
-        cache,
+        micro_batch_tokens=cfg_kw.get("micro_batch_tokens", 4096),
+        layout=cfg_kw["layout"],
+        attention_per_token=m.attention_per_token,
+        pad_id=m.tokenizer.pad_token_id,
+        cache=cache,
         kv=not checkpointing,
     )
-    passes = sum(2 if how == "kv" else 1 for how in out["layouts"])  # kv: a prompt pass, then a completion pass
+    passes = sum(2 if how == "kv" else 1 for how in out.layouts)  # kv: a prompt pass, then a completion pass
     assert len(calls) == (2 if checkpointing else 1) * passes  # checkpointing: recomputed in the backward pass
     return out, {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
 
@@ -222,8 +222,8 @@ def test_the_step_gradient_is_the_same_whatever_the_batching(model_dirs, variant
     assert len(got) == len(want) > 3 and any(g.abs().sum() > 0 for g in want.values())
     for n, g in want.items():
         torch.testing.assert_close(got[n], g, rtol=1e-4, atol=1e-6, msg=n)
-    assert float(got_stats["loss"]) == pytest.approx(float(want_stats["loss"]), rel=1e-5)
-    assert got_stats["completions"] == want_stats["completions"] == sum(len(r["completions"]) for r in rows)
+    assert float(got_stats.loss) == pytest.approx(float(want_stats.loss), rel=1e-5)
+    assert got_stats.completions == want_stats.completions == sum(len(r["completions"]) for r in rows)
 
 
 def test_training_with_buckets_packing_and_checkpointing_runs(model_dirs, synth, tmp_path):
