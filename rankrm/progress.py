@@ -60,8 +60,10 @@ class Progress:
             if figures:
                 self.bar.set_postfix(self.figures, refresh=False)
             self.bar.update(n)
-        elif self.enabled and time.monotonic() - self.last >= LOG_EVERY:
-            self._line()
+        elif self.enabled:
+            now = time.monotonic()
+            if now - self.last >= LOG_EVERY:
+                self._line(now)
 
     def write(self, message: str) -> None:
         """A line of its own (logged), without breaking the bar."""
@@ -76,12 +78,12 @@ class Progress:
             self.bar.close()
             self.bar = None
         elif self.enabled and (self.final_line or self.lines) and self.n > self.first:
-            self._line()
+            self._line(time.monotonic())
         self.enabled = False
 
-    def _line(self) -> None:
-        self.last = time.monotonic()
-        elapsed = self.last - self.t0
+    def _line(self, now: float) -> None:
+        self.last = now
+        elapsed = now - self.t0
         rate = (self.n - self.first) / max(elapsed, 1e-9)
         done = f"{self.n}/{self.total}" if self.total else f"{self.n}"
         extra = "".join(f", {k} {v}" for k, v in self.figures.items())

@@ -126,7 +126,8 @@ class RewardModel(nn.Module):
     def write(self, out: Path) -> None:
         """Write the model's files into an existing directory (save_pretrained makes that atomic)."""
         self.hf.config.problem_type = "regression"  # serving engines (vLLM) then return the raw reward, no sigmoid
-        self.hf.save_pretrained(out, safe_serialization=True)
+        with library_bars("transformers"):  # its "Writing model shards" bar: on a terminal only
+            self.hf.save_pretrained(out, safe_serialization=True)
         self.tokenizer.save_pretrained(out)
         meta = {
             "format": "rankrm-reward-model",
