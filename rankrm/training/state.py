@@ -1,18 +1,27 @@
 """What a training run carries, typed: the state a checkpoint keeps (RunState), this process's counters, the
-optimizer and its units (Run), the prepared model (Prepared), one step's statistics (StepStats), and what `train`
-returns (TrainResult)."""
+optimizer and its units (Run, made by plan_run, with the identity a resume is checked against), the prepared model
+(Prepared), one step's statistics (StepStats), and what `train` returns (TrainResult)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
-from rankrm.data.encode import TokenizedGroup
+from rankrm.data.encode import TokenizedGroup, shuffled_pairs
+from rankrm.data.store import StoreView
 from rankrm.modeling.frozen import FrozenLayerCache
 from rankrm.modeling.model import RewardModel
+from rankrm.training.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -125,3 +134,66 @@ class TrainResult:
 
     def __getitem__(self, key: str):
         return getattr(self, key)
+
+
+# -- optimizer, schedule and the run's state --------------------------------------------------------------------
+
+
+def plan_run(cfg: TrainConfig, model: RewardModel, trainable: list[str], tok_train) -> Run:
+    """AdamW over the trainable parameters (the head at its own rate), the schedule, and the units of a step."""
+    from transformers import get_scheduler
+
+    head = {n for n, _ in model.named_parameters() if n.startswith("hf.score")}
+    params = dict(model.named_parameters())
+    groups = [
+        {"params": [params[n] for n in trainable if n not in head], "lr": cfg.learning_rate},
+        {"params": [params[n] for n in trainable if n in head], "lr": cfg.head_learning_rate or cfg.learning_rate},
+    ]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
+    # the units of an optimizer step: whole groups, or (shuffled-pairs) single comparisons, as many per step as
+    # batch_size groups hold on average, so both regimes take the same steps over the same comparisons
+    if cfg.regime == "shuffled-pairs":
+        units = shuffled_pairs(tok_train)
+        step_size = max(1, round(cfg.batch_size * len(units) / len(tok_train)))
+        log.info(f"regime shuffled-pairs: {len(units)} comparisons as separate examples, {step_size} per step")
+    else:
+        units, step_size = tok_train, cfg.batch_size
+    steps_per_epoch = math.ceil(len(units) / step_size)
+    total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
+    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.lr_schedule]
+    scheduler = get_scheduler(name, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total), num_training_steps=total)
+    identity = run_identity(cfg, tok_train, trainable, total, steps_per_epoch)
+    return Run(optimizer, scheduler, units, step_size, steps_per_epoch, total, trainable, identity)
+
+
+def run_identity(cfg: TrainConfig, train, trainable: list[str], total: int, steps_per_epoch: int) -> dict:
+    """What decides a run's result, compared on resume: model, data (a prepared store's fingerprint, which covers
+    the files, options and tokenizer, and which of its groups train; groups given in memory: their tokens),
+    trainable set, seed, schedule."""
+    if isinstance(train, StoreView):
+        h = hashlib.sha256(train.store.fingerprint.encode())
+        h.update(np.ascontiguousarray(train.indices, dtype=np.int64).tobytes())
+    else:
+        h = hashlib.sha256()
+        for u in train:
+            h.update(json.dumps([u.ids, u.ranks, u.stated_pairs, u.counts]).encode())
+    schedule = {
+        k: getattr(cfg, k)
+        for k in (
+            "learning_rate",
+            "head_learning_rate",
+            "weight_decay",
+            "lr_schedule",
+            "warmup_ratio",
+            "batch_size",
+            "regime",
+            "length_sort_window",
+        )
+    }
+    return {
+        "model": cfg.model,
+        "data_sha256": h.hexdigest(),
+        "seed": cfg.seed,
+        "trainable": hashlib.sha256("\n".join(trainable).encode()).hexdigest()[:16],
+        "schedule": {**schedule, "total_steps": total, "steps_per_epoch": steps_per_epoch},
+    }
