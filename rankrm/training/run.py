@@ -1,8 +1,9 @@
 """The training run, top to bottom: data, model, optimizer, resume, the K-wise loop on Accelerate, the report.
 
-`train(cfg)` reads as the story; each chapter is a function below it, and the loop over the optimizer steps is in
-steps.py. Only these two modules and the CLI see the TrainConfig: the components (batching, planning, the loss, the
-model, checkpoints) take plain arguments."""
+`train(cfg)` reads as the story; each chapter is a function below it, the loop over the optimizer steps is in
+loop.py and what the run carries (its state, counters, optimizer plan and result) in state.py. Only these modules
+and the CLI see the TrainConfig: the components (batching, planning, the loss, the model, checkpoints) take plain
+arguments. Lines go through `logging` (rankrm.training.*); only each machine's first process says them."""
 
 from __future__ import annotations
 
