@@ -129,17 +129,17 @@ def run_rankrm(model: RewardModel, steps: list[list[TokenizedGroup]], layout: st
                 model,
                 groups,
                 1 / len(groups),
-                MICRO_BATCH_TOKENS,
-                layout,
-                model.attention_per_token,
-                model.tokenizer.pad_token_id,
+                micro_batch_tokens=MICRO_BATCH_TOKENS,
+                layout=layout,
+                attention_per_token=model.attention_per_token,
+                pad_id=model.tokenizer.pad_token_id,
             )
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
             sync(device)
             ends.append(time.perf_counter())
-            chosen.update(st["layouts"])  # the layouts the micro-batches ran in
+            chosen.update(st.layouts)  # the layouts the micro-batches ran in
     del opt
     return {
         "seconds": ends[-1] - ends[0],

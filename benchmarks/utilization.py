@@ -98,10 +98,10 @@ def main() -> None:
                 model,
                 groups,
                 1 / len(groups),
-                MICRO_BATCH_TOKENS,
-                "padded",
-                model.attention_per_token,
-                tok.pad_token_id,
+                micro_batch_tokens=MICRO_BATCH_TOKENS,
+                layout="padded",
+                attention_per_token=model.attention_per_token,
+                pad_id=tok.pad_token_id,
                 bf16=bf16,
             )
             opt.step()

@@ -60,7 +60,6 @@ def cmd_eval(args) -> int:
             args.conflicts,
             args.skip_invalid,
             tokenize_processes(args.num_proc),
-            say=note,
             what=f"--model {name}",
         )
         report = store.report
@@ -101,10 +100,6 @@ def cmd_eval(args) -> int:
             f"{d['log_loss_change_ci95'][1]:+.4f}]"
         )
     return 0
-
-
-def note(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def cmd_data(args) -> int:
@@ -153,7 +148,6 @@ def data_prepare(args) -> int:
         args.conflicts,
         args.skip_invalid,
         tokenize_processes(args.num_proc),
-        say=note,
     )
     m = store.manifest
     print(

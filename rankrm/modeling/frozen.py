@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 
 import torch
 from torch import nn
 
 from rankrm.errors import SettingsError
+
+log = logging.getLogger(__name__)
 
 
 def layer_stack(backbone: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -57,9 +60,9 @@ class FrozenLayerCache:
     layout or training regime is computed once. Works for backbones that loop over their layer list and pass the
     hidden states first (Llama, Qwen2, Mistral, GPT-2, ...); `verify` checks the replay against a full forward."""
 
-    def __init__(self, backbone: nn.Module, train_layers: int, budget_bytes: float = math.inf, say=print):
+    def __init__(self, backbone: nn.Module, train_layers: int, budget_bytes: float = math.inf):
         self.backbone = backbone
-        self.budget, self.held, self.say = budget_bytes, 0, say
+        self.budget, self.held = budget_bytes, 0
         self.full = False  # the budget is spent: new sequences run through the frozen layers each time
         self.name, layers = layer_stack(backbone)
         n = len(layers)
@@ -92,7 +95,7 @@ class FrozenLayerCache:
                 if self.held + size > self.budget:
                     if not self.full:
                         self.full = True
-                        self.say(
+                        log.warning(
                             f"frozen-layer cache: its budget of {self.budget / 2**30:.2f} GB is spent "
                             f"({len(self.store)} sequences cached); sequences not cached run through the frozen "
                             "layers each time (--frozen-cache-gb raises it)"

@@ -234,8 +234,8 @@ class Served:
 
     async def pairs(self, prompts: list, completions: list[str]) -> tuple[list[float], list[bool], int]:
         """(rewards, truncated flags, tokens read) of (prompt, completion) pairs."""
-        texts, flags, tokens = await self.render(self.renderer.pairs, prompts, completions)
-        return await self.run(Job("pairs", texts, completions, tokens)), flags, tokens
+        ids, flags, tokens = await self.render(self.renderer.pairs, prompts, completions)
+        return await self.run(Job("pairs", ids, tokens)), flags, tokens
 
     async def texts(self, texts: list[str]) -> tuple[list[float], list[bool], int]:
         """Full rendered texts (with or without EOS/BOS) -> rewards, as RewardModel.score reads the pair: the
@@ -289,8 +289,8 @@ def add_reward_routes(app: FastAPI, s: Served) -> None:
         s.check_count(sum(len(g.completions) for g in groups), "completions")
         prompts = [prompt_value(g.prompt) for g in groups]
         completions = [g.completions for g in groups]
-        texts, flags, tokens = await s.render(s.renderer.groups, prompts, completions)
-        rewards = await s.run(Job("groups", texts, completions, tokens))
+        ids, flags, tokens = await s.render(s.renderer.groups, prompts, completions)
+        rewards = await s.run(Job("groups", ids, tokens))
         out = [
             {"rewards": r, "order": sorted(range(len(r)), key=lambda i: -r[i]), "truncated": f}
             for r, f in zip(rewards, flags)

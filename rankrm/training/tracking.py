@@ -9,10 +9,13 @@ run would log nothing); `all` means every tracker whose package is installed. Lo
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from pathlib import Path
 
 from rankrm.errors import SettingsError
+
+log = logging.getLogger(__name__)
 
 PROJECT = "rankrm"  # the project name trackers file the runs under (TensorBoard: the logs subdirectory)
 # the trackers Accelerate knows, with the pip package each needs
@@ -94,7 +97,7 @@ def flat_config(config: dict) -> dict:
     }
 
 
-def start_trackers(accelerator, output_dir, config: dict, say) -> None:
+def start_trackers(accelerator, output_dir, config: dict) -> None:
     """Start the run in every tracker the Accelerator was built with (main process; no-op without trackers)."""
     names = [str(t) for t in accelerator.log_with]
     if not names:
@@ -124,7 +127,7 @@ def start_trackers(accelerator, output_dir, config: dict, say) -> None:
         error = broadcast_object_list([error])[0]
     if error:
         raise SettingsError(error)
-    say(f"reporting to {', '.join(names)}; local logs in {logs} (tensorboard --logdir {logs})")
+    log.info(f"reporting to {', '.join(names)}; local logs in {logs} (tensorboard --logdir {logs})")
 
 
 def end_trackers(accelerator) -> None:

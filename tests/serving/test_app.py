@@ -268,6 +268,37 @@ def test_classify_default_follows_problem_type_regression(rm_dir, ref):
     assert abs(out["data"][0]["probs"][0] - ref.score(["Hi"], ["Hello"])[0]) <= 1e-5
 
 
+def test_a_request_is_tokenized_once_and_the_model_scores_its_ids(ref, monkeypatch):
+    """Every text a tokenizer reads during a /score and a /rank request, counted on the real tokenizer class: each
+    completion is in one tokenizer input per request (before, the Renderer and RewardModel.score each tokenized
+    it), and the rewards are RewardModel.score's."""
+    from fastapi.testclient import TestClient
+
+    from rankrm.serving.app import ServeOptions, build_app
+
+    cls = type(ref.tokenizer)
+    seen: list[str] = []
+    real = cls.__call__
+
+    def counting(self, text=None, *args, **kw):
+        seen.extend([text] if isinstance(text, str) else list(text or []))
+        return real(self, text, *args, **kw)
+
+    completions = ["azure", "The sky is blue on a clear day.", "a shade of grey", "good dog " * 30]  # none in another
+    want = ref.score([PROMPTS[1]] * 4, completions)
+    with TestClient(build_app(ref, "rm", ServeOptions(), "test")) as tc:
+        monkeypatch.setattr(cls, "__call__", counting)
+        items = [{"prompt": PROMPTS[1], "completion": c} for c in completions]
+        got = tc.post("/score", json={"items": items}).json()["rewards"]
+        per_score = {c: sum(c in t for t in seen) for c in completions}
+        seen.clear()
+        ranked = tc.post("/rank", json={"prompt": PROMPTS[1], "completions": completions}).json()["rewards"]
+        per_rank = {c: sum(c in t for t in seen) for c in completions}
+    assert per_score == per_rank == {c: 1 for c in completions}
+    close(got, want)
+    close(ranked, want)
+
+
 def test_full_text_split_handles_bos_and_padding(ref):
     from rankrm.serving.engine import Renderer
 

@@ -5,6 +5,7 @@ After each fault the output is the old state or the new one, never a mix; resumi
 uninterrupted run; no code from a checkpoint runs; no NaN is written."""
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -197,7 +198,7 @@ def test_sigkill_during_model_and_checkpoint_saves_leaves_old_or_new(model_dirs,
         assert not list(root.glob(TMP_PREFIX + "*"))
 
 
-def test_damaged_newest_checkpoint_falls_back_to_the_older_one(model_dirs, data, tmp_path, uninterrupted, capsys):
+def test_damaged_newest_checkpoint_falls_back_to_the_older_one(model_dirs, data, tmp_path, uninterrupted, caplog):
     out = tmp_path / "d"
     train(cfg(model_dirs, data, out, max_steps=KW["max_steps"]))
     cks = checkpoints(out / "checkpoints")
@@ -209,15 +210,15 @@ def test_damaged_newest_checkpoint_falls_back_to_the_older_one(model_dirs, data,
     w = newer[0] / "trainable.safetensors"
     w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
     (newer[1] / "optimizer.safetensors").write_bytes(b"")
-    capsys.readouterr()
-    train(cfg(model_dirs, data, out, resume="latest"))
-    said = capsys.readouterr().out
+    caplog.set_level(logging.INFO, logger="rankrm")
+    train(cfg(model_dirs, data, out, resume="latest"))  # its lines come through logging
+    said = caplog.text
     assert "skipping damaged checkpoint" in said and "step-10" in said and "step-9" in said
     assert f"resumed from {cks[0]}" in said
     assert same_weights(weights(out), uninterrupted)
 
 
-def test_forged_pickle_never_runs_and_other_runs_are_refused(model_dirs, data, tmp_path, capsys):
+def test_forged_pickle_never_runs_and_other_runs_are_refused(model_dirs, data, tmp_path, capsys, caplog):
     """A pickle that would create a file when loaded, put where old rankrm kept checkpoints and as a checkpoint's
     weights: nothing loads it. A checkpoint of a run with another learning rate is refused, naming it."""
     from rankrm.cli import main
@@ -238,7 +239,7 @@ def test_forged_pickle_never_runs_and_other_runs_are_refused(model_dirs, data, t
     (forged / "manifest.json").write_text(json.dumps({"files": {}}))
     assert main(["train"] + cli_args(model_dirs, data, out, resume="latest")) == 2
     err = capsys.readouterr()
-    assert "no intact checkpoint" in err.err and "skipping damaged checkpoint" in err.out
+    assert "no intact checkpoint" in err.err and "skipping damaged checkpoint" in caplog.text
     assert not marker.exists()
     shutil.rmtree(forged)
     assert main(["train"] + cli_args(model_dirs, data, out, max_steps=2)) == 0
@@ -250,7 +251,7 @@ def test_forged_pickle_never_runs_and_other_runs_are_refused(model_dirs, data, t
     assert "no checkpoint in" in capsys.readouterr().err
 
 
-def test_one_directory_one_run(model_dirs, data, tmp_path, capsys):
+def test_one_directory_one_run(model_dirs, data, tmp_path, capsys, caplog):
     """A live owner (this test's own `sleep`) keeps the directory; a dead one's lock is taken over."""
     from rankrm.cli import main
 
@@ -264,8 +265,9 @@ def test_one_directory_one_run(model_dirs, data, tmp_path, capsys):
     finally:
         sleeper.kill()
         sleeper.wait()
+    caplog.set_level(logging.INFO, logger="rankrm")
     assert main(["train"] + cli_args(model_dirs, data, out, max_steps=1)) == 0
-    assert "taking over the lock" in capsys.readouterr().out
+    assert "taking over the lock" in caplog.text
     assert not (out / ".rankrm.lock").exists()
 
 
