@@ -222,6 +222,12 @@ class RewardModel(nn.Module):
         """The backbone's name for a key/value cache: `cache` (transformers >= 5.2x) or `past_key_values`."""
         return "cache" if "cache" in inspect.signature(self.backbone.forward).parameters else "past_key_values"
 
+    @property
+    def segment_aware(self) -> bool:
+        """Whether the attention reads the batch's segments (rankrm_varlen): collate then needs no dense mask
+        (collate's dense_mask=False), and the cost model counts allowed pairs (plan_batches' segment_aware)."""
+        return self.hf.config._attn_implementation in SEGMENT_AWARE
+
     def _attention(self, mask: torch.Tensor, segments: Segments | None) -> dict:
         """The attention arguments of one backbone pass: the batch's segments for a segment-aware function (which
         transformers hands the mask unread); else the mask as the implementation takes it: eager adds a 4D mask to the
@@ -318,9 +324,11 @@ class RewardModel(nn.Module):
         device = next(self.parameters()).device
         if layout == "auto" and "packed" not in layouts_for(self.hf.config._attn_implementation):
             layout = "padded"  # the only layout this attention implementation runs correctly
-        for idx, how in plan_batches(groups, batch_tokens, layout, self.attention_per_token):
+        lean = self.segment_aware
+        for idx, how in plan_batches(groups, batch_tokens, layout, self.attention_per_token, segment_aware=lean):
             sub = [groups[i] for i in idx]
-            r = batch_rewards(self, collate(sub, self.tokenizer.pad_token_id, how).to(device)).tolist()
+            r = batch_rewards(self, collate(sub, self.tokenizer.pad_token_id, how, dense_mask=not lean).to(device))
+            r = r.tolist()
             for i, g in zip(idx, sub):
                 out[i], r = r[: len(g.ids)], r[len(g.ids) :]
         self.train(was_training)

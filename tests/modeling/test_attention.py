@@ -11,6 +11,7 @@ from rankrm.loss import group_stats
 from rankrm.modeling.attention import emulate, layout_problem, layouts_for
 from rankrm.modeling.batch import collate
 from rankrm.modeling.model import RewardModel, batch_rewards
+from rankrm.modeling.planning import allowed_pairs, batch_cost, choose_layout, plan_batches
 from rankrm.training.config import TrainConfig
 
 
@@ -145,3 +146,35 @@ def test_flex_attention_is_refused_where_it_would_be_wrong(model_dirs, tmp_path,
     tok, _ = tokenize_groups(flex, groups_k2_to_9()[:2])
     with pytest.raises(ValueError, match="cannot run the packed layout"):
         batch_rewards(flex, collate(tok, flex.tokenizer.pad_token_id, "packed"))
+
+
+def test_allowed_pairs_are_the_pairs_the_segments_hold():
+    """The cost model's count of a segment-aware kernel's work is what the collated segments hold, per layout."""
+    g = [
+        TokenizedGroup([[1] * 7 + [3, 2], [1] * 7 + [4] * 5 + [2]], [0, 1]),
+        TokenizedGroup([[5, 6, 2], [5, 2]], [1, 0]),
+    ]
+    for layout in ("padded", "packed", "kv"):
+        b = collate(g, 0, layout)
+        held = b.segments.pairs + (b.prompt.segments.pairs if b.prompt is not None else 0)
+        assert held == sum(allowed_pairs(x, layout) for x in g), layout
+    # by hand, packed: prompt 7 (28 pairs), tails 2 and 6 over it: 2 * 7 + 3 + 6 * 7 + 21; group 2: 1 + (2 + 3) + 1 + 1
+    assert [allowed_pairs(x, "packed") for x in g] == [28 + 17 + 63, 1 + 5 + 2]
+
+
+def test_auto_counts_the_pairs_a_segment_aware_kernel_computes():
+    """K = 9, prompt 5, tails of 199 (eight) and 150 (one), attention pair = 1/100 of a token's matmuls. A dense-mask
+    kernel computes the packed row's square, 1747 x (1 + 17.47) = 32267: kv wins (5.25 + 9 x 199 x 3.04 = 5450.6).
+    A segment-aware kernel computes the allowed pairs only, 15 + 8 (199 x 5 + 199 x 200 / 2) + (150 x 5 + 150 x 151 / 2)
+    = 179250 for packed and kv alike: packed then wins on slots (1747 against kv's 5 + 9 x 199 = 1796)."""
+    tails = [[i] * 198 + [2] for i in range(3, 11)] + [[11] * 149 + [2]]
+    g = TokenizedGroup([[1] * 5 + t for t in tails], list(range(9)))
+    assert g.prompt_length == 5 and allowed_pairs(g, "packed") == allowed_pairs(g, "kv") == 179250
+    assert batch_cost([g], "packed", 1e-2) == pytest.approx(1747 * 18.47)
+    assert batch_cost([g], "kv", 1e-2) == pytest.approx(5.25 + 9 * 199 * 3.04)
+    assert choose_layout([g], "auto", 1e-2) == "kv"
+    assert batch_cost([g], "packed", 1e-2, segment_aware=True) == pytest.approx(1747 + 1792.5)
+    assert batch_cost([g], "kv", 1e-2, segment_aware=True) == pytest.approx(1796 + 1792.5)
+    assert choose_layout([g], "auto", 1e-2, segment_aware=True) == "packed"
+    assert plan_batches([g, g], 10_000, "auto", 1e-2) == [([0, 1], "kv")]
+    assert plan_batches([g, g], 10_000, "auto", 1e-2, segment_aware=True) == [([0, 1], "packed")]
