@@ -47,7 +47,7 @@ if stage attention; then  # parity first: a layout or attention function that di
     2>&1 | grep -v '^Loading weights' | tail -20 || { echo "attention parity failed: see $OUT/attention.md" >&2; exit 1; }
 fi
 if stage probe; then
-  $PY -m benchmarks.sdpa_probe --model "$MODEL" --k 4 --prompt $P --completion $C --groups $NG --reps $REPS --out "$OUT" \
+  $PY -m benchmarks.sdpa_probe --model "$MODEL" --k 4 --prompt $P --completion $C --groups $NG --out "$OUT" \
     2>&1 | tail -12
 fi
 if stage throughput; then
