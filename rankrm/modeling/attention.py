@@ -40,8 +40,9 @@ def layout_problem(attn_implementation: str, layout: str) -> str | None:
         return None
     what = "auto layout (which may choose packed or kv)" if layout == "auto" else f"{layout} layout"
     return (
-        f"--attn-implementation {attn_implementation} cannot run the {what} correctly: it takes no "
-        "(B, 1, T, S) attention mask that keeps a packed row's completions apart. Fix: use --attn-implementation "
+        f"--attn-implementation {attn_implementation} cannot run the {what} correctly: it does not apply the "
+        "(B, 1, T, S) mask that keeps a prompt's completions apart (flash_attention_* take no 4D mask, "
+        "flex_attention adds it to the scores). Fix: use --attn-implementation "
         f"{VARLEN} (segment-aware: flash varlen on GPUs) or sdpa, or --layout padded"
     )
 
