@@ -224,13 +224,14 @@ def main() -> None:
         "4 of 30 layers would weigh several times more than in the full model)",
     )
     p.add_argument("--no-trl", action="store_true", help="rankrm layouts only")
+    p.add_argument("--attn-implementation", default="sdpa", help="rankrm's attention (sdpa, rankrm_varlen, ...)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--name", default="throughput", help="results file stem")
     args = p.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    model = RewardModel.from_pretrained(args.model)
+    model = RewardModel.from_pretrained(args.model, attn_implementation=args.attn_implementation)
     if args.layers:
         name, layers = layer_stack(model.backbone)
         setattr(model.backbone, name, torch.nn.ModuleList(list(layers)[: args.layers]))

@@ -12,9 +12,11 @@ import torch
 from torch import nn
 
 from rankrm.data.encode import PAD_TOKEN, TextEncoder, TokenizedGroup, add_pad_token
-from rankrm.errors import ModelError, NonFiniteError
+from rankrm.errors import ModelError, NonFiniteError, SettingsError
 from rankrm.files import TMP_PREFIX, atomic_dir
-from rankrm.modeling.batch import Batch, collate, collate_rows
+from rankrm.modeling.attention import SEGMENT_AWARE, layout_problem, layouts_for
+from rankrm.modeling.attention import register as register_attention
+from rankrm.modeling.batch import Batch, Segments, collate, collate_rows
 from rankrm.modeling.hub import DEFAULT_MODEL, resolve
 from rankrm.modeling.planning import plan_batches, token_budget_batches
 from rankrm.progress import library_bars, with_progress
@@ -105,6 +107,8 @@ class RewardModel(nn.Module):
         verbosity = hf_logging.get_verbosity()
         if not meta:  # a fresh head is expected to be missing from an LM checkpoint: no load report for it
             hf_logging.set_verbosity_error()
+        if attn_implementation in SEGMENT_AWARE:
+            register_attention()
         try:
             extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
             with library_bars("transformers"):  # its "Loading weights" bar: on a terminal only
@@ -233,35 +237,50 @@ class RewardModel(nn.Module):
         """The backbone's name for a key/value cache: `cache` (transformers >= 5.2x) or `past_key_values`."""
         return "cache" if "cache" in inspect.signature(self.backbone.forward).parameters else "past_key_values"
 
-    def _mask(self, mask: torch.Tensor) -> torch.Tensor:
-        """A 4D bool mask as the attention implementation takes it: eager adds it to the scores (allowed 0, masked
-        the most negative float); sdpa and the others take the bool mask as it is."""
-        if mask.dim() == 4 and self.hf.config._attn_implementation == "eager":
+    @property
+    def segment_aware(self) -> bool:
+        """Whether the attention reads the batch's segments (rankrm_varlen): collate then needs no dense mask
+        (collate's dense_mask=False), and the cost model counts allowed pairs (plan_batches' segment_aware)."""
+        return self.hf.config._attn_implementation in SEGMENT_AWARE
+
+    def _attention(self, mask: torch.Tensor, segments: Segments | None) -> dict:
+        """The attention arguments of one backbone pass: the batch's segments for a segment-aware function (which
+        transformers hands the mask unread); else the mask as the implementation takes it: eager adds a 4D mask to the
+        scores (allowed 0, masked the most negative float); sdpa and the others take the bool mask as it is."""
+        impl = self.hf.config._attn_implementation
+        if impl in SEGMENT_AWARE:
+            return {"attention_mask": mask, "rankrm_segments": segments}
+        if mask.dim() == 4 and impl == "eager":
             dtype = next(self.parameters()).dtype
-            return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
-        return mask
+            mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+        return {"attention_mask": mask}
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Rewards (N,) at the flat positions batch.end_index of the (B, T) batch, reward_bias included.
 
         The kv layout (batch.prompt): a first pass over each group's prompt keeps its keys and values; every
         completion row then attends to its group's (gathered by prompt.group_index) and its own tokens."""
+        impl = self.hf.config._attn_implementation
+        if problem := layout_problem(impl, batch.layout):
+            raise SettingsError(problem)
+        if batch.layout != "padded" and impl not in SEGMENT_AWARE and batch.attention_mask.dim() != 4:
+            raise RuntimeError(f"a {batch.layout} batch collated with dense_mask=False needs a segment-aware attention")
         kw = {"use_cache": False}
         if batch.prompt is not None:
             p, name = batch.prompt, self._cache_argument
             first = self.backbone(
                 input_ids=p.input_ids,
-                attention_mask=self._mask(p.attention_mask),
                 position_ids=p.position_ids,
                 use_cache=True,
+                **self._attention(p.attention_mask, p.segments),
             )
             cache = getattr(first, name)
             cache.batch_select_indices(p.group_index)  # (G, ...) -> (N, ...): each row its group's prompt
             kw = {"use_cache": True, name: cache}
         hidden = self.backbone(
             input_ids=batch.input_ids,
-            attention_mask=self._mask(batch.attention_mask),
             position_ids=batch.position_ids,
+            **self._attention(batch.attention_mask, batch.segments),
             **kw,
         ).last_hidden_state  # (B, T, H)
         h_end = hidden.reshape(-1, hidden.shape[-1])[batch.end_index]  # (N, H)
@@ -330,9 +349,13 @@ class RewardModel(nn.Module):
         self.eval()
         out: list[list[float]] = [[] for _ in groups]
         device = next(self.parameters()).device
-        for idx, how in plan_batches(groups, batch_tokens, layout, self.attention_per_token):
+        if layout == "auto" and "packed" not in layouts_for(self.hf.config._attn_implementation):
+            layout = "padded"  # the only layout this attention implementation runs correctly
+        lean = self.segment_aware
+        for idx, how in plan_batches(groups, batch_tokens, layout, self.attention_per_token, segment_aware=lean):
             sub = [groups[i] for i in idx]
-            r = batch_rewards(self, collate(sub, self.tokenizer.pad_token_id, how).to(device)).tolist()
+            r = batch_rewards(self, collate(sub, self.tokenizer.pad_token_id, how, dense_mask=not lean).to(device))
+            r = r.tolist()
             for i, g in zip(idx, sub):
                 out[i], r = r[: len(g.ids)], r[len(g.ids) :]
         self.train(was_training)

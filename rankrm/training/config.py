@@ -20,6 +20,7 @@ from rankrm.data.encode import tokenize_processes
 from rankrm.data.groups import CONFLICTS
 from rankrm.data.readers import CONFLICTS_HELP, FORMAT_HELP, FORMAT_NAMES, SKIP_INVALID_HELP
 from rankrm.errors import SettingsError
+from rankrm.modeling.attention import layout_problem
 from rankrm.modeling.batch import LAYOUTS
 from rankrm.modeling.hub import DEFAULT_MODEL
 from rankrm.training.tracking import tracker_names
@@ -103,10 +104,10 @@ class TrainConfig:
     )
     attn_implementation: str = opt(
         "sdpa",
-        "attention kernel: sdpa (PyTorch's fused attention, which picks flash or "
-        "memory-efficient kernels on GPUs), eager, or another name transformers "
-        "knows (flash_attention_2 and flex_attention on GPUs; padded layout only "
-        "for flash_attention_2, which takes no 4D mask)",
+        "attention kernel: sdpa (PyTorch's fused attention with the layout's mask; the reference), "
+        "eager, rankrm_varlen (computes only the query-key pairs the layout allows: flash varlen "
+        "on GPUs in bf16, an exact SDPA emulation on CPUs), or another name transformers knows "
+        "(flash_attention_2, flex_attention, ...: --layout padded only, as they take no 4D mask)",
     )
     max_length: int = opt(512, "tokens per prompt + completion; longer ones lose the start of the prompt")
     max_train_groups: int = opt(0, "use only this many training groups, chosen at random by --seed (0: all)")
@@ -244,11 +245,8 @@ class TrainConfig:
                 "the kv layout keeps the prompt's keys and values, which gradient checkpointing drops. Fix: use "
                 "--layout auto (it then chooses between padded and packed) or no checkpointing"
             )
-        if self.attn_implementation == "flash_attention_2" and self.layout != "padded":
-            yield (
-                "flash_attention_2 takes no 4D attention mask, which the packed and kv layouts need. Fix: use "
-                "--layout padded with it, or --attn-implementation sdpa"
-            )
+        if problem := layout_problem(self.attn_implementation, self.layout):
+            yield problem
         if self.lora_r and self.train_layers >= 0:
             yield "--lora-r and --train-layers both choose what trains. Fix: give one of them"
         try:
