@@ -47,15 +47,18 @@ def backward_step(
     accelerator=None,
     bf16: bool = False,
     kv: bool = True,
+    segment_aware: bool = False,
 ) -> StepStats:
     """Forward and backward over one step's groups in micro-batches of micro_batch_tokens padded tokens; gradients
     accumulate in .grad with each group weighted by `weight` (1/G for a step of G groups), so the update is the
     mean over the step's groups however they are batched."""
     device = next(model.parameters()).device
-    micro = plan_batches(groups, micro_batch_tokens, layout, attention_per_token, kv=kv and cache is None)
+    micro = plan_batches(
+        groups, micro_batch_tokens, layout, attention_per_token, kv=kv and cache is None, segment_aware=segment_aware
+    )
     out = StepStats(torch.zeros((), device=device), layouts=[how for _, how in micro])
     for mi, (idx, how) in enumerate(micro):
-        b = collate([groups[j] for j in idx], pad_id, how).to(device)
+        b = collate([groups[j] for j in idx], pad_id, how, dense_mask=not segment_aware).to(device)
         out.tokens += b.real_tokens
         out.per_completion_tokens += sum(len(r) for j in idx for r in groups[j].ids)
         out.completions += len(b.end_index)
@@ -178,6 +181,7 @@ def steps(cfg: TrainConfig, parts: Prepared, run: Run, held, signals, bar: Progr
             accelerator=accelerator,
             bf16=cfg.autocast_bf16,
             kv=not cfg.gradient_checkpointing,
+            segment_aware=core.segment_aware,
         )
         norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
         due = bool(cfg.save_minutes and time.time() - last_save >= 60 * cfg.save_minutes)
@@ -268,7 +272,9 @@ def evaluate_shared(
         return evaluate_groups(core, groups, batch_tokens, layout, cache, progress=progress)
     from accelerate.utils import gather_object
 
-    plan = plan_batches(groups, batch_tokens, layout, core.attention_per_token, kv=cache is None)
+    plan = plan_batches(
+        groups, batch_tokens, layout, core.attention_per_token, kv=cache is None, segment_aware=core.segment_aware
+    )
     mine = []
     for idx, how in plan[rank::world]:  # one pass each: idx fits the budget by plan
         r = evaluate_groups(core, [groups[i] for i in idx], batch_tokens, how, cache, require_pairs=False)
