@@ -49,7 +49,8 @@ def cmd_eval(args) -> int:
         truncated = int(tok.column("cut").sum())
         res = evaluate_groups(model, tok, args.batch_tokens, progress=not args.json)
         results.append(res)
-        out["models"].append({"model": name, "truncated_completions": truncated, **res.metrics})
+        slices = {"slices": res.slices(args.slice)} if args.slice else {}
+        out["models"].append({"model": name, "truncated_completions": truncated, **res.metrics, **slices})
         if truncated:
             print(
                 f"rankrm eval: {name}: {truncated} completions had their prompt cut from the left to fit "
@@ -360,6 +361,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_store_flags(e)
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    e.add_argument(
+        "--slice",
+        action="append",
+        default=[],
+        metavar="FIELD",
+        help="metrics per value of a pairwise record's field, per comparison (repeatable); "
+        "'length' is built in: the preferred completion longer, shorter or as long in tokens",
+    )
     e.add_argument(
         "--report",
         default=None,
