@@ -14,6 +14,7 @@ from torch import nn
 from rankrm.data.encode import PAD_TOKEN, TextEncoder, TokenizedGroup, add_pad_token, end_at_eos  # noqa: F401
 from rankrm.files import TMP_PREFIX, atomic_dir
 from rankrm.modeling.batch import Batch, collate, collate_rows
+from rankrm.modeling.card import CARD_FILE, model_card
 from rankrm.modeling.hub import DEFAULT_MODEL, resolve
 from rankrm.modeling.planning import plan_batches, token_budget_batches
 
@@ -146,6 +147,15 @@ class RewardModel(nn.Module):
             self.write(tmp)
             for name, text in extra.items():
                 (tmp / name).write_text(text)
+            if CARD_FILE not in extra:  # the model card, from the metrics saved with the model (or kept beside it)
+                results = tmp / "eval_results.json" if "eval_results.json" in extra else out / "eval_results.json"
+                (tmp / CARD_FILE).write_text(self.card(out.name, results))
+
+    def card(self, name: str, results_file: Path) -> str:
+        """The directory's README.md (modeling/card.py): the held-out metrics of results_file when it exists."""
+        results = json.loads(results_file.read_text()) if results_file.is_file() else None
+        base = (results or {}).get("config", {}).get("model") or getattr(self.hf.config, "_name_or_path", None)
+        return model_card(name, base or None, results, self.normalization)
 
     # -- the text the backbone reads ---------------------------------------------------------------------------
 
