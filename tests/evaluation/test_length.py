@@ -171,3 +171,8 @@ def test_eval_slices_by_a_record_field_and_by_length(model_dirs, tmp_path, capsy
     assert "length: the model" in text and "slice judge:" in text and "  x: accuracy" in text
     assert main([*argv, "--slice", "nope"]) == 2
     assert "no comparison carries a field 'nope'" in capsys.readouterr().err
+    pytest.importorskip("matplotlib")
+    assert main([*argv, "--report", str(tmp_path / "report")]) == 0
+    png = (tmp_path / "report" / "length.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert "length: the model" in (tmp_path / "report" / "summary.md").read_text()
