@@ -269,20 +269,36 @@ def cmd_normalize(args) -> int:
     from rankrm.modeling.model import RewardModel
     from rankrm.modeling.normalize import demonstrations, file_sha256, normalize
 
-    prompts, responses, source = demonstrations(args.demonstrations, args.format)
+    if args.demonstrations is None and args.calibrate is None:
+        raise ValueError("normalize needs --demonstrations, --calibrate or both. Fix: give one")
     model = RewardModel.from_pretrained(args.model, max_length=args.max_length)
-    stats = normalize(model, prompts, responses, args.target_std, args.batch_tokens, progress=True)
-    stats.update({"file": str(args.demonstrations), "sha256": file_sha256(args.demonstrations), "source": source})
-    model.normalization = stats
     out = args.output_dir or args.model
+    if args.demonstrations is not None:
+        prompts, responses, source = demonstrations(args.demonstrations, args.format)
+        stats = normalize(model, prompts, responses, args.target_std, args.batch_tokens, progress=True)
+        stats.update({"file": str(args.demonstrations), "sha256": file_sha256(args.demonstrations), "source": source})
+        model.normalization = stats
+    if args.calibrate is not None:
+        from rankrm.evaluation.evaluate import evaluate
+        from rankrm.evaluation.temperature import calibrate
+
+        res = evaluate(model, [str(p) for p in args.calibrate], args.format, args.batch_tokens)
+        model.calibration = calibrate(model, res) | {"file": ", ".join(map(str, args.calibrate))}
     model.save_pretrained(out)
-    check = model.score(prompts, responses, batch_tokens=args.batch_tokens)
-    mean = sum(check) / len(check)
-    print(
-        f"{stats['count']} demonstrations ({source}): mean {stats['mean']:+.4f}, std {stats['std']:.4f} before; "
-        f"offset {stats['offset']:+.4f} ({stats['offset_in']}), gain {stats['gain']:.4f}; "
-        f"mean after {mean:+.2e}; saved to {out}"
-    )
+    if args.demonstrations is not None:
+        check = model.score(prompts, responses, batch_tokens=args.batch_tokens)
+        mean = sum(check) / len(check)
+        print(
+            f"{stats['count']} demonstrations ({source}): mean {stats['mean']:+.4f}, std {stats['std']:.4f} before; "
+            f"offset {stats['offset']:+.4f} ({stats['offset_in']}), gain {stats['gain']:.4f}; "
+            f"mean after {mean:+.2e}; saved to {out}"
+        )
+    if args.calibrate is not None:
+        c = model.calibration
+        print(
+            f"calibrated on {c['pairs']} comparisons: rewards divided by the temperature {c['temperature']:.4g}; "
+            f"ECE {c['ece_before']:.4f} before, {c['ece_after']:.4f} after; saved to {out}"
+        )
     return 0
 
 
@@ -382,11 +398,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_parser(sub)
 
     n = sub.add_parser(
-        "normalize", parents=[shared["model"]], help="set a bias so that demonstrations score a mean of 0 (InstructGPT)"
+        "normalize",
+        parents=[shared["model"]],
+        help="set a bias so that demonstrations score a mean of 0 (InstructGPT), and/or fold a calibrating temperature into the weights",
     )
     n.add_argument(
         "--demonstrations",
-        required=True,
+        default=None,
         type=Path,
         help="JSONL of {prompt, response}, or ranked data whose rank-0 completions serve as "
         "demonstrations (e.g. the heldout.jsonl that `rankrm train` writes)",
@@ -398,7 +416,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="also set a gain so the demonstrations' rewards have this standard deviation",
     )
-    n.add_argument("--format", default="auto", help="format of a ranked-data demonstrations file")
+    n.add_argument(
+        "--calibrate",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="DATA",
+        help="held-out ranked data: fit the temperature T there and divide every reward by it, so that "
+        "sigmoid(r_a - r_b) is calibrated (recorded in rankrm.json; after --demonstrations when both are given)",
+    )
+    n.add_argument("--format", default="auto", help="format of a ranked-data demonstrations or --calibrate file")
     n.set_defaults(func=cmd_normalize)
 
     s = sub.add_parser(

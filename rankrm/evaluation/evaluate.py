@@ -207,8 +207,8 @@ def format_report(m: dict) -> str:
     if "calibration" in m:
         c = m["calibration"]
         lines.append(
-            f"calibration: ECE {c['ece']:.4f}  temperature {c['temperature']:.3g} (log loss "
-            f"{c['log_loss_at_temperature']:.4f} at it)"
+            f"calibration: ECE {c['ece']:.4f}  temperature {c['temperature']:.3g} (at it: log loss "
+            f"{c['log_loss_at_temperature']:.4f}, ECE {_num(c.get('ece_at_temperature'))})"
         )
         lines += [
             f"  P {b['bin'][0]:.2f}-{b['bin'][1]:.2f}: confidence {b['confidence']:.3f}  accuracy "

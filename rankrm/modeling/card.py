@@ -142,7 +142,9 @@ USE = [
 ]
 
 
-def model_card(name: str, base_model: str | None, results: dict | None, normalization: dict | None) -> str:
+def model_card(
+    name: str, base_model: str | None, results: dict | None, normalization: dict | None, calibration: dict | None = None
+) -> str:
     """The README.md of a saved reward model: front matter, held-out figures with the length baseline, how it was
     trained, how to load and score it."""
     header = yaml.safe_dump(front_matter(name, base_model, results), sort_keys=False, allow_unicode=True)
@@ -162,6 +164,15 @@ def model_card(name: str, base_model: str | None, results: dict | None, normaliz
         lines += ["Not evaluated here (no eval_results.json): run `rankrm eval --model PATH --data FILE`.", ""]
     if normalization:
         lines += _normalized(normalization)
+    if calibration:
+        lines += [
+            f"Calibrated: every reward is divided by the temperature {calibration['temperature']:.4g} fitted on "
+            f"{calibration['pairs']} held-out comparisons ({calibration.get('file', 'held-out data')}): expected "
+            f"calibration error {calibration['ece_before']:.4f} before, {calibration['ece_after']:.4f} after. "
+            "sigmoid(r_a - r_b) is the calibrated probability that a is preferred. The figures above were measured "
+            "before.",
+            "",
+        ]
     if results and results.get("config"):
         lines += _training(results)
     return "\n".join(lines + USE)

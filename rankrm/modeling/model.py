@@ -67,6 +67,7 @@ class RewardModel(nn.Module):
         self.hf = hf_model
         self.encoder = TextEncoder(tokenizer, max_length)
         self.normalization: dict | None = None  # statistics of the demonstrations, once normalized (rankrm.json)
+        self.calibration: dict | None = None  # the temperature folded into the weights (rankrm.json)
 
     # -- loading and saving ------------------------------------------------------------------------------------
 
@@ -100,6 +101,7 @@ class RewardModel(nn.Module):
             hf_logging.set_verbosity(verbosity)
         model = cls(hf, tokenizer, max_length=max_length or meta.get("max_length", 1024))
         model.normalization = meta.get("normalization")
+        model.calibration = meta.get("calibration")
         return model
 
     def check_finite(self) -> None:
@@ -123,6 +125,7 @@ class RewardModel(nn.Module):
             "pad_token": self.tokenizer.pad_token,
             "chat_template": bool(self.tokenizer.chat_template),
             "normalization": self.normalization,
+            "calibration": self.calibration,
         }
         (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -155,7 +158,7 @@ class RewardModel(nn.Module):
         """The directory's README.md (modeling/card.py): the held-out metrics of results_file when it exists."""
         results = json.loads(results_file.read_text()) if results_file.is_file() else None
         base = (results or {}).get("config", {}).get("model") or getattr(self.hf.config, "_name_or_path", None)
-        return model_card(name, base or None, results, self.normalization)
+        return model_card(name, base or None, results, self.normalization, self.calibration)
 
     # -- the text the backbone reads ---------------------------------------------------------------------------
 
