@@ -383,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="FIELD",
         help="metrics per value of a pairwise record's field, per comparison (repeatable); "
-        "'length' is built in: the preferred completion longer, shorter or as long in tokens",
+        "'length' is built in: the preferred completion longer, shorter or as long (characters)",
     )
     e.add_argument(
         "--report",

@@ -11,7 +11,14 @@ import numpy as np
 import torch
 
 from rankrm.data.encode import TokenizedGroup
-from rankrm.evaluation.length import length_metrics, length_warning, pair_lengths, slice_metrics, slice_values
+from rankrm.evaluation.length import (
+    length_metrics,
+    length_unit,
+    length_warning,
+    pair_lengths,
+    slice_metrics,
+    slice_values,
+)
 from rankrm.evaluation.metrics import calibration, ranking_metrics, stated_margins, subset_metrics, vote_metrics
 from rankrm.loss import group_stats
 from rankrm.modeling.batch import collate
@@ -128,10 +135,11 @@ class EvalResult:
 
     def slices(self, names) -> dict:
         """Accuracy, log loss and the longer-wins baseline per value of each named per-comparison field ("length"
-        built in: the preferred completion longer, shorter or as long), computed per comparison."""
+        built in: the preferred completion longer, shorter or as long), computed per comparison; lengths in
+        length_unit (characters where known)."""
         d, w = stated_margins(self.rewards, self.labels)
-        tokens = pair_lengths(self.labels, "tokens")
-        lw, ll = tokens if tokens is not None else (None, None)
+        unit = length_unit(self.labels)
+        lw, ll = pair_lengths(self.labels, unit) if unit else (None, None)
         return {name: slice_metrics(d, w, slice_values(self.labels, name), lw, ll) for name in names}
 
     def to_json(self) -> dict:
@@ -245,14 +253,15 @@ def format_length(length: dict, accuracy: float) -> list[str]:
     """The length block as lines: the longer-wins baseline next to the model, the shorter/longer split, the
     reward-length correlation, the length-matched bins, and the warning when the baseline is not beaten."""
     split, corr = length["by_preferred_length"], length["correlation"]
+    unit = {"chars": "characters", "tokens": "tokens"}[length.get("unit", "tokens")]
     lines = [
         f"length: the model {accuracy:.4f}; the longer completion wins (no model) {_num(length['longer_wins_tokens'])}"
         f" by tokens, {_num(length['longer_wins_chars'])} by characters",
-        "  the model where the preferred completion is "
+        f"  the model where the preferred completion ({unit}) is "
         + ", ".join(f"{k} {_num(v['accuracy'])} ({v['pairs']} pairs)" for k, v in split.items()),
-        f"  Spearman of reward with length (tokens) {_num(corr['spearman'], 3)} over completions, "
+        f"  Spearman of reward with length {_num(corr['spearman'], 3)} over completions, "
         f"{_num(corr['spearman_per_prompt'], 3)} mean per prompt ({corr['prompts']} prompts)",
-        "  length-matched: the model and the longer-wins baseline on pairs binned by |log length ratio| (tokens)",
+        "  length-matched: the model and the longer-wins baseline on pairs binned by |log length ratio|",
     ]
     lines += [
         f"    {b['log_ratio'][0]:.2f}-{b['log_ratio'][1]:.2f}: the model {_num(b['accuracy'])}  longer wins "

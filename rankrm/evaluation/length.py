@@ -3,8 +3,9 @@
 The best-known failure of reward models is "longer is better". These metrics put the model next to the one-line
 heuristic "the longer completion wins" on the same pairs, split its accuracy by whether the preferred completion is
 the shorter or the longer one, correlate its rewards with length, and measure it on pairs of about equal length.
-Lengths are tokens of the completion (its EOS included: what the model reads) unless said otherwise; the baseline
-is given in characters too. Every accuracy is vote-weighted and counts a tie (in reward, or in length for the
+Lengths are characters of the completion where known (the text's own length, the same for every tokenizer and
+untouched when --max-length cuts a prompt), else tokens of the completion after the shared prompt (its EOS
+included; capped where the prompt was cut, so such pairs look equally long); the baseline is given in both. Every accuracy is vote-weighted and counts a tie (in reward, or in length for the
 baseline) as half right, like the model's accuracy; "pairs" are votes, like the model's "pairs"."""
 
 from __future__ import annotations
@@ -23,6 +24,14 @@ def weighted_accuracy(d: np.ndarray, w: np.ndarray) -> float | None:
     """The vote-weighted share of pairs ordered right by d (ties 1/2); None without votes."""
     n = float(w.sum())
     return float((w * ordered(d)).sum() / n) if n else None
+
+
+def length_unit(labels) -> str | None:
+    """The unit the split, correlation, bins and length slice use: "chars" where every group knows them, else
+    "tokens"; None when the labels carry no lengths (results saved before lengths were recorded)."""
+    if labels and all(lab.chars is not None for lab in labels):
+        return "chars"
+    return "tokens" if labels and all(lab.tokens is not None for lab in labels) else None
 
 
 def pair_lengths(labels, unit: str = "tokens") -> tuple[np.ndarray, np.ndarray] | None:
@@ -76,10 +85,10 @@ def length_correlation(rewards, lengths) -> dict:
 
 
 def length_matched(d, len_w, len_l, w, bins: int = LENGTH_BINS) -> list[dict]:
-    """Accuracy, and the longer-wins baseline, in bins of |log(len_w / len_l)|: quantiles over the comparisons
+    """Accuracy, and the longer-wins baseline, in bins of |log((1 + len_w) / (1 + len_l))|: quantiles over the comparisons
     (equal edges merged), each bin (lo, hi] but the first [lo, hi]; the first bin holds the pairs of most nearly
     equal length, where length cannot explain the model's choices."""
-    x = np.abs(np.log(len_w / len_l))  # (P,)
+    x = np.abs(np.log((1 + len_w) / (1 + len_l)))  # (P,): one more (the EOS) so that an empty reply has a length
     edges = np.unique(np.quantile(x, np.linspace(0, 1, bins + 1), method="lower"))
     which = np.searchsorted(edges[1:-1], x, side="left")  # (P,): x <= edges[1] in bin 0, ...
     out = []
@@ -99,21 +108,19 @@ def length_matched(d, len_w, len_l, w, bins: int = LENGTH_BINS) -> list[dict]:
 def length_metrics(rewards, labels, d: np.ndarray, w: np.ndarray) -> dict:
     """The length block of EvalResult.metrics; d, w: margins and votes of every stated comparison (stated_margins).
     Empty when the labels carry no lengths (results saved before lengths were recorded)."""
-    tokens = pair_lengths(labels, "tokens")
-    if tokens is None or not len(d):
+    unit = length_unit(labels)
+    if unit is None or not len(d):
         return {}
-    tw, tl = tokens
-    out = {
-        "longer_wins_tokens": weighted_accuracy(tw - tl, w),
-        "longer_wins_chars": None,
-        "by_preferred_length": split_by_preferred_length(d, tw, tl, w),
-        "correlation": length_correlation(rewards, [np.asarray(lab.tokens, dtype=float) for lab in labels]),
-        "length_matched": length_matched(d, tw, tl, w),
+    lw, ll = pair_lengths(labels, unit)
+    tokens, chars = pair_lengths(labels, "tokens"), pair_lengths(labels, "chars")
+    return {
+        "unit": unit,
+        "longer_wins_tokens": None if tokens is None else weighted_accuracy(tokens[0] - tokens[1], w),
+        "longer_wins_chars": None if chars is None else weighted_accuracy(chars[0] - chars[1], w),
+        "by_preferred_length": split_by_preferred_length(d, lw, ll, w),
+        "correlation": length_correlation(rewards, [np.asarray(getattr(lab, unit), dtype=float) for lab in labels]),
+        "length_matched": length_matched(d, lw, ll, w),
     }
-    chars = pair_lengths(labels, "chars")
-    if chars is not None:
-        out["longer_wins_chars"] = weighted_accuracy(chars[0] - chars[1], w)
-    return out
 
 
 def length_warning(m: dict) -> str | None:
@@ -133,15 +140,15 @@ def length_warning(m: dict) -> str | None:
 
 def slice_values(labels, name: str) -> list:
     """One value per stated comparison (aligned with stated_margins) of a record field; "length" is built in
-    (the preferred completion longer, shorter or the same in tokens). Raises ValueError naming the fields there are
+    (the preferred completion longer, shorter or as long, in length_unit). Raises ValueError naming the fields there are
     when no comparison carries it."""
     if name == "length":
-        tokens = pair_lengths(labels, "tokens")
-        if tokens is None:
+        unit = length_unit(labels)
+        if unit is None:
             raise ValueError("--slice length: these results carry no completion lengths. Fix: evaluate again")
-        tw, tl = tokens
+        lw, ll = pair_lengths(labels, unit)
         return [
-            "longer preferred" if a > b else "shorter preferred" if a < b else "same length" for a, b in zip(tw, tl)
+            "longer preferred" if a > b else "shorter preferred" if a < b else "same length" for a, b in zip(lw, ll)
         ]
     if not any(lab.fields and name in lab.fields for lab in labels):
         there = sorted({k for lab in labels for k in (lab.fields or {})})

@@ -86,7 +86,7 @@ def _figures(results: dict) -> list[str]:
                 (f"accuracy where the preferred completion is the {key}", f"{_f(v['accuracy'])} ({v['pairs']} pairs)")
             )
     if corr:
-        rows.append(("Spearman of reward with length (tokens), over completions", _f(corr.get("spearman"), 3)))
+        rows.append(("Spearman of reward with length, over completions", _f(corr.get("spearman"), 3)))
         rows.append(("Spearman of reward with length, mean per prompt", _f(corr.get("spearman_per_prompt"), 3)))
     lines = [
         f"On {after.get('groups')} held-out prompts ({after.get('pairs')} comparisons):",
