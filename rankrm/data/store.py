@@ -109,6 +109,8 @@ def _token_features():
             "has_pairs": Value("bool"),
             "has_counts": Value("bool"),
             "subset": Value("string"),
+            "chars": List(Value("int32")),
+            "fields": Value("string"),
             "tokens": Value("int64"),
             "cut": Value("int32"),
             "blind": Value("bool"),
@@ -187,6 +189,8 @@ def _encode(batch: dict, encoder):
             "has_pairs": pa.array(["pairs" in g for g in groups], pa.bool_()),
             "has_counts": pa.array(["counts" in g for g in groups], pa.bool_()),
             "subset": pa.array([g.get("subset") for g in groups], pa.string()),
+            "chars": pa.array([[len(c) for c in g["completions"]] for g in groups], i32),  # for length metrics
+            "fields": pa.array([json.dumps(g["fields"]) if "fields" in g else None for g in groups], pa.string()),
             "tokens": pa.array(tokens.astype(np.int64), pa.int64()),
             "cut": pa.array(cuts.astype(np.int32), pa.int32()),
             "blind": pa.array(blind, pa.bool_()),
@@ -373,6 +377,8 @@ class StoreView(Sequence):
             [tuple(p) for p in row["pairs"]] if row["has_pairs"] else None,
             row["counts"] if row["has_counts"] else None,
             row["subset"],
+            row.get("chars"),
+            json.loads(row["fields"]) if row.get("fields") else None,
         )
 
     def column(self, name: str) -> np.ndarray:

@@ -17,6 +17,7 @@ from rankrm.files import TMP_PREFIX, atomic_dir
 from rankrm.modeling.attention import SEGMENT_AWARE, layout_problem, layouts_for
 from rankrm.modeling.attention import register as register_attention
 from rankrm.modeling.batch import Batch, Segments, collate, collate_rows
+from rankrm.modeling.card import CARD_FILE, model_card
 from rankrm.modeling.hub import DEFAULT_MODEL, resolve
 from rankrm.modeling.planning import plan_batches, token_budget_batches
 from rankrm.progress import library_bars, with_progress
@@ -75,6 +76,7 @@ class RewardModel(nn.Module):
         self.hf = hf_model
         self.encoder = encoder
         self.normalization: dict | None = None  # statistics of the demonstrations, once normalized (rankrm.json)
+        self.calibration: dict | None = None  # the temperature folded into the weights (rankrm.json)
 
     # -- loading and saving ------------------------------------------------------------------------------------
 
@@ -117,6 +119,7 @@ class RewardModel(nn.Module):
             hf_logging.set_verbosity(verbosity)
         model = cls(hf, encoder=encoder)
         model.normalization = meta.get("normalization")
+        model.calibration = meta.get("calibration")
         return model
 
     def check_finite(self) -> None:
@@ -141,6 +144,7 @@ class RewardModel(nn.Module):
             "pad_token": self.tokenizer.pad_token,
             "chat_template": bool(self.tokenizer.chat_template),
             "normalization": self.normalization,
+            "calibration": self.calibration,
         }
         (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -165,6 +169,15 @@ class RewardModel(nn.Module):
             self.write(tmp)
             for name, text in extra.items():
                 (tmp / name).write_text(text)
+            if CARD_FILE not in extra:  # the model card, from the metrics saved with the model (or kept beside it)
+                results = tmp / "eval_results.json" if "eval_results.json" in extra else out / "eval_results.json"
+                (tmp / CARD_FILE).write_text(self.card(out.name, results))
+
+    def card(self, name: str, results_file: Path) -> str:
+        """The directory's README.md (modeling/card.py): the held-out metrics of results_file when it exists."""
+        results = json.loads(results_file.read_text()) if results_file.is_file() else None
+        base = (results or {}).get("config", {}).get("model") or getattr(self.hf.config, "_name_or_path", None)
+        return model_card(name, base or None, results, self.normalization, self.calibration)
 
     # -- the text the backbone reads ---------------------------------------------------------------------------
 
