@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from rankrm.errors import SettingsError
+
 LENGTH_BINS = 4  # quantile bins of |log length ratio| for the length-matched accuracy
 
 
@@ -140,19 +142,19 @@ def length_warning(m: dict) -> str | None:
 
 def slice_values(labels, name: str) -> list:
     """One value per stated comparison (aligned with stated_margins) of a record field; "length" is built in
-    (the preferred completion longer, shorter or as long, in length_unit). Raises ValueError naming the fields there are
+    (the preferred completion longer, shorter or as long, in length_unit). Raises SettingsError naming the fields there are
     when no comparison carries it."""
     if name == "length":
         unit = length_unit(labels)
         if unit is None:
-            raise ValueError("--slice length: these results carry no completion lengths. Fix: evaluate again")
+            raise SettingsError("--slice length: these results carry no completion lengths. Fix: evaluate again")
         lw, ll = pair_lengths(labels, unit)
         return [
             "longer preferred" if a > b else "shorter preferred" if a < b else "same length" for a, b in zip(lw, ll)
         ]
     if not any(lab.fields and name in lab.fields for lab in labels):
         there = sorted({k for lab in labels for k in (lab.fields or {})})
-        raise ValueError(
+        raise SettingsError(
             f"--slice {name}: no comparison carries a field {name!r}. Fix: name one of "
             f"{', '.join(['length', *there])} (pairwise records' other fields: short text, numbers, booleans)"
         )

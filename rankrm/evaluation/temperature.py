@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from rankrm.errors import DataError
 from rankrm.evaluation.evaluate import EvalResult
 from rankrm.evaluation.metrics import fit_temperature, reliability, stated_margins
 from rankrm.modeling.normalize import set_normalization
@@ -21,9 +22,13 @@ def calibrate(model, res: EvalResult) -> dict:
     comparisons before and after (the same bins as `rankrm eval`)."""
     d, w = stated_margins(res.rewards, res.labels)
     if not len(d) or not np.any(d):
-        raise ValueError(
-            "no comparison with a reward margin to fit a temperature on. Fix: give --calibrate ranked data the "
-            "model separates (its held-out data, e.g. the heldout.jsonl that `rankrm train` writes)"
+        raise DataError(
+            "--calibrate",
+            None,
+            None,
+            "no comparison with a reward margin to fit a temperature on",
+            "give --calibrate ranked data the model separates (its held-out data, e.g. the heldout.jsonl that "
+            "`rankrm train` writes)",
         )
     t = fit_temperature(d, w)
     where = set_normalization(model, 0.0, 1.0 / t)
