@@ -36,6 +36,7 @@ from rankrm.modeling.model import RewardModel
 from rankrm.modeling.planning import plan_batches
 from rankrm.training.checkpoint import RunLock, check_identity, find_checkpoint, load_checkpoint
 from rankrm.training.config import TrainConfig
+from rankrm.training.determinism import setup_determinism
 from rankrm.training.loop import Run, all_sum, evaluate_shared, loop
 from rankrm.training.signals import StopSignals
 from rankrm.training.tracking import accelerator_kwargs, end_trackers, scalars, start_trackers
@@ -47,7 +48,6 @@ def train(cfg: TrainConfig, frozen_cache: dict | None = None) -> dict:
     frozen_cache: a dict to keep the frozen layers' outputs in, shared by several runs on the same backbone
     (benchmarks/grouping.py); by default each run has its own."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
 
     check_engine()  # before Accelerator(): on a machine without GPUs its FSDP plugin fails with an error of its own
     # bf16 is plain torch autocast around the forward, not Accelerate's setting, which is fixed once per process
@@ -66,7 +66,8 @@ def train(cfg: TrainConfig, frozen_cache: dict | None = None) -> dict:
         start_trackers(accelerator, out, asdict(cfg), say)
         if cfg.plots and plotting_missing():
             say(f"note: no training report at the end: {plotting_missing()}, or pass --no-plots")
-        set_seed(cfg.seed)
+        set_up = setup_determinism(cfg.seed, cfg.threads, cfg.full_determinism)  # docs/reproducibility.md
+        say(f"seed {cfg.seed}; {set_up['threads']} CPU threads{'; full determinism' if cfg.full_determinism else ''}")
         model, trainable = build_model(cfg, say)
         check_tokens(model, encoder, data, say)
         tok_train, tok_eval = data.train, data.held
