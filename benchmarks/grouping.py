@@ -36,7 +36,7 @@ from rankrm.modeling.frozen import FrozenLayerCache, select_trainable
 from rankrm.modeling.hub import DEFAULT_MODEL
 from rankrm.modeling.model import RewardModel
 from rankrm.training.config import TrainConfig
-from rankrm.training.run import train
+from rankrm.training.run import _train
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = [str(ROOT / "rankrm/shipped/oasst_en_100_tree.jsonl"), str(ROOT / "rankrm/shipped/oasst1_en_validation.jsonl")]
@@ -104,10 +104,10 @@ def table(runs: dict, epochs: float, warm_seconds: float, seeds) -> str:
         low = [min(p["log_loss"] for p in r) for r in rs]
         fwd = [r[-1]["completions_forwarded"] / epochs for r in rs]
         sec = [r[-1]["train_seconds"] for r in rs]
-        f = lambda xs, d=4: (
-            f"{mean_sd(xs)[0]:.{d}f} ± {mean_sd(xs)[1]:.{d}f} "  # noqa: E731
-            f"[{min(xs):.{d}f}, {max(xs):.{d}f}]"
-        )
+
+        def f(xs, d=4):
+            return f"{mean_sd(xs)[0]:.{d}f} ± {mean_sd(xs)[1]:.{d}f} [{min(xs):.{d}f}, {max(xs):.{d}f}]"
+
         lines.append(
             f"| {regime} | {f(acc)} | {f(ll)} | {f(best)} | {f(low)} | {statistics.mean(fwd):.0f} | {f(sec, 0)} |"
         )
@@ -201,7 +201,7 @@ def main() -> None:
         for seed in args.seeds:
             for regime in REGIMES:
                 out = Path(tmp) / f"{regime}-{seed}"
-                res = train(TrainConfig(**base, seed=seed, regime=regime, output_dir=str(out)), frozen_cache=cache)
+                res = _train(TrainConfig(**base, seed=seed, regime=regime, output_dir=str(out)), frozen_store=cache)
                 runs[regime].append(curve(res))
                 raw.append(
                     {

@@ -106,11 +106,10 @@ def test_convert_to_pairwise_writes_one_record_per_stated_comparison(tmp_path, c
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert code == 0 and len(rows) == 754 and rows[0]["chosen"][0]["role"] == "assistant"
     before, after = read_groups(OASST_TREES), read_groups(out)
-    pairs = lambda gs: {
-        (json.dumps(g.prompt), g.completions[w], g.completions[l])
-        for g in gs  # noqa: E731
-        for w, l in g.comparisons()
-    }
+
+    def pairs(gs):
+        return {(json.dumps(g.prompt), g.completions[w], g.completions[l]) for g in gs for w, l in g.comparisons()}
+
     assert pairs(after) == pairs(before)
 
 

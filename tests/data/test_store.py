@@ -4,6 +4,7 @@ frozen-layer cache's budget, and training from a store bit-identical to training
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -61,7 +62,7 @@ def test_stream_merge_matches_merging_all_records_at_once(tmp_path):
 def test_store_tokens_are_the_models_and_the_report_is_kept(tmp_path, model_dirs):
     model = RewardModel.from_pretrained(str(model_dirs["llama-chat"]), max_length=96)
     for src in ([HH], [OASST_TREES], [_pairwise_far_apart(tmp_path / "p.jsonl")]):
-        store = prepare(src, model.encoder, tmp_path / "store", num_proc=2, say=lambda *_: None)
+        store = prepare(src, model.encoder, tmp_path / "store", num_proc=2)
         from rankrm.data.groups import ReadReport
 
         report = ReadReport()
@@ -136,34 +137,35 @@ def test_fingerprint_changes_with_what_matters_only(tmp_path, model_dirs):
     assert len({fp for fp, _ in variants.values()}) == len(variants)
 
 
-def test_open_data_prepares_once_then_finds_it(tmp_path, model_dirs):
+def test_open_data_prepares_once_then_finds_it(tmp_path, model_dirs, caplog):
+    caplog.set_level(logging.INFO, logger="rankrm")
     data = write_jsonl(tmp_path / "a.jsonl", synthetic_groups(20, seed=1))
-    said = []
     enc = _encoder(model_dirs)
-    first = open_data([data], enc, tmp_path / "cache", say=said.append)
+    first = open_data([data], enc, tmp_path / "cache")
+    said = caplog.messages
     assert any("preparing" in s for s in said) and any("MB" in s and "rm -r" in s for s in said)
-    said.clear()
-    again = open_data([data], enc, tmp_path / "cache", say=said.append)
-    assert again.path == first.path and any("prepared before" in s for s in said)
+    caplog.clear()
+    again = open_data([data], enc, tmp_path / "cache")
+    assert again.path == first.path and any("prepared before" in s for s in caplog.messages)
     data.write_text(data.read_text() + json.dumps(synthetic_groups(1, seed=9)[0]) + "\n")
-    changed = open_data([data], enc, tmp_path / "cache", say=said.append)
+    changed = open_data([data], enc, tmp_path / "cache")
     assert changed.path != first.path and changed.manifest["groups"] == 21
     with pytest.raises(DataError, match="another tokenizer"):  # a store given directly, for another max length
-        open_data([first.path], _encoder(model_dirs, max_length=64), tmp_path / "cache", say=said.append)
+        open_data([first.path], _encoder(model_dirs, max_length=64), tmp_path / "cache")
 
 
-def test_damaged_store_is_not_trusted_and_is_prepared_again(tmp_path, model_dirs):
+def test_damaged_store_is_not_trusted_and_is_prepared_again(tmp_path, model_dirs, caplog):
     data = write_jsonl(tmp_path / "a.jsonl", synthetic_groups(20, seed=1))
     enc = _encoder(model_dirs)
-    store = open_data([data], enc, tmp_path / "cache", say=lambda *_: None)
+    store = open_data([data], enc, tmp_path / "cache")
     tokens = store.path / store.manifest["token_files"][0]
     with open(tokens, "r+b") as f:
         f.truncate(tokens.stat().st_size // 2)
     with pytest.raises(DataError, match="not a usable prepared store"):
         Store(store.path)
-    said = []
-    again = open_data([data], enc, tmp_path / "cache", say=said.append)
-    assert any("preparing it again" in s for s in said)
+    caplog.set_level(logging.INFO, logger="rankrm")
+    again = open_data([data], enc, tmp_path / "cache")
+    assert any("preparing it again" in s for s in caplog.messages)
     assert len(again.view()) == 20
 
 
@@ -204,11 +206,10 @@ def test_interrupted_prepare_leaves_no_store(tmp_path, model_dirs):
     assert is_store(out) and Store(out).manifest["groups"] == 3000
 
 
-def test_frozen_cache_keeps_to_its_budget(model_dirs):
+def test_frozen_cache_keeps_to_its_budget(model_dirs, caplog):
     model = RewardModel.from_pretrained(str(model_dirs["llama-chat"]), max_length=64)
     groups = read_groups([OASST_TREES])[:12]
     tok, _ = tokenize_groups(model, groups)
-    said = []
     unbounded = FrozenLayerCache(model.backbone, 1)
     for g in tok:
         b = collate([g], model.tokenizer.pad_token_id)
@@ -216,7 +217,7 @@ def test_frozen_cache_keeps_to_its_budget(model_dirs):
             unbounded.rewards(model, b)
     full = sum(t.numel() * t.element_size() for t in unbounded.store.values())
     budget = full // 3
-    cache = FrozenLayerCache(model.backbone, 1, budget, said.append)
+    cache = FrozenLayerCache(model.backbone, 1, budget)
     for _ in range(2):
         for g in tok:
             b = collate([g], model.tokenizer.pad_token_id)
@@ -226,6 +227,7 @@ def test_frozen_cache_keeps_to_its_budget(model_dirs):
     held = sum(t.numel() * t.element_size() for t in cache.store.values())
     assert 0 < held <= budget and cache.held == held
     assert len(cache.store) < len(unbounded.store)
+    said = [r.getMessage() for r in caplog.records if r.name == "rankrm.modeling.frozen"]
     assert len(said) == 1 and "budget" in said[0]
 
 
@@ -307,7 +309,7 @@ def _flip_a_byte(path: Path, keep_mtime: bool = False) -> None:
     assert path.stat().st_size == st.st_size
 
 
-def test_store_with_one_byte_flipped_is_not_used_and_the_run_prepares_it_again(tmp_path, model_dirs, capsys):
+def test_store_with_one_byte_flipped_is_not_used_and_the_run_prepares_it_again(tmp_path, model_dirs, caplog):
     """A flipped byte of a token file (same size) is found by its SHA-256: the cached store is prepared again,
     with a warning naming the file, and the run trains; the store given by path is refused, naming the file."""
     from rankrm.training.config import TrainConfig
@@ -316,13 +318,13 @@ def test_store_with_one_byte_flipped_is_not_used_and_the_run_prepares_it_again(t
     data = write_jsonl(tmp_path / "a.jsonl", synthetic_groups(20, seed=1))
     enc = _encoder(model_dirs, max_length=512)
     cache = tmp_path / "cache"
-    store = open_data([data], enc, cache, say=lambda *_: None)
+    store = open_data([data], enc, cache)
     before = [store.view()[i].ids for i in range(20)]
     tokens = store.path / store.manifest["token_files"][0]
     assert store.manifest["files"][tokens.name]["sha256"]
     _flip_a_byte(tokens)
     with pytest.raises(DataError, match=f"{tokens.name} has changed since it was prepared"):
-        open_data([store.path], enc, cache, say=lambda *_: None)
+        open_data([store.path], enc, cache)
     cfg = TrainConfig(
         model=str(model_dirs["llama-chat"]),
         train_data=[str(data)],
@@ -332,8 +334,9 @@ def test_store_with_one_byte_flipped_is_not_used_and_the_run_prepares_it_again(t
         batch_size=4,
         plots=False,
     )
+    caplog.set_level(logging.INFO, logger="rankrm")
     results = train(cfg)
-    said = capsys.readouterr().out
+    said = "\n".join(caplog.messages)
     assert f"{tokens.name} has changed since it was prepared" in said and "preparing it again" in said
     assert results["steps"] == 1
     again = Store(store.path)
@@ -344,7 +347,7 @@ def test_bit_rot_with_the_mtime_kept_is_found_by_a_new_process(tmp_path, model_d
     """The full hash runs when a process first opens a store: a flip that keeps size and mtime is refused by the
     next process, with the file named and the fix."""
     data = write_jsonl(tmp_path / "a.jsonl", synthetic_groups(10, seed=2))
-    store = open_data([data], _encoder(model_dirs), tmp_path / "cache", say=lambda *_: None)
+    store = open_data([data], _encoder(model_dirs), tmp_path / "cache")
     groups = store.path / "groups.arrow"
     _flip_a_byte(groups, keep_mtime=True)
     code = "import sys\nfrom rankrm.data.store import Store\nfrom rankrm.errors import DataError\n"
@@ -357,12 +360,12 @@ def test_bit_rot_with_the_mtime_kept_is_found_by_a_new_process(tmp_path, model_d
 def test_token_ids_outside_the_vocabulary_are_refused_naming_the_store(tmp_path, model_dirs):
     data = write_jsonl(tmp_path / "a.jsonl", synthetic_groups(10, seed=3))
     enc = _encoder(model_dirs)
-    store = open_data([data], enc, tmp_path / "cache", say=lambda *_: None)
+    store = open_data([data], enc, tmp_path / "cache")
     assert 300 <= store.manifest["max_token_id"] < len(enc.tokenizer)
     from conftest import build_tokenizer
 
     build_tokenizer(tmp_path / "small", True, False, vocab_size=300)  # ids 300..402 of the store are not its
     small = TextEncoder.from_pretrained(str(tmp_path / "small"), 128)
     with pytest.raises(DataError, match="outside the vocabulary") as e:
-        open_data([store.path], small, tmp_path / "cache", say=lambda *_: None)
+        open_data([store.path], small, tmp_path / "cache")
     assert str(store.path) in str(e.value)
