@@ -29,8 +29,8 @@ def _corpus() -> list[str]:
     return texts + [" ".join(SYNTH_WORDS)] * 20 + ["User: Assistant: System:"] * 5
 
 
-def build_tokenizer(out: Path, chat_template: bool, pad_is_eos: bool):
-    """A byte-level BPE tokenizer (vocab 400) trained on a little real text, saved as a Hugging Face tokenizer."""
+def build_tokenizer(out: Path, chat_template: bool, pad_is_eos: bool, vocab_size: int = 400):
+    """A byte-level BPE tokenizer (vocab 400 by default) trained on a little real text, saved as a Hugging Face tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -41,7 +41,7 @@ def build_tokenizer(out: Path, chat_template: bool, pad_is_eos: bool):
     tk.train_from_iterator(
         _corpus(),
         trainers.BpeTrainer(
-            vocab_size=400,
+            vocab_size=vocab_size,
             special_tokens=specials,
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,

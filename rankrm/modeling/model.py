@@ -58,6 +58,22 @@ def ensure_pad_token(hf, tokenizer) -> None:
     hf.config.pad_token_id = tokenizer.pad_token_id
 
 
+def select_rows(cache, index: torch.Tensor) -> None:
+    """Each row of a key/value cache its group's prompt: cache.batch_select_indices, made deterministic.
+
+    batch_select_indices gathers with keys[index]; that gather's backward (index_put_ with accumulate) adds the
+    gradients of a group's K rows with float atomics from several threads on CPUs, in an order that depends on
+    thread timing, so two runs of one command differed, more when the machine was busy (docs/reproducibility.md).
+    index_select's backward (index_add_) adds them in index order."""
+    for layer in getattr(cache, "layers", ()):
+        if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
+            continue
+        layer.keys = layer.keys.index_select(0, index)
+        layer.values = layer.values.index_select(0, index)
+    if not getattr(cache, "layers", None):  # a cache of another shape: its own gather
+        cache.batch_select_indices(index)
+
+
 class RewardModel(nn.Module):
     """A Hugging Face backbone without its LM head plus a scalar head; r(x, y) is read at y's last token (EOS)."""
 
@@ -288,7 +304,7 @@ class RewardModel(nn.Module):
                 **self._attention(p.attention_mask, p.segments),
             )
             cache = getattr(first, name)
-            cache.batch_select_indices(p.group_index)  # (G, ...) -> (N, ...): each row its group's prompt
+            select_rows(cache, p.group_index)  # (G, ...) -> (N, ...): each row its group's prompt
             kw = {"use_cache": True, name: cache}
         hidden = self.backbone(
             input_ids=batch.input_ids,

@@ -36,6 +36,7 @@ from rankrm.modeling.model import RewardModel
 from rankrm.modeling.planning import plan_batches
 from rankrm.training.checkpoint import RunLock, check_identity, find_checkpoint, load_checkpoint
 from rankrm.training.config import TrainConfig
+from rankrm.training.determinism import setup_determinism
 from rankrm.training.loop import all_sum, evaluate_shared, loop
 from rankrm.training.signals import StopSignals
 from rankrm.training.state import Prepared, Run, RunState, TrainResult, plan_run
@@ -53,7 +54,6 @@ def _train(cfg: TrainConfig, frozen_store: dict | None = None) -> TrainResult:
     """train(), with frozen_store: a dict to keep the frozen layers' outputs in, shared by several runs on the same
     backbone (benchmarks/grouping.py); by default each run has its own."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
 
     check_engine()  # before Accelerator(): on a machine without GPUs its FSDP plugin fails with an error of its own
     # bf16 is plain torch autocast around the forward, not Accelerate's setting, which is fixed once per process
@@ -71,7 +71,10 @@ def _train(cfg: TrainConfig, frozen_store: dict | None = None) -> TrainResult:
         start_trackers(accelerator, out, asdict(cfg))
         if cfg.plots and plotting_missing():
             log.info(f"note: no training report at the end: {plotting_missing()}, or pass --no-plots")
-        set_seed(cfg.seed)
+        set_up = setup_determinism(cfg.seed, cfg.threads, cfg.full_determinism)  # docs/reproducibility.md
+        log.info(
+            f"seed {cfg.seed}; {set_up['threads']} CPU threads{'; full determinism' if cfg.full_determinism else ''}"
+        )
         model, trainable = build_model(cfg, encoder)
         check_tokens(model, data)
         run = plan_run(cfg, model, trainable, data.train)
