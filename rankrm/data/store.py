@@ -35,7 +35,7 @@ from rankrm.files import atomic_dir, remove_leftovers
 from rankrm.progress import library_bars
 
 MANIFEST = "rankrm-store.json"
-VERSION = 2  # 2: a SHA-256 per file and the largest token id in the manifest
+VERSION = 2  # 2: a SHA-256 per file and the largest token id in the manifest; chars and fields columns
 GROUPS_FILE = "groups.arrow"
 CHUNK = 2048  # groups per Arrow record batch while reading
 

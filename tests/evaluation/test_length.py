@@ -10,7 +10,7 @@ import pytest
 from conftest import write_jsonl
 
 from rankrm.cli import main
-from rankrm.data.pairwise import read_pairwise
+from rankrm.data.readers import read_groups
 from rankrm.evaluation.evaluate import EvalResult, Labels, format_report
 from rankrm.evaluation.length import average_ranks, spearman
 from rankrm.modeling.model import RewardModel
@@ -167,7 +167,7 @@ def test_merged_pairwise_records_keep_their_fields_per_comparison(tmp_path):
     """The three records of P1 state a whole ranking, so the group is a plain ranked group; its fields are
     reordered with its comparisons; text over 100 characters is not a label and is not kept."""
     src = write_jsonl(tmp_path / "p.jsonl", pairwise_rows())
-    g = read_pairwise(src)[0]
+    g = read_groups(src, "pairwise")[0]
     assert g.stated_pairs is None
     by_pair = {(g.completions[w], g.completions[l]): j for (w, l), j in zip(g.comparisons(), g.fields["judge"])}
     long, mid, short = "good " * 12, "good good red", "red"
