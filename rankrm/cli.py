@@ -17,7 +17,7 @@ from pathlib import Path
 from rankrm.data.convert import CONVERT_TARGETS
 from rankrm.data.groups import CONFLICTS
 from rankrm.data.readers import CONFLICTS_HELP, FORMAT_HELP, FORMAT_NAMES, SKIP_INVALID_HELP
-from rankrm.errors import RankrmError
+from rankrm.errors import RankrmError, SettingsError
 from rankrm.serving.server import add_serve_parser
 
 
@@ -267,11 +267,14 @@ def cmd_normalize(args) -> int:
     from rankrm.modeling.normalize import demonstrations, file_sha256, normalize
 
     if args.demonstrations is None and args.calibrate is None:
-        raise ValueError("normalize needs --demonstrations, --calibrate or both. Fix: give one")
+        raise SettingsError("normalize needs --demonstrations, --calibrate or both. Fix: give one")
+    if args.demonstrations is not None:  # read before any weights load: a bad file is said at once
+        prompts, responses, source = demonstrations(args.demonstrations, args.format)
+    if args.calibrate is not None:
+        check_sources([str(p) for p in args.calibrate])
     model = RewardModel.from_pretrained(args.model, max_length=args.max_length)
     out = args.output_dir or args.model
     if args.demonstrations is not None:
-        prompts, responses, source = demonstrations(args.demonstrations, args.format)
         stats = normalize(model, prompts, responses, args.target_std, args.batch_tokens, progress=True)
         stats.update({"file": str(args.demonstrations), "sha256": file_sha256(args.demonstrations), "source": source})
         model.normalization = stats
