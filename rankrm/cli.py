@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from rankrm.data.convert import CONVERT_TARGETS
-from rankrm.data.groups import CONFLICTS
+from rankrm.data.judgments import CONFLICTS
 from rankrm.data.readers import CONFLICTS_HELP, FORMAT_HELP, FORMAT_NAMES, SKIP_INVALID_HELP
 from rankrm.errors import RankrmError, SettingsError
 from rankrm.serving.server import add_serve_parser

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from rankrm.data.groups import RankedGroup, group_from_pairs
+from rankrm.data.groups import RankedGroup
+from rankrm.data.judgments import group_from_pairs
 
 MERGED = "groups found in several files, merged (their votes added)"
 MARGINS_DROPPED = "groups merged across files whose margins were given for some comparisons only (margins dropped)"

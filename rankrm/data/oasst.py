@@ -9,7 +9,8 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from rankrm.data.groups import RankedGroup, ReadReport, iter_records, make_group, require_fields
+from rankrm.data.groups import RankedGroup, ReadReport, iter_records
+from rankrm.data.validate import make_group, require_fields
 from rankrm.errors import DataError
 
 OASST_ROLES = ("prompter", "assistant")

@@ -15,22 +15,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from rankrm.data.groups import (
-    Prompt,
-    RankedGroup,
-    ReadReport,
-    check_conflicts,
-    check_number,
-    check_prompt,
-    check_subset,
-    count_conflicts,
-    cycle_problem,
-    find_cycle,
-    group_from_pairs,
-    iter_records,
-    prompt_key,
-    require_fields,
-)
+from rankrm.data.groups import Prompt, RankedGroup, ReadReport, iter_records, prompt_key
+from rankrm.data.judgments import check_conflicts, count_conflicts, cycle_problem, find_cycle, group_from_pairs
+from rankrm.data.validate import check_number, check_prompt, check_subset, require_fields
 from rankrm.errors import DataError, Location
 
 

@@ -6,15 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from rankrm.data.groups import (
-    RankedGroup,
-    ReadReport,
-    check_completions,
-    check_number,
-    check_prompt,
-    iter_records,
-    require_fields,
-)
+from rankrm.data.groups import RankedGroup, ReadReport, iter_records
+from rankrm.data.validate import check_completions, check_number, check_prompt, require_fields
 from rankrm.errors import DataError
 
 TEXT_KEYS = ("response", "text", "completion", "content")

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from rankrm.data.containers import iter_json_lines
-from rankrm.data.groups import check_prompt
+from rankrm.data.validate import check_prompt
 from rankrm.errors import DataError, SettingsError
 
 

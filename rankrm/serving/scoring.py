@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from rankrm.data.containers import iter_json_lines
-from rankrm.data.groups import check_prompt
+from rankrm.data.validate import check_prompt
 from rankrm.errors import DataError
 from rankrm.files import atomic_file
 from rankrm.progress import Progress

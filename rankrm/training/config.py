@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from rankrm.data.encode import tokenize_processes
-from rankrm.data.groups import CONFLICTS
+from rankrm.data.judgments import CONFLICTS
 from rankrm.data.readers import CONFLICTS_HELP, FORMAT_HELP, FORMAT_NAMES, SKIP_INVALID_HELP
 from rankrm.errors import SettingsError
 from rankrm.modeling.attention import layout_problem

@@ -6,7 +6,8 @@ import json
 import pytest
 from conftest import OASST_FLAT, OASST_TREES, write_jsonl
 
-from rankrm.data.groups import ReadReport, depth_ranks, find_cycle
+from rankrm.data.groups import ReadReport
+from rankrm.data.judgments import depth_ranks, find_cycle
 from rankrm.data.readers import read_groups
 from rankrm.data.splits import overlap, split_by_prompt, write_native
 from rankrm.errors import DataError

@@ -9,7 +9,8 @@ from conftest import write_jsonl
 
 from rankrm.data.convert import convert_data
 from rankrm.data.encode import TokenizedGroup, shuffled_pairs
-from rankrm.data.groups import ReadReport, conflict_counts, net_win_ranks
+from rankrm.data.groups import ReadReport
+from rankrm.data.judgments import conflict_counts, net_win_ranks
 from rankrm.data.readers import read_groups
 from rankrm.errors import DataError
 from rankrm.loss import group_stats
