@@ -1,5 +1,7 @@
-"""One prompt's judgments from several files: the same group (prompt and completions) read from two files is one
-group whose votes add up, the rule that merges a prompt's pairwise records within a file (--conflicts keep)."""
+"""One prompt's judgments from several files: the same group (prompt and completions) judged differently in two files
+is one group whose votes add up, the rule that merges a prompt's pairwise records within a file (--conflicts keep).
+The same judgment in two files (overlapping exports of one dataset, as the shipped OpenAssistant files are) is a
+duplicate, not a second vote: the reader drops it as before."""
 
 from __future__ import annotations
 
@@ -8,8 +10,13 @@ import dataclasses
 from rankrm.data.groups import RankedGroup
 from rankrm.data.judgments import group_from_pairs
 
-MERGED = "groups found in several files, merged (their votes added)"
+MERGED = "groups judged differently in several files, merged (their votes added)"
 MARGINS_DROPPED = "groups merged across files whose margins were given for some comparisons only (margins dropped)"
+
+
+def judgment(g: RankedGroup) -> frozenset:
+    """What a group states, whatever the order of its completions: {((winner text, loser text), votes)}."""
+    return frozenset(((g.completions[w], g.completions[l]), n) for (w, l), n in zip(g.comparisons(), g.votes()))
 
 
 def merge_groups(parts: list[RankedGroup], notes) -> RankedGroup:

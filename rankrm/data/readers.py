@@ -14,7 +14,7 @@ from pathlib import Path
 from rankrm.data.containers import HUB_PREFIX, check_source
 from rankrm.data.groups import RankedGroup, ReadReport, iter_records
 from rankrm.data.judgments import check_conflicts, count_conflicts, find_cycle
-from rankrm.data.merge import merge_groups
+from rankrm.data.merge import judgment, merge_groups
 from rankrm.data.oasst import read_oasst
 from rankrm.data.pairwise import REPEATED, iter_implicit, iter_pairwise
 from rankrm.data.scored import iter_scored
@@ -181,8 +181,9 @@ DUPLICATE = "duplicate groups (same prompt and completions in an earlier record 
 def read_groups(
     paths, fmt: str = "auto", report: ReadReport | None = None, skip_invalid: bool = False, conflicts: str = "keep"
 ) -> list[RankedGroup]:
-    """Read and validate ranked groups from one or more files; a group (prompt and completions) found in several
-    files is one group with the votes of all (--conflicts keep; drop and error keep the first file's).
+    """Read and validate ranked groups from one or more files; a group (prompt and completions) that several files
+    judge differently is one group with the votes of all (--conflicts keep; drop and error keep the first file's);
+    the same judgment in another file is a duplicate, dropped and counted.
 
     conflicts: what to do with repeated, contradictory and cyclic judgments of one prompt (keep, drop, error)."""
     return [g for _, _, g in sorted(iter_groups(paths, fmt, report, skip_invalid, conflicts), key=lambda x: x[:2])]
@@ -205,8 +206,9 @@ def iter_groups(
         if f not in STREAMS:
             raise SettingsError(f"--format {f!r} unknown. Fix: use one of auto, {', '.join(FORMAT_NAMES)}")
         sources.append((p, f))
-    # a group in several files gets the votes of all (--conflicts keep): found by a first pass over the files'
-    # digests, held until its last file is read, then yielded where it first came; drop and error keep the first
+    # a group in several files with different judgments gets the votes of all (--conflicts keep): found by a first
+    # pass over the files' digests, held until its last file is read, then yielded where it first came. The same
+    # judgment again (an overlapping export) is a duplicate; drop and error keep the first file's
     shared = _in_several_files(sources, skip_invalid, conflicts) if conflicts == "keep" and len(sources) > 1 else {}
     pending: dict[bytes, list] = {}  # digest -> [(file, order) of the first, the groups, files still to come]
     seen = set()
@@ -215,16 +217,19 @@ def iter_groups(
         for order, g in STREAMS[f](p, sub, skip_invalid, conflicts):
             key = group_digest(g)
             if key in shared:
-                held = pending.setdefault(key, [(i, order), [], shared[key]])
-                if held[1] and held[1][-1][0] == i:  # twice in one file: a duplicate, as below
-                    sub.groups -= 1
+                held = pending.setdefault(key, {"at": (i, order), "files": 0, "last": None, "parts": []})
+                if held["last"] == i or any(judgment(x) == judgment(g) for x in held["parts"]):
+                    sub.groups -= 1  # twice in one file, or the same judgment again: a duplicate, as below
                     sub.skipped[DUPLICATE] += 1
-                    continue
-                held[1].append((i, g))
-                if len(held[1]) > 1:
-                    sub.groups -= 1  # counted once, in its first file
-                if len(held[1]) == held[2]:
-                    yield (*held[0], merge_groups([x for _, x in held[1]], sub.notes))
+                else:
+                    if held["parts"]:
+                        sub.groups -= 1  # counted once, in its first file
+                    held["parts"].append(g)
+                held["files"] += held["last"] != i
+                held["last"] = i
+                if held["files"] == shared[key]:
+                    parts = held["parts"]
+                    yield (*held["at"], parts[0] if len(parts) == 1 else merge_groups(parts, sub.notes))
                     del pending[key]
                 continue
             if key in seen:

@@ -162,7 +162,8 @@ def test_votes_of_one_group_in_two_files_add_up(tmp_path):
     """File a ranks x > y > z (x>y, x>z, y>z once each); file b has the same prompt and completions, in another
     order, ranked y first and x, z tied (y>x, y>z). Merged, worked by hand: x>y 1, x>z 1, y>z 1 + 1 = 2, y>x 1 (a
     contradiction with x>y, kept as votes). Groups in one file only are as read; the merged group stands where it
-    first came (file a), counted once, and the report says one group was merged."""
+    first came (file a), counted once, and the report says one group was merged. "only a" copied into b with the
+    same judgment (completions reordered) is a duplicate, as an overlapping export is, not a second vote."""
     from rankrm.data.groups import ReadReport
     from rankrm.data.merge import MERGED
     from rankrm.data.readers import DUPLICATE, read_groups
@@ -179,6 +180,7 @@ def test_votes_of_one_group_in_two_files_add_up(tmp_path):
         [
             {"prompt": "only b", "completions": ["s", "t"], "ranks": [1, 0]},
             {"prompt": "p", "completions": ["y", "x", "z"], "ranks": [0, 1, 1]},
+            {"prompt": "only a", "completions": ["v", "u"], "ranks": [1, 0]},
         ],
     )
     report = ReadReport()
@@ -188,9 +190,10 @@ def test_votes_of_one_group_in_two_files_add_up(tmp_path):
     votes = {(g.completions[w], g.completions[l]): n for (w, l), n in zip(g.comparisons(), g.votes())}
     assert votes == {("x", "y"): 1, ("x", "z"): 1, ("y", "z"): 2, ("y", "x"): 1}
     assert g.completions == ("x", "y", "z") and g.source.endswith("a.jsonl:1")
-    assert report.groups == 3 and report.notes[MERGED] == 1 and report.skipped[DUPLICATE] == 0
+    assert groups[1].comparisons() == [(0, 1)] and groups[1].counts is None  # u > v once, not twice
+    assert report.groups == 3 and report.notes[MERGED] == 1 and report.skipped[DUPLICATE] == 1
     # each file alone, and --conflicts drop (a repeat kept once): as before, the first file's judgment
     dropped = ReadReport()
     first = read_groups([a, b], report=dropped, conflicts="drop")[0]
     assert first.comparisons() == [(0, 1), (0, 2), (1, 2)] and first.counts is None
-    assert dropped.skipped[DUPLICATE] == 1 and dropped.notes[MERGED] == 0
+    assert dropped.skipped[DUPLICATE] == 2 and dropped.notes[MERGED] == 0
