@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rankrm.data.containers import HUB_PREFIX, check_source
+from rankrm.data.dialogues import iter_implicit
 from rankrm.data.groups import RankedGroup, ReadReport, iter_records
 from rankrm.data.judgments import check_conflicts, count_conflicts, find_cycle
 from rankrm.data.merge import judgment, merge_groups
 from rankrm.data.oasst import read_oasst
-from rankrm.data.pairwise import REPEATED, iter_implicit, iter_pairwise
+from rankrm.data.pairwise import REPEATED, iter_pairwise
 from rankrm.data.scored import iter_scored
 from rankrm.data.splits import group_digest
 from rankrm.data.validate import make_group, require_fields
