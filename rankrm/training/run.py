@@ -34,6 +34,7 @@ from rankrm.modeling.hub import resolve
 from rankrm.modeling.lora import add_lora, merge_lora
 from rankrm.modeling.model import RewardModel
 from rankrm.modeling.planning import plan_batches
+from rankrm.training import sharding
 from rankrm.training.checkpoint import RunLock, check_identity, find_checkpoint, load_checkpoint
 from rankrm.training.config import TrainConfig
 from rankrm.training.loop import Run, all_sum, evaluate_shared, loop
@@ -49,7 +50,10 @@ def train(cfg: TrainConfig, frozen_cache: dict | None = None) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    check_engine()  # before Accelerator(): on a machine without GPUs its FSDP plugin fails with an error of its own
+    check_engine()
+    engine = sharding.engine_from_launch()  # FSDP2 as the recipe names it; rankrm shards the model itself
+    if engine is not None:
+        sharding.hand_process_group_to_accelerate()  # before Accelerator(): on CPUs its FSDP plugin cannot start
     # bf16 is plain torch autocast around the forward, not Accelerate's setting, which is fixed once per process
     accelerator = Accelerator(**accelerator_kwargs(cfg.report_to, cfg.output_dir))  # --report-to trackers
     say = accelerator.print
@@ -68,10 +72,14 @@ def train(cfg: TrainConfig, frozen_cache: dict | None = None) -> dict:
             say(f"note: no training report at the end: {plotting_missing()}, or pass --no-plots")
         set_seed(cfg.seed)
         model, trainable = build_model(cfg, say)
+        if engine is not None:
+            sharding.check_supported(cfg.lora_r, cfg.layout)
+            model = sharding.shard_model(model, engine, accelerator, cfg.autocast_bf16, say)  # before the optimizer
         check_tokens(model, encoder, data, say)
         tok_train, tok_eval = data.train, data.held
         run = plan_run(cfg, model, trainable, tok_train, say)
-        model, run.optimizer = accelerator.prepare(model, run.optimizer)
+        if engine is None:  # DDP; a sharded model is already on its device and its own engine
+            model, run.optimizer = accelerator.prepare(model, run.optimizer)
         core = accelerator.unwrap_model(model)
         ckpt = find_checkpoint(cfg.resume, out / "checkpoints", say)
         if ckpt is not None:
@@ -96,8 +104,8 @@ def train(cfg: TrainConfig, frozen_cache: dict | None = None) -> dict:
 
 
 def check_launch(accelerator) -> None:
-    """Refuse a launch that would not train as asked: processes that do not see each other, or a sharded engine
-    (FSDP, DeepSpeed) that rankrm's checkpoints and evaluation do not handle yet (they read the unsharded module)."""
+    """Refuse a launch that would not train as asked: processes that do not see each other, or DeepSpeed, whose
+    engine rankrm's checkpoints and evaluation do not handle yet (FSDP runs: sharding.py)."""
     check_engine(accelerator.distributed_type.value)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != accelerator.num_processes:
@@ -109,20 +117,14 @@ def check_launch(accelerator) -> None:
 
 
 def check_engine(distributed_type: str = "") -> None:
-    """Refuse FSDP and DeepSpeed, as `accelerate launch` announces them (ACCELERATE_USE_FSDP / _DEEPSPEED) or as
-    Accelerate runs them (distributed_type)."""
-    engine = [
-        name
-        for name in ("FSDP", "DEEPSPEED")
-        if os.environ.get(f"ACCELERATE_USE_{name}", "").lower() == "true" or distributed_type == name
-    ]
-    if engine:
-        cpus = " (and on CPUs Accelerate cannot run FSDP: it asks for a GPU or runs DDP)" if engine[0] == "FSDP" else ""
+    """Refuse DeepSpeed, as `accelerate launch` announces it (ACCELERATE_USE_DEEPSPEED) or as Accelerate runs it
+    (distributed_type); FSDP recipes run (sharding.py)."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" or distributed_type == "DEEPSPEED":
         raise ValueError(
-            f"{engine[0]} is not supported by rankrm yet: its checkpoints, evaluation and saved model "
-            f"read the whole (unsharded) model, which {engine[0]} splits over the processes{cpus}. Fix: "
-            "launch with configs/accelerate/ddp.yaml; for a backbone too big for DDP, train --lora-r 16 "
-            'or --train-layers N with --dtype bf16 (see the README, "More GPUs, more machines")'
+            "DEEPSPEED is not supported by rankrm yet: its checkpoints, evaluation and saved model read the "
+            "whole (unsharded) model, which DeepSpeed ZeRO splits over the processes. Fix: launch with "
+            "configs/accelerate/fsdp_shard_grad_op.yaml (ZeRO-2-like) or fsdp_full_shard.yaml (ZeRO-3-like), "
+            "or configs/accelerate/ddp.yaml"
         )
 
 
@@ -331,11 +333,14 @@ def resume(ckpt: Path, core: RewardModel, run: Run, say) -> None:
     """Load a verified checkpoint of this same run: trainable weights, optimizer, schedule, run state."""
     blob = load_checkpoint(ckpt)
     check_identity(ckpt, blob["identity"], run.identity)
-    with torch.no_grad():
-        for n, p in core.named_parameters():
-            if n in blob["trainable"]:
-                p.copy_(blob["trainable"][n])
-    run.optimizer.load_state_dict(blob["optimizer"])
+    if sharding.is_sharded(core):  # the checkpoint holds the full state, as one process has it: sharded here
+        sharding.load_training_state(core, run.optimizer, blob["trainable"], blob["optimizer"])
+    else:
+        with torch.no_grad():
+            for n, p in core.named_parameters():
+                if n in blob["trainable"]:
+                    p.copy_(blob["trainable"][n])
+        run.optimizer.load_state_dict(blob["optimizer"])
     run.scheduler.load_state_dict(blob["scheduler"])
     run.start, run.state = blob["step"], blob["run_state"]
     say(f"resumed from {ckpt} at step {run.start}")
@@ -347,6 +352,9 @@ def frozen_layer_cache(
     """The frozen-layer cache when only the top layers train (not with the kv layout, which makes two passes),
     kept only if its replay matches a full forward on the first held-out batch."""
     if not cfg.frozen_cache_on:
+        return None
+    if sharding.is_sharded(core):  # it calls the layers outside the root's forward, where FSDP gathers their weights
+        say("FSDP: the frozen layers run at every step (the frozen-layer cache is off under sharding)")
         return None
     if cfg.layout == "kv":
         say(
@@ -406,12 +414,16 @@ def finish(cfg, accelerator, core: RewardModel, run: Run, data: Data, tok_train,
         "history": run.state["history"],
         "config": asdict(cfg),
     }
+    state = (
+        sharding.full_model_state(core) if sharding.is_sharded(core) else None
+    )  # gathered once, on rank 0 (all take part)
     if accelerator.is_main_process:
         if cfg.lora_r:
             merge_lora(core)  # the saved model is a plain Hugging Face model
         heldout = "".join(native_line(r) for r in data.held.records())
         core.save_pretrained(
             out,
+            state_dict=state,
             extra_files={
                 "eval_results.json": json.dumps(results, indent=2, allow_nan=False) + "\n",
                 "heldout.jsonl": heldout,
