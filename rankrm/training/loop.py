@@ -21,7 +21,7 @@ from rankrm.modeling.model import RewardModel, batch_rewards
 from rankrm.modeling.planning import epoch_steps, plan_batches
 from rankrm.training.checkpoint import save_checkpoint
 from rankrm.training.config import TrainConfig
-from rankrm.training.sharding import agree_passes, full_training_state, is_sharded
+from rankrm.training.sharding import agree_passes, full_training_state, is_sharded, reshard
 from rankrm.training.signals import TrainingInterrupted
 from rankrm.training.tracking import scalars
 
@@ -273,6 +273,8 @@ def evaluate_shared(
         r = evaluate_groups(core, [groups[i] for i in idx], batch_tokens, how, cache, require_pairs=False)
         if k < len(share):  # a stand-in pass (sharded) is discarded
             mine.append((idx, r.correct, r.pairs, r.nll, r.rewards))
+    if is_sharded(core):
+        reshard(core)
     correct, pairs, nll = (np.zeros(len(groups)) for _ in range(3))
     rewards: list = [None] * len(groups)
     for idx, c, p, n, rw in gather_object(mine):

@@ -136,6 +136,16 @@ def decoder_layers(model) -> list[nn.Module]:
     )
 
 
+def reshard(model: nn.Module) -> None:
+    """Free every gathered parameter. After forward passes without a backward (an evaluation) shard-grad-op keeps
+    them whole, and its next training forward would then reuse them (and each process hold the whole model)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
+
+
 def agree_passes(n: int, device) -> int:
     """The most passes any process has (one all-reduce): each runs that many, since every pass is collective."""
     import torch.distributed as dist
