@@ -52,10 +52,9 @@ def train(cfg: TrainConfig, frozen_cache: dict | None = None) -> dict:
 
     check_engine()
     engine = sharding.engine_from_launch()  # FSDP2 as the recipe names it; rankrm shards the model itself
-    if engine is not None:
-        sharding.hand_process_group_to_accelerate()  # before Accelerator(): on CPUs its FSDP plugin cannot start
     # bf16 is plain torch autocast around the forward, not Accelerate's setting, which is fixed once per process
-    accelerator = Accelerator(**accelerator_kwargs(cfg.report_to, cfg.output_dir))  # --report-to trackers
+    with sharding.plain_process_group() if engine else contextlib.nullcontext():  # FSDP: on CPUs it cannot start
+        accelerator = Accelerator(**accelerator_kwargs(cfg.report_to, cfg.output_dir))  # --report-to trackers
     say = accelerator.print
     check_launch(accelerator)
     out = Path(cfg.output_dir)

@@ -19,6 +19,7 @@ What sharding changes elsewhere, each with its reason:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -67,10 +68,20 @@ def engine_from_launch(environ=os.environ) -> Sharding | None:
     return engine
 
 
-def hand_process_group_to_accelerate(environ=os.environ) -> None:
-    """Make Accelerate set up the plain process group (MULTI_GPU or MULTI_CPU) rather than its own FSDP plugin,
-    which cannot start on CPUs; rankrm shards the model itself (shard_model). Called before Accelerator()."""
+@contextlib.contextmanager
+def plain_process_group(environ=os.environ):
+    """Around Accelerator(): it sets up the plain process group (MULTI_GPU or MULTI_CPU) rather than its own FSDP
+    plugin, which cannot start on CPUs; rankrm shards the model itself (shard_model). The launcher's setting is
+    restored after, for the next run in the same process."""
+    saved = environ.get("ACCELERATE_USE_FSDP")
     environ["ACCELERATE_USE_FSDP"] = "false"
+    try:
+        yield
+    finally:
+        if saved is None:
+            environ.pop("ACCELERATE_USE_FSDP", None)
+        else:
+            environ["ACCELERATE_USE_FSDP"] = saved
 
 
 def is_sharded(model: nn.Module) -> bool:

@@ -85,7 +85,8 @@ def test_two_sharded_processes_train_as_one(runs, model_dirs, name):
     assert rb["steps"] == ra["steps"] == 7
     recipe = CASES[name][0]
     what = "full shard" if recipe == "full" else "shard-grad-op"
-    assert f"FSDP2 {what} over 2 processes: each holds 1/2 of " in log
+    runs_of_recipe = sum(r == recipe for r, _ in CASES.values())  # each run of the launch sharded, not only the first
+    assert log.count(f"FSDP2 {what} over 2 processes: each holds 1/2 of ") == runs_of_recipe
     if name == "full-top-layer":
         assert "the frozen-layer cache is off under sharding" in log
 
