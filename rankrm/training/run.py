@@ -52,6 +52,8 @@ def train(cfg: TrainConfig, frozen_cache: dict | None = None) -> dict:
 
     check_engine()
     engine = sharding.engine_from_launch()  # FSDP2 as the recipe names it; rankrm shards the model itself
+    if engine is not None:
+        sharding.check_supported(cfg.lora_r, cfg.layout)
     # bf16 is plain torch autocast around the forward, not Accelerate's setting, which is fixed once per process
     with sharding.plain_process_group() if engine else contextlib.nullcontext():  # FSDP: on CPUs it cannot start
         accelerator = Accelerator(**accelerator_kwargs(cfg.report_to, cfg.output_dir))  # --report-to trackers
@@ -72,7 +74,6 @@ def train(cfg: TrainConfig, frozen_cache: dict | None = None) -> dict:
         set_seed(cfg.seed)
         model, trainable = build_model(cfg, say)
         if engine is not None:
-            sharding.check_supported(cfg.lora_r, cfg.layout)
             model = sharding.shard_model(model, engine, accelerator, cfg.autocast_bf16, say)  # before the optimizer
         check_tokens(model, encoder, data, say)
         tok_train, tok_eval = data.train, data.held

@@ -169,3 +169,54 @@ def test_sigterm_to_a_sharded_launch_then_resume_is_bit_identical(runs, model_di
     a, b = weights(root / f"two-{name}"), weights(out)
     assert all(torch.equal(a[n], b[n]) for n in a), "resumed sharded run differs from the uninterrupted one"
     assert results(out)["after"] == results(root / f"two-{name}")["after"]
+
+
+RECIPE_ENV = {  # what `accelerate launch` sets from each shipped recipe (and from FSDP1 recipes)
+    "fsdp_full_shard.yaml": {"FSDP_VERSION": "2", "FSDP_RESHARD_AFTER_FORWARD": "true"},
+    "fsdp_shard_grad_op.yaml": {"FSDP_VERSION": "2", "FSDP_RESHARD_AFTER_FORWARD": "false"},
+}
+
+
+def test_the_engine_is_the_one_the_recipe_names_and_unhonoured_settings_are_refused():
+    """The shipped recipes' settings, read back with Accelerate's own config parser, give full shard and
+    shard-grad-op; an FSDP1 recipe's strategy maps to the same; what rankrm would not apply is refused."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from rankrm.training.sharding import FULL, GRAD_OP, Sharding, engine_from_launch
+
+    for recipe, env in RECIPE_ENV.items():
+        fsdp = load_config_from_file(str(ROOT / "configs" / "accelerate" / recipe)).fsdp_config
+        assert str(fsdp["fsdp_version"]) == env["FSDP_VERSION"]
+        assert str(fsdp["fsdp_reshard_after_forward"]).lower() == env["FSDP_RESHARD_AFTER_FORWARD"]
+    on = {"ACCELERATE_USE_FSDP": "true"}
+    assert engine_from_launch({}) is None  # DDP
+    assert engine_from_launch({**on, **RECIPE_ENV["fsdp_full_shard.yaml"]}) == Sharding(FULL, True)
+    assert engine_from_launch({**on, **RECIPE_ENV["fsdp_shard_grad_op.yaml"]}) == Sharding(GRAD_OP, False)
+    assert engine_from_launch({**on, "FSDP_SHARDING_STRATEGY": "SHARD_GRAD_OP"}) == Sharding(GRAD_OP, False)
+    assert engine_from_launch({**on, "FSDP_SHARDING_STRATEGY": "FULL_SHARD"}) == Sharding(FULL, True)
+    with pytest.raises(ValueError, match="fsdp_sharding_strategy: HYBRID_SHARD is not run by rankrm.*ddp.yaml"):
+        engine_from_launch({**on, "FSDP_SHARDING_STRATEGY": "HYBRID_SHARD"})
+    with pytest.raises(ValueError, match="fsdp_offload_params: true.*Fix: set it to false"):
+        engine_from_launch({**on, **RECIPE_ENV["fsdp_full_shard.yaml"], "FSDP_OFFLOAD_PARAMS": "true"})
+    with pytest.raises(ValueError, match="fsdp_activation_checkpointing: true.*--gradient-checkpointing"):
+        engine_from_launch({**on, **RECIPE_ENV["fsdp_full_shard.yaml"], "FSDP_ACTIVATION_CHECKPOINTING": "true"})
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(lora_r=4), "--lora-r with FSDP.*Fix: launch LoRA with configs/accelerate/ddp.yaml"),
+        (dict(layout="kv"), "--layout kv with FSDP.*Fix: --layout auto"),
+    ],
+)
+def test_what_sharding_cannot_run_is_refused_before_anything_loads(
+    model_dirs, data, tmp_path, monkeypatch, kw, message
+):  # noqa: F811
+    """LoRA and the kv layout under an FSDP recipe: refused with the fix before the data or the model loads, and
+    nothing is written."""
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    out = tmp_path / "refused"
+    with pytest.raises(ValueError, match=message):
+        train(TrainConfig(**settings(model_dirs, data, out, **kw)))
+    assert not out.exists()
