@@ -17,9 +17,9 @@ import signal
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, synthetic_groups, write_jsonl
 from safetensors.torch import load_file
-from test_multiprocess import data, flags, launch, results, settings, weights  # noqa: F401 (data: a fixture)
+from test_multiprocess import flags, launch, results, settings, weights
 
 from rankrm.training.checkpoint import checkpoints, verify
 from rankrm.training.config import TrainConfig
@@ -28,14 +28,24 @@ from rankrm.training.run import train
 RECIPES = {"full": "fsdp_full_shard.yaml", "grad-op": "fsdp_shard_grad_op.yaml"}
 CASES = {  # (recipe, layout settings): padded and packed rows (kv trains unsharded only: refused under FSDP)
     "full-packed": ("full", dict(layout="packed", save_steps=3)),
-    "full-top-layer": ("full", dict(layout="packed", train_layers=1)),  # frozen layers: cache off under FSDP
+    # frozen layers (their cache is off under FSDP); padded rows give the processes 2 and 1 micro-batches in 6 steps
+    "full-top-layer-padded": ("full", dict(layout="padded", train_layers=1)),
     "full-padded-shuffled-pairs": ("full", dict(layout="padded", regime="shuffled-pairs")),
     "grad-op-auto": ("grad-op", dict(layout="auto", gradient_checkpointing=True)),  # auto: padded or packed
 }
 
 
 @pytest.fixture(scope="module")
-def runs(model_dirs, data, tmp_path_factory):  # noqa: F811
+def data(tmp_path_factory):
+    """test_multiprocess's data: 19 training groups (steps of 3, a last step of 1), 9 held out."""
+    d = tmp_path_factory.mktemp("fsdp-data")
+    return write_jsonl(d / "train.jsonl", synthetic_groups(19, 1)), write_jsonl(
+        d / "eval.jsonl", synthetic_groups(9, 2)
+    )
+
+
+@pytest.fixture(scope="module")
+def runs(model_dirs, data, tmp_path_factory):
     """Each case trained by 2 launched FSDP2 processes and by 1 unsharded process here."""
     root = tmp_path_factory.mktemp("sharded")
     procs = []
@@ -87,11 +97,11 @@ def test_two_sharded_processes_train_as_one(runs, model_dirs, name):
     what = "full shard" if recipe == "full" else "shard-grad-op"
     runs_of_recipe = sum(r == recipe for r, _ in CASES.values())  # each run of the launch sharded, not only the first
     assert log.count(f"FSDP2 {what} over 2 processes: each holds 1/2 of ") == runs_of_recipe
-    if name == "full-top-layer":
+    if name == "full-top-layer-padded":
         assert "the frozen-layer cache is off under sharding" in log
 
 
-def test_a_sharded_checkpoint_holds_the_one_process_state_and_resumes_in_one_process(runs, model_dirs, data, tmp_path):  # noqa: F811
+def test_a_sharded_checkpoint_holds_the_one_process_state_and_resumes_in_one_process(runs, model_dirs, data, tmp_path):
     """The checkpoint written by 2 sharded processes at step 3 has the tensors of the 1-process run's step-3
     checkpoint (weights and AdamW moments within 1e-5, the same names); resumed by one unsharded process it ends
     where the uninterrupted 1-process run ends."""
@@ -141,7 +151,7 @@ def test_the_sharded_model_is_a_plain_hugging_face_model_that_scores_as_reward_m
     assert config[0] == config[1]
 
 
-def test_sigterm_to_a_sharded_launch_then_resume_is_bit_identical(runs, model_dirs, data, tmp_path):  # noqa: F811
+def test_sigterm_to_a_sharded_launch_then_resume_is_bit_identical(runs, model_dirs, data, tmp_path):
     """SIGTERM to the launcher of a full-shard run: both processes stop after the same step and the main process
     writes one checkpoint (the gathered state); `--resume latest` by 2 sharded processes ends bit-identical to the
     uninterrupted sharded run."""
@@ -211,7 +221,7 @@ def test_the_engine_is_the_one_the_recipe_names_and_unhonoured_settings_are_refu
 )
 def test_what_sharding_cannot_run_is_refused_before_anything_loads(
     model_dirs, data, tmp_path, monkeypatch, kw, message
-):  # noqa: F811
+):
     """LoRA and the kv layout under an FSDP recipe: refused with the fix before the data or the model loads, and
     nothing is written."""
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
