@@ -38,9 +38,10 @@ class Sharding:
     reshard_after_forward: bool
 
 
-def engine_from_launch(environ=os.environ) -> Sharding | None:
+def engine_from_launch(environ: dict | None = None) -> Sharding | None:
     """The FSDP engine the Accelerate recipe asks for (None: not FSDP); refuses recipe settings rankrm does not
     honour, naming the setting and the fix."""
+    environ = os.environ if environ is None else environ  # at call time: datasets' map(num_proc) rebinds os.environ
     if environ.get("ACCELERATE_USE_FSDP", "").lower() != "true":
         return None
     fix = "Fix: use configs/accelerate/fsdp_full_shard.yaml or fsdp_shard_grad_op.yaml as shipped"
@@ -69,10 +70,11 @@ def engine_from_launch(environ=os.environ) -> Sharding | None:
 
 
 @contextlib.contextmanager
-def plain_process_group(environ=os.environ):
+def plain_process_group():
     """Around Accelerator(): it sets up the plain process group (MULTI_GPU or MULTI_CPU) rather than its own FSDP
     plugin, which cannot start on CPUs; rankrm shards the model itself (shard_model). The launcher's setting is
     restored after, for the next run in the same process."""
+    environ = os.environ  # at call time (see engine_from_launch)
     saved = environ.get("ACCELERATE_USE_FSDP")
     environ["ACCELERATE_USE_FSDP"] = "false"
     try:
