@@ -1,32 +1,65 @@
 #!/usr/bin/env bash
 # One short GPU run (about 8 minutes on one H100/H200), random weights in a real backbone's shape, no download:
-#   1. which SDPA kernel runs with rankrm's 4D masks (packed, kv), forced backends, and FlexAttention block masks
-#   2. training throughput for every layout at the Qwen2.5-1.5B shape in bf16, against TRL's pairwise C(K,2)
-#      expansion where trl is installed (pip install trl-*.whl; otherwise rankrm's layouts only), with peak memory
-#   3. model FLOP/s of a bf16 training step against the measured bf16 matmul peak
-# Results under $OUT (default benchmarks/results/gpu). On a CPU, SHAPE=tiny checks the scripts' logic only:
+#   1. parity, then time: every layout (padded, packed, kv) with every attention function that runs it (sdpa with
+#      the layout's mask; rankrm_varlen, the segment-aware one) against the padded SDPA layout in fp32; the script
+#      stops before timing if any differs by more than its stated bf16 tolerance (benchmarks/attention.py)
+#   2. which SDPA kernel runs with rankrm's 4D masks (packed, kv), forced backends, and FlexAttention block masks
+#   3. training throughput for every layout at the Qwen2.5-1.5B shape in bf16, against TRL's pairwise C(K,2)
+#      expansion where trl is installed (pip install trl-*.whl; otherwise rankrm's layouts only), with peak memory,
+#      with sdpa and again with rankrm_varlen
+#   4. model FLOP/s of a bf16 training step against the measured bf16 matmul peak
+# Results under $OUT (default benchmarks/results/gpu). On a CPU, SHAPE=tiny checks the scripts' logic only (fp32,
+# the varlen function through its exact SDPA emulation; about 12 minutes on a busy 2-core CPU, 7 of them in stage 4):
 #   SHAPE=tiny bash benchmarks/gpu.sh
-# NOT RUN ON A GPU YET: no GPU was lent to issue 12; the logic was checked on a CPU with SHAPE=tiny.
+# STAGES="attention probe throughput utilization" (the default) picks the stages; tests/test_gpu_script.py runs
+#   SHAPE=tiny STAGES=attention bash benchmarks/gpu.sh
+# NOT RUN ON A GPU YET: no GPU was lent to issues 12 and 22; the logic was checked on a CPU with SHAPE=tiny.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHAPE=${SHAPE:-Qwen2.5-1.5B}
 OUT=${OUT:-benchmarks/results/gpu}
 MODEL=${MODEL_DIR:-/tmp/rankrm-gpu-model-$SHAPE}
+PY=${PYTHON:-python}
+STAGES=${STAGES:-attention probe throughput utilization}
+stage() { [[ " $STAGES " == *" $1 "* ]]; }
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" TOKENIZERS_PARALLELISM=false
 mkdir -p "$OUT"
-if [ "$SHAPE" = tiny ]; then P=32; C=16; STEPS=2; else P=512; C=128; STEPS=4; fi
-python - <<'PY' | tee "$OUT/env.txt"
-import torch, transformers, accelerate
+if [ "$SHAPE" = tiny ]; then
+  P=12; C=6; STEPS=2; KS="4"; NG=2; FACTORS="2"; TRL=--no-trl; REPS=1
+else
+  P=512; C=128; STEPS=4; KS="4 9"; NG=4; FACTORS="1 4"; TRL=--no-trl; REPS=3
+  $PY -c "import trl" 2>/dev/null && TRL=""
+fi
+$PY - <<'PY' | tee "$OUT/env.txt"
+import importlib.metadata as md, torch, transformers, accelerate
+def version(name):
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return "not installed"
 print("torch", torch.__version__, "transformers", transformers.__version__, "accelerate", accelerate.__version__)
+print("cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version(), "flash-attn", version("flash-attn"))
 print("device", torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
 PY
-[ -f "$MODEL/config.json" ] || python -m benchmarks.gpu_model --shape "$SHAPE" --out "$MODEL"
-python -m benchmarks.sdpa_probe --model "$MODEL" --k 4 --prompt $P --completion $C --groups 4 --out "$OUT" \
-  2>&1 | tail -12
-TRL=--no-trl
-python -c "import trl" 2>/dev/null && TRL=""
-python -m benchmarks.throughput --model "$MODEL" --layers 0 --bf16 $TRL --ks 4 9 --prompt-factors 1 4 \
-  --completion-tokens $C --steps $STEPS --out "$OUT" --name throughput 2>&1 | tail -20
-python -m benchmarks.utilization --model "$MODEL" --k 4 --tokens $((P + C)) --groups 4 --steps 1 --bf16-steps 3 \
-  --out "$OUT" 2>&1 | tail -8
+[ -f "$MODEL/config.json" ] || $PY -m benchmarks.gpu_model --shape "$SHAPE" --out "$MODEL"
+if stage attention; then  # parity first: a layout or attention function that differs stops the run here
+  $PY -m benchmarks.attention --model "$MODEL" --ks $KS --prompt $P --completion $C --groups $NG --reps $REPS --out "$OUT" \
+    2>&1 | grep -v '^Loading weights' | tail -20 || { echo "attention parity failed: see $OUT/attention.md" >&2; exit 1; }
+fi
+if stage probe; then
+  $PY -m benchmarks.sdpa_probe --model "$MODEL" --k 4 --prompt $P --completion $C --groups $NG --out "$OUT" \
+    2>&1 | tail -12
+fi
+if stage throughput; then
+  for ATTN in sdpa rankrm_varlen; do
+    [ "$ATTN" = sdpa ] && T=$TRL || T=--no-trl
+    $PY -m benchmarks.throughput --model "$MODEL" --layers 0 --bf16 $T --ks $KS --prompt-factors $FACTORS \
+      --completion-tokens $C --steps $STEPS --attn-implementation $ATTN --out "$OUT" --name "throughput_$ATTN" \
+      2>&1 | tail -20
+  done
+fi
+if stage utilization; then
+  $PY -m benchmarks.utilization --model "$MODEL" --k 4 --tokens $((P + C)) --groups $NG --steps 1 --bf16-steps 3 \
+    --out "$OUT" 2>&1 | tail -8
+fi
 ls -l "$OUT"

@@ -36,7 +36,7 @@ from rankrm.modeling.frozen import FrozenLayerCache, select_trainable
 from rankrm.modeling.hub import DEFAULT_MODEL
 from rankrm.modeling.model import RewardModel
 from rankrm.training.config import TrainConfig
-from rankrm.training.run import train
+from rankrm.training.run import _train
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = [str(ROOT / "rankrm/shipped/oasst_en_100_tree.jsonl"), str(ROOT / "rankrm/shipped/oasst1_en_validation.jsonl")]
@@ -201,7 +201,7 @@ def main() -> None:
         for seed in args.seeds:
             for regime in REGIMES:
                 out = Path(tmp) / f"{regime}-{seed}"
-                res = train(TrainConfig(**base, seed=seed, regime=regime, output_dir=str(out)), frozen_cache=cache)
+                res = _train(TrainConfig(**base, seed=seed, regime=regime, output_dir=str(out)), frozen_store=cache)
                 runs[regime].append(curve(res))
                 raw.append(
                     {

@@ -1,6 +1,6 @@
 """Per-GPU memory of a reward-model run for each launch recipe, from the backbone's shape (no weights, no GPU).
 
-    python -m benchmarks.memory_plan            # the table of the README section "More GPUs, more machines"
+    python -m benchmarks.memory_plan            # the memory table of docs/several-gpus.md
 
 Bytes per parameter P (AdamW, fp32 master weights and moments = 12 bytes, as Accelerate / FSDP / DeepSpeed keep them):
   DDP, --dtype fp32 (+ --bf16 autocast): 4 (weights) + 4 (grads) + 12 (master is the weight itself: 8 moments) = 16 P

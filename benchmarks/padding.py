@@ -1,7 +1,7 @@
 """Padding waste on the shipped OpenAssistant rankings: the share of processed token slots that are padding.
 
-Plans one training epoch exactly as `rankrm train` does (rankrm.planning.epoch_steps, then plan_batches and
-rankrm.batch.collate for each step's micro-batches) and the evaluation batches (plan_batches over the held-out groups),
+Plans one training epoch exactly as `rankrm train` does (rankrm.modeling.planning.epoch_steps, then plan_batches and
+rankrm.modeling.batch.collate for each step's micro-batches) and the evaluation batches (plan_batches over the held-out groups),
 for each layout and step composition, with the default backbone's tokenizer and chat template. Counts only: no
 forward pass runs, so this takes seconds.
 

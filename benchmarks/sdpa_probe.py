@@ -2,7 +2,7 @@
 
     python -m benchmarks.sdpa_probe --model DIR [--k 4 --prompt 512 --completion 128] --out DIR
 
-For a packed batch and a kv completion pass built by rankrm.batch.collate from random groups, at the model's head
+For a packed batch and a kv completion pass built by rankrm.modeling.batch.collate from random groups, at the model's head
 shape in bf16 (fp32 on a CPU):
 1. each SDPA backend forced in turn (flash, efficient, cudnn, math) with the batch's boolean 4D mask: does it
    accept the mask, and how long one attention call takes (flash takes no arbitrary mask: it is expected to refuse);

@@ -5,7 +5,7 @@ Data: synthetic K-wise groups of random token ids, K = 2, 4, 9 completions of C 
 tokens, P = C/4, C, 4C. Every run trains the same backbone (all but its input embeddings, whose update is a fixed
 per-step cost alike for both, unless --train-embeddings; fp32 unless --bf16; no gradient checkpointing; AdamW,
 gradient clipping) on the same groups for the same optimizer steps of --groups-per-step prompts:
-- rankrm: rankrm.steps.backward_step (the trainer's own step: micro-batches of 4096 token slots, the K-wise loss)
+- rankrm: rankrm.training.loop.backward_step (the trainer's own step: micro-batches of 4096 token slots, the K-wise loss)
   with --layout padded (one row per completion), packed (the prompt forwarded once, rows shared by groups), kv
   (the prompt forwarded once, its keys and values shared by the completions' rows) and auto (the cheapest per
   step by the cost model);
@@ -129,17 +129,17 @@ def run_rankrm(model: RewardModel, steps: list[list[TokenizedGroup]], layout: st
                 model,
                 groups,
                 1 / len(groups),
-                MICRO_BATCH_TOKENS,
-                layout,
-                model.attention_per_token,
-                model.tokenizer.pad_token_id,
+                micro_batch_tokens=MICRO_BATCH_TOKENS,
+                layout=layout,
+                attention_per_token=model.attention_per_token,
+                pad_id=model.tokenizer.pad_token_id,
             )
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
             sync(device)
             ends.append(time.perf_counter())
-            chosen.update(st["layouts"])  # the layouts the micro-batches ran in
+            chosen.update(st.layouts)  # the layouts the micro-batches ran in
     del opt
     return {
         "seconds": ends[-1] - ends[0],
@@ -224,13 +224,14 @@ def main() -> None:
         "4 of 30 layers would weigh several times more than in the full model)",
     )
     p.add_argument("--no-trl", action="store_true", help="rankrm layouts only")
+    p.add_argument("--attn-implementation", default="sdpa", help="rankrm's attention (sdpa, rankrm_varlen, ...)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--name", default="throughput", help="results file stem")
     args = p.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    model = RewardModel.from_pretrained(args.model)
+    model = RewardModel.from_pretrained(args.model, attn_implementation=args.attn_implementation)
     if args.layers:
         name, layers = layer_stack(model.backbone)
         setattr(model.backbone, name, torch.nn.ModuleList(list(layers)[: args.layers]))

@@ -2,7 +2,7 @@
 both measured in the same run, in fp32 and in bf16 autocast.
 
 Peak: the best FLOP/s of square matrix products (2 n^3 FLOPs each) over a few sizes, per dtype. Training step:
-rankrm.steps.backward_step (the trainer's step: K-wise loss, padded layout, the whole model trained) plus the AdamW
+rankrm.training.loop.backward_step (the trainer's step: K-wise loss, padded layout, the whole model trained) plus the AdamW
 update, on synthetic groups of K completions, timed after a warm-up step. Model FLOPs, as in the PaLM/Chinchilla
 convention: 6 x non-embedding parameters x tokens, plus attention 12 x layers x hidden x T^2 per row of T tokens
 (forward 4 T^2 d per layer for the scores and the weighted sum, backward twice that). The step's FLOPs are also
@@ -98,10 +98,10 @@ def main() -> None:
                 model,
                 groups,
                 1 / len(groups),
-                MICRO_BATCH_TOKENS,
-                "padded",
-                model.attention_per_token,
-                tok.pad_token_id,
+                micro_batch_tokens=MICRO_BATCH_TOKENS,
+                layout="padded",
+                attention_per_token=model.attention_per_token,
+                pad_id=tok.pad_token_id,
                 bf16=bf16,
             )
             opt.step()

@@ -16,6 +16,7 @@ from rankrm.modeling.normalize import normalize
 from rankrm.serving.client import LocalReward, RewardClient
 from rankrm.training.config import TrainConfig
 from rankrm.training.run import train
+from rankrm.training.state import TrainResult
 
 __all__ = [
     "__version__",
@@ -29,6 +30,7 @@ __all__ = [
     "RewardModel",
     "TokenizedGroup",
     "TrainConfig",
+    "TrainResult",
     "compare",
     "evaluate",
     "group_stats",

@@ -1,7 +1,9 @@
 """The `rankrm` command: each subcommand parses its flags and calls the library.
 
-Exit codes: 0 done; 2 bad input or settings (a one-line error naming the file, line or setting, and the fix);
-128 + N when training stopped on signal N after writing a checkpoint (130 Ctrl-C, 143 SIGTERM, 138 SIGUSR1)."""
+Exit codes: 0 done; 2 bad input or settings (a RankrmError: one line naming the file, line or setting, and the fix;
+argparse's usage errors too); 1 a bug (any other exception: Python prints its traceback); 128 + N when training
+stopped on signal N after writing a checkpoint (130 Ctrl-C, 143 SIGTERM, 138 SIGUSR1). Under `accelerate launch`
+every process follows the same rule."""
 
 from __future__ import annotations
 
@@ -12,7 +14,10 @@ import os
 import sys
 from pathlib import Path
 
-from rankrm.errors import DataError
+from rankrm.data.convert import CONVERT_TARGETS
+from rankrm.data.groups import CONFLICTS
+from rankrm.data.readers import CONFLICTS_HELP, FORMAT_HELP, FORMAT_NAMES, SKIP_INVALID_HELP
+from rankrm.errors import RankrmError
 from rankrm.serving.server import add_serve_parser
 
 
@@ -20,11 +25,26 @@ def cmd_train(args) -> int:
     from rankrm.training.config import config_from_args
     from rankrm.training.run import train
 
-    train(config_from_args(args))
+    cfg = config_from_args(args)
+    check_sources(cfg.train_data + cfg.eval_data)  # before Accelerate starts and the model loads
+    train(cfg)
     return 0
 
 
+def check_sources(sources: list[str]) -> None:
+    """Data files, dataset directories, hub ids or prepared stores that exist, else a DataError naming the first
+    that does not; the data itself is read later."""
+    from rankrm.data.containers import check_source
+    from rankrm.data.store import is_store
+
+    for s in sources:
+        if not is_store(s):
+            check_source(s)
+
+
 def cmd_eval(args) -> int:
+    check_sources(args.data)  # before any weights load: a missing file is said in a second, not after a minute
+    from rankrm.data.encode import tokenize_processes
     from rankrm.data.store import default_cache, open_data
     from rankrm.evaluation.evaluate import compare, evaluate_groups, format_report
     from rankrm.modeling.model import RewardModel
@@ -39,8 +59,7 @@ def cmd_eval(args) -> int:
             args.format,
             args.conflicts,
             args.skip_invalid,
-            args.num_proc or default_processes(),
-            say=note,
+            tokenize_processes(args.num_proc),
             what=f"--model {name}",
         )
         report = store.report
@@ -83,23 +102,6 @@ def cmd_eval(args) -> int:
     return 0
 
 
-FORMAT_HELP = "data format: auto (from the fields), native, pairwise, implicit, scored or oasst"
-SKIP_HELP = "skip invalid records, counting them by reason, instead of stopping at the first"
-CONFLICTS_HELP = (
-    "repeated, contradictory (a > b and b > a) and cyclic judgments of one prompt: keep (every vote "
-    "counts; default), drop (a repeat once, prompts whose judgments contradict or cycle left out) or "
-    "error"
-)
-
-
-def note(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def default_processes() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
-
-
 def cmd_data(args) -> int:
     from rankrm.data.convert import convert_data
     from rankrm.data.inspect import describe_data, format_description
@@ -133,6 +135,7 @@ def encoder_for(model: str, max_length: int | None):
 def data_prepare(args) -> int:
     import time
 
+    from rankrm.data.encode import tokenize_processes
     from rankrm.data.store import prepare
 
     t0 = time.time()
@@ -144,8 +147,7 @@ def data_prepare(args) -> int:
         args.format,
         args.conflicts,
         args.skip_invalid,
-        args.num_proc or default_processes(),
-        say=note,
+        tokenize_processes(args.num_proc),
     )
     m = store.manifest
     print(
@@ -196,8 +198,10 @@ def add_data_parser(sub) -> None:
     """`rankrm data inspect|convert|prepare|cache`."""
     d = sub.add_parser("data", help="inspect a data set, convert it to another format, or prepare it for training")
     dsub = d.add_subparsers(dest="data_command", required=True)
+    data_flags = shared_flags()["data"]
     pr = dsub.add_parser(
         "prepare",
+        parents=[data_flags],
         help="read, validate and tokenize data once into a memory-mapped store that "
         "train and eval read (they also prepare into --data-cache by themselves)",
     )
@@ -217,9 +221,6 @@ def add_data_parser(sub) -> None:
         "reward model's own, else train's default, 512); "
         "train with the same",
     )
-    pr.add_argument("--format", default="auto", help=FORMAT_HELP)
-    pr.add_argument("--skip-invalid", action="store_true", help=SKIP_HELP)
-    pr.add_argument("--conflicts", default="keep", choices=["keep", "drop", "error"], help=CONFLICTS_HELP)
     pr.add_argument("--num-proc", type=int, default=0, help="tokenizing processes (0: up to 8, one per CPU core)")
     ca = dsub.add_parser(
         "cache", help="list the prepared stores of the data cache and their sizes; --clear removes them"
@@ -228,11 +229,10 @@ def add_data_parser(sub) -> None:
         "--data-cache", default="", help="the cache directory (default: $RANKRM_DATA_CACHE, else ~/.cache/rankrm/data)"
     )
     ca.add_argument("--clear", action="store_true", help="remove every prepared store")
-    i = dsub.add_parser("inspect", help="groups, K, comparisons, ties, duplicates, lengths, truncation")
+    i = dsub.add_parser(
+        "inspect", parents=[data_flags], help="groups, K, comparisons, ties, duplicates, lengths, truncation"
+    )
     i.add_argument("files", nargs="+", help="data file(s), datasets directories or hf:OWNER/NAME[:SPLIT]")
-    i.add_argument("--format", default="auto", help=FORMAT_HELP)
-    i.add_argument("--skip-invalid", action="store_true", help=SKIP_HELP)
-    i.add_argument("--conflicts", default="keep", choices=["keep", "drop", "error"], help=CONFLICTS_HELP)
     i.add_argument("--json", action="store_true", help="print the inspection as JSON")
     i.add_argument("--model", default=None, help="count tokens with this model's tokenizer and template")
     i.add_argument(
@@ -248,19 +248,16 @@ def add_data_parser(sub) -> None:
         default=None,
         help="other file(s), e.g. the eval set: count prompts and conversations found in both",
     )
-    c = dsub.add_parser("convert", help="write data as native or TRL pairwise JSONL")
+    c = dsub.add_parser("convert", parents=[data_flags], help="write data as native or TRL pairwise JSONL")
     c.add_argument("inputs", nargs="+", help="data file(s) to read")
     c.add_argument("output", help="the JSONL file to write (gzip-compressed if it ends in .gz)")
     c.add_argument(
         "--to",
         required=True,
-        choices=["native", "pairwise"],
+        choices=CONVERT_TARGETS,
         help="native: one ranked group per line; pairwise: one prompt/chosen/rejected record per stated "
         "comparison (TRL's format)",
     )
-    c.add_argument("--format", default="auto", help=FORMAT_HELP)
-    c.add_argument("--skip-invalid", action="store_true", help=SKIP_HELP)
-    c.add_argument("--conflicts", default="keep", choices=["keep", "drop", "error"], help=CONFLICTS_HELP)
     d.set_defaults(func=cmd_data)
 
 
@@ -286,9 +283,11 @@ def cmd_normalize(args) -> int:
 
 
 def cmd_score(args) -> int:
+    from rankrm.data.containers import check_file
     from rankrm.modeling.model import RewardModel
     from rankrm.serving.scoring import score_file
 
+    check_file(args.input)  # before the weights load
     model = RewardModel.from_pretrained(args.model, max_length=args.max_length)
     n = score_file(model, args.input, args.output, args.chunk_lines, args.batch_tokens, progress=not args.quiet)
     if n["truncated"]:
@@ -310,9 +309,9 @@ def shared_flags() -> dict[str, argparse.ArgumentParser]:
     )
     model.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per forward pass")
     data = argparse.ArgumentParser(add_help=False)
-    data.add_argument("--format", default="auto", help=FORMAT_HELP)
-    data.add_argument("--skip-invalid", action="store_true", help=SKIP_HELP)
-    data.add_argument("--conflicts", default="keep", choices=["keep", "drop", "error"], help=CONFLICTS_HELP)
+    data.add_argument("--format", default="auto", choices=("auto", *FORMAT_NAMES), help=FORMAT_HELP)
+    data.add_argument("--skip-invalid", action="store_true", help=SKIP_INVALID_HELP)
+    data.add_argument("--conflicts", default="keep", choices=CONFLICTS, help=CONFLICTS_HELP)
     return {"model": model, "data": data}
 
 
@@ -389,7 +388,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="also set a gain so the demonstrations' rewards have this standard deviation",
     )
-    n.add_argument("--format", default="auto", help="format of a ranked-data demonstrations file")
+    n.add_argument(
+        "--format",
+        default="auto",
+        choices=("auto", *FORMAT_NAMES),
+        help="format of a ranked-data demonstrations file: " + FORMAT_HELP,
+    )
     n.set_defaults(func=cmd_normalize)
 
     s = sub.add_parser(
@@ -419,7 +423,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"rankrm {args.command}: interrupted", file=sys.stderr)
         return 130
-    except (DataError, ValueError, OSError) as e:
+    except RankrmError as e:  # bad input or settings; anything else is a bug and shows its traceback
         print(f"rankrm {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -16,13 +16,11 @@ import os
 import shutil
 from pathlib import Path
 
+from rankrm.errors import WriteError  # defined with the other errors a user can fix
+
 TMP_PREFIX = ".rankrm-tmp-"
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
-
-
-class WriteError(OSError):
-    """A write that failed (disk full, permissions, a missing directory); the message names the real path."""
 
 
 def _fsync_dir(path: Path) -> None:

@@ -84,8 +84,16 @@ def _jsonl_rows(path: Path):
             yield lineno, obj
 
 
+def check_file(path) -> None:
+    """Fail early, naming the path, when a data file does not exist or is not a file."""
+    if not Path(path).is_file():
+        problem = "is a directory, not a file" if Path(path).is_dir() else "does not exist"
+        raise DataError(path, None, None, problem, "check the path")
+
+
 def iter_json_lines(path: Path) -> Iterator[tuple[int, dict]]:
     """Yield (line number, object) for every non-blank line; a bad line is a DataError naming it."""
+    check_file(path)
     for lineno, obj in _jsonl_rows(path):
         if isinstance(obj, DataError):
             raise obj

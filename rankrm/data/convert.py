@@ -8,6 +8,7 @@ from rankrm.data.containers import write_jsonl
 from rankrm.data.groups import RankedGroup, ReadReport
 from rankrm.data.readers import read_groups
 from rankrm.data.splits import write_native
+from rankrm.errors import SettingsError
 
 CONVERT_TARGETS = ("native", "pairwise")
 
@@ -39,7 +40,7 @@ def convert_data(
 ) -> tuple[ReadReport, int]:
     """Read files and write their groups as native JSONL or TRL pairwise JSONL, atomically; (report, records)."""
     if to not in CONVERT_TARGETS:
-        raise ValueError(f"unknown target format {to!r}. Fix: use one of {', '.join(CONVERT_TARGETS)}")
+        raise SettingsError(f"--to: unknown target format {to!r}. Fix: use one of {', '.join(CONVERT_TARGETS)}")
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     report = ReadReport()
     groups = read_groups(

@@ -9,19 +9,28 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass
+
+from rankrm.data.groups import comparisons, votes
+from rankrm.errors import DataError, ModelError
 
 PAD_TOKEN = "<|rankrm_pad|>"  # added when a tokenizer has no pad token or pads with EOS
 
 _PROBE = [{"role": "user", "content": "Which colour is the sky?"}]
 
 
+def tokenize_processes(asked: int = 0) -> int:
+    """The processes that tokenize when data is prepared: `asked`, or (0) one per CPU core, up to 8."""
+    return asked or max(1, min(8, os.cpu_count() or 1))
+
+
 def add_pad_token(tokenizer) -> bool:
     """Give the tokenizer a pad token distinct from EOS (so that Hugging Face's pooling, the last non-pad token,
     reads EOS); returns whether one was added (the model's embeddings then need a row for it)."""
     if tokenizer.eos_token_id is None:
-        raise ValueError(
+        raise ModelError(
             "the tokenizer has no EOS token; the reward is read at the completion's EOS. "
             "Fix: set tokenizer.eos_token before building the RewardModel."
         )
@@ -72,15 +81,35 @@ class TextEncoder:
         from transformers import AutoTokenizer
 
         meta = Path(path) / "rankrm.json"
-        saved = json.loads(meta.read_text()).get("max_length") if meta.is_file() else None
-        return cls(AutoTokenizer.from_pretrained(path), max_length or saved or 1024)
+        try:
+            saved = json.loads(meta.read_text()).get("max_length") if meta.is_file() else None
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError) as e:  # the user's directory: no tokenizer files, damaged JSON, ...
+            raise ModelError(
+                f"{path}: the tokenizer does not load ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
+                "Fix: pass --model with a model directory that holds its tokenizer (tokenizer.json or the files "
+                "of its tokenizer class)"
+            ) from e
+        return cls(tokenizer, max_length or saved or 1024)
 
     def render_prompt(self, prompt) -> str:
         """The prompt as text: a string verbatim; messages through the chat template, else 'Role: text' blocks."""
         if isinstance(prompt, str):
             text = prompt
         elif self.tokenizer.chat_template:
-            text = self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+            from jinja2 import TemplateError
+
+            try:
+                text = self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+            except TemplateError as e:  # the template refuses these messages (raise_exception): bad input
+                raise DataError(
+                    f"the prompt {json.dumps(prompt, ensure_ascii=False)[:80]}",
+                    None,
+                    None,
+                    f"the model's chat template refuses it ({type(e).__name__}: {e})",
+                    "check the messages' roles and order against the model's chat template",
+                    reason="the chat template refuses the prompt",
+                ) from None
         else:  # documented fallback for tokenizers without a chat template
             text = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in prompt) + "Assistant: "
         bos = self.tokenizer.bos_token
@@ -120,7 +149,7 @@ class TextEncoder:
         cut = [False] * len(ids)
         for i, row in enumerate(ids):
             if not row or row[-1] != eos:
-                raise ValueError(
+                raise ModelError(
                     f"rendered text does not end with the EOS token id {eos}: {texts[i][-80:]!r}. "
                     "Fix: use a tokenizer that parses its EOS token as a special token."
                 )
@@ -226,14 +255,11 @@ class TokenizedGroup:
 
     def comparisons(self) -> list[tuple[int, int]]:
         """Every (winner, loser) index pair this group states: its partial order, else every pair its ranks order."""
-        if self.stated_pairs is not None:
-            return list(self.stated_pairs)
-        k = len(self.ids)
-        return [(i, j) for i in range(k) for j in range(k) if self.ranks[i] < self.ranks[j]]
+        return comparisons(self.ranks, self.stated_pairs)
 
     def votes(self) -> list[int]:
         """How many times each pair of comparisons() was stated."""
-        return list(self.counts) if self.counts is not None else [1] * len(self.comparisons())
+        return votes(self.ranks, self.stated_pairs, self.counts)
 
 
 def shared_prefix_length(rows: list[list[int]]) -> int:

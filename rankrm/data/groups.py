@@ -6,18 +6,44 @@ Every reader (readers.py and the format modules it imports) builds its groups wi
 from __future__ import annotations
 
 import graphlib
+import json
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from rankrm.data.containers import records
-from rankrm.errors import DataError, Location
+from rankrm.errors import DataError, Location, SettingsError
 
 Messages = list[dict]
 Prompt = str | Messages
 
 ROLES = ("system", "user", "assistant", "tool")
+
+
+def comparisons(ranks, stated_pairs=None) -> list[tuple[int, int]]:
+    """Every (winner, loser) index pair a group states: its stated pairs (a partial order), else every pair its
+    ranks order; tied pairs give none. RankedGroup and TokenizedGroup both read their comparisons here."""
+    if stated_pairs is not None:
+        return list(stated_pairs)
+    k = len(ranks)
+    return [(i, j) for i in range(k) for j in range(k) if ranks[i] < ranks[j]]
+
+
+def votes(ranks, stated_pairs=None, counts=None) -> list[int]:
+    """How many times each pair of comparisons(ranks, stated_pairs) was stated: counts, else 1 each."""
+    return list(counts) if counts is not None else [1] * len(comparisons(ranks, stated_pairs))
+
+
+def prompt_key(prompt: Prompt) -> str:
+    """A prompt as one comparable string, text or messages (JSON, so a text never equals a list of messages)."""
+    return json.dumps(prompt, ensure_ascii=False, sort_keys=True)
+
+
+def cycle_problem(cycle: list[int], name) -> tuple[str, str]:
+    """(what, chain) of a cycle find_cycle found: "contradictory" for a > b > a, else "cyclic"; and the cycle
+    written with name(i) for each member ("completion 0 > completion 2 > completion 0")."""
+    return ("contradictory" if len(cycle) == 3 else "cyclic"), " > ".join(name(i) for i in cycle)
 
 
 @dataclass(frozen=True)
@@ -53,13 +79,11 @@ class RankedGroup:
 
     def comparisons(self) -> list[tuple[int, int]]:
         """Every (winner, loser) index pair this group states; tied or unstated pairs give none."""
-        if self.stated_pairs is not None:
-            return list(self.stated_pairs)
-        return [(i, j) for i in range(self.k) for j in range(self.k) if self.ranks[i] < self.ranks[j]]
+        return comparisons(self.ranks, self.stated_pairs)
 
     def votes(self) -> list[int]:
         """How many times each pair of comparisons() was stated (1 each unless the group has counts)."""
-        return list(self.counts) if self.counts is not None else [1] * len(self.comparisons())
+        return votes(self.ranks, self.stated_pairs, self.counts)
 
     @property
     def split_key(self) -> str:
@@ -382,7 +406,7 @@ CONFLICTS = ("keep", "drop", "error")  # what to do with repeated, contradictory
 def check_conflicts(conflicts: str) -> str:
     """Validate a --conflicts policy."""
     if conflicts not in CONFLICTS:
-        raise ValueError(
+        raise SettingsError(
             f"conflicts {conflicts!r} unknown. Fix: use keep (every vote counts), drop (repeats once, "
             "prompts whose judgments contradict or cycle left out) or error"
         )
@@ -433,12 +457,12 @@ def group_from_pairs(
     counts = None if counts is None or all(c == 1 for c in counts) else tuple(counts)
     cycle = find_cycle(pairs)
     if cycle is not None and conflicts == "error":
-        what = "contradictory" if len(cycle) == 3 else "cyclic"
+        what, chain = cycle_problem(cycle, lambda i: f"completion {i}")
         raise DataError(
             path,
             line,
             "pairs",
-            f"{what} comparisons: " + " > ".join(f"completion {i}" for i in cycle),
+            f"{what} comparisons: {chain}",
             "fix the labels so no completion is (transitively) better than itself, drop them, or keep "
             "them as votes (--conflicts keep)",
             reason=f"{what} comparisons",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -25,9 +24,11 @@ from rankrm.data.groups import (
     check_prompt,
     check_subset,
     count_conflicts,
+    cycle_problem,
     find_cycle,
     group_from_pairs,
     iter_records,
+    prompt_key,
     require_fields,
 )
 from rankrm.errors import DataError, Location
@@ -97,10 +98,6 @@ def merge_comparisons(
     return groups
 
 
-def _prompt_key(prompt: Prompt) -> str:
-    return json.dumps(prompt, ensure_ascii=False, sort_keys=True)
-
-
 def _merged(comps: list[Comparison], path, report: ReadReport, skip_invalid: bool, conflicts: str):
     """(seq of the prompt's first record, group) per prompt of comps (merge_comparisons without the count)."""
     if len({id(c.prompt) for c in comps}) == 1:  # one record's comparisons (its votes): one prompt, no key needed
@@ -108,7 +105,7 @@ def _merged(comps: list[Comparison], path, report: ReadReport, skip_invalid: boo
     else:
         by_prompt: dict[str, list[Comparison]] = {}
         for c in comps:
-            by_prompt.setdefault(_prompt_key(c.prompt), []).append(c)
+            by_prompt.setdefault(prompt_key(c.prompt), []).append(c)
         buckets = list(by_prompt.values())
     for cs in buckets:
         texts: dict[str, int] = {}
@@ -138,8 +135,7 @@ def _merged(comps: list[Comparison], path, report: ReadReport, skip_invalid: boo
             cycle = find_cycle(pairs)
             if cycle is not None and conflicts == "error":
                 links = [stated[(a, b)] for a, b in zip(cycle, cycle[1:])]
-                what = "contradictory" if len(cycle) == 3 else "cyclic"
-                chain = " > ".join(repr(_short(list(texts)[i])) for i in cycle)
+                what, chain = cycle_problem(cycle, lambda i: repr(_short(list(texts)[i])))
                 raise DataError(
                     path,
                     links[-1].line,
@@ -218,7 +214,7 @@ def merge_stream(comparisons, path, report: ReadReport | None, skip_invalid: boo
 
 
 def _prompt_hash(prompt: Prompt) -> bytes:
-    return hashlib.blake2b(_prompt_key(prompt).encode(), digest_size=8).digest()
+    return hashlib.blake2b(prompt_key(prompt).encode(), digest_size=8).digest()
 
 
 def _short(text: str, n: int = 30) -> str:
@@ -259,21 +255,11 @@ def _reply(value, path, line, name: str) -> str:
     )
 
 
-def read_pairwise(
-    path: Path, report: ReadReport | None = None, skip_invalid: bool = False, conflicts: str = "keep"
-) -> list[RankedGroup]:
-    """Read TRL pairwise records {"prompt", "chosen", "rejected", "margin"?, "subset"?}, standard or conversational.
+def iter_pairwise(path: Path, report: ReadReport | None = None, skip_invalid: bool = False, conflicts: str = "keep"):
+    """Read TRL pairwise records {"prompt", "chosen", "rejected", "margin"?, "subset"?}, standard or conversational,
+    as a stream of (seq, group) in bounded memory (see merge_stream).
 
     One record per vote; a record may also carry several votes as "votes": N (how many annotators stated it)."""
-    return _in_order(iter_pairwise(path, report, skip_invalid, conflicts))
-
-
-def _in_order(pairs) -> list[RankedGroup]:
-    return [g for _, g in sorted(pairs, key=lambda x: x[0])]
-
-
-def iter_pairwise(path: Path, report: ReadReport | None = None, skip_invalid: bool = False, conflicts: str = "keep"):
-    """read_pairwise as a stream of (seq, group) in bounded memory (see merge_stream)."""
     return merge_stream(functools.partial(_pairwise_comparisons, path), path, report, skip_invalid, conflicts)
 
 
@@ -446,18 +432,12 @@ def split_message_lists(chosen: list, rejected: list, path, line) -> tuple[list[
     return c_msgs[:n], replies[0], replies[1]
 
 
-def read_implicit(
-    path: Path, report: ReadReport | None = None, skip_invalid: bool = False, conflicts: str = "keep"
-) -> list[RankedGroup]:
-    """Read {"chosen", "rejected", "margin"?} whole dialogues sharing their prompt: HH-RLHF text or message lists.
+def iter_implicit(path: Path, report: ReadReport | None = None, skip_invalid: bool = False, conflicts: str = "keep"):
+    """Read {"chosen", "rejected", "margin"?} whole dialogues sharing their prompt (HH-RLHF text or message lists)
+    as a stream of (seq, group) in bounded memory (see merge_stream).
 
     An empty final assistant turn in an HH dialogue is kept as an empty reply (in HH-RLHF's harmless data the
     labeler preferred the assistant saying nothing) and counted in report.notes."""
-    return _in_order(iter_implicit(path, report, skip_invalid, conflicts))
-
-
-def iter_implicit(path: Path, report: ReadReport | None = None, skip_invalid: bool = False, conflicts: str = "keep"):
-    """read_implicit as a stream of (seq, group) in bounded memory (see merge_stream)."""
     return merge_stream(functools.partial(_implicit_comparisons, path), path, report, skip_invalid, conflicts)
 
 

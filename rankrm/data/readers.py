@@ -1,12 +1,14 @@
-"""Reading ranked groups from files: the native reader, telling a file's format from its fields, and read_groups,
-the one entry point that reads any supported format from any container.
+"""Reading ranked groups from files: the native reader, the table of formats (FORMATS: name, help, detection,
+reader), telling a file's format from its fields, and read_groups, the one entry point that reads any supported
+format from any container.
 
-Every reader takes (path, report, skip_invalid, conflicts) and returns the groups it kept; what it left out is
+Every reader takes (path, report, skip_invalid, conflicts) and yields the groups it kept; what it left out is
 counted in the report. The readers of the other formats live in pairwise.py, scored.py and oasst.py."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from rankrm.data.containers import HUB_PREFIX, check_source
@@ -21,17 +23,10 @@ from rankrm.data.groups import (
     require_fields,
 )
 from rankrm.data.oasst import read_oasst
-from rankrm.data.pairwise import REPEATED, iter_implicit, iter_pairwise, read_implicit, read_pairwise
-from rankrm.data.scored import iter_scored, read_scored
+from rankrm.data.pairwise import REPEATED, iter_implicit, iter_pairwise
+from rankrm.data.scored import iter_scored
 from rankrm.data.splits import group_digest
-from rankrm.errors import DataError
-
-
-def read_native(
-    path: Path, report: ReadReport | None = None, skip_invalid: bool = False, conflicts: str = "keep"
-) -> list[RankedGroup]:
-    """Every group of a native file (iter_native as a list)."""
-    return list(iter_native(path, report, skip_invalid, conflicts))
+from rankrm.errors import DataError, SettingsError
 
 
 def iter_native(
@@ -103,17 +98,68 @@ def iter_native(
         yield g
 
 
+@dataclass(frozen=True)
+class Format:
+    """A data format: its --format name, the fields that show it (help texts), whether a record has them, and its
+    reader as a stream of (order, group): the order of the group's first record in its file (pairwise records of
+    one prompt are merged when the prompt's last record is read, so their groups can come out late)."""
+
+    name: str
+    fields: str
+    detect: Callable[[dict], bool]
+    stream: Callable
+
+
+def _scored(obj: dict) -> bool:
+    c = obj["completions"]
+    return (isinstance(c, list) and bool(c) and isinstance(c[0], dict)) or "scores" in obj or "ratings" in obj
+
+
+# in the order detection tries them: the first whose fields a record has is its format
+FORMATS = (
+    Format(
+        "oasst",
+        "an OpenAssistant export (message trees)",
+        lambda o: "message_tree_id" in o,
+        lambda *a: enumerate(read_oasst(*a)),
+    ),
+    Format(
+        "pairwise",
+        "prompt/chosen/rejected (TRL)",
+        lambda o: ("chosen" in o or "rejected" in o) and "prompt" in o,
+        iter_pairwise,
+    ),
+    Format(
+        "implicit",
+        "chosen/rejected whole dialogues (HH-RLHF)",
+        lambda o: "chosen" in o or "rejected" in o,
+        iter_implicit,
+    ),
+    Format(
+        "scored",
+        "prompt/completions/scores or ratings",
+        lambda o: "completions" in o and _scored(o),
+        lambda *a: enumerate(iter_scored(*a)),
+    ),
+    Format("native", "prompt/completions/ranks", lambda o: "completions" in o, lambda *a: enumerate(iter_native(*a))),
+)
+FORMAT_NAMES = tuple(f.name for f in FORMATS)
+# the help texts of read_groups' options, for every command that takes them (train, eval, data ...)
+FORMAT_HELP = "data format: auto (told from a record's fields), or " + "; ".join(
+    f"{f.name}: {f.fields}" for f in FORMATS
+)
+
+
+SKIP_INVALID_HELP = "skip invalid records, counting them by reason, instead of stopping at the first"
+CONFLICTS_HELP = (
+    "repeated, contradictory (a > b and b > a) and cyclic judgments of one prompt: keep (every vote counts in the "
+    "loss and metrics; default), drop (a repeat once, prompts whose judgments contradict or cycle left out) or error"
+)
+
+
 def format_of(obj: dict) -> str | None:
     """The format a record's fields show, or None."""
-    if "message_tree_id" in obj:
-        return "oasst"
-    if "chosen" in obj or "rejected" in obj:
-        return "pairwise" if "prompt" in obj else "implicit"
-    if "completions" in obj:
-        c = obj["completions"]
-        dicts = isinstance(c, list) and bool(c) and isinstance(c[0], dict)
-        return "scored" if dicts or "scores" in obj or "ratings" in obj else "native"
-    return None
+    return next((f.name for f in FORMATS if f.detect(obj)), None)
 
 
 def detect_format(path, skip_invalid: bool = False) -> str:
@@ -126,32 +172,15 @@ def detect_format(path, skip_invalid: bool = False) -> str:
                 line,
                 None,
                 f"unrecognised record with fields {sorted(obj)[:8]}",
-                "use one of the formats (native prompt/completions/ranks; pairwise prompt/chosen/"
-                "rejected; chosen/rejected dialogues; prompt/completions/scores; an OpenAssistant "
-                "export), or name the format with --format",
+                "use one of the formats ("
+                + "; ".join(f"{f.name}: {f.fields}" for f in FORMATS)
+                + "), or name the format with --format",
             )
         return fmt
     raise DataError(path, None, None, "has no records", "give a file with at least one ranked group")
 
 
-READERS = {
-    "native": read_native,
-    "pairwise": read_pairwise,
-    "implicit": read_implicit,
-    "scored": read_scored,
-    "oasst": read_oasst,
-}
-
-
-# each format as a stream of (order, group): the order of the group's first record in its file (pairwise records
-# of one prompt are merged when the prompt's last record is read, so their groups can come out late)
-STREAMS = {
-    "native": lambda *a: enumerate(iter_native(*a)),
-    "pairwise": iter_pairwise,
-    "implicit": iter_implicit,
-    "scored": lambda *a: enumerate(iter_scored(*a)),
-    "oasst": lambda *a: enumerate(read_oasst(*a)),
-}
+STREAMS = {f.name: f.stream for f in FORMATS}
 DUPLICATE = "duplicate groups (same prompt and completions in an earlier record or file)"
 
 
@@ -178,8 +207,8 @@ def iter_groups(
         p = p if str(p).startswith(HUB_PREFIX) else Path(p)
         check_source(p)
         f = detect_format(p, skip_invalid) if fmt == "auto" else fmt
-        if f not in READERS:
-            raise DataError(p, None, None, f"unknown format {f!r}", f"use one of auto, {', '.join(READERS)}")
+        if f not in STREAMS:
+            raise SettingsError(f"--format {f!r} unknown. Fix: use one of auto, {', '.join(FORMAT_NAMES)}")
         sub = ReadReport()
         for order, g in STREAMS[f](p, sub, skip_invalid, conflicts):
             key = group_digest(g)

@@ -59,13 +59,6 @@ def ranks_from_scores(scores) -> tuple[int, ...]:
     return tuple(levels.index(s) for s in scores)
 
 
-def read_scored(
-    path: Path, report: ReadReport | None = None, skip_invalid: bool = False, conflicts: str = "keep"
-) -> list[RankedGroup]:
-    """Every group of a scored file (iter_scored as a list)."""
-    return list(iter_scored(path, report, skip_invalid, conflicts))
-
-
 def iter_scored(
     path: Path, report: ReadReport | None = None, skip_invalid: bool = False, conflicts: str = "keep"
 ) -> Iterator[RankedGroup]:

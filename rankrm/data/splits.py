@@ -1,5 +1,5 @@
 """Splitting ranked groups into training and held-out data by conversation, and the identity and writing of
-groups (group_hash, write_native)."""
+groups (group_digest, write_native)."""
 
 from __future__ import annotations
 
@@ -9,17 +9,13 @@ import random
 from pathlib import Path
 
 from rankrm.data.containers import write_jsonl
-from rankrm.data.groups import Prompt, RankedGroup
-from rankrm.errors import DataError
-
-
-def group_hash(g: RankedGroup) -> str:
-    """A content hash of a group's prompt and completions (order-free)."""
-    return group_digest(g).hex()
+from rankrm.data.groups import RankedGroup, prompt_key
+from rankrm.errors import DataError, SettingsError
 
 
 def group_digest(g: RankedGroup) -> bytes:
-    """group_hash as 20 bytes (what the readers keep per group to drop duplicates)."""
+    """A content hash of a group's prompt and completions (order-free), 20 bytes: what the readers keep per group
+    to drop duplicates."""
     blob = json.dumps([g.prompt, sorted(g.completions)], ensure_ascii=False, sort_keys=True)
     return hashlib.sha1(blob.encode()).digest()
 
@@ -41,7 +37,7 @@ def split_indices(keys, eval_fraction: float, seed: int, source=None):
     import numpy as np
 
     if not 0.0 < eval_fraction < 1.0:
-        raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
+        raise SettingsError(f"--eval-fraction must be in (0, 1), got {eval_fraction}")
     unique = sorted(set(keys))
     if len(unique) < 2:
         raise DataError(
@@ -56,7 +52,10 @@ def split_indices(keys, eval_fraction: float, seed: int, source=None):
     del unique
     held = np.fromiter((k in eval_keys for k in keys), dtype=bool, count=len(keys))
     if held.all():
-        raise ValueError(f"eval_fraction {eval_fraction} leaves no training prompts ({len(eval_keys)} in all)")
+        raise SettingsError(
+            f"--eval-fraction {eval_fraction} leaves no training prompts ({len(eval_keys)} in all). Fix: lower "
+            "it, or give held-out data with --eval-data"
+        )
     return np.flatnonzero(~held), np.flatnonzero(held)
 
 
@@ -69,11 +68,6 @@ def overlap_keys(train_keys, held_keys) -> int:
     """How many held-out keys are also training keys."""
     keys = set(train_keys)
     return sum(1 for k in held_keys if k in keys)
-
-
-def prompt_key(prompt: Prompt) -> str:
-    """A prompt as one comparable string (messages included)."""
-    return prompt if isinstance(prompt, str) else json.dumps(prompt, ensure_ascii=False, sort_keys=True)
 
 
 def identical_prompts(train, held) -> int:

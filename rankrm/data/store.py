@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -31,11 +32,14 @@ from rankrm.data.groups import RankedGroup, ReadReport
 from rankrm.data.readers import iter_groups
 from rankrm.errors import DataError
 from rankrm.files import atomic_dir, remove_leftovers
+from rankrm.progress import library_bars
 
 MANIFEST = "rankrm-store.json"
 VERSION = 1
 GROUPS_FILE = "groups.arrow"
 CHUNK = 2048  # groups per Arrow record batch while reading
+
+log = logging.getLogger(__name__)
 
 
 def default_cache() -> Path:
@@ -198,7 +202,6 @@ def prepare(
     conflicts: str = "keep",
     skip_invalid: bool = False,
     num_proc: int = 1,
-    say=print,
 ) -> Store:
     """Read, validate and tokenize the sources into a store at `out` (replacing one there as a whole)."""
     import datasets
@@ -210,7 +213,7 @@ def prepare(
         check_source(s)
     fp, what = fingerprint(sources, fmt, conflicts, skip_invalid, encoder)
     out, report, t0 = Path(out), ReadReport(), time.time()
-    with atomic_dir(out) as tmp:
+    with library_bars("datasets"), atomic_dir(out) as tmp:  # datasets' bars: on a terminal only
         raw = tmp / "groups-read.arrow"
         n, ordered = _write_groups(sources, fmt, report, skip_invalid, conflicts, raw)
         if n == 0:
@@ -393,7 +396,6 @@ def open_data(
     conflicts: str = "keep",
     skip_invalid: bool = False,
     num_proc: int = 1,
-    say=print,
     what: str = "the model",
 ) -> Store:
     """The store for these sources: a prepared store given as the only source, else the one in cache_dir with
@@ -411,7 +413,7 @@ def open_data(
             )
         store = Store(stores[0])
         store.check_encoder(encoder, what)
-        say(f"data: prepared store {store.path} ({store.manifest['groups']} groups, {_size(store.bytes)})")
+        log.info(f"data: prepared store {store.path} ({store.manifest['groups']} groups, {_size(store.bytes)})")
         return store
     for s in sources:
         check_source(s)
@@ -423,21 +425,25 @@ def open_data(
         try:
             store = Store(target)
             if store.fingerprint == fp:
-                say(
+                log.info(
                     f"data: {', '.join(sources)} prepared before: {target} ({_size(store.bytes)}; fingerprint "
                     f"checked in {time.time() - t0:.1f}s)"
                 )
                 return store
         except DataError as e:
-            say(f"warning: {e}; preparing it again")
+            log.warning(f"warning: {e}; preparing it again")
     if cache_dir.is_dir():
         for p in remove_leftovers(cache_dir):
-            say(f"removed the leftover of an interrupted prepare: {p}")
+            log.info(f"removed the leftover of an interrupted prepare: {p}")
     if any(s.startswith(HUB_PREFIX) for s in sources):
-        say("note: hub datasets are keyed by their name, not their contents: clear the cache to read a new version")
-    say(f"data: preparing {', '.join(sources)} (read, validate, tokenize with {num_proc} process(es)) into {target}")
-    store = prepare(sources, encoder, target, fmt, conflicts, skip_invalid, num_proc, say)
-    say(
+        log.info(
+            "note: hub datasets are keyed by their name, not their contents: clear the cache to read a new version"
+        )
+    log.info(
+        f"data: preparing {', '.join(sources)} (read, validate, tokenize with {num_proc} process(es)) into {target}"
+    )
+    store = prepare(sources, encoder, target, fmt, conflicts, skip_invalid, num_proc)
+    log.info(
         f"data: prepared in {time.time() - t0:.0f}s: {store.path} ({_size(store.bytes)}); remove it to free the "
         f"space (rm -r {store.path}; every prepared store: rm -r {cache_dir})"
     )

@@ -11,11 +11,13 @@ import numpy as np
 import torch
 
 from rankrm.data.encode import TokenizedGroup
+from rankrm.errors import DataError
 from rankrm.evaluation.metrics import calibration, ranking_metrics, stated_margins, subset_metrics, vote_metrics
 from rankrm.loss import group_stats
 from rankrm.modeling.batch import collate
 from rankrm.modeling.model import batch_rewards
 from rankrm.modeling.planning import plan_batches
+from rankrm.progress import with_progress
 
 N_BOOT = 2000  # bootstrap resamples of the held-out prompts
 
@@ -210,12 +212,13 @@ def evaluate_groups(
 
     cache: a frozen.FrozenLayerCache; the frozen layers then run only the first time a sequence is seen.
     require_pairs=False scores groups that state no comparison too (a share of a distributed evaluation)."""
-    from tqdm.auto import tqdm
-
     if require_pairs and (not groups or not any(g.comparisons() for g in groups)):
-        raise ValueError(
-            "no held-out comparison to evaluate (every group is tied or there are no groups). Fix: give "
-            "evaluation data with ranked, untied completions"
+        raise DataError(
+            "the evaluation data",
+            None,
+            None,
+            "has no comparison to evaluate (every group is tied, or there are no groups)",
+            "give evaluation data with ranked, untied completions",
         )
     was_training = model.training
     model.eval()
@@ -224,7 +227,7 @@ def evaluate_groups(
     correct, pairs, nll = (np.zeros(len(groups)) for _ in range(3))
     rewards: list[np.ndarray] = [np.zeros(0)] * len(groups)
     plan = plan_batches(groups, batch_tokens, layout, model.attention_per_token, kv=cache is None)
-    for idx, how in tqdm(plan, desc="evaluating", disable=not progress, leave=False):
+    for idx, how in with_progress(plan, "evaluating", "batches", enabled=progress, leave=False):
         b = collate([groups[i] for i in idx], pad_id, how).to(device)
         r = batch_rewards(model, b, cache).double()
         s = group_stats(r, b.ranks, b.group_index, len(idx), b.pair_counts)

@@ -8,12 +8,16 @@ for, and a training run without it skips its report with a note rather than fail
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
+from rankrm.errors import SettingsError
 from rankrm.evaluation.evaluate import EvalResult, format_report
 from rankrm.files import atomic_dir, atomic_file, write_text
+
+log = logging.getLogger(__name__)
 
 MISSING = "matplotlib is not installed. Fix: pip install 'rankrm[report]' (or matplotlib)"
 
@@ -31,7 +35,7 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise ValueError(f"--report draws with matplotlib: {MISSING}") from None
+        raise SettingsError(f"--report draws with matplotlib: {MISSING}") from None
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
@@ -154,12 +158,12 @@ def write_report(
     return written + [out / "summary.md"]
 
 
-def write_training_report(out_dir, before: EvalResult, after: EvalResult, results: dict, say) -> None:
+def write_training_report(out_dir, before: EvalResult, after: EvalResult, results: dict) -> None:
     """A training run's report (curves from its history, and the held-out metrics before and after training) as
     one directory swapped in whole; without matplotlib, a note instead."""
     why = plotting_missing()
     if why:
-        say(f"note: no training report in {out_dir}: {why}, or pass --no-plots")
+        log.info(f"note: no training report in {out_dir}: {why}, or pass --no-plots")
         return
     curves = [{"step": 0, **before.metrics}, *results["history"], {"step": results["steps"], **after.metrics}]
     change = {"model": "after training", "against": "before training", **results["change"]}
@@ -185,4 +189,4 @@ def write_training_report(out_dir, before: EvalResult, after: EvalResult, result
             "Reward model training",
             notes,
         )
-    say(f"training report written to {out_dir}: {', '.join(f.name for f in files)}")
+    log.info(f"training report written to {out_dir}: {', '.join(f.name for f in files)}")

@@ -19,7 +19,55 @@ Spans = tuple[tuple[int, int], ...]  # (start, length) pieces of a row that toge
 
 
 def _to(value, device):
-    return value.to(device) if isinstance(value, torch.Tensor) else value
+    return value.to(device) if isinstance(value, (torch.Tensor, Segments)) else value
+
+
+@dataclass
+class Segments:
+    """Where one pass's attention segments sit, for a segment-aware attention function (modeling/attention.py).
+
+    A segment is a run of queries and the keys they may see: a padded row's real tokens (keys: the same tokens), a
+    packed group's prompt (keys: the prompt) or one of its completions (keys: [the group's prompt; its own tokens]),
+    a kv completion row (keys: [its group's cached prompt; its own tokens]). Within a segment the causal alignment
+    is bottom-right: query j of lq sees keys 0 .. j + lk - lq. Every real token is the query of exactly one segment
+    (padding is the query of none), so the queries are packed once; the prompt's keys are shared by its segments."""
+
+    q_index: torch.Tensor  # (Nq,): flat index into the pass's (B * T) queries, segment after segment
+    k_index: torch.Tensor  # (Nk,): flat index into the layer's (B * Tk) keys (Tk = T, or P + T for kv completions)
+    cu_q: torch.Tensor  # (S + 1,) int32: segment s's queries are q_index[cu_q[s] : cu_q[s + 1]]
+    cu_k: torch.Tensor  # (S + 1,) int32: its keys k_index[cu_k[s] : cu_k[s + 1]]
+    max_q: int
+    max_k: int
+
+    @property
+    def pairs(self) -> int:
+        """The (query, key) pairs attention computes: lq * lk - lq * (lq - 1) / 2 per segment (bottom-right causal)."""
+        lq, lk = self.cu_q.diff().long(), self.cu_k.diff().long()
+        return int((lq * lk - lq * (lq - 1) // 2).sum())
+
+    def to(self, device) -> Segments:
+        return replace(self, **{n: getattr(self, n).to(device) for n in ("q_index", "k_index", "cu_q", "cu_k")})
+
+
+def _span_index(spans: list[tuple[int, int]]) -> torch.Tensor:
+    """The flat indices of (start, length) spans, one after the other: [s0, s0 + 1, ..., s1, s1 + 1, ...]."""
+    starts = torch.tensor([s for s, _ in spans], dtype=torch.long)
+    lengths = torch.tensor([n for _, n in spans], dtype=torch.long)
+    shift = starts - (lengths.cumsum(0) - lengths)  # index = shift of its span + its place in the whole list
+    return torch.repeat_interleave(shift, lengths) + torch.arange(int(lengths.sum()))
+
+
+def segments(queries: list[tuple[int, int]], keys: list[tuple[tuple[int, int], ...]]) -> Segments:
+    """Segments from each one's query span (start, length) and its key spans, flat indices into (B * T)."""
+    lq = [n for _, n in queries]
+    lk = [sum(n for _, n in ks) for ks in keys]
+    k_index = _span_index([s for ks in keys for s in ks])
+    return Segments(_span_index(queries), k_index, _offsets(lq), _offsets(lk), max(lq), max(lk))
+
+
+def _offsets(lengths: list[int]) -> torch.Tensor:
+    """(S + 1,) int32 cumulative offsets [0, l0, l0 + l1, ...], as varlen kernels take them (cu_seqlens)."""
+    return torch.tensor([0, *lengths], dtype=torch.long).cumsum(0).to(torch.int32)
 
 
 @dataclass
@@ -30,9 +78,10 @@ class PromptPass:
     attention_mask: torch.Tensor  # (G, 1, P, P) bool
     position_ids: torch.Tensor  # (G, P)
     group_index: torch.Tensor  # (N,): the prompt row each completion row attends to
+    segments: Segments | None = None  # each group's prompt, for a segment-aware attention function
 
     def to(self, device) -> PromptPass:
-        return PromptPass(*(getattr(self, f.name).to(device) for f in fields(self)))
+        return PromptPass(*(_to(getattr(self, f.name), device) for f in fields(self)))
 
 
 @dataclass
@@ -52,6 +101,7 @@ class Batch:
     prompt: PromptPass | None = None  # the kv layout's prompt pass
     # where each completion's sequence sits: (row, spans); a frozen-layer cache keys and stores by it. Empty for kv.
     sequences: list[tuple[int, Spans]] = field(default_factory=list)
+    segments: Segments | None = None  # the attention segments, for a segment-aware attention function
 
     @property
     def num_groups(self) -> int:
@@ -67,14 +117,23 @@ class Batch:
         return replace(self, **moved, prompt=self.prompt.to(device) if self.prompt is not None else None)
 
 
-def collate(groups: list[TokenizedGroup], pad_id: int, layout: str = "padded", padding_side: str = "right") -> Batch:
-    """A batch of whole groups in one layout (padded, packed or kv; auto is chosen per batch by planning.py)."""
+def collate(
+    groups: list[TokenizedGroup],
+    pad_id: int,
+    layout: str = "padded",
+    padding_side: str = "right",
+    dense_mask: bool = True,
+) -> Batch:
+    """A batch of whole groups in one layout (padded, packed or kv; auto is chosen per batch by planning.py).
+
+    dense_mask False: the packed and kv layouts carry their segments only, their attention_mask a (B, T) 0/1
+    mask of real tokens, not the (B, 1, T, S) bool mask, for a segment-aware attention function (attention.py)."""
     if layout == "padded":
         parts = _padded([r for g in groups for r in g.ids], pad_id, padding_side)
     elif layout == "packed":
-        parts = _packed(groups, pad_id)
+        parts = _packed(groups, pad_id, dense_mask)
     elif layout == "kv":
-        parts = _kv(groups, pad_id)
+        parts = _kv(groups, pad_id, dense_mask)
     else:
         raise ValueError(f"layout {layout!r} unknown. Fix: use padded, packed or kv (auto is chosen per batch)")
     ranks = torch.tensor([r for g in groups for r in g.ranks], dtype=torch.long)  # (N,)
@@ -116,7 +175,9 @@ def _padded(rows: list[list[int]], pad_id: int, padding_side: str) -> dict:
         end_index[i] = i * t + start + len(r) - 1  # the last real token, found by position, not by pad id
         sequences.append((i, ((start, len(r)),)))
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (N, T): padding does not shift positions
+    spans = [(i * t + s[0][0], s[0][1]) for i, s in sequences]  # each row's real tokens: queries and keys
     return {
+        "segments": segments(spans, [(sp,) for sp in spans]),
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "position_ids": position_ids,
@@ -162,7 +223,7 @@ def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
     return rows
 
 
-def _packed(groups: list[TokenizedGroup], pad_id: int) -> dict:
+def _packed(groups: list[TokenizedGroup], pad_id: int, dense_mask: bool = True) -> dict:
     """Each group one sequence [shared prompt | rest of c1 | ... | rest of cK], several groups per row (first-fit
     decreasing, rows no longer than the longest group).
 
@@ -178,7 +239,7 @@ def _packed(groups: list[TokenizedGroup], pad_id: int) -> dict:
     position_ids = torch.zeros((b, t), dtype=torch.long)  # (B, T)
     own = torch.full((b, t), -1, dtype=torch.long)  # (B, T): the token's segment (a prompt or a completion)
     base = torch.full((b, t), -2, dtype=torch.long)  # (B, T): the segment of its group's shared prompt
-    ends_of, sequences, next_seg = {}, {}, 0
+    ends_of, sequences, next_seg, queries, keys = {}, {}, 0, [], []
     for ri, row in enumerate(layout):
         at = 0
         for gi in row:
@@ -192,23 +253,32 @@ def _packed(groups: list[TokenizedGroup], pad_id: int) -> dict:
             ends_of[gi] = [ri * t + at + e for e in ends]
             starts = [p] + [e + 1 for e in ends[:-1]]
             sequences[gi] = [(ri, ((at, p), (at + s, e + 1 - s))) for s, e in zip(starts, ends)]  # prompt, own tail
+            prompt = (ri * t + at, p)
+            queries.append(prompt)  # the prompt's queries see the prompt; each completion's, the prompt and itself
+            keys.append((prompt,))
+            for _, (_, (s, m)) in sequences[gi]:
+                queries.append((ri * t + s, m))
+                keys.append((prompt, (ri * t + s, m)))
             at += n
-    q_own, q_base, k_own = own[:, :, None], base[:, :, None], own[:, None, :]  # (B, T, 1), (B, T, 1), (B, 1, T)
-    causal = torch.ones((t, t), dtype=torch.bool).tril()  # (T, T): index order is position order within a segment
-    allowed = causal & (k_own >= 0) & ((k_own == q_base) | (k_own == q_own))  # (B, T, T)
-    allowed |= torch.eye(t, dtype=torch.bool)
     end_index = torch.tensor([e for gi in range(len(groups)) for e in ends_of[gi]], dtype=torch.long)  # (N,)
-    return {
+    common = {
         "input_ids": input_ids,
-        "attention_mask": allowed[:, None],
         "position_ids": position_ids,
         "end_index": end_index,
         "sequences": [s for gi in range(len(groups)) for s in sequences[gi]],
         "real_tokens": sum(lengths),
+        "segments": segments(queries, keys),
     }
+    if not dense_mask:
+        return {**common, "attention_mask": (own >= 0).long()}  # (B, T)
+    q_own, q_base, k_own = own[:, :, None], base[:, :, None], own[:, None, :]  # (B, T, 1), (B, T, 1), (B, 1, T)
+    causal = torch.ones((t, t), dtype=torch.bool).tril()  # (T, T): index order is position order within a segment
+    allowed = causal & (k_own >= 0) & ((k_own == q_base) | (k_own == q_own))  # (B, T, T)
+    allowed |= torch.eye(t, dtype=torch.bool)
+    return {**common, "attention_mask": allowed[:, None]}
 
 
-def _kv(groups: list[TokenizedGroup], pad_id: int) -> dict:
+def _kv(groups: list[TokenizedGroup], pad_id: int, dense_mask: bool = True) -> dict:
     """A prompt pass over one row per group (the shared prompt), then a completion pass over one row per completion
     (the rest of it) that attends to its group's cached prompt keys and values and to its own earlier tokens.
 
@@ -232,23 +302,42 @@ def _kv(groups: list[TokenizedGroup], pad_id: int) -> dict:
         ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
         real[i, : len(x)] = True
         position_ids[i, : len(x)] = torch.arange(n[gi], n[gi] + len(x))
-    causal_p = torch.ones((p_len, p_len), dtype=torch.bool).tril()  # (P, P)
-    prompt_mask = causal_p & prompt_real[:, None, :] & prompt_real[:, :, None]  # (G, P, P)
-    prompt_mask |= torch.eye(p_len, dtype=torch.bool)  # pad queries see only themselves
     group_index = torch.tensor(gidx, dtype=torch.long)  # (N,)
-    causal_t = torch.ones((t, t), dtype=torch.bool).tril()  # (T, T)
-    to_prompt = prompt_real[group_index][:, None, :].expand(-1, t, -1)  # (N, T, P)
-    to_self = (causal_t & real[:, None, :] & real[:, :, None]) | torch.eye(t, dtype=torch.bool)  # (N, T, T)
-    mask = torch.cat([to_prompt & real[:, :, None], to_self], dim=-1)  # (N, T, P + T): pad queries see themselves
-    end_index = torch.tensor([i * t + len(x) - 1 for i, x in enumerate(tails)], dtype=torch.long)  # (N,)
+    if dense_mask:
+        prompt_mask, mask = _kv_masks(prompt_real, real, group_index)
+    else:
+        prompt_mask, mask = prompt_real.long(), real.long()  # (G, P), (N, T)
+    # the prompt pass: each group's prompt; a completion row: its own tokens, keys [its prompt's cached keys; its own]
+    prompt_spans = [(gi * p_len, k) for gi, k in enumerate(n)]
+    own = [(i * t, len(x)) for i, x in enumerate(tails)]
+    keys = [((i * (p_len + t), n[gi]), (i * (p_len + t) + p_len, len(x))) for i, (x, gi) in enumerate(zip(tails, gidx))]
     prompt = PromptPass(
-        prompt_ids, prompt_mask[:, None], torch.arange(p_len).expand(len(groups), -1).clone(), group_index
+        prompt_ids,
+        prompt_mask,
+        torch.arange(p_len).expand(len(groups), -1).clone(),
+        group_index,
+        segments(prompt_spans, [(sp,) for sp in prompt_spans]),
     )
+    end_index = torch.tensor([i * t + len(x) - 1 for i, x in enumerate(tails)], dtype=torch.long)  # (N,)
     return {
         "input_ids": ids,
-        "attention_mask": mask[:, None],
+        "attention_mask": mask,
         "position_ids": position_ids,
         "end_index": end_index,
         "real_tokens": sum(n) + sum(len(x) for x in tails),
         "prompt": prompt,
+        "segments": segments(own, keys),
     }
+
+
+def _kv_masks(prompt_real: torch.Tensor, real: torch.Tensor, group_index: torch.Tensor):
+    """The kv layout's dense bool masks: the prompt pass's (G, 1, P, P) and the completion pass's (N, 1, T, P + T)."""
+    p_len, t = prompt_real.shape[1], real.shape[1]
+    causal_p = torch.ones((p_len, p_len), dtype=torch.bool).tril()  # (P, P)
+    prompt_mask = causal_p & prompt_real[:, None, :] & prompt_real[:, :, None]  # (G, P, P)
+    prompt_mask |= torch.eye(p_len, dtype=torch.bool)  # pad queries see only themselves
+    causal_t = torch.ones((t, t), dtype=torch.bool).tril()  # (T, T)
+    to_prompt = prompt_real[group_index][:, None, :].expand(-1, t, -1)  # (N, T, P)
+    to_self = (causal_t & real[:, None, :] & real[:, :, None]) | torch.eye(t, dtype=torch.bool)  # (N, T, T)
+    mask = torch.cat([to_prompt & real[:, :, None], to_self], dim=-1)  # (N, T, P + T): pad queries see themselves
+    return prompt_mask[:, None], mask[:, None]

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 
 import torch
 from torch import nn
+
+from rankrm.errors import SettingsError
+
+log = logging.getLogger(__name__)
 
 
 def layer_stack(backbone: nn.Module) -> tuple[str, nn.ModuleList]:
     """The backbone's list of transformer blocks (model.layers, transformer.h, ...): its largest ModuleList."""
     lists = [(n, m) for n, m in backbone.named_children() if isinstance(m, nn.ModuleList)]
     if not lists:
-        raise ValueError(f"{type(backbone).__name__} has no list of layers; use --train-layers -1")
+        raise SettingsError(f"{type(backbone).__name__} has no list of layers. Fix: use --train-layers -1")
     return max(lists, key=lambda nm: len(nm[1]))
 
 
@@ -31,7 +36,9 @@ def select_trainable(model, train_layers: int) -> list[str]:
     backbone = model.backbone
     _, layers = layer_stack(backbone)
     if train_layers > len(layers):
-        raise ValueError(f"--train-layers {train_layers} exceeds the backbone's {len(layers)} layers")
+        raise SettingsError(
+            f"--train-layers {train_layers} exceeds the backbone's {len(layers)} layers. Fix: give at most {len(layers)}"
+        )
     for p in model.parameters():
         p.requires_grad_(False)
     for block in list(layers)[len(layers) - train_layers :]:
@@ -53,9 +60,9 @@ class FrozenLayerCache:
     layout or training regime is computed once. Works for backbones that loop over their layer list and pass the
     hidden states first (Llama, Qwen2, Mistral, GPT-2, ...); `verify` checks the replay against a full forward."""
 
-    def __init__(self, backbone: nn.Module, train_layers: int, budget_bytes: float = math.inf, say=print):
+    def __init__(self, backbone: nn.Module, train_layers: int, budget_bytes: float = math.inf):
         self.backbone = backbone
-        self.budget, self.held, self.say = budget_bytes, 0, say
+        self.budget, self.held = budget_bytes, 0
         self.full = False  # the budget is spent: new sequences run through the frozen layers each time
         self.name, layers = layer_stack(backbone)
         n = len(layers)
@@ -88,7 +95,7 @@ class FrozenLayerCache:
                 if self.held + size > self.budget:
                     if not self.full:
                         self.full = True
-                        self.say(
+                        log.warning(
                             f"frozen-layer cache: its budget of {self.budget / 2**30:.2f} GB is spent "
                             f"({len(self.store)} sequences cached); sequences not cached run through the frozen "
                             "layers each time (--frozen-cache-gb raises it)"
@@ -134,7 +141,7 @@ class FrozenLayerCache:
         """Rewards for a batch: replayed from the cache when every sequence in it is there, else a full forward that
         fills the cache. `model` is the RewardModel or its distributed wrapper."""
         if batch.prompt is not None:
-            raise ValueError(
+            raise SettingsError(
                 "the frozen-layer cache needs a single forward pass per batch; the kv layout makes two. "
                 "Fix: use --layout padded, packed or auto with it, or --no-cache-frozen"
             )

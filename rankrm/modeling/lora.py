@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from rankrm.errors import SettingsError
+
 
 def add_lora(model, r: int, alpha: float, targets: list[str], dropout: float = 0.0) -> list[str]:
     """Inject LoRA adapters into the backbone's `targets` linear layers; freeze the rest but the head.
@@ -12,7 +14,7 @@ def add_lora(model, r: int, alpha: float, targets: list[str], dropout: float = 0
     from peft import LoraConfig, inject_adapter_in_model
 
     if r < 1:
-        raise ValueError(f"--lora-r must be >= 1, got {r}")
+        raise SettingsError(f"--lora-r must be >= 1, got {r}. Fix: give a rank of 1 or more (e.g. 16)")
     linear = {
         n.rsplit(".", 1)[-1]: type(m).__name__
         for n, m in model.backbone.named_modules()
@@ -21,7 +23,7 @@ def add_lora(model, r: int, alpha: float, targets: list[str], dropout: float = 0
     names = set(linear)
     unknown = [t for t in targets if t not in names]
     if unknown:
-        raise ValueError(
+        raise SettingsError(
             f"--lora-targets {unknown} are not linear layers of this backbone. Fix: use some of "
             f"{', '.join(sorted(names))}"
         )

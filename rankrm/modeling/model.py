@@ -11,11 +11,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rankrm.data.encode import PAD_TOKEN, TextEncoder, TokenizedGroup, add_pad_token, end_at_eos  # noqa: F401
+from rankrm.data.encode import PAD_TOKEN, TextEncoder, TokenizedGroup, add_pad_token
+from rankrm.errors import ModelError, NonFiniteError, SettingsError
 from rankrm.files import TMP_PREFIX, atomic_dir
-from rankrm.modeling.batch import Batch, collate, collate_rows
+from rankrm.modeling.attention import SEGMENT_AWARE, layout_problem, layouts_for
+from rankrm.modeling.attention import register as register_attention
+from rankrm.modeling.batch import Batch, Segments, collate, collate_rows
 from rankrm.modeling.hub import DEFAULT_MODEL, resolve
 from rankrm.modeling.planning import plan_batches, token_budget_batches
+from rankrm.progress import library_bars, with_progress
 
 META_FILE = "rankrm.json"
 # what a save writes; everything else in a model directory (a run's checkpoints, metrics, held-out data) is kept
@@ -46,7 +50,9 @@ def batch_rewards(model, batch: Batch, cache=None) -> torch.Tensor:
 
 def ensure_pad_token(hf, tokenizer) -> None:
     """Give the model a pad token distinct from EOS, so that Hugging Face's pooling (last non-pad token) reads EOS."""
-    if add_pad_token(tokenizer) and len(tokenizer) > hf.get_input_embeddings().num_embeddings:
+    add_pad_token(tokenizer)  # a no-op when the model's TextEncoder added it already
+    # rankrm's own pad token, added to this tokenizer, needs an embedding row (a saved reward model has one)
+    if tokenizer.pad_token == PAD_TOKEN and tokenizer.pad_token_id >= hf.get_input_embeddings().num_embeddings:
         hf.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     hf.config.pad_token_id = tokenizer.pad_token_id
 
@@ -54,17 +60,20 @@ def ensure_pad_token(hf, tokenizer) -> None:
 class RewardModel(nn.Module):
     """A Hugging Face backbone without its LM head plus a scalar head; r(x, y) is read at y's last token (EOS)."""
 
-    def __init__(self, hf_model, tokenizer, max_length: int = 1024):
+    def __init__(self, hf_model, tokenizer=None, max_length: int = 1024, *, encoder: TextEncoder | None = None):
+        """tokenizer and max_length make the model's TextEncoder; or give the encoder itself (its tokenizer and max
+        length), the one a training run prepared its data with."""
         super().__init__()
-        ensure_pad_token(hf_model, tokenizer)
+        encoder = encoder or TextEncoder(tokenizer, max_length)
+        ensure_pad_token(hf_model, encoder.tokenizer)
         if not isinstance(getattr(hf_model, "score", None), nn.Linear):
-            raise ValueError(
+            raise ModelError(
                 f"{type(hf_model).__name__} has no last-token 'score' head; rankrm supports decoder "
                 "backbones whose sequence-classification head reads the last token (Llama, Qwen2, "
                 "GPT-2, Mistral, ...)."
             )
         self.hf = hf_model
-        self.encoder = TextEncoder(tokenizer, max_length)
+        self.encoder = encoder
         self.normalization: dict | None = None  # statistics of the demonstrations, once normalized (rankrm.json)
 
     # -- loading and saving ------------------------------------------------------------------------------------
@@ -76,11 +85,14 @@ class RewardModel(nn.Module):
         dtype=torch.float32,
         max_length: int | None = None,
         attn_implementation: str | None = None,
+        encoder: TextEncoder | None = None,
     ):
         """Load a saved reward model, or a pretrained LM (hub id or local path) with a new scalar head.
 
         attn_implementation: sdpa, eager, ... as transformers names them (None: transformers' default, sdpa).
-        Custom model code is never run (transformers' trust_remote_code stays off)."""
+        encoder: the TextEncoder to read through (a training run's, loaded once for its data and its model), instead
+        of the directory's tokenizer loaded again; it decides the max length. Custom model code is never run
+        (transformers' trust_remote_code stays off)."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
@@ -88,16 +100,22 @@ class RewardModel(nn.Module):
         meta = {}
         if (Path(path) / META_FILE).is_file():
             meta = json.loads((Path(path) / META_FILE).read_text())
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        if encoder is not None and max_length not in (None, encoder.max_length):
+            raise ValueError(f"max_length {max_length} and the encoder's {encoder.max_length} differ: give one")
+        if encoder is None:
+            encoder = TextEncoder(AutoTokenizer.from_pretrained(path), max_length or meta.get("max_length", 1024))
         verbosity = hf_logging.get_verbosity()
         if not meta:  # a fresh head is expected to be missing from an LM checkpoint: no load report for it
             hf_logging.set_verbosity_error()
+        if attn_implementation in SEGMENT_AWARE:
+            register_attention()
         try:
             extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
-            hf = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype, **extra)
+            with library_bars("transformers"):  # its "Loading weights" bar: on a terminal only
+                hf = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype, **extra)
         finally:
             hf_logging.set_verbosity(verbosity)
-        model = cls(hf, tokenizer, max_length=max_length or meta.get("max_length", 1024))
+        model = cls(hf, encoder=encoder)
         model.normalization = meta.get("normalization")
         return model
 
@@ -106,7 +124,7 @@ class RewardModel(nn.Module):
         tensors = state_dict.items() if state_dict is not None else self.named_parameters()
         bad = [n for n, p in tensors if p.is_floating_point() and not torch.isfinite(p).all()]
         if bad or not math.isfinite(self.reward_bias):
-            raise ValueError(
+            raise NonFiniteError(
                 f"the model holds non-finite values ({len(bad)} tensors, e.g. {(bad or ['reward_bias'])[0]}"
                 "); not saved. Fix: lower the learning rate, or resume from an earlier checkpoint"
             )
@@ -117,7 +135,8 @@ class RewardModel(nn.Module):
         self.hf.config.problem_type = "regression"  # serving engines (vLLM) then return the raw reward, no sigmoid
         if state_dict is not None:
             state_dict = {n.removeprefix("hf."): t for n, t in state_dict.items()}
-        self.hf.save_pretrained(out, safe_serialization=True, state_dict=state_dict)
+        with library_bars("transformers"):  # its "Writing model shards" bar: on a terminal only
+            self.hf.save_pretrained(out, safe_serialization=True, state_dict=state_dict)
         self.tokenizer.save_pretrained(out)
         meta = {
             "format": "rankrm-reward-model",
@@ -225,35 +244,50 @@ class RewardModel(nn.Module):
         """The backbone's name for a key/value cache: `cache` (transformers >= 5.2x) or `past_key_values`."""
         return "cache" if "cache" in inspect.signature(self.backbone.forward).parameters else "past_key_values"
 
-    def _mask(self, mask: torch.Tensor) -> torch.Tensor:
-        """A 4D bool mask as the attention implementation takes it: eager adds it to the scores (allowed 0, masked
-        the most negative float); sdpa and the others take the bool mask as it is."""
-        if mask.dim() == 4 and self.hf.config._attn_implementation == "eager":
+    @property
+    def segment_aware(self) -> bool:
+        """Whether the attention reads the batch's segments (rankrm_varlen): collate then needs no dense mask
+        (collate's dense_mask=False), and the cost model counts allowed pairs (plan_batches' segment_aware)."""
+        return self.hf.config._attn_implementation in SEGMENT_AWARE
+
+    def _attention(self, mask: torch.Tensor, segments: Segments | None) -> dict:
+        """The attention arguments of one backbone pass: the batch's segments for a segment-aware function (which
+        transformers hands the mask unread); else the mask as the implementation takes it: eager adds a 4D mask to the
+        scores (allowed 0, masked the most negative float); sdpa and the others take the bool mask as it is."""
+        impl = self.hf.config._attn_implementation
+        if impl in SEGMENT_AWARE:
+            return {"attention_mask": mask, "rankrm_segments": segments}
+        if mask.dim() == 4 and impl == "eager":
             dtype = next(self.parameters()).dtype
-            return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
-        return mask
+            mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+        return {"attention_mask": mask}
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Rewards (N,) at the flat positions batch.end_index of the (B, T) batch, reward_bias included.
 
         The kv layout (batch.prompt): a first pass over each group's prompt keeps its keys and values; every
         completion row then attends to its group's (gathered by prompt.group_index) and its own tokens."""
+        impl = self.hf.config._attn_implementation
+        if problem := layout_problem(impl, batch.layout):
+            raise SettingsError(problem)
+        if batch.layout != "padded" and impl not in SEGMENT_AWARE and batch.attention_mask.dim() != 4:
+            raise RuntimeError(f"a {batch.layout} batch collated with dense_mask=False needs a segment-aware attention")
         kw = {"use_cache": False}
         if batch.prompt is not None:
             p, name = batch.prompt, self._cache_argument
             first = self.backbone(
                 input_ids=p.input_ids,
-                attention_mask=self._mask(p.attention_mask),
                 position_ids=p.position_ids,
                 use_cache=True,
+                **self._attention(p.attention_mask, p.segments),
             )
             cache = getattr(first, name)
             cache.batch_select_indices(p.group_index)  # (G, ...) -> (N, ...): each row its group's prompt
             kw = {"use_cache": True, name: cache}
         hidden = self.backbone(
             input_ids=batch.input_ids,
-            attention_mask=self._mask(batch.attention_mask),
             position_ids=batch.position_ids,
+            **self._attention(batch.attention_mask, batch.segments),
             **kw,
         ).last_hidden_state  # (B, T, H)
         h_end = hidden.reshape(-1, hidden.shape[-1])[batch.end_index]  # (N, H)
@@ -268,24 +302,25 @@ class RewardModel(nn.Module):
         """Rewards of (prompt, completion) pairs, batched by token budget and length-sorted; in input order.
 
         return_truncated: also return which inputs were cut to max_length (their prompt lost its start)."""
-        from tqdm.auto import tqdm
-
         ids, cut = self.tokenize(prompts, completions)
+        out = self.score_ids(ids, batch_tokens, progress)
+        return (out, cut) if return_truncated else out
+
+    @torch.no_grad()
+    def score_ids(self, ids: list[list[int]], batch_tokens: int = 4096, progress: bool = False) -> list[float]:
+        """Rewards of sequences already tokenized as `tokenize` makes them (each ending with EOS, at most max_length
+        long), batched by token budget and length-sorted; in input order."""
         was_training = self.training
         self.eval()
         out = [0.0] * len(ids)
         device = next(self.parameters()).device
-        for idx in tqdm(
-            token_budget_batches([len(x) for x in ids], batch_tokens),
-            desc="scoring",
-            disable=not progress,
-            unit="batch",
-        ):
+        batches = token_budget_batches([len(x) for x in ids], batch_tokens)
+        for idx in with_progress(batches, "scoring", "batches", enabled=progress):
             r = batch_rewards(self, collate_rows([ids[i] for i in idx], self.tokenizer.pad_token_id).to(device))
             for i, v in zip(idx, r.tolist()):
                 out[i] = v
         self.train(was_training)
-        return (out, cut) if return_truncated else out
+        return out
 
     @torch.no_grad()
     def score_groups(
@@ -302,27 +337,36 @@ class RewardModel(nn.Module):
             raise ValueError("a prompt has no completions to score. Fix: give each prompt at least one completion")
         flat_p = [p for p, cs in zip(prompts, completions, strict=True) for _ in cs]
         ids, cut = self.tokenize(flat_p, [c for cs in completions for c in cs])
-        groups, at = [], 0
+        groups, flags, at = [], [], 0
         for cs in completions:
-            groups.append(TokenizedGroup(ids[at : at + len(cs)], [0] * len(cs)))
+            groups.append(ids[at : at + len(cs)])
+            flags.append(cut[at : at + len(cs)])
             at += len(cs)
+        out = self.score_group_ids(groups, batch_tokens, layout)
+        return (out, flags) if return_truncated else out
+
+    @torch.no_grad()
+    def score_group_ids(
+        self, groups: list[list[list[int]]], batch_tokens: int = 4096, layout: str = "auto"
+    ) -> list[list[float]]:
+        """Rewards of groups already tokenized (each a prompt's completions, as `tokenize` makes them), each prompt
+        encoded once per group where the layout cost model finds it cheaper; in input order."""
+        groups = [TokenizedGroup(rows, [0] * len(rows)) for rows in groups]
         was_training = self.training
         self.eval()
         out: list[list[float]] = [[] for _ in groups]
         device = next(self.parameters()).device
-        for idx, how in plan_batches(groups, batch_tokens, layout, self.attention_per_token):
+        if layout == "auto" and "packed" not in layouts_for(self.hf.config._attn_implementation):
+            layout = "padded"  # the only layout this attention implementation runs correctly
+        lean = self.segment_aware
+        for idx, how in plan_batches(groups, batch_tokens, layout, self.attention_per_token, segment_aware=lean):
             sub = [groups[i] for i in idx]
-            r = batch_rewards(self, collate(sub, self.tokenizer.pad_token_id, how).to(device)).tolist()
+            r = batch_rewards(self, collate(sub, self.tokenizer.pad_token_id, how, dense_mask=not lean).to(device))
+            r = r.tolist()
             for i, g in zip(idx, sub):
                 out[i], r = r[: len(g.ids)], r[len(g.ids) :]
         self.train(was_training)
-        if not return_truncated:
-            return out
-        at, flags = 0, []
-        for cs in completions:
-            flags.append(cut[at : at + len(cs)])
-            at += len(cs)
-        return out, flags
+        return out
 
     def rank(self, prompt, completions) -> tuple[list[float], list[int]]:
         """Rewards of one prompt's completions (the prompt encoded once) and their order, best first."""

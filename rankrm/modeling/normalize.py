@@ -11,8 +11,8 @@ also sets a gain for a target standard deviation. Both are folded into the saved
   `score`) cannot express a constant offset in their stock Hugging Face class: every path to the head passes
   through the final RMSNorm, whose output does not change when its input is scaled, so no weight setting adds a
   constant to every reward. For them the offset is stored as `reward_bias` in config.json: rankrm's API and CLI
-  add it; plain transformers returns `logits + config.reward_bias` only if the caller adds it (README: "Normalized
-  rewards in other tools"). The gain, folded into the weights, is exact everywhere.
+  add it; plain transformers returns `logits + config.reward_bias` only if the caller adds it (docs/serving.md: "rankrm normalize"
+  and "Serving the saved directory"). The gain, folded into the weights, is exact everywhere.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 
 from rankrm.data.containers import iter_json_lines
 from rankrm.data.groups import check_prompt
-from rankrm.errors import DataError
+from rankrm.errors import DataError, SettingsError
 
 
 def read_demonstrations(path) -> tuple[list, list[str]]:
@@ -96,9 +96,12 @@ def normalize(
     )
     mean, std = float(rewards.mean()), float(rewards.std())
     if target_std is not None and not (math.isfinite(target_std) and target_std > 0):
-        raise ValueError(f"--target-std must be a positive number, got {target_std}")
+        raise SettingsError(f"--target-std must be a positive number, got {target_std}. Fix: give a number > 0")
     if target_std is not None and std == 0:
-        raise ValueError("the demonstrations all score the same; a gain cannot set their standard deviation")
+        raise SettingsError(
+            "the demonstrations all score the same; --target-std cannot set their standard deviation. Fix: leave "
+            "--target-std out, or give varied demonstrations"
+        )
     gain = 1.0 if target_std is None else target_std / std
     where = set_normalization(model, mean, gain)
     return {

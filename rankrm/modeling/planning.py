@@ -33,24 +33,54 @@ def epoch_steps(lengths: list[int], step_size: int, seed: int, epoch: int, sort_
 
 
 def layout_cost(rows: int, length: int, attention_per_token: float) -> float:
-    """Cost of a pass over rows x length token slots: the slots plus their attention area, weighted by its cost.
+    """Cost of a pass over rows x length token slots with a dense-mask kernel: the slots plus their attention
+    square (a masked kernel computes every query-key tile), weighted by its cost.
 
     attention_per_token: FLOPs of one (query, key) pair relative to one token's matmul FLOPs (RewardModel's
     attention_per_token: 4 * hidden / (2 * non-embedding parameters per layer))."""
     return rows * length * (1 + attention_per_token * length)
 
 
+def allowed_pairs(g: TokenizedGroup, layout: str) -> int:
+    """The (query, key) pairs a segment-aware kernel computes for a group: padded, each row causal over itself,
+    n (n + 1) / 2; packed and kv, the prompt once, p (p + 1) / 2, then each completion's t own queries over
+    [prompt; itself], t p + t (t + 1) / 2."""
+    if layout == "padded":
+        return sum(len(r) * (len(r) + 1) // 2 for r in g.ids)
+    p = g.prompt_length
+    return p * (p + 1) // 2 + sum((len(r) - p) * p + (len(r) - p) * (len(r) - p + 1) // 2 for r in g.ids)
+
+
+def slots(groups: list[TokenizedGroup], layout: str) -> int:
+    """Token slots a pass processes in a layout, padding included (what every matmul costs)."""
+    if layout == "padded":
+        return sum(len(g.ids) for g in groups) * max(len(r) for g in groups for r in g.ids)
+    if layout == "packed":
+        lengths = [packed_length(g) for g in groups]
+        return len(pack_rows(lengths, max(lengths))) * max(lengths)
+    n = [g.prompt_length for g in groups]
+    t = max(len(r) - k for g, k in zip(groups, n) for r in g.ids)
+    return len(groups) * max(n) + sum(len(g.ids) for g in groups) * t
+
+
 def kv_cost(groups: list[TokenizedGroup], attention_per_token: float) -> float:
-    """The kv layout's cost: the prompt pass (G x P, attention P^2 per row) and the completion pass (N x T,
-    attention T (P + T) per row)."""
+    """The kv layout's cost with a dense-mask kernel: the prompt pass (G x P, attention P^2 per row) and the
+    completion pass (N x T, attention T (P + T) per row)."""
     n = [g.prompt_length for g in groups]
     p_len, t = max(n), max(len(r) - k for g, k in zip(groups, n) for r in g.ids)
     rows = sum(len(g.ids) for g in groups)
     return len(groups) * layout_cost(1, p_len, attention_per_token) + rows * t * (1 + attention_per_token * (p_len + t))
 
 
-def batch_cost(groups: list[TokenizedGroup], layout: str, attention_per_token: float) -> float:
-    """The cost of one forward pass over groups in a layout (packed rows shared as collate shares them)."""
+def batch_cost(
+    groups: list[TokenizedGroup], layout: str, attention_per_token: float, segment_aware: bool = False
+) -> float:
+    """The cost of one forward pass over groups in a layout (packed rows shared as collate shares them).
+
+    segment_aware: the attention kernel computes only the pairs the layout allows (rankrm_varlen: allowed_pairs);
+    else a dense-mask kernel computes each row's whole square."""
+    if segment_aware:
+        return slots(groups, layout) + attention_per_token * sum(allowed_pairs(g, layout) for g in groups)
     if layout == "padded":
         return layout_cost(
             sum(len(g.ids) for g in groups), max(len(r) for g in groups for r in g.ids), attention_per_token
@@ -61,14 +91,20 @@ def batch_cost(groups: list[TokenizedGroup], layout: str, attention_per_token: f
     return kv_cost(groups, attention_per_token)
 
 
-def choose_layout(groups: list[TokenizedGroup], layout: str, attention_per_token: float, kv: bool = True) -> str:
+def choose_layout(
+    groups: list[TokenizedGroup],
+    layout: str,
+    attention_per_token: float,
+    kv: bool = True,
+    segment_aware: bool = False,
+) -> str:
     """The layout asked; for auto, the cheapest for this batch by batch_cost among padded, packed, and kv unless
     kv is False (the frozen-layer cache and gradient checkpointing need a single pass)."""
     if layout != "auto":
         return layout
     return min(
         ("padded", "packed", "kv") if kv else ("padded", "packed"),
-        key=lambda how: batch_cost(groups, how, attention_per_token),
+        key=lambda how: batch_cost(groups, how, attention_per_token, segment_aware),
     )
 
 
@@ -93,14 +129,20 @@ def token_budget_batches(lengths: list[int], budget: int, rows_per_item: list[in
 
 
 def plan_batches(
-    groups: list[TokenizedGroup], budget: int, layout: str, attention_per_token: float, kv: bool = True
+    groups: list[TokenizedGroup],
+    budget: int,
+    layout: str,
+    attention_per_token: float,
+    kv: bool = True,
+    segment_aware: bool = False,
 ) -> list[tuple[list[int], str]]:
     """The forward passes over groups: (group indices, layout) for each, within budget token slots per pass.
 
     padded and kv: groups sorted by their longest completion, filled while completions x longest stays within the
     budget. packed: groups sorted by packed length, filled while groups x longest stays within it (shared rows then
     take fewer slots). auto: both plans, the first with the cheapest layout for each pass (choose_layout), and the
-    cheaper plan by batch_cost kept. A group that alone exceeds the budget gets a pass of its own."""
+    cheaper plan by batch_cost kept (segment_aware: the attention counted as batch_cost counts it). A group that
+    alone exceeds the budget gets a pass of its own."""
 
     def by_rows():
         return token_budget_batches([max(len(r) for r in g.ids) for g in groups], budget, [len(g.ids) for g in groups])
@@ -113,9 +155,14 @@ def plan_batches(
     if layout != "auto":
         return [(idx, layout) for idx in by_rows()]
     plans = [
-        [(idx, choose_layout([groups[i] for i in idx], "auto", attention_per_token, kv)) for idx in by_rows()],
+        [
+            (idx, choose_layout([groups[i] for i in idx], "auto", attention_per_token, kv, segment_aware))
+            for idx in by_rows()
+        ],
         [(idx, "packed") for idx in by_packed()],
     ]
-    return min(
-        plans, key=lambda plan: sum(batch_cost([groups[i] for i in idx], how, attention_per_token) for idx, how in plan)
-    )
+
+    def cost(plan):
+        return sum(batch_cost([groups[i] for i in idx], how, attention_per_token, segment_aware) for idx, how in plan)
+
+    return min(plans, key=cost)

@@ -2,12 +2,16 @@
 
 Every endpoint answers exactly RewardModel.score's reward (reward_bias included) for the same input: /score and
 /rank take prompts and completions; /get_reward and /classify take the full text the model reads
-(RewardModel.render(prompt, completion)) and score it as RewardModel.score reads that pair."""
+(RewardModel.render(prompt, completion)) and score it as RewardModel.score reads that pair.
+
+Bad input (an invalid body, a prompt the chat template refuses, too many items) is answered 4xx with the field and
+the fix. Anything else is a bug: 500 with an error id in the body, and the same id logged with the traceback."""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import math
 import time
 import uuid
@@ -19,6 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from rankrm.errors import RankrmError
 from rankrm.serving.engine import Batcher, Job, Metrics, QueueFull, Renderer
 from rankrm.serving.schema import (
     FIXES,
@@ -50,16 +55,37 @@ class ServeOptions:
     problem_type: str | None = None  # config.json's: "regression" makes /classify's default the raw reward
 
 
+log = logging.getLogger("rankrm.serve")
+
+
 class ApiError(Exception):
     def __init__(
         self, status: int, message: str, field: str | None = None, fix: str | None = None, headers: dict | None = None
     ):
         super().__init__(message)
         self.status, self.message, self.field, self.fix, self.headers = status, message, field, fix, headers
+        self.error_id: str | None = None
 
 
-def _error(status, message, field=None, fix=None, headers=None) -> JSONResponse:
-    return JSONResponse(error_body(status, message, field, fix), status_code=status, headers=headers)
+def _error(status, message, field=None, fix=None, headers=None, error_id=None) -> JSONResponse:
+    body = error_body(status, message, field, fix)
+    if error_id:
+        body["error"]["id"] = error_id
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def internal_error(exc: BaseException, what: str) -> ApiError:
+    """A bug met while `what`: logged with its traceback under a fresh id, answered 500 with that id."""
+    error_id = uuid.uuid4().hex[:12]
+    log.error("internal error %s while %s: %s: %s", error_id, what, type(exc).__name__, exc, exc_info=exc)
+    err = ApiError(
+        500,
+        f"internal error {error_id} while {what} ({type(exc).__name__}); the server log holds its traceback",
+        None,
+        "report it with the error id",
+    )
+    err.error_id = error_id
+    return err
 
 
 class Guard:
@@ -140,7 +166,7 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
-        return _error(exc.status, exc.message, exc.field, exc.fix, exc.headers)
+        return _error(exc.status, exc.message, exc.field, exc.fix, exc.headers, exc.error_id)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
@@ -152,8 +178,9 @@ def add_error_handlers(app: FastAPI) -> None:
         return _error(exc.status_code, str(exc.detail), None, fix, getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
-    async def crash(request: Request, exc: Exception):
-        return _error(500, f"internal error ({type(exc).__name__}); see the server log", None, None)
+    async def crash(request: Request, exc: Exception):  # a bug outside render and run (Starlette then re-raises it)
+        e = internal_error(exc, f"answering {request.url.path}")
+        return _error(e.status, e.message, e.field, e.fix, None, e.error_id)
 
 
 @dataclass
@@ -178,16 +205,19 @@ class Served:
             )
 
     async def render(self, fn, *args):
-        """fn (a Renderer method) on a worker thread; a prompt the chat template refuses is the caller's 422."""
+        """fn (a Renderer method) on a worker thread; a prompt the chat template refuses is the caller's 422, any
+        other exception a bug (500 with an id)."""
         try:
             return await run_in_threadpool(fn, *args)
-        except Exception as e:  # jinja's TemplateError, a template's raise_exception, ...
+        except RankrmError as e:  # the template refused the messages (TextEncoder.render_prompt), ...
             raise ApiError(
                 422,
-                f"the prompt cannot be rendered: {type(e).__name__}: {e}",
+                f"the prompt cannot be rendered: {e}",
                 "prompt",
                 "check the messages' roles and order against the model's chat template",
             ) from None
+        except Exception as e:
+            raise internal_error(e, "rendering the prompts") from None
 
     async def run(self, job: Job):
         """The job's rewards from the model thread; 503 with Retry-After when the queue is full."""
@@ -199,13 +229,13 @@ class Served:
             ) from None
         try:
             return await asyncio.wrap_future(future)
-        except Exception as e:
-            raise ApiError(500, f"scoring failed: {e}") from None
+        except Exception as e:  # the request was checked and rendered: what fails now is ours
+            raise internal_error(e, "scoring") from None
 
     async def pairs(self, prompts: list, completions: list[str]) -> tuple[list[float], list[bool], int]:
         """(rewards, truncated flags, tokens read) of (prompt, completion) pairs."""
-        texts, flags, tokens = await self.render(self.renderer.pairs, prompts, completions)
-        return await self.run(Job("pairs", texts, completions, tokens)), flags, tokens
+        ids, flags, tokens = await self.render(self.renderer.pairs, prompts, completions)
+        return await self.run(Job("pairs", ids, tokens)), flags, tokens
 
     async def texts(self, texts: list[str]) -> tuple[list[float], list[bool], int]:
         """Full rendered texts (with or without EOS/BOS) -> rewards, as RewardModel.score reads the pair: the
@@ -259,8 +289,8 @@ def add_reward_routes(app: FastAPI, s: Served) -> None:
         s.check_count(sum(len(g.completions) for g in groups), "completions")
         prompts = [prompt_value(g.prompt) for g in groups]
         completions = [g.completions for g in groups]
-        texts, flags, tokens = await s.render(s.renderer.groups, prompts, completions)
-        rewards = await s.run(Job("groups", texts, completions, tokens))
+        ids, flags, tokens = await s.render(s.renderer.groups, prompts, completions)
+        rewards = await s.run(Job("groups", ids, tokens))
         out = [
             {"rewards": r, "order": sorted(range(len(r)), key=lambda i: -r[i]), "truncated": f}
             for r, f in zip(rewards, flags)

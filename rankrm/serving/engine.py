@@ -1,10 +1,10 @@
 """The model side of `rankrm serve`: requests' sequences coalesced into token-budget batches on one worker thread.
 
-HTTP handlers turn a request into a Job (prompts and completions, already rendered and counted) and wait on its
+HTTP handlers turn a request into a Job (its sequences rendered and tokenized once, by the Renderer) and wait on its
 future; a single worker thread owns the model. It takes the oldest job, then keeps taking queued jobs until the
 batch holds max_batch_tokens tokens or max_batch_requests jobs or max_wait has passed since the first arrived, and
-scores them all with one RewardModel.score call (single sequences) and one RewardModel.score_groups call (groups:
-each prompt encoded once). The queue is bounded: a full queue is refused at once (the server answers 503).
+scores them all with one RewardModel.score_ids call (single sequences) and one RewardModel.score_group_ids call
+(groups: each prompt encoded once). The queue is bounded: a full queue is refused at once (the server answers 503).
 
 max_wait defaults to 0: under load, requests queue while the model is busy and share the next batch anyway
 (benchmarks/serve_load.py measured 4-9 requests per model call at 8-32 clients), and on a CPU a model call has
@@ -22,6 +22,8 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+from rankrm.data.encode import shared_prefix_length
+
 log = logging.getLogger("rankrm")
 
 
@@ -31,27 +33,27 @@ class QueueFull(Exception):
 
 @dataclass
 class Job:
-    """One request's work: kind "pairs" scores prompts[i] + completions[i]; kind "groups" scores each completion
-    of completions[i] (a list) after prompts[i], encoding the prompt once."""
+    """One request's work, tokenized: kind "pairs" scores each row of ids (prompt + completion + EOS, cut to the
+    max length); kind "groups" scores each group of rows (a prompt's completions), encoding the prompt once."""
 
     kind: str
-    prompts: list
-    completions: list
+    ids: list  # pairs: list[list[int]]; groups: list[list[list[int]]]
     tokens: int  # tokens the model reads for this job (after truncation): its share of the batch budget
     future: Future = field(default_factory=Future)
 
     @property
     def sequences(self) -> int:
-        return len(self.completions) if self.kind == "pairs" else sum(len(c) for c in self.completions)
+        return len(self.ids) if self.kind == "pairs" else sum(len(g) for g in self.ids)
 
 
 class Renderer:
-    """Prompts rendered to text, token counts and truncation flags of what the model reads, and the split of full
-    texts: worked out on the HTTP side, so the model's thread does no chat-template work.
+    """Prompts rendered and tokenized once, as the model reads them (cut to its max length), with truncation flags
+    and token counts, and the split of full texts: worked out on the HTTP side, so the model's thread does no chat
+    template or tokenizer work and scores token ids.
 
-    Threads borrow one of a few copies of the tokenizer, made once at start: a fast tokenizer used from several
-    threads at once can fail with 'Already borrowed', and copying one per HTTP worker thread costs seconds of
-    GIL-holding work under load."""
+    Threads borrow one of a few copies of the model's TextEncoder, made once at start: a fast tokenizer used from
+    several threads at once can fail with 'Already borrowed', and copying one per HTTP worker thread costs seconds
+    of GIL-holding work under load."""
 
     def __init__(self, model, copies: int = 2):
         self.model = model
@@ -62,21 +64,18 @@ class Renderer:
         self.specials = [s for s in {tok.pad_token, self.eos} if s]  # padding a decoded batch may carry
         self._pool: queue.Queue = queue.Queue()
         for _ in range(copies):
-            self._pool.put(copy.deepcopy(tok))
+            self._pool.put(copy.deepcopy(model.encoder))
 
-    def ids(self, texts: list[str]) -> list[list[int]]:
-        """Token ids of rendered texts, as RewardModel.score tokenizes them (before truncation)."""
+    def tokenize(self, texts: list[str], completions: list[str]) -> tuple[list[list[int]], list[bool]]:
+        """Token ids of (rendered prompt text, completion) pairs and which were cut: TextEncoder.tokenize, the
+        model's own, on a borrowed copy."""
         if not texts:
-            return []
-        tok = self._pool.get()
+            return [], []
+        encoder = self._pool.get()
         try:
-            return tok(texts, add_special_tokens=False)["input_ids"]
+            return encoder.tokenize(texts, completions)
         finally:
-            self._pool.put(tok)
-
-    def lengths(self, texts: list[str]) -> list[int]:
-        """Tokens of each rendered text (before truncation to max_length)."""
-        return [len(x) for x in self.ids(texts)]
+            self._pool.put(encoder)
 
     def prompt_text(self, prompt) -> str:
         """The prompt as the model reads it, as a string that RewardModel.render takes verbatim: render(p, c) ==
@@ -88,23 +87,27 @@ class Renderer:
         keys = [p if isinstance(p, str) else json.dumps(p, sort_keys=True) for p in prompts]
         return [cache[k] if k in cache else cache.setdefault(k, self.prompt_text(p)) for k, p in zip(keys, prompts)]
 
-    def pairs(self, prompts: list, completions: list[str]) -> tuple[list[str], list[bool], int]:
-        """(prompts as text, truncated flag per pair, tokens read) of (prompt, completion) pairs, as
-        RewardModel.score reads them."""
-        texts = self.prompt_texts(prompts)
-        n = self.lengths([t + c + self.eos for t, c in zip(texts, completions)])
-        return texts, [x > self.max_length for x in n], sum(min(x, self.max_length) for x in n)
+    def pairs(self, prompts: list, completions: list[str]) -> tuple[list[list[int]], list[bool], int]:
+        """(token ids, truncated flag, tokens read) of (prompt, completion) pairs, as RewardModel.score reads them."""
+        ids, cut = self.tokenize(self.prompt_texts(prompts), completions)  # a repeated prompt: one object, read once
+        return ids, cut, sum(len(x) for x in ids)
 
-    def groups(self, prompts: list, completions: list[list[str]]) -> tuple[list[str], list[list[bool]], int]:
-        """(prompts as text, truncated flags per group, tokens read with each prompt counted once) of groups."""
-        texts, flags, tokens = self.prompt_texts(prompts), [], 0
-        for t, cs in zip(texts, completions):
-            ids = self.ids([t + c + self.eos for c in cs])
-            flags.append([len(x) > self.max_length for x in ids])
-            ids = [x[-self.max_length :] for x in ids]  # as the model cuts them: the start of the prompt goes
-            shared = _shared_prefix(ids)
-            tokens += shared + sum(len(x) - shared for x in ids)
-        return texts, flags, tokens
+    def groups(self, prompts: list, completions: list[list[str]]) -> tuple[list, list[list[bool]], int]:
+        """(token ids per group, truncated flags per group, tokens read with each prompt counted once) of groups, as
+        RewardModel.score_groups reads them."""
+        texts = self.prompt_texts(prompts)
+        ids, cut = self.tokenize(
+            [t for t, cs in zip(texts, completions) for _ in cs], [c for cs in completions for c in cs]
+        )
+        groups, flags, tokens, at = [], [], 0, 0
+        for cs in completions:
+            rows = ids[at : at + len(cs)]
+            groups.append(rows)
+            flags.append(cut[at : at + len(cs)])
+            shared = shared_prefix_length(rows)
+            tokens += shared + sum(len(x) - shared for x in rows)
+            at += len(cs)
+        return groups, flags, tokens
 
     def split_full_text(self, text: str) -> str:
         """The completion c such that render("", c) is text as the model reads it: the rendered prompt + response,
@@ -123,14 +126,6 @@ class Renderer:
                 t = t.rstrip()
             else:
                 return t
-
-
-def _shared_prefix(rows: list[list[int]]) -> int:
-    n = min(len(r) for r in rows) - 1
-    for i in range(max(n, 0)):
-        if any(r[i] != rows[0][i] for r in rows[1:]):
-            return i
-    return max(n, 0)
 
 
 class Metrics:
@@ -283,27 +278,13 @@ class Batcher:
         pairs = [j for j in jobs if j.kind == "pairs"]
         groups = [j for j in jobs if j.kind == "groups"]
         budget = self.max_batch_tokens
-        flat = (
-            self.model.score(
-                [p for j in pairs for p in j.prompts], [c for j in pairs for c in j.completions], batch_tokens=budget
-            )
-            if pairs
-            else []
-        )
-        nested = (
-            self.model.score_groups(
-                [p for j in groups for p in j.prompts],
-                [cs for j in groups for cs in j.completions],
-                batch_tokens=budget,
-            )
-            if groups
-            else []
-        )
+        flat = self.model.score_ids([r for j in pairs for r in j.ids], batch_tokens=budget) if pairs else []
+        nested = self.model.score_group_ids([g for j in groups for g in j.ids], batch_tokens=budget) if groups else []
         out, at_flat, at_nested = {}, 0, 0
         for j in pairs:
-            out[id(j)] = flat[at_flat : at_flat + len(j.completions)]
-            at_flat += len(j.completions)
+            out[id(j)] = flat[at_flat : at_flat + len(j.ids)]
+            at_flat += len(j.ids)
         for j in groups:
-            out[id(j)] = nested[at_nested : at_nested + len(j.completions)]
-            at_nested += len(j.completions)
+            out[id(j)] = nested[at_nested : at_nested + len(j.ids)]
+            at_nested += len(j.ids)
         return [out[id(j)] for j in jobs]

@@ -10,6 +10,7 @@ from rankrm.data.containers import iter_json_lines
 from rankrm.data.groups import check_prompt
 from rankrm.errors import DataError
 from rankrm.files import atomic_file
+from rankrm.progress import Progress
 
 
 def _check(obj: dict, path, line) -> tuple:
@@ -32,11 +33,9 @@ def score_file(model, src, dst, chunk_lines: int = 4096, batch_tokens: int = 409
     A record whose prompt was cut to fit the model's max length also gets "truncated": true. The output is written
     to a temporary file and renamed into place at the end: a bad record, or a reward that is not a finite number,
     stops the run with nothing written. Returns counts: records, truncated."""
-    from tqdm.auto import tqdm
-
     src, dst = Path(src), Path(dst)
     counts = {"records": 0, "truncated": 0}
-    bar = tqdm(desc="scoring", unit=" records", disable=not progress)
+    bar = Progress("scoring", unit="records", enabled=progress)
     try:
         with atomic_file(dst) as out:
             chunk = []

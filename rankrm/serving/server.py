@@ -14,6 +14,8 @@ import socket
 import sys
 from pathlib import Path
 
+from rankrm.errors import SettingsError
+
 log = logging.getLogger("rankrm")
 KEY_ENV = "RANKRM_API_KEY"
 
@@ -110,7 +112,7 @@ def cmd_serve(args) -> int:
         import prometheus_client  # noqa: F401
         import uvicorn
     except ImportError as e:
-        raise OSError(f"rankrm serve needs {e.name}. Fix: pip install 'rankrm[serve]'") from None
+        raise SettingsError(f"rankrm serve needs {e.name}. Fix: pip install 'rankrm[serve]'") from None
     import torch
 
     from rankrm._version import __version__
@@ -119,13 +121,15 @@ def cmd_serve(args) -> int:
 
     key = args.api_key or os.environ.get(KEY_ENV) or None
     if not is_loopback(args.host) and key is None:
-        raise ValueError(
+        raise SettingsError(
             f"refusing to bind {args.host} without an API key: anyone who reaches it could use the "
             f"model. Fix: pass --api-key KEY (or set {KEY_ENV}), or bind 127.0.0.1."
         )
     for flag in ("max_batch_tokens", "max_queue", "max_batch_requests", "max_items", "max_body_bytes"):
         if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+            raise SettingsError(
+                f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}. Fix: give 1 or more"
+            )
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

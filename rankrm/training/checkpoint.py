@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -19,14 +20,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from rankrm.files import atomic_dir, pid_alive, tmp_name, write_text
+from rankrm.errors import CheckpointError
+from rankrm.files import atomic_dir, pid_alive, tmp_name
 
 MANIFEST, STATE, WEIGHTS, OPTIMIZER = "manifest.json", "state.json", "trainable.safetensors", "optimizer.safetensors"
 LOCK = ".rankrm.lock"
 
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: damaged, of another run, or absent; the message says what to do."""
+log = logging.getLogger(__name__)
 
 
 def _sha256(path: Path) -> str:
@@ -128,7 +128,7 @@ def load_checkpoint(path: Path) -> dict:
     return state
 
 
-def find_checkpoint(resume: str, root: Path, say) -> Path | None:
+def find_checkpoint(resume: str, root: Path) -> Path | None:
     """The checkpoint to resume from: a given directory (verified), or for 'latest' the newest intact one under
     root, falling back past damaged ones with a message; None when resume is ''."""
     if not resume:
@@ -147,7 +147,7 @@ def find_checkpoint(resume: str, root: Path, say) -> Path | None:
         try:
             verify(path)
         except CheckpointError as e:
-            say(f"warning: skipping damaged checkpoint: {e}; trying an older one")
+            log.warning(f"warning: skipping damaged checkpoint: {e}; trying an older one")
             continue
         return path
     raise CheckpointError(
@@ -170,8 +170,8 @@ def check_identity(path: Path, saved: dict, current: dict) -> None:
 class RunLock:
     """One output directory, one run: a lock file holding the owner's host and PID; a dead owner's is taken over."""
 
-    def __init__(self, directory: Path, say):
-        self.path, self.say, self.held = Path(directory) / LOCK, say, False
+    def __init__(self, directory: Path):
+        self.path, self.held = Path(directory) / LOCK, False
 
     def __enter__(self):
         self.created = not self.path.parent.exists()  # removed again if the run leaves it empty
@@ -188,7 +188,7 @@ class RunLock:
                         f"{owner.get('host')}) is writing here. Fix: wait for it to end, or choose "
                         "another --output-dir"
                     ) from None
-                self.say(f"taking over the lock of a run that is no longer running ({owner})")
+                log.info(f"taking over the lock of a run that is no longer running ({owner})")
                 self.path.unlink(missing_ok=True)
                 continue
             with os.fdopen(fd, "w") as f:
@@ -211,8 +211,3 @@ class RunLock:
             self.held = False
             if self.created and not any(self.path.parent.iterdir()):
                 self.path.parent.rmdir()
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically, refusing NaN (which is not JSON)."""
-    write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")

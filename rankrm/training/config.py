@@ -10,19 +10,22 @@ import argparse
 import dataclasses
 import functools
 import math
-import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from rankrm.data.encode import tokenize_processes
 from rankrm.data.groups import CONFLICTS
+from rankrm.data.readers import CONFLICTS_HELP, FORMAT_HELP, FORMAT_NAMES, SKIP_INVALID_HELP
+from rankrm.errors import SettingsError
+from rankrm.modeling.attention import layout_problem
 from rankrm.modeling.batch import LAYOUTS
 from rankrm.modeling.hub import DEFAULT_MODEL
 from rankrm.training.tracking import tracker_names
 
-FORMATS = ("auto", "native", "pairwise", "implicit", "scored", "oasst")
+FORMATS = ("auto", *FORMAT_NAMES)
 ALIASES = {"length_buckets": "length_sort_window"}  # earlier names of settings, still read
 
 
@@ -50,17 +53,9 @@ class TrainConfig:
     )
     eval_data: list[str] = opt([], "held-out file(s); without them --eval-fraction of the prompts is held out")
     eval_fraction: float = opt(0.1, "share of prompts (conversation trees) held out when no --eval-data is given")
-    format: str = opt("auto", "data format: auto (from the fields), native, pairwise, implicit, scored or oasst")
-    skip_invalid: bool = opt(
-        False,
-        "skip invalid records (counted by reason in the data report) instead of stopping at the first with an error",
-    )
-    conflicts: str = opt(
-        "keep",
-        "repeated, contradictory (a > b and b > a) and cyclic judgments of one prompt: keep "
-        "(every vote counts in the loss and metrics), drop (a repeat once, prompts whose "
-        "judgments contradict or cycle left out) or error",
-    )
+    format: str = opt("auto", FORMAT_HELP)
+    skip_invalid: bool = opt(False, SKIP_INVALID_HELP)
+    conflicts: str = opt("keep", CONFLICTS_HELP)
     data_cache: str = opt(
         "",
         "where the data, read and tokenized once, is kept as prepared stores, found again by a "
@@ -109,10 +104,10 @@ class TrainConfig:
     )
     attn_implementation: str = opt(
         "sdpa",
-        "attention kernel: sdpa (PyTorch's fused attention, which picks flash or "
-        "memory-efficient kernels on GPUs), eager, or another name transformers "
-        "knows (flash_attention_2 and flex_attention on GPUs; padded layout only "
-        "for flash_attention_2, which takes no 4D mask)",
+        "attention kernel: sdpa (PyTorch's fused attention with the layout's mask; the reference), "
+        "eager, rankrm_varlen (computes only the query-key pairs the layout allows: flash varlen "
+        "on GPUs in bf16, an exact SDPA emulation on CPUs), or another name transformers knows "
+        "(flash_attention_2, flex_attention, ...: --layout padded only, as they take no 4D mask)",
     )
     max_length: int = opt(512, "tokens per prompt + completion; longer ones lose the start of the prompt")
     max_train_groups: int = opt(0, "use only this many training groups, chosen at random by --seed (0: all)")
@@ -186,7 +181,7 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             setattr(self, f.name, coerce(f.name, getattr(self, f.name), _hints()[f.name], "TrainConfig"))
         for problem in self.problems():
-            raise ValueError(problem)
+            raise SettingsError(problem)
 
     def problems(self) -> typing.Iterator[str]:
         """Each bad setting as a message naming the flag and the fix (the first one is raised)."""
@@ -250,11 +245,8 @@ class TrainConfig:
                 "the kv layout keeps the prompt's keys and values, which gradient checkpointing drops. Fix: use "
                 "--layout auto (it then chooses between padded and packed) or no checkpointing"
             )
-        if self.attn_implementation == "flash_attention_2" and self.layout != "padded":
-            yield (
-                "flash_attention_2 takes no 4D attention mask, which the packed and kv layouts need. Fix: use "
-                "--layout padded with it, or --attn-implementation sdpa"
-            )
+        if problem := layout_problem(self.attn_implementation, self.layout):
+            yield problem
         if self.lora_r and self.train_layers >= 0:
             yield "--lora-r and --train-layers both choose what trains. Fix: give one of them"
         try:
@@ -269,7 +261,7 @@ class TrainConfig:
 
     @property
     def tokenize_processes(self) -> int:
-        return self.num_proc or max(1, min(8, os.cpu_count() or 1))
+        return tokenize_processes(self.num_proc)
 
     @property
     def frozen_cache_on(self) -> bool:
@@ -294,7 +286,7 @@ def coerce(name: str, value, tp, where: str):
     path as a list of one; anything else of the wrong type is a ValueError naming where and the setting."""
 
     def bad(expected: str):
-        return ValueError(
+        return SettingsError(
             f"{where}: setting {name.replace('_', '-')!r}: expected {expected}, got {value!r}. Fix: "
             f"write {expected} (see rankrm train --help)"
         )
@@ -348,20 +340,22 @@ def train_flags() -> argparse.ArgumentParser:
 def read_yaml(path: Path) -> dict:
     """The settings of a YAML config file, by field name, typed; unknown keys are named."""
     if not path.is_file():
-        raise ValueError(f"{path}: no such config file. Fix: check the --config path")
+        raise SettingsError(f"{path}: no such config file. Fix: check the --config path")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]}). Fix: write 'key: value' lines") from None
+        raise SettingsError(
+            f"{path}: not valid YAML ({str(e).splitlines()[0]}). Fix: write 'key: value' lines"
+        ) from None
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping of settings. Fix: write 'key: value' lines")
+        raise SettingsError(f"{path}: expected a mapping of settings. Fix: write 'key: value' lines")
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {}
     for key, value in raw.items():
         name = str(key).replace("-", "_")
         name = ALIASES.get(name, name)
         if name not in names:
-            raise ValueError(
+            raise SettingsError(
                 f"{path}: unknown setting {key!r}. Fix: use one of "
                 f"{', '.join(sorted(n.replace('_', '-') for n in names))}"
             )

@@ -1,50 +1,35 @@
 """The optimizer steps of a training run: each step's forward and backward in micro-batches, the NaN guard,
-evaluations and checkpoints on the way, and a clean stop on a signal. `train.py` sets the run up and calls `loop`."""
+evaluations and checkpoints on the way, and a clean stop on a signal. `run.py` sets the run up and calls `loop`."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from rankrm.data.encode import TokenizedGroup
+from rankrm.errors import CheckpointError, NonFiniteError
 from rankrm.evaluation.evaluate import EvalResult, Labels, evaluate_groups, format_metrics
 from rankrm.loss import group_stats, kwise_loss
 from rankrm.modeling.batch import collate
 from rankrm.modeling.frozen import FrozenLayerCache
-from rankrm.modeling.model import RewardModel, batch_rewards
+from rankrm.modeling.model import batch_rewards
 from rankrm.modeling.planning import epoch_steps, plan_batches
+from rankrm.progress import Progress
 from rankrm.training.checkpoint import save_checkpoint
 from rankrm.training.config import TrainConfig
 from rankrm.training.sharding import agree_passes, full_training_state, is_sharded, reshard
 from rankrm.training.signals import TrainingInterrupted
+from rankrm.training.state import Prepared, Run, RunState, StepStats
 from rankrm.training.tracking import scalars
 
-
-class NonFiniteError(ValueError):
-    """The loss or the gradient norm became NaN or infinite; nothing of that state is saved."""
-
-
-@dataclass
-class Run:
-    """What the loop carries: optimizer and schedule, the training units and steps, and the state checkpoints keep."""
-
-    optimizer: torch.optim.Optimizer
-    scheduler: object
-    units: list[TokenizedGroup]
-    step_size: int
-    steps_per_epoch: int
-    total_steps: int
-    trainable: list[str]
-    identity: dict
-    start: int = 0
-    state: dict = field(default_factory=lambda: {"history": [], "skipped_nonfinite": 0})
-    stats: dict = field(default_factory=lambda: {"tokens": 0, "completions": 0, "eval_seconds": 0.0})
+log = logging.getLogger(__name__)
 
 
 # -- one optimizer step -----------------------------------------------------------------------------------------
@@ -54,6 +39,7 @@ def backward_step(
     model,
     groups: list[TokenizedGroup],
     weight: float,
+    *,
     micro_batch_tokens: int,
     layout: str,
     attention_per_token: float,
@@ -62,21 +48,13 @@ def backward_step(
     accelerator=None,
     bf16: bool = False,
     kv: bool = True,
-) -> dict:
+) -> StepStats:
     """Forward and backward over one step's groups in micro-batches of micro_batch_tokens padded tokens; gradients
     accumulate in .grad with each group weighted by `weight` (1/G for a step of G groups), so the update is the
-    mean over the step's groups however they are batched. Returns the summed group loss (a tensor, to avoid a
-    sync), pairs ordered right and stated, tokens and completions forwarded, and each micro-batch's layout."""
+    mean over the step's groups however they are batched."""
     device = next(model.parameters()).device
     micro = plan_batches(groups, micro_batch_tokens, layout, attention_per_token, kv=kv and cache is None)
-    out = {
-        "loss": torch.zeros((), device=device),
-        "correct": 0.0,
-        "pairs": 0.0,
-        "tokens": 0,
-        "completions": 0,
-        "layouts": [how for _, how in micro],
-    }
+    out = StepStats(torch.zeros((), device=device), layouts=[how for _, how in micro])
     # sharded, every pass is collective: a process with fewer micro-batches adds zero-weight passes over its first
     n_passes = agree_passes(len(micro), device) if is_sharded(model) else len(micro)
     for mi in range(n_passes):
@@ -92,54 +70,100 @@ def backward_step(
             loss.backward() if accelerator is None else accelerator.backward(loss)
         if not real:
             continue
-        out["tokens"] += sum(len(r) for j in idx for r in groups[j].ids)
-        out["completions"] += len(b.end_index)
-        out["loss"] += stats.loss.detach().sum()
-        out["correct"] += stats.correct.sum()
-        out["pairs"] += stats.pairs.detach().sum()
+        out.tokens += b.real_tokens
+        out.per_completion_tokens += sum(len(r) for j in idx for r in groups[j].ids)
+        out.completions += len(b.end_index)
+        out.loss += stats.loss.detach().sum()
+        out.correct += stats.correct.sum()
+        out.pairs += stats.pairs.detach().sum()
     return out
+
+
+@dataclass
+class Agreed:
+    """A step's figures summed over the processes in one all-reduce, so that every process acts alike: a NaN, a
+    signal or a due save on any process counts for all."""
+
+    loss: float  # the mean group loss of the step
+    correct: float
+    pairs: float
+    nonfinite: bool
+    stop: bool  # a stop signal reached some process
+    save_due: bool  # --save-minutes has passed since the last save
+
+
+def agree(accelerator, st: StepStats, groups: int, real: bool, norm: float, stop: bool, save_due: bool) -> Agreed:
+    """The step's loss, pairs and flags over all processes; a zero-weight stand-in group (real False) counts
+    nothing."""
+    loss_sum, n, ok, n_pairs, bad, signal, due = all_sum(
+        accelerator,
+        [
+            float(st.loss) if real else 0.0,
+            groups if real else 0,
+            st.correct if real else 0.0,
+            st.pairs if real else 0.0,
+            not math.isfinite(norm),
+            stop,
+            save_due,
+        ],
+    )
+    step_loss = loss_sum / n
+    return Agreed(step_loss, ok, n_pairs, bad > 0 or not math.isfinite(step_loss), signal > 0, due > 0)
 
 
 # -- the loop: one batch element = one prompt with all its completions -----------------------------------------------
 
 
-def loop(cfg, accelerator, model, core, run: Run, tok_eval, cache, signals, say) -> None:
-    """The optimizer steps from run.start to run.total_steps, with evaluations and checkpoints on the way."""
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=run.total_steps, initial=run.start, desc="training", disable=not accelerator.is_local_main_process)
-    run.stats["t0"] = time.time()
-    model.train()
+def loop(cfg: TrainConfig, parts: Prepared, run: Run, held, signals) -> None:
+    """The optimizer steps from run.start to run.total_steps, with evaluations and checkpoints on the way; a bar on
+    a terminal, a line every LOG_EVERY seconds in a log."""
+    bar = Progress(
+        "training",
+        run.total_steps,
+        "steps",
+        enabled=parts.accelerator.is_local_main_process,
+        initial=run.start,
+        final_line=True,
+        logger=log,
+    )
+    run.counters.t0 = time.time()
+    parts.model.train()
     try:
-        steps(cfg, accelerator, model, core, run, tok_eval, cache, signals, say, bar)
+        steps(cfg, parts, run, held, signals, bar)
     finally:
         bar.close()
-    run.stats["train_seconds"] = time.time() - run.stats["t0"] - run.stats["eval_seconds"]
+    run.counters.train_seconds = run.counters.seconds()
 
 
-def steps(cfg, accelerator, model, core, run: Run, tok_eval, cache, signals, say, bar) -> None:
+def check_same_start(accelerator, start: int) -> None:
+    """Each process found and loaded the checkpoint itself: they must stand at the same step."""
+    if accelerator.num_processes == 1:
+        return
+    from accelerate.utils import gather_object
+
+    starts = gather_object([start])
+    if len(set(starts)) > 1:
+        raise CheckpointError(
+            f"the processes resumed at different steps {starts} (a checkpoint directory that not "
+            "every machine sees the same). Fix: put --output-dir on a file system all machines share, "
+            "or give --resume the checkpoint directory itself"
+        )
+
+
+def steps(cfg: TrainConfig, parts: Prepared, run: Run, held, signals, bar: Progress) -> None:
     """Each optimizer step: this process's share of the step's groups, backward, the NaN guard, the update, then
     evaluation and checkpoints when due; a stop signal ends the run after the checkpoint."""
+    accelerator, core = parts.accelerator, parts.core
     world, rank = accelerator.num_processes, accelerator.process_index
-    if world > 1:  # each process found and loaded the checkpoint itself: they must stand at the same step
-        from accelerate.utils import gather_object
-
-        starts = gather_object([run.start])
-        if len(set(starts)) > 1:
-            raise ValueError(
-                f"the processes resumed at different steps {starts} (a checkpoint directory that not "
-                "every machine sees the same). Fix: put --output-dir on a file system all machines share, "
-                "or give --resume the checkpoint directory itself"
-            )
-    pad_id = core.tokenizer.pad_token_id
-    params = [p for p in model.parameters() if p.requires_grad]
+    check_same_start(accelerator, run.start)
+    params = [p for p in parts.model.parameters() if p.requires_grad]
     lengths = (
         run.units.lengths.tolist()
         if hasattr(run.units, "lengths")  # a prepared store's, without reading it
         else [sum(len(r) for r in u.ids) for u in run.units]
     )
     losses, accs, correct, pairs, plan = [], [], 0.0, 0.0, {}  # accs: (pairs ordered right, pairs) per step
-    t0 = last_save = run.stats["t0"]
+    last_save = run.counters.t0
     for step in range(run.start, run.total_steps):
         epoch, i = divmod(step, run.steps_per_epoch)
         if epoch not in plan:
@@ -150,87 +174,77 @@ def steps(cfg, accelerator, model, core, run: Run, tok_eval, cache, signals, say
             mine_ids, weight = step_ids[:1], 0.0
         mine = [run.units[j] for j in mine_ids]
         st = backward_step(
-            model,
+            parts.model,
             mine,
             weight,
-            cfg.micro_batch_tokens,
-            cfg.layout,
-            core.attention_per_token,
-            pad_id,
-            cache,
-            accelerator,
-            cfg.autocast_bf16,
-            kv=not cfg.gradient_checkpointing and not is_sharded(model),  # FSDP: sharding.check_supported
+            micro_batch_tokens=cfg.micro_batch_tokens,
+            layout=cfg.layout,
+            attention_per_token=core.attention_per_token,
+            pad_id=core.tokenizer.pad_token_id,
+            cache=parts.cache,
+            accelerator=accelerator,
+            bf16=cfg.autocast_bf16,
+            kv=not cfg.gradient_checkpointing and not is_sharded(core),  # FSDP: sharding.check_supported
         )
         norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
-        # one sum over the processes per step: the step's loss, pairs and flags, so that every process acts alike
-        # (a NaN, a signal or a due save on any process counts for all); a zero-weight stand-in group counts nothing
-        real = weight > 0
-        loss_sum, n, ok, n_pairs, bad, signal, due = all_sum(
-            accelerator,
-            [
-                float(st["loss"]) if real else 0.0,
-                len(mine) if real else 0,
-                st["correct"] if real else 0.0,
-                st["pairs"] if real else 0.0,
-                not math.isfinite(float(norm)),
-                bool(signals.requested),
-                bool(cfg.save_minutes and time.time() - last_save >= 60 * cfg.save_minutes),
-            ],
-        )
-        step_loss = loss_sum / n
-        flags = [bad > 0 or not math.isfinite(step_loss), signal > 0, due > 0]
+        due = bool(cfg.save_minutes and time.time() - last_save >= 60 * cfg.save_minutes)
+        ag = agree(accelerator, st, len(mine), weight > 0, float(norm), bool(signals.requested), due)
         lr = run.scheduler.get_last_lr()[0]  # this step's
-        if flags[0]:
-            nonfinite(cfg, run, step, step_loss, float(norm), say)
+        if ag.nonfinite:
+            nonfinite(cfg, run.state, step, ag.loss, float(norm))
         else:
             run.optimizer.step()
-            losses.append(step_loss)
-            accs.append((ok, n_pairs))
+            losses.append(ag.loss)
+            accs.append((ag.correct, ag.pairs))
         run.scheduler.step()
         run.optimizer.zero_grad(set_to_none=True)
-        run.stats["tokens"] += st["tokens"]
-        run.stats["completions"] += st["completions"]
-        correct, pairs = correct + ok, pairs + n_pairs
-        bar.update(1)
-        bar.set_postfix(
+        run.counters.add(st)
+        correct, pairs = correct + ag.correct, pairs + ag.pairs
+        bar.update(
+            1,
             loss=f"{np.mean(losses[-20:]) if losses else float('nan'):.4f}",
             acc=f"{correct / max(pairs, 1):.3f}",
             lr=f"{run.scheduler.get_last_lr()[0]:.2e}",
             epoch=f"{(step + 1) / run.steps_per_epoch:.2f}",
+            **{"tokens/s": f"{run.counters.tokens / max(run.counters.seconds(), 1e-9):.0f}"},
         )
         done = step + 1
         logged = {"learning_rate": lr, "epoch": done / run.steps_per_epoch}  # to the --report-to trackers
-        if not flags[0]:
-            logged.update(loss=step_loss, accuracy=ok / n_pairs if n_pairs else math.nan)
+        if not ag.nonfinite:
+            logged.update(loss=ag.loss, accuracy=ag.correct / ag.pairs if ag.pairs else math.nan)
         accelerator.log(scalars("train", logged), step=done)
         if cfg.eval_steps and done % cfg.eval_steps == 0 and done < run.total_steps:
-            t_eval = time.time()
-            m = evaluate_shared(accelerator, core, tok_eval, cfg.eval_batch_tokens, cfg.layout, cache).metrics
-            run.stats["eval_seconds"] += time.time() - t_eval
-            run.state["history"].append(
-                {
-                    "step": done,
-                    "epoch": done / run.steps_per_epoch,
-                    "train_loss": (
-                        float(np.mean(losses[-cfg.eval_steps :])) if losses[-cfg.eval_steps :] else None
-                    ),  # all skipped
-                    "train_accuracy": accuracy_of(accs[-cfg.eval_steps :]),
-                    "completions_forwarded": run.stats["completions"],
-                    "train_seconds": round(time.time() - t0 - run.stats["eval_seconds"], 2),
-                    **m,
-                }
-            )
-            accelerator.log(scalars("eval", m), step=done)
-            bar.write(f"step {done}: {format_metrics(m)}")
-        if (cfg.save_steps and done % cfg.save_steps == 0) or done == run.total_steps or flags[1] or flags[2]:
-            checkpoint(cfg, accelerator, core, run, done)
+            evaluate_during(cfg, parts, run, held, done, losses, accs, bar)
+        if (cfg.save_steps and done % cfg.save_steps == 0) or done == run.total_steps or ag.stop or ag.save_due:
+            checkpoint(cfg, parts, run, done)
             last_save = time.time()
-        if flags[1]:
+        if ag.stop:
             # the signal may have reached another process only (under a launcher): report it as SIGTERM here
             raise TrainingInterrupted(
                 signals.requested or 15, done, Path(cfg.output_dir) / "checkpoints" / f"step-{done}"
             )
+
+
+def evaluate_during(cfg: TrainConfig, parts: Prepared, run: Run, held, done: int, losses, accs, bar) -> None:
+    """An evaluation at step `done`: into the run's history (with the training loss and accuracy since the last
+    one), the trackers and the log."""
+    t_eval = time.time()
+    m = evaluate_shared(parts, held, cfg.eval_batch_tokens, cfg.layout).metrics
+    run.counters.eval_seconds += time.time() - t_eval
+    recent = losses[-cfg.eval_steps :]
+    run.state.history.append(
+        {
+            "step": done,
+            "epoch": done / run.steps_per_epoch,
+            "train_loss": float(np.mean(recent)) if recent else None,  # None: all skipped
+            "train_accuracy": accuracy_of(accs[-cfg.eval_steps :]),
+            "completions_forwarded": run.counters.completions,
+            "train_seconds": round(run.counters.seconds(), 2),
+            **m,
+        }
+    )
+    parts.accelerator.log(scalars("eval", m), step=done)
+    bar.write(f"step {done}: {format_metrics(m)}")
 
 
 def accuracy_of(steps: list[tuple[float, float]]) -> float | None:
@@ -248,19 +262,14 @@ def all_sum(accelerator, values: list[float]) -> list[float]:
 
 
 def evaluate_shared(
-    accelerator,
-    core: RewardModel,
-    groups: list[TokenizedGroup],
-    batch_tokens: int,
-    layout: str,
-    cache: FrozenLayerCache | None = None,
-    progress: bool = False,
+    parts: Prepared, groups: list[TokenizedGroup], batch_tokens: int, layout: str, progress: bool = False
 ) -> EvalResult:
     """evaluate_groups with its forward passes dealt out to the processes and the per-group statistics gathered.
 
     The passes are planned once, as one process plans them, and each process evaluates every world-th pass as a
     batch of its own (the same groups in the same order and layout), so each reward, hence every metric, is the one
     a single process computes."""
+    accelerator, core, cache = parts.accelerator, parts.core, parts.cache
     world, rank = accelerator.num_processes, accelerator.process_index
     if world == 1:
         return evaluate_groups(core, groups, batch_tokens, layout, cache, progress=progress)
@@ -284,7 +293,7 @@ def evaluate_shared(
     return EvalResult(correct, pairs, nll, tuple(rewards), tuple(Labels.of(g) for g in groups))
 
 
-def nonfinite(cfg: TrainConfig, run: Run, step: int, loss: float, norm: float, say) -> None:
+def nonfinite(cfg: TrainConfig, state: RunState, step: int, loss: float, norm: float) -> None:
     """A NaN or infinite loss or gradient: stop with the step named, or (--on-nonfinite skip) drop the update."""
     what = f"step {step + 1}: loss {loss}, gradient norm {norm}"
     if cfg.on_nonfinite == "stop":
@@ -293,12 +302,13 @@ def nonfinite(cfg: TrainConfig, run: Run, step: int, loss: float, norm: float, s
             f"Fix: lower --learning-rate (now {cfg.learning_rate:g}), or pass --on-nonfinite skip to "
             "drop such steps"
         )
-    run.state["skipped_nonfinite"] = run.state.get("skipped_nonfinite", 0) + 1
-    say(f"warning: {what}: update skipped (--on-nonfinite skip; {run.state['skipped_nonfinite']} so far)")
+    state.skipped_nonfinite += 1
+    log.warning(f"warning: {what}: update skipped (--on-nonfinite skip; {state.skipped_nonfinite} so far)")
 
 
-def checkpoint(cfg: TrainConfig, accelerator, core: RewardModel, run: Run, step: int) -> None:
+def checkpoint(cfg: TrainConfig, parts: Prepared, run: Run, step: int) -> None:
     """Every process reaches here; the main process writes the checkpoint (sharded: the state gathered to it)."""
+    accelerator, core = parts.accelerator, parts.core
     accelerator.wait_for_everyone()
     gathered = full_training_state(core, run.optimizer) if is_sharded(core) else None  # collective
     if accelerator.is_main_process:
@@ -312,7 +322,7 @@ def checkpoint(cfg: TrainConfig, accelerator, core: RewardModel, run: Run, step:
             trainable,
             optimizer_state,
             run.scheduler.state_dict(),
-            run.state,
+            run.state.to_json(),
             run.identity,
             cfg.keep_checkpoints,
         )

@@ -1,15 +1,15 @@
 """The training run, top to bottom: data, model, optimizer, resume, the K-wise loop on Accelerate, the report.
 
-`train(cfg)` reads as the story; each chapter is a function below it, and the loop over the optimizer steps is in
-steps.py. Only these two modules and the CLI see the TrainConfig: the components (batching, planning, the loss, the
-model, checkpoints) take plain arguments."""
+`train(cfg)` reads as the story; each chapter is a function below it, the loop over the optimizer steps is in
+loop.py and what the run carries (its state, counters, optimizer plan and result) in state.py. Only these modules
+and the CLI see the TrainConfig: the components (batching, planning, the loss, the model, checkpoints) take plain
+arguments. Lines go through `logging` (rankrm.training.*); only each machine's first process says them."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import math
+import logging
 import os
 import random
 import time
@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from rankrm.data.encode import TextEncoder, shuffled_pairs
+from rankrm.data.encode import TextEncoder
 from rankrm.data.groups import ReadReport
 from rankrm.data.splits import overlap_keys, split_indices
 from rankrm.data.store import StoreView, default_cache, native_line, open_data
-from rankrm.errors import DataError
+from rankrm.errors import DataError, SettingsError
 from rankrm.evaluation.evaluate import EvalResult, compare, format_metrics
 from rankrm.evaluation.plots import plotting_missing, write_training_report
 from rankrm.files import remove_leftovers
@@ -37,16 +37,22 @@ from rankrm.modeling.planning import plan_batches
 from rankrm.training import sharding
 from rankrm.training.checkpoint import RunLock, check_identity, find_checkpoint, load_checkpoint
 from rankrm.training.config import TrainConfig
-from rankrm.training.loop import Run, all_sum, evaluate_shared, loop
+from rankrm.training.loop import all_sum, evaluate_shared, loop
 from rankrm.training.signals import StopSignals
+from rankrm.training.state import Prepared, Run, RunState, TrainResult, plan_run
 from rankrm.training.tracking import accelerator_kwargs, end_trackers, scalars, start_trackers
 
+log = logging.getLogger(__name__)
 
-def train(cfg: TrainConfig, frozen_cache: dict | None = None) -> dict:
-    """Train a reward model on ranked groups; returns the metrics before and after (also in eval_results.json).
 
-    frozen_cache: a dict to keep the frozen layers' outputs in, shared by several runs on the same backbone
-    (benchmarks/grouping.py); by default each run has its own."""
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train a reward model on ranked groups; returns the metrics before and after (also in eval_results.json)."""
+    return _train(cfg)
+
+
+def _train(cfg: TrainConfig, frozen_store: dict | None = None) -> TrainResult:
+    """train(), with frozen_store: a dict to keep the frozen layers' outputs in, shared by several runs on the same
+    backbone (benchmarks/grouping.py); by default each run has its own."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -57,50 +63,56 @@ def train(cfg: TrainConfig, frozen_cache: dict | None = None) -> dict:
     # bf16 is plain torch autocast around the forward, not Accelerate's setting, which is fixed once per process
     with sharding.plain_process_group() if engine else contextlib.nullcontext():  # FSDP: on CPUs it cannot start
         accelerator = Accelerator(**accelerator_kwargs(cfg.report_to, cfg.output_dir))  # --report-to trackers
-    say = accelerator.print
     check_launch(accelerator)
     out = Path(cfg.output_dir)
-    lock = RunLock(out, say) if accelerator.is_main_process else contextlib.nullcontext()
-    with lock, StopSignals() as signals, contextlib.ExitStack() as ending:
+    lock = RunLock(out) if accelerator.is_main_process else contextlib.nullcontext()
+    with replicas_quiet(accelerator), lock, StopSignals() as signals, contextlib.ExitStack() as ending:
         if accelerator.is_main_process:
             for p in remove_leftovers(out) + remove_leftovers(out / "checkpoints"):
-                say(f"removed the leftover of an interrupted save: {p}")
-        encoder = TextEncoder.from_pretrained(resolve(cfg.model), cfg.max_length)
-        data = load_data(cfg, encoder, say, accelerator.main_process_first)
+                log.info(f"removed the leftover of an interrupted save: {p}")
+        encoder = TextEncoder.from_pretrained(resolve(cfg.model), cfg.max_length)  # the run's one tokenizer
+        data = load_data(cfg, encoder, accelerator.main_process_first)
         ending.callback(end_trackers, accelerator)  # flushed on every way out: done, an error, a signal
-        start_trackers(accelerator, out, asdict(cfg), say)
+        start_trackers(accelerator, out, asdict(cfg))
         if cfg.plots and plotting_missing():
-            say(f"note: no training report at the end: {plotting_missing()}, or pass --no-plots")
+            log.info(f"note: no training report at the end: {plotting_missing()}, or pass --no-plots")
         set_seed(cfg.seed)
-        model, trainable = build_model(cfg, say)
+        model, trainable = build_model(cfg, encoder)
         if engine is not None:
-            model = sharding.shard_model(model, engine, accelerator, cfg.autocast_bf16, say)  # before the optimizer
-        check_tokens(model, encoder, data, say)
-        tok_train, tok_eval = data.train, data.held
-        run = plan_run(cfg, model, trainable, tok_train, say)
+            model = sharding.shard_model(model, engine, accelerator, cfg.autocast_bf16)  # before the optimizer
+        check_tokens(model, data)
+        run = plan_run(cfg, model, trainable, data.train)
         if engine is None:  # DDP; a sharded model is already on its device and its own engine
             model, run.optimizer = accelerator.prepare(model, run.optimizer)
         core = accelerator.unwrap_model(model)
-        ckpt = find_checkpoint(cfg.resume, out / "checkpoints", say)
+        ckpt = find_checkpoint(cfg.resume, out / "checkpoints")
         if ckpt is not None:
-            resume(ckpt, core, run, say)
-        cache = frozen_layer_cache(cfg, core, frozen_cache, tok_eval, say)
-        if "before" not in run.state:
+            resume(ckpt, core, run)
+        parts = Prepared(accelerator, model, core, frozen_layer_cache(cfg, core, frozen_store, data.held))
+        if run.state.before is None:
             t0 = time.time()
             before = evaluate_shared(
-                accelerator,
-                core,
-                tok_eval,
-                cfg.eval_batch_tokens,
-                cfg.layout,
-                cache,
-                progress=accelerator.is_local_main_process,
+                parts, data.held, cfg.eval_batch_tokens, cfg.layout, progress=accelerator.is_local_main_process
             )
-            run.state["before"] = before.to_json()
+            run.state.before = before.to_json()
             accelerator.log(scalars("eval", before.metrics), step=run.start)
-            say(f"before training: {format_metrics(before.metrics)}  [{time.time() - t0:.0f}s]")
-        loop(cfg, accelerator, model, core, run, tok_eval, cache, signals, say)
-        return finish(cfg, accelerator, core, run, data, tok_train, tok_eval, cache, say)
+            log.info(f"before training: {format_metrics(before.metrics)}  [{time.time() - t0:.0f}s]")
+        loop(cfg, parts, run, data.held, signals)
+        return finish(cfg, parts, run, data)
+
+
+@contextlib.contextmanager
+def replicas_quiet(accelerator):
+    """Only each machine's first process logs rankrm's lines (as transformers' Trainer quiets its replicas): the
+    others would repeat them; errors still show."""
+    logger = logging.getLogger("rankrm")
+    level = logger.level
+    if not accelerator.is_local_main_process:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def check_launch(accelerator) -> None:
@@ -109,7 +121,7 @@ def check_launch(accelerator) -> None:
     check_engine(accelerator.distributed_type.value)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != accelerator.num_processes:
-        raise ValueError(
+        raise SettingsError(
             f"launched as {launched} processes, but Accelerate runs {accelerator.num_processes}: each "
             "would train alone and write the same files. Fix: on CPUs launch with ACCELERATE_USE_CPU=1 "
             "accelerate launch --multi_gpu --num_processes N (plain --cpu starts one process)"
@@ -120,11 +132,11 @@ def check_engine(distributed_type: str = "") -> None:
     """Refuse DeepSpeed, as `accelerate launch` announces it (ACCELERATE_USE_DEEPSPEED) or as Accelerate runs it
     (distributed_type); FSDP recipes run (sharding.py)."""
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" or distributed_type == "DEEPSPEED":
-        raise ValueError(
+        raise SettingsError(
             "DEEPSPEED is not supported by rankrm yet: its checkpoints, evaluation and saved model read the "
             "whole (unsharded) model, which DeepSpeed ZeRO splits over the processes. Fix: launch with "
             "configs/accelerate/fsdp_shard_grad_op.yaml (ZeRO-2-like) or fsdp_full_shard.yaml (ZeRO-3-like), "
-            "or configs/accelerate/ddp.yaml"
+            "or configs/accelerate/ddp.yaml (see docs/several-gpus.md)"
         )
 
 
@@ -138,7 +150,7 @@ class Data:
     report: ReadReport
 
 
-def load_data(cfg: TrainConfig, encoder: TextEncoder, say, first=contextlib.nullcontext) -> Data:
+def load_data(cfg: TrainConfig, encoder: TextEncoder, first=contextlib.nullcontext) -> Data:
     """The training (and held-out) groups, read, validated and tokenized once into prepared stores (found again by
     their fingerprint), split by prompt; fails before any model loads. `first`: a context in which the main process
     prepares while the others wait (they then find its store)."""
@@ -148,14 +160,13 @@ def load_data(cfg: TrainConfig, encoder: TextEncoder, say, first=contextlib.null
         "conflicts": cfg.conflicts,
         "skip_invalid": cfg.skip_invalid,
         "num_proc": cfg.tokenize_processes,
-        "say": say,
         "what": "--model",
     }
     with first():
         store = open_data(cfg.train_data, encoder, cache, **opts)
         held_store = open_data(cfg.eval_data, encoder, cache, **opts) if cfg.eval_data else None
     report = store.report
-    say(f"train data: {report.summary()}")
+    log.info(f"train data: {report.summary()}")
     if not store.manifest["comparisons"]:
         raise DataError(
             ", ".join(map(str, cfg.train_data)),
@@ -166,18 +177,18 @@ def load_data(cfg: TrainConfig, encoder: TextEncoder, say, first=contextlib.null
         )
     keys = store.column("split_key")
     if held_store is not None:
-        say(f"eval data: {held_store.report.summary()}")
+        log.info(f"eval data: {held_store.report.summary()}")
         train_idx, held = np.arange(len(keys)), held_store.view()
         leaks = overlap_keys(keys, held.column("split_key"))
         if leaks:
-            say(f"warning: {leaks} held-out groups share a prompt or conversation with the training data")
+            log.warning(f"warning: {leaks} held-out groups share a prompt or conversation with the training data")
     else:
         train_idx, held_idx = split_indices(keys, cfg.eval_fraction, cfg.seed, cfg.train_data[0])
         held = store.view(held_idx)
     if cfg.max_train_groups and cfg.max_train_groups < len(train_idx):
         rng = random.Random(cfg.seed)
         train_idx = train_idx[sorted(rng.sample(range(len(train_idx)), cfg.max_train_groups))]
-        say(f"using {cfg.max_train_groups} of the training groups (--max-train-groups)")
+        log.info(f"using {cfg.max_train_groups} of the training groups (--max-train-groups)")
     train = store.view(train_idx)
     for name, part, files in (("training", train, cfg.train_data), ("held-out", held, cfg.eval_data or cfg.train_data)):
         if not part.column("n_pairs").sum():
@@ -189,7 +200,7 @@ def load_data(cfg: TrainConfig, encoder: TextEncoder, say, first=contextlib.null
                 "give ranked groups whose completions are not all tied",
             )
     n_pairs = int(train.column("n_pairs").sum())
-    say(f"split by prompt: {len(train)} training groups ({n_pairs} comparisons), {len(held)} held out")
+    log.info(f"split by prompt: {len(train)} training groups ({n_pairs} comparisons), {len(held)} held out")
     return Data(train, held, report)
 
 
@@ -205,13 +216,14 @@ def disable_dropout(model: nn.Module) -> None:
             m.attention_dropout = 0.0
 
 
-def build_model(cfg: TrainConfig, say) -> tuple[RewardModel, list[str]]:
-    """The backbone with a fresh scalar head, dropout off, and the parameters that train."""
+def build_model(cfg: TrainConfig, encoder: TextEncoder) -> tuple[RewardModel, list[str]]:
+    """The backbone with a fresh scalar head reading through the run's encoder, dropout off, and the parameters
+    that train."""
     model = RewardModel.from_pretrained(
         cfg.model,
         dtype=torch.bfloat16 if cfg.dtype == "bf16" else torch.float32,
-        max_length=cfg.max_length,
         attn_implementation=cfg.attn_implementation,
+        encoder=encoder,
     )
     disable_dropout(model)
     trainable = (
@@ -233,7 +245,7 @@ def build_model(cfg: TrainConfig, say) -> tuple[RewardModel, list[str]]:
         if cfg.lora_r
         else f"the top {cfg.train_layers} layers + final norm + head"
     )
-    say(
+    log.info(
         f"model: {cfg.model} ({type(model.hf).__name__}); training {what}: {n_train / 1e6:.2f}M of "
         f"{n_all / 1e6:.1f}M parameters; max length {cfg.max_length}; weights {cfg.dtype}"
         f"{', bf16 autocast' if cfg.autocast_bf16 else ''}; "
@@ -243,93 +255,50 @@ def build_model(cfg: TrainConfig, say) -> tuple[RewardModel, list[str]]:
     return model, trainable
 
 
-def check_tokens(model: RewardModel, encoder: TextEncoder, data: Data, say) -> None:
-    """The model tokenizes as the stores were prepared; a max length that leaves no completion its own tokens is an
-    error (counts from the stores)."""
-    if model.encoder.fingerprint() != encoder.fingerprint():
-        raise ValueError(
-            f"the model {model.hf.name_or_path} tokenizes otherwise than its tokenizer loaded alone "
-            "(the data was prepared with the latter): report this as a bug"
-        )
+def check_tokens(model: RewardModel, data: Data) -> None:
+    """Token counts from the stores; groups whose completions read as the same tokens are named with their cause
+    (the tokenizer, or the cut to --max-length), and an error when no group is left to compare."""
     cut = [int(part.column("cut").sum()) for part in (data.train, data.held)]
-    say(
+    log.info(
         f"tokens: {int(data.train.lengths.sum())} training, {int(data.held.lengths.sum())} held out; prompts cut "
         f"from the left to fit --max-length: {cut[0]} training and {cut[1]} held-out completions"
     )
-    blind = int(data.train.column("blind").sum() + data.held.column("blind").sum())
-    if blind == len(data.train) + len(data.held):
-        raise ValueError(
-            f"--max-length {model.max_length} cuts every group's completions to the same tokens: there "
-            "is nothing to compare. Fix: raise --max-length"
+    same, by_cut = (
+        a + b for a, b in zip(*(identical_completions(p, model.max_length) for p in (data.train, data.held)))
+    )
+    n = model.max_length
+    tokenizer_cause = "the tokenizer maps different completions to the same ids (nothing was cut)"
+    if same + by_cut == len(data.train) + len(data.held):
+        if not by_cut:
+            raise SettingsError(
+                f"{tokenizer_cause} in every group: there is nothing to compare. Fix: use the model's own "
+                "tokenizer, one whose vocabulary covers the data's text"
+            )
+        raise SettingsError(
+            f"--max-length {n} cuts the completions of {by_cut} groups to the same tokens ({same} more: "
+            f"{tokenizer_cause}): there is nothing to compare. Fix: raise --max-length"
         )
-    if blind:
-        say(f"warning: {blind} groups have completions made identical by --max-length {model.max_length}")
+    if same:
+        log.warning(f"warning: {same} groups have completions identical after tokenization: {tokenizer_cause}")
+    if by_cut:
+        log.warning(f"warning: {by_cut} groups have completions made identical by --max-length {n}")
 
 
-# -- optimizer, schedule and the run's state --------------------------------------------------------------------
+def identical_completions(view: StoreView, max_length: int) -> tuple[int, int]:
+    """(groups with completions identical as tokenized, groups whose identical completions the cut to max_length
+    made so): a duplicate shorter than max_length, or in a group with nothing cut, was never cut. (A duplicate
+    exactly max_length long in a group where another completion was cut counts as cut.)"""
+    blind = np.flatnonzero(view.column("blind"))
+    cut = view.column("cut")[blind]
+    same = int((cut == 0).sum())
+    for i in blind[cut > 0]:  # only these need their tokens read
+        rows = [tuple(r) for r in view[int(i)].ids]
+        dupes = [r for r in rows if rows.count(r) > 1]
+        same += any(len(r) < max_length for r in dupes)
+    return same, len(blind) - same
 
 
-def plan_run(cfg: TrainConfig, model: RewardModel, trainable: list[str], tok_train, say) -> Run:
-    """AdamW over the trainable parameters (the head at its own rate), the schedule, and the units of a step."""
-    from transformers import get_scheduler
-
-    head = {n for n, _ in model.named_parameters() if n.startswith("hf.score")}
-    params = dict(model.named_parameters())
-    groups = [
-        {"params": [params[n] for n in trainable if n not in head], "lr": cfg.learning_rate},
-        {"params": [params[n] for n in trainable if n in head], "lr": cfg.head_learning_rate or cfg.learning_rate},
-    ]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
-    # the units of an optimizer step: whole groups, or (shuffled-pairs) single comparisons, as many per step as
-    # batch_size groups hold on average, so both regimes take the same steps over the same comparisons
-    if cfg.regime == "shuffled-pairs":
-        units = shuffled_pairs(tok_train)
-        step_size = max(1, round(cfg.batch_size * len(units) / len(tok_train)))
-        say(f"regime shuffled-pairs: {len(units)} comparisons as separate examples, {step_size} per step")
-    else:
-        units, step_size = tok_train, cfg.batch_size
-    steps_per_epoch = math.ceil(len(units) / step_size)
-    total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
-    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.lr_schedule]
-    scheduler = get_scheduler(name, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total), num_training_steps=total)
-    identity = run_identity(cfg, tok_train, trainable, total, steps_per_epoch)
-    return Run(optimizer, scheduler, units, step_size, steps_per_epoch, total, trainable, identity)
-
-
-def run_identity(cfg: TrainConfig, train, trainable: list[str], total: int, steps_per_epoch: int) -> dict:
-    """What decides a run's result, compared on resume: model, data (a prepared store's fingerprint, which covers
-    the files, options and tokenizer, and which of its groups train; groups given in memory: their tokens),
-    trainable set, seed, schedule."""
-    if isinstance(train, StoreView):
-        h = hashlib.sha256(train.store.fingerprint.encode())
-        h.update(np.ascontiguousarray(train.indices, dtype=np.int64).tobytes())
-    else:
-        h = hashlib.sha256()
-        for u in train:
-            h.update(json.dumps([u.ids, u.ranks, u.stated_pairs, u.counts]).encode())
-    schedule = {
-        k: getattr(cfg, k)
-        for k in (
-            "learning_rate",
-            "head_learning_rate",
-            "weight_decay",
-            "lr_schedule",
-            "warmup_ratio",
-            "batch_size",
-            "regime",
-            "length_sort_window",
-        )
-    }
-    return {
-        "model": cfg.model,
-        "data_sha256": h.hexdigest(),
-        "seed": cfg.seed,
-        "trainable": hashlib.sha256("\n".join(trainable).encode()).hexdigest()[:16],
-        "schedule": {**schedule, "total_steps": total, "steps_per_epoch": steps_per_epoch},
-    }
-
-
-def resume(ckpt: Path, core: RewardModel, run: Run, say) -> None:
+def resume(ckpt: Path, core: RewardModel, run: Run) -> None:
     """Load a verified checkpoint of this same run: trainable weights, optimizer, schedule, run state."""
     blob = load_checkpoint(ckpt)
     check_identity(ckpt, blob["identity"], run.identity)
@@ -342,27 +311,25 @@ def resume(ckpt: Path, core: RewardModel, run: Run, say) -> None:
                     p.copy_(blob["trainable"][n])
         run.optimizer.load_state_dict(blob["optimizer"])
     run.scheduler.load_state_dict(blob["scheduler"])
-    run.start, run.state = blob["step"], blob["run_state"]
-    say(f"resumed from {ckpt} at step {run.start}")
+    run.start, run.state = blob["step"], RunState.from_json(blob["run_state"])
+    log.info(f"resumed from {ckpt} at step {run.start}")
 
 
-def frozen_layer_cache(
-    cfg: TrainConfig, core: RewardModel, store: dict | None, tok_eval, say
-) -> FrozenLayerCache | None:
+def frozen_layer_cache(cfg: TrainConfig, core: RewardModel, store: dict | None, tok_eval) -> FrozenLayerCache | None:
     """The frozen-layer cache when only the top layers train (not with the kv layout, which makes two passes),
     kept only if its replay matches a full forward on the first held-out batch."""
     if not cfg.frozen_cache_on:
         return None
     if sharding.is_sharded(core):  # it calls the layers outside the root's forward, where FSDP gathers their weights
-        say("FSDP: the frozen layers run at every step (the frozen-layer cache is off under sharding)")
+        log.info("FSDP: the frozen layers run at every step (the frozen-layer cache is off under sharding)")
         return None
     if cfg.layout == "kv":
-        say(
+        log.info(
             "layout kv: the frozen layers run at every step (their cache needs one forward pass per batch; "
             "--layout auto, packed or padded keep it)"
         )
         return None
-    cache = FrozenLayerCache(core.backbone, cfg.train_layers, cfg.frozen_cache_gb * 2**30, say)
+    cache = FrozenLayerCache(core.backbone, cfg.train_layers, cfg.frozen_cache_gb * 2**30)
     if store is not None:
         cache.store = store
         cache.held = sum(t.numel() * t.element_size() for t in store.values())
@@ -370,79 +337,80 @@ def frozen_layer_cache(
     batch = collate([tok_eval[i] for i in idx], core.tokenizer.pad_token_id, how)
     err = cache.verify(core, batch.to(next(core.parameters()).device))
     if err > 1e-3:
-        say(
+        log.warning(
             f"warning: frozen-layer cache disagrees with a full forward (relative error {err:.1e}) on this "
             "backbone; training without it"
         )
         return None
-    say(f"frozen layers run once per sequence (cache checked against a full forward: relative error {err:.1e})")
+    log.info(f"frozen layers run once per sequence (cache checked against a full forward: relative error {err:.1e})")
     return cache
 
 
 # -- evaluation after training, and the saved model ---------------------------------------------------------------
 
 
-def finish(cfg, accelerator, core: RewardModel, run: Run, data: Data, tok_train, tok_eval, cache, say) -> dict:
+def finish(cfg: TrainConfig, parts: Prepared, run: Run, data: Data) -> TrainResult:
     """Evaluate after training, save the model with its metrics and held-out data as one directory, report."""
-    out = Path(cfg.output_dir)
-    before = EvalResult.from_json(run.state["before"])
+    accelerator, core, out = parts.accelerator, parts.core, Path(cfg.output_dir)
+    before = EvalResult.from_json(run.state.before)
     after = evaluate_shared(
-        accelerator,
-        core,
-        tok_eval,
-        cfg.eval_batch_tokens,
-        cfg.layout,
-        cache,
-        progress=accelerator.is_local_main_process,
+        parts, data.held, cfg.eval_batch_tokens, cfg.layout, progress=accelerator.is_local_main_process
     )
     accelerator.log(scalars("eval", after.metrics), step=run.total_steps)
-    tokens, completions = all_sum(accelerator, [run.stats["tokens"], run.stats["completions"]])  # every process's
-    elapsed = run.stats.get("train_seconds", 0.0)
-    results = {
-        "before": before.metrics,
-        "after": after.metrics,
-        "change": compare(before, after),
-        "steps": run.total_steps,
-        "train_groups": len(tok_train),
-        "eval_groups": len(tok_eval),
-        "regime": cfg.regime,
-        "completions_forwarded": int(completions),
-        "skipped_nonfinite_steps": run.state.get("skipped_nonfinite", 0),
-        "train_seconds": round(elapsed, 1),
-        "train_tokens_per_second": round(tokens / max(elapsed, 1e-9), 1),
-        "data": {"train": data.report.summary()},
-        "history": run.state["history"],
-        "config": asdict(cfg),
-    }
-    state = (
-        sharding.full_model_state(core) if sharding.is_sharded(core) else None
-    )  # gathered once, on rank 0 (all take part)
+    c = run.counters
+    tokens, per_completion, completions = all_sum(accelerator, [c.tokens, c.per_completion_tokens, c.completions])
+    result = TrainResult(
+        before=before.metrics,
+        after=after.metrics,
+        change=compare(before, after),
+        steps=run.total_steps,
+        train_groups=len(data.train),
+        eval_groups=len(data.held),
+        regime=cfg.regime,
+        completions_forwarded=int(completions),
+        skipped_nonfinite_steps=run.state.skipped_nonfinite,
+        train_seconds=round(c.train_seconds, 1),
+        train_tokens_per_second=round(tokens / max(c.train_seconds, 1e-9), 1),
+        train_tokens=int(tokens),
+        train_tokens_per_completion_layout=int(per_completion),
+        data={"train": data.report.summary()},
+        history=run.state.history,
+        config=asdict(cfg),
+    )
+    state = sharding.full_model_state(core) if sharding.is_sharded(core) else None  # gathered on rank 0, all take part
     if accelerator.is_main_process:
         if cfg.lora_r:
             merge_lora(core)  # the saved model is a plain Hugging Face model
         heldout = "".join(native_line(r) for r in data.held.records())
+        results = json.dumps(result.to_json(), indent=2, allow_nan=False) + "\n"
         core.save_pretrained(
-            out,
-            state_dict=state,
-            extra_files={
-                "eval_results.json": json.dumps(results, indent=2, allow_nan=False) + "\n",
-                "heldout.jsonl": heldout,
-            },
+            out, extra_files={"eval_results.json": results, "heldout.jsonl": heldout}, state_dict=state
         )
         if cfg.plots:  # after the model: kept by its later saves (not a model file), and a plot cannot cost it
-            write_training_report(out / "report", before, after, results, say)
+            write_training_report(out / "report", before, after, result.to_json())
     accelerator.wait_for_everyone()
-    ch = results["change"]
-    say(f"before training: {format_metrics(before.metrics)}")
-    say(f"after training:  {format_metrics(after.metrics)}")
-    say(
+    report(result, run.total_steps - run.start, out)
+    return result
+
+
+def report(r: TrainResult, steps: int, out: Path) -> None:
+    """The run's last lines: the metrics before and after, their change, the time and the tokens read."""
+    ch = r.change
+    log.info(f"before training: {format_metrics(r.before)}")
+    log.info(f"after training:  {format_metrics(r.after)}")
+    log.info(
         f"change: accuracy {ch['accuracy_gain']:+.4f} (95% CI {ch['accuracy_gain_ci95'][0]:+.3f} .. "
         f"{ch['accuracy_gain_ci95'][1]:+.3f}), log loss {ch['log_loss_change']:+.4f} (95% CI "
         f"{ch['log_loss_change_ci95'][0]:+.4f} .. {ch['log_loss_change_ci95'][1]:+.4f}); paired bootstrap over "
         f"held-out prompts"
     )
-    say(
-        f"trained {run.total_steps - run.start} steps in {elapsed:.0f}s ({results['train_tokens_per_second']:.0f} "
-        f"tokens/s); model saved to {out}"
+    if r.train_tokens:
+        log.info(
+            f"tokens read: {r.train_tokens} (each group's shared prompt once where the layout shares it); one row "
+            f"per completion would have read {r.train_tokens_per_completion_layout} "
+            f"({r.train_tokens_per_completion_layout / r.train_tokens:.2f}x)"
+        )
+    log.info(
+        f"trained {steps} steps in {r.train_seconds:.0f}s ({r.train_tokens_per_second:.0f} tokens/s); model saved "
+        f"to {out}"
     )
-    return results

@@ -20,13 +20,17 @@ What sharding changes elsewhere, each with its reason:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from rankrm.errors import SettingsError
+
 FULL, GRAD_OP = "full shard", "shard-grad-op"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,14 +52,14 @@ def engine_from_launch(environ: dict | None = None) -> Sharding | None:
     if environ.get("FSDP_VERSION", "1") == "2":
         reshard = environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower()
         if reshard not in ("true", "false"):
-            raise ValueError(f"fsdp_reshard_after_forward: {reshard!r} with fsdp_version 2 (true or false). {fix}")
+            raise SettingsError(f"fsdp_reshard_after_forward: {reshard!r} with fsdp_version 2 (true or false). {fix}")
         engine = Sharding(FULL if reshard == "true" else GRAD_OP, reshard == "true")
     else:  # an FSDP1 recipe: its strategy is what FSDP2 expresses as reshard_after_forward
         strategy = environ.get("FSDP_SHARDING_STRATEGY", "FULL_SHARD").upper()
         known = {"FULL_SHARD": Sharding(FULL, True), "1": Sharding(FULL, True)}
         known |= {"SHARD_GRAD_OP": Sharding(GRAD_OP, False), "2": Sharding(GRAD_OP, False)}
         if strategy not in known:
-            raise ValueError(
+            raise SettingsError(
                 f"fsdp_sharding_strategy: {strategy} is not run by rankrm (FULL_SHARD or SHARD_GRAD_OP; for no "
                 f"sharding launch with configs/accelerate/ddp.yaml). {fix}"
             )
@@ -65,7 +69,7 @@ def engine_from_launch(environ: dict | None = None) -> Sharding | None:
         ("ACTIVATION_CHECKPOINTING", "pass rankrm's --gradient-checkpointing instead"),
     ):
         if environ.get(f"FSDP_{name}", "false").lower() == "true":
-            raise ValueError(f"fsdp_{name.lower()}: true in the recipe: {why}. Fix: set it to false")
+            raise SettingsError(f"fsdp_{name.lower()}: true in the recipe: {why}. Fix: set it to false")
     return engine
 
 
@@ -96,20 +100,20 @@ def is_sharded(model: nn.Module) -> bool:
 def check_supported(lora_r: int, layout: str) -> None:
     """Refuse what sharding cannot run as asked."""
     if layout == "kv":
-        raise ValueError(
+        raise SettingsError(
             "--layout kv with FSDP: the prompt's keys and values reach the backward outside the layers' outputs, "
             "where FSDP gathers a layer's weights again. Fix: --layout auto (under FSDP it trains with padded or "
             "packed rows, and evaluates with kv where cheaper), packed or padded"
         )
     if lora_r:
-        raise ValueError(
+        raise SettingsError(
             "--lora-r with FSDP: the adapters are merged into the whole backbone for the saved model, which "
             "rankrm does not do on sharded weights yet. Fix: launch LoRA with configs/accelerate/ddp.yaml "
             "(the frozen backbone can load in bf16: --dtype bf16), or train the whole model under FSDP"
         )
 
 
-def shard_model(model, engine: Sharding, accelerator, bf16: bool, say) -> nn.Module:
+def shard_model(model, engine: Sharding, accelerator, bf16: bool) -> nn.Module:
     """fully_shard each decoder layer, then the root (the RewardModel: embeddings, final norm, head), on a mesh of
     all processes; bf16: parameters all-gathered and computed in bf16, gradients reduced and kept in fp32."""
     from torch.distributed.device_mesh import init_device_mesh
@@ -128,7 +132,7 @@ def shard_model(model, engine: Sharding, accelerator, bf16: bool, say) -> nn.Mod
     fully_shard(model, **kw)
     total = sum(p.numel() for p in model.parameters())
     mine = sum(p.to_local().numel() for p in model.parameters())
-    say(
+    log.info(
         f"FSDP2 {engine.name} over {world} processes: each holds 1/{world} of {total / 1e6:.2f}M parameters "
         f"(this one {mine / 1e6:.2f}M: {len(layers)} decoder layers + the root sharded; "
         f"{'bf16 compute, fp32 master weights and gradient reduction' if bf16 else 'fp32'})"
@@ -143,7 +147,7 @@ def decoder_layers(model) -> list[nn.Module]:
         blocks = getattr(backbone, name, None)
         if isinstance(blocks, nn.ModuleList) and len(blocks):
             return list(blocks)
-    raise ValueError(
+    raise SettingsError(
         f"{type(backbone).__name__} has no list of decoder layers (.layers or .h) to shard one by one. "
         "Fix: launch with configs/accelerate/ddp.yaml"
     )

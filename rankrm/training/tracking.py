@@ -9,8 +9,13 @@ run would log nothing); `all` means every tracker whose package is installed. Lo
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from pathlib import Path
+
+from rankrm.errors import SettingsError
+
+log = logging.getLogger(__name__)
 
 PROJECT = "rankrm"  # the project name trackers file the runs under (TensorBoard: the logs subdirectory)
 # the trackers Accelerate knows, with the pip package each needs
@@ -40,26 +45,26 @@ def _installed() -> set[str]:
 
 def tracker_names(report_to: str) -> list[str]:
     """The trackers a --report-to value asks for: 'none', 'all' (every installed one) or a comma list; unknown and
-    uninstalled names raise a ValueError naming the flag and the fix."""
+    uninstalled names raise a SettingsError naming the flag and the fix."""
     asked = [n.strip().lower().replace("-", "_") for n in str(report_to).split(",") if n.strip()]
     if not asked or asked == ["none"]:
         return []
     if "all" in asked:
         installed = [n for n in PACKAGES if n in _installed()]
         if not installed:
-            raise ValueError(
+            raise SettingsError(
                 "--report-to all: no tracker package is installed. Fix: pip install tensorboard (or "
                 "wandb, trackio, mlflow), or leave --report-to at none"
             )
         return installed
     unknown = [n for n in asked if n not in PACKAGES]
     if unknown:
-        raise ValueError(
+        raise SettingsError(
             f"--report-to {unknown[0]!r} unknown. Fix: use none, all, or a comma list of {', '.join(PACKAGES)}"
         )
     missing = [n for n in asked if n not in _installed()]
     if missing:
-        raise ValueError(
+        raise SettingsError(
             f"--report-to {missing[0]}: the {PACKAGES[missing[0]]} package is not installed. Fix: pip "
             f"install {PACKAGES[missing[0]]}, or leave {missing[0]} out of --report-to"
         )
@@ -92,7 +97,7 @@ def flat_config(config: dict) -> dict:
     }
 
 
-def start_trackers(accelerator, output_dir, config: dict, say) -> None:
+def start_trackers(accelerator, output_dir, config: dict) -> None:
     """Start the run in every tracker the Accelerator was built with (main process; no-op without trackers)."""
     names = [str(t) for t in accelerator.log_with]
     if not names:
@@ -121,8 +126,8 @@ def start_trackers(accelerator, output_dir, config: dict, say) -> None:
 
         error = broadcast_object_list([error])[0]
     if error:
-        raise ValueError(error)
-    say(f"reporting to {', '.join(names)}; local logs in {logs} (tensorboard --logdir {logs})")
+        raise SettingsError(error)
+    log.info(f"reporting to {', '.join(names)}; local logs in {logs} (tensorboard --logdir {logs})")
 
 
 def end_trackers(accelerator) -> None:

@@ -4,6 +4,7 @@ frozen-layer cache's budget, and training from a store bit-identical to training
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -61,7 +62,7 @@ def test_stream_merge_matches_merging_all_records_at_once(tmp_path):
 def test_store_tokens_are_the_models_and_the_report_is_kept(tmp_path, model_dirs):
     model = RewardModel.from_pretrained(str(model_dirs["llama-chat"]), max_length=96)
     for src in ([HH], [OASST_TREES], [_pairwise_far_apart(tmp_path / "p.jsonl")]):
-        store = prepare(src, model.encoder, tmp_path / "store", num_proc=2, say=lambda *_: None)
+        store = prepare(src, model.encoder, tmp_path / "store", num_proc=2)
         from rankrm.data.groups import ReadReport
 
         report = ReadReport()
@@ -136,34 +137,35 @@ def test_fingerprint_changes_with_what_matters_only(tmp_path, model_dirs):
     assert len({fp for fp, _ in variants.values()}) == len(variants)
 
 
-def test_open_data_prepares_once_then_finds_it(tmp_path, model_dirs):
+def test_open_data_prepares_once_then_finds_it(tmp_path, model_dirs, caplog):
+    caplog.set_level(logging.INFO, logger="rankrm")
     data = write_jsonl(tmp_path / "a.jsonl", synthetic_groups(20, seed=1))
-    said = []
     enc = _encoder(model_dirs)
-    first = open_data([data], enc, tmp_path / "cache", say=said.append)
+    first = open_data([data], enc, tmp_path / "cache")
+    said = caplog.messages
     assert any("preparing" in s for s in said) and any("MB" in s and "rm -r" in s for s in said)
-    said.clear()
-    again = open_data([data], enc, tmp_path / "cache", say=said.append)
-    assert again.path == first.path and any("prepared before" in s for s in said)
+    caplog.clear()
+    again = open_data([data], enc, tmp_path / "cache")
+    assert again.path == first.path and any("prepared before" in s for s in caplog.messages)
     data.write_text(data.read_text() + json.dumps(synthetic_groups(1, seed=9)[0]) + "\n")
-    changed = open_data([data], enc, tmp_path / "cache", say=said.append)
+    changed = open_data([data], enc, tmp_path / "cache")
     assert changed.path != first.path and changed.manifest["groups"] == 21
     with pytest.raises(DataError, match="another tokenizer"):  # a store given directly, for another max length
-        open_data([first.path], _encoder(model_dirs, max_length=64), tmp_path / "cache", say=said.append)
+        open_data([first.path], _encoder(model_dirs, max_length=64), tmp_path / "cache")
 
 
-def test_damaged_store_is_not_trusted_and_is_prepared_again(tmp_path, model_dirs):
+def test_damaged_store_is_not_trusted_and_is_prepared_again(tmp_path, model_dirs, caplog):
     data = write_jsonl(tmp_path / "a.jsonl", synthetic_groups(20, seed=1))
     enc = _encoder(model_dirs)
-    store = open_data([data], enc, tmp_path / "cache", say=lambda *_: None)
+    store = open_data([data], enc, tmp_path / "cache")
     tokens = store.path / store.manifest["token_files"][0]
     with open(tokens, "r+b") as f:
         f.truncate(tokens.stat().st_size // 2)
     with pytest.raises(DataError, match="not a usable prepared store"):
         Store(store.path)
-    said = []
-    again = open_data([data], enc, tmp_path / "cache", say=said.append)
-    assert any("preparing it again" in s for s in said)
+    caplog.set_level(logging.INFO, logger="rankrm")
+    again = open_data([data], enc, tmp_path / "cache")
+    assert any("preparing it again" in s for s in caplog.messages)
     assert len(again.view()) == 20
 
 
@@ -204,11 +206,10 @@ def test_interrupted_prepare_leaves_no_store(tmp_path, model_dirs):
     assert is_store(out) and Store(out).manifest["groups"] == 3000
 
 
-def test_frozen_cache_keeps_to_its_budget(model_dirs):
+def test_frozen_cache_keeps_to_its_budget(model_dirs, caplog):
     model = RewardModel.from_pretrained(str(model_dirs["llama-chat"]), max_length=64)
     groups = read_groups([OASST_TREES])[:12]
     tok, _ = tokenize_groups(model, groups)
-    said = []
     unbounded = FrozenLayerCache(model.backbone, 1)
     for g in tok:
         b = collate([g], model.tokenizer.pad_token_id)
@@ -216,7 +217,7 @@ def test_frozen_cache_keeps_to_its_budget(model_dirs):
             unbounded.rewards(model, b)
     full = sum(t.numel() * t.element_size() for t in unbounded.store.values())
     budget = full // 3
-    cache = FrozenLayerCache(model.backbone, 1, budget, said.append)
+    cache = FrozenLayerCache(model.backbone, 1, budget)
     for _ in range(2):
         for g in tok:
             b = collate([g], model.tokenizer.pad_token_id)
@@ -226,6 +227,7 @@ def test_frozen_cache_keeps_to_its_budget(model_dirs):
     held = sum(t.numel() * t.element_size() for t in cache.store.values())
     assert 0 < held <= budget and cache.held == held
     assert len(cache.store) < len(unbounded.store)
+    said = [r.getMessage() for r in caplog.records if r.name == "rankrm.modeling.frozen"]
     assert len(said) == 1 and "budget" in said[0]
 
 

@@ -7,6 +7,7 @@ import torch
 
 from rankrm.data.encode import TokenizedGroup, shared_prefix_length, tokenize_groups
 from rankrm.data.groups import RankedGroup
+from rankrm.errors import SettingsError
 from rankrm.loss import group_stats
 from rankrm.modeling.batch import collate
 from rankrm.modeling.frozen import FrozenLayerCache
@@ -215,7 +216,7 @@ def test_packed_layout_goes_through_the_frozen_layer_cache(model_dirs):
     torch.testing.assert_close(again, want, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(other, want[: sum(len(g.ids) for g in tok[:5])], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(crossed, want, rtol=1e-4, atol=1e-5)
-    with pytest.raises(ValueError, match="kv layout"):  # two passes per batch: the cache cannot replay them
+    with pytest.raises(SettingsError, match="kv layout"):  # two passes per batch: the cache cannot replay them
         cache.rewards(m, collate(tok, pad_id, "kv"))
 
 

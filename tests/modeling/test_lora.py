@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import synthetic_groups, write_jsonl
 
+from rankrm.errors import SettingsError
 from rankrm.modeling.model import RewardModel
 from rankrm.training.config import TrainConfig
 from rankrm.training.run import train
@@ -66,5 +67,5 @@ def test_lora_trains_merges_and_loads_in_plain_transformers(model_dirs, tmp_path
 
 
 def test_lora_and_train_layers_are_exclusive():
-    with pytest.raises(ValueError, match="--lora-r and --train-layers"):
+    with pytest.raises(SettingsError, match="--lora-r and --train-layers"):
         TrainConfig(train_data=["x"], lora_r=4, train_layers=2)

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from rankrm.data.encode import tokenize_groups
+from rankrm.data.encode import PAD_TOKEN, tokenize_groups
 from rankrm.data.groups import RankedGroup
 from rankrm.modeling.batch import collate, collate_rows
-from rankrm.modeling.model import PAD_TOKEN, RewardModel, batch_rewards
+from rankrm.modeling.model import RewardModel, batch_rewards
 
 ARCHS = ["llama", "qwen2", "gpt2"]
 MSGS = [{"role": "user", "content": "What is the capital of France?"}]

@@ -44,7 +44,7 @@ def plain_hf_rewards(path, prompts, responses):
     )
     with torch.no_grad():
         logits = hf(**enc).logits[:, 0]
-    # the documented way for backbones without any bias term (README): add config.reward_bias
+    # the documented way for backbones without any bias term (docs/serving.md): add config.reward_bias
     return (logits + getattr(hf.config, "reward_bias", 0.0)).tolist(), hf.config
 
 

@@ -268,6 +268,37 @@ def test_classify_default_follows_problem_type_regression(rm_dir, ref):
     assert abs(out["data"][0]["probs"][0] - ref.score(["Hi"], ["Hello"])[0]) <= 1e-5
 
 
+def test_a_request_is_tokenized_once_and_the_model_scores_its_ids(ref, monkeypatch):
+    """Every text a tokenizer reads during a /score and a /rank request, counted on the real tokenizer class: each
+    completion is in one tokenizer input per request (before, the Renderer and RewardModel.score each tokenized
+    it), and the rewards are RewardModel.score's."""
+    from fastapi.testclient import TestClient
+
+    from rankrm.serving.app import ServeOptions, build_app
+
+    cls = type(ref.tokenizer)
+    seen: list[str] = []
+    real = cls.__call__
+
+    def counting(self, text=None, *args, **kw):
+        seen.extend([text] if isinstance(text, str) else list(text or []))
+        return real(self, text, *args, **kw)
+
+    completions = ["azure", "The sky is blue on a clear day.", "a shade of grey", "good dog " * 30]  # none in another
+    want = ref.score([PROMPTS[1]] * 4, completions)
+    with TestClient(build_app(ref, "rm", ServeOptions(), "test")) as tc:
+        monkeypatch.setattr(cls, "__call__", counting)
+        items = [{"prompt": PROMPTS[1], "completion": c} for c in completions]
+        got = tc.post("/score", json={"items": items}).json()["rewards"]
+        per_score = {c: sum(c in t for t in seen) for c in completions}
+        seen.clear()
+        ranked = tc.post("/rank", json={"prompt": PROMPTS[1], "completions": completions}).json()["rewards"]
+        per_rank = {c: sum(c in t for t in seen) for c in completions}
+    assert per_score == per_rank == {c: 1 for c in completions}
+    close(got, want)
+    close(ranked, want)
+
+
 def test_full_text_split_handles_bos_and_padding(ref):
     from rankrm.serving.engine import Renderer
 
@@ -609,3 +640,58 @@ def test_refuses_a_public_address_without_a_key(rm_dir):
         env=env,
     )
     assert r.returncode == 2 and "without an API key" in r.stderr
+
+
+# -- bad input is 4xx; a bug is 500 with an id that the server's log holds -------------------------------------------
+
+# ChatML, with two traps a test can spring: a message "refuse" makes the template refuse the conversation (jinja's
+# TemplateError through raise_exception, as real templates refuse misordered roles); a message "boom" makes it
+# divide by zero, a plain Python error at render time: a bug, as far as the server can tell.
+TRAP_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['content'] == 'refuse' %}{{ raise_exception('this template takes no refusals') }}{% endif %}"
+    "{% if m['content'] == 'boom' %}{{ (m['content'] | length) // 0 }}{% endif %}"
+    "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def trap_server(model_dirs, tmp_path_factory):
+    m = RewardModel.from_pretrained(str(model_dirs["llama-chat"]))
+    m.tokenizer.chat_template = TRAP_TEMPLATE
+    out = tmp_path_factory.mktemp("serve-trap") / "rm"
+    m.save_pretrained(out)
+    s = Server(out)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def test_a_refused_prompt_is_422_and_a_bug_while_rendering_is_500_with_an_id_in_the_log(trap_server):
+    def score(content):
+        return httpx.post(
+            trap_server.url + "/score",
+            json={"items": [{"prompt": [{"role": "user", "content": content}], "completion": "blue"}]},
+            timeout=60,
+        )
+
+    ok = score("Name a colour.")
+    assert ok.status_code == 200 and len(ok.json()["rewards"]) == 1
+    refused = score("refuse").json()["error"]
+    assert refused["code"] == 422 and refused["param"] == "prompt" and "id" not in refused
+    assert "the model's chat template refuses it (TemplateError: this template takes no refusals)" in refused["message"]
+    r = score("boom")
+    assert r.status_code == 500
+    err = r.json()["error"]
+    assert err["type"] == "server_error" and len(err["id"]) == 12 and f"internal error {err['id']}" in err["message"]
+    assert "ZeroDivisionError" in err["message"] and "Traceback" not in r.text  # the client gets no traceback
+    deadline = time.monotonic() + 10
+    while not any(err["id"] in line for line in trap_server.lines) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log = "".join(trap_server.lines)
+    assert f"internal error {err['id']} while rendering the prompts" in log
+    tail = log[log.index(err["id"]) :]
+    assert "Traceback (most recent call last):" in tail and "ZeroDivisionError" in tail
+    assert score("Name a colour.").json()["rewards"] == ok.json()["rewards"]  # and the server serves on

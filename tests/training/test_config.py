@@ -104,7 +104,7 @@ def test_the_schedule_is_transformers_warmup_then_cosine():
     from rankrm.data.encode import TokenizedGroup
 
     units = [TokenizedGroup([[1, 2], [1, 3]], [0, 1])]
-    run = plan_run(cfg, model, [n for n, _ in model.named_parameters()], units, print)
+    run = plan_run(cfg, model, [n for n, _ in model.named_parameters()], units)
     lrs = []
     for _ in range(10):
         lrs.append(run.scheduler.get_last_lr()[0])

@@ -26,6 +26,7 @@ import torch
 from conftest import ROOT, synthetic_groups, write_jsonl
 from safetensors.torch import load_file
 
+from rankrm.errors import SettingsError
 from rankrm.training.checkpoint import checkpoints, verify
 from rankrm.training.config import TrainConfig
 from rankrm.training.run import train
@@ -136,9 +137,9 @@ def runs(model_dirs, data, tmp_path_factory):
             train(TrainConfig(**settings(model_dirs, data, root / f"one-{name}", **kw)))
     finally:
         torch.set_num_threads(threads)
-        out, err = proc.communicate(timeout=600)
+        _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
-    return root, out
+    return root, err  # rankrm's lines go through logging to stderr
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -173,11 +174,11 @@ def test_sigterm_to_the_launcher_stops_both_processes_with_one_checkpoint_then_r
     args = flags(settings(model_dirs, data, out, save_steps=1, **CASES["auto"]))
     proc = launch(args, ["-m", "rankrm", "train"])
     try:
-        for line in proc.stdout:  # printed after both processes met in the first evaluation: both handle signals
+        for line in proc.stderr:  # logged after both processes met in the first evaluation: both handle signals
             if line.startswith("before training"):
                 proc.send_signal(signal.SIGTERM)
                 break
-        _, err = proc.communicate(timeout=300)
+        err = line + proc.communicate(timeout=300)[1]
     finally:
         proc.kill()
     assert proc.returncode != 0  # torchrun's agent re-raises the signal as its own failure
@@ -186,9 +187,9 @@ def test_sigterm_to_the_launcher_stops_both_processes_with_one_checkpoint_then_r
     verify(out / "checkpoints" / "step-1")
     assert not (out / "model.safetensors").exists()  # the run did not finish
     proc = launch(args + ["--resume", "latest"], ["-m", "rankrm", "train"])
-    log, err = proc.communicate(timeout=300)
+    _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
-    assert "resumed from" in log and "at step 1" in log
+    assert "resumed from" in err and "at step 1" in err
     a, b = weights(root / "two-auto"), weights(out)
     assert all(torch.equal(a[n], b[n]) for n in a), "resumed 2-process run differs from the uninterrupted one"
     assert results(out)["after"] == results(root / "two-auto")["after"]
@@ -216,7 +217,7 @@ def test_the_multinode_recipe_two_machines_of_one_process_on_this_host_train_as_
     logs = [p.communicate(timeout=600) for p in procs]
     for p, (_, err) in zip(procs, logs):
         assert p.returncode == 0, err[-3000:]
-    assert all("after training:" in log for log, _ in logs)  # each machine's first process logs (Accelerate's print)
+    assert all("after training:" in err for _, err in logs)  # each machine's first process logs (the others quiet)
     a, b = weights(root / "one-auto"), weights(out)
     assert a.keys() == b.keys()
     for n in a:
@@ -259,17 +260,17 @@ def test_a_launch_that_would_not_train_as_asked_is_refused(monkeypatch):
 
     alone = SimpleNamespace(num_processes=1, distributed_type=DistributedType.NO)
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ValueError, match="launched as 2 processes, but Accelerate runs 1.*ACCELERATE_USE_CPU=1"):
+    with pytest.raises(SettingsError, match="launched as 2 processes, but Accelerate runs 1.*ACCELERATE_USE_CPU=1"):
         check_launch(alone)
     monkeypatch.setenv("WORLD_SIZE", "1")
     check_launch(alone)
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # rankrm shards itself (training/sharding.py)
     check_launch(alone)
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
-    with pytest.raises(ValueError, match="DEEPSPEED is not supported by rankrm yet.*fsdp_shard_grad_op.yaml"):
+    with pytest.raises(SettingsError, match="DEEPSPEED is not supported by rankrm yet.*fsdp_shard_grad_op.yaml"):
         check_launch(alone)
     monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
-    with pytest.raises(ValueError, match="DEEPSPEED is not supported"):
+    with pytest.raises(SettingsError, match="DEEPSPEED is not supported"):
         check_launch(SimpleNamespace(num_processes=1, distributed_type=DistributedType.DEEPSPEED))
 
 
@@ -286,5 +287,5 @@ def test_dtype_bf16_loads_frozen_weights_in_bf16_and_trains_fp32_master_weights(
     assert saved["model.layers.0.mlp.up_proj.weight"].dtype == torch.bfloat16  # frozen
     assert saved["model.layers.1.mlp.up_proj.weight"].dtype == torch.float32  # trained
     assert saved["score.weight"].dtype == torch.float32
-    with pytest.raises(ValueError, match="--dtype 'fp16' unknown"):
+    with pytest.raises(SettingsError, match="--dtype 'fp16' unknown"):
         TrainConfig(**{**settings(model_dirs, data, tmp_path / "x"), "dtype": "fp16"})

@@ -5,6 +5,7 @@ After each fault the output is the old state or the new one, never a mix; resumi
 uninterrupted run; no code from a checkpoint runs; no NaN is written."""
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -18,6 +19,7 @@ import pytest
 import torch
 from conftest import ROOT, synthetic_groups, write_jsonl
 
+from rankrm.errors import WriteError
 from rankrm.files import TMP_PREFIX, leftovers, remove_leftovers
 from rankrm.modeling.model import RewardModel
 from rankrm.training.checkpoint import checkpoints, save_checkpoint, verify
@@ -196,7 +198,7 @@ def test_sigkill_during_model_and_checkpoint_saves_leaves_old_or_new(model_dirs,
         assert not list(root.glob(TMP_PREFIX + "*"))
 
 
-def test_damaged_newest_checkpoint_falls_back_to_the_older_one(model_dirs, data, tmp_path, uninterrupted, capsys):
+def test_damaged_newest_checkpoint_falls_back_to_the_older_one(model_dirs, data, tmp_path, uninterrupted, caplog):
     out = tmp_path / "d"
     train(cfg(model_dirs, data, out, max_steps=KW["max_steps"]))
     cks = checkpoints(out / "checkpoints")
@@ -208,15 +210,15 @@ def test_damaged_newest_checkpoint_falls_back_to_the_older_one(model_dirs, data,
     w = newer[0] / "trainable.safetensors"
     w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
     (newer[1] / "optimizer.safetensors").write_bytes(b"")
-    capsys.readouterr()
-    train(cfg(model_dirs, data, out, resume="latest"))
-    said = capsys.readouterr().out
+    caplog.set_level(logging.INFO, logger="rankrm")
+    train(cfg(model_dirs, data, out, resume="latest"))  # its lines come through logging
+    said = caplog.text
     assert "skipping damaged checkpoint" in said and "step-10" in said and "step-9" in said
     assert f"resumed from {cks[0]}" in said
     assert same_weights(weights(out), uninterrupted)
 
 
-def test_forged_pickle_never_runs_and_other_runs_are_refused(model_dirs, data, tmp_path, capsys):
+def test_forged_pickle_never_runs_and_other_runs_are_refused(model_dirs, data, tmp_path, capsys, caplog):
     """A pickle that would create a file when loaded, put where old rankrm kept checkpoints and as a checkpoint's
     weights: nothing loads it. A checkpoint of a run with another learning rate is refused, naming it."""
     from rankrm.cli import main
@@ -237,7 +239,7 @@ def test_forged_pickle_never_runs_and_other_runs_are_refused(model_dirs, data, t
     (forged / "manifest.json").write_text(json.dumps({"files": {}}))
     assert main(["train"] + cli_args(model_dirs, data, out, resume="latest")) == 2
     err = capsys.readouterr()
-    assert "no intact checkpoint" in err.err and "skipping damaged checkpoint" in err.out
+    assert "no intact checkpoint" in err.err and "skipping damaged checkpoint" in caplog.text
     assert not marker.exists()
     shutil.rmtree(forged)
     assert main(["train"] + cli_args(model_dirs, data, out, max_steps=2)) == 0
@@ -249,7 +251,7 @@ def test_forged_pickle_never_runs_and_other_runs_are_refused(model_dirs, data, t
     assert "no checkpoint in" in capsys.readouterr().err
 
 
-def test_one_directory_one_run(model_dirs, data, tmp_path, capsys):
+def test_one_directory_one_run(model_dirs, data, tmp_path, capsys, caplog):
     """A live owner (this test's own `sleep`) keeps the directory; a dead one's lock is taken over."""
     from rankrm.cli import main
 
@@ -263,8 +265,9 @@ def test_one_directory_one_run(model_dirs, data, tmp_path, capsys):
     finally:
         sleeper.kill()
         sleeper.wait()
+    caplog.set_level(logging.INFO, logger="rankrm")
     assert main(["train"] + cli_args(model_dirs, data, out, max_steps=1)) == 0
-    assert "taking over the lock" in capsys.readouterr().out
+    assert "taking over the lock" in caplog.text
     assert not (out / ".rankrm.lock").exists()
 
 
@@ -306,7 +309,7 @@ def test_full_disk_is_reported_with_the_real_path_and_the_old_model_kept(model_d
         m = RewardModel.from_pretrained(str(model_dirs["llama-chat"]))
         (mnt / "rm").mkdir()
         (mnt / "rm" / "keep.txt").write_text("x")
-        with pytest.raises(OSError, match=rf"cannot write {mnt / 'rm'}: the disk is full"):
+        with pytest.raises(WriteError, match=rf"cannot write {mnt / 'rm'}: the disk is full"):
             big = RewardModel.from_pretrained(str(model_dirs["gpt2-chat"]))
             with torch.no_grad():  # ~1.5 MiB of weights: more than the disk holds
                 big.hf.resize_token_embeddings(12_000)

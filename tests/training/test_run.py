@@ -1,17 +1,26 @@
 """The training entry point end to end on tiny models: learning a known rule, resuming, the CLI, bad input."""
 
 import json
+import logging
 import math
+import os
 import random
+import subprocess
+import sys
+from collections import Counter
 
 import pytest
 import torch
-from conftest import synthetic_groups, write_jsonl
+from conftest import ROOT, synthetic_groups, write_jsonl
 
 from rankrm.cli import main
+from rankrm.data.encode import tokenize_groups
+from rankrm.data.groups import RankedGroup
+from rankrm.modeling.batch import packed_length
 from rankrm.modeling.model import RewardModel
 from rankrm.training.config import TrainConfig
 from rankrm.training.run import train
+from rankrm.training.state import TrainResult
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +48,44 @@ def tiny_cfg(model_dirs, synth, out, **kw):
     return TrainConfig(**base)
 
 
-def test_tiny_model_learns_a_known_rule_to_95_percent(model_dirs, synth, tmp_path):
-    res = train(tiny_cfg(model_dirs, synth, tmp_path / "run"))
+def test_tiny_model_learns_a_known_rule_to_95_percent(model_dirs, synth, tmp_path, caplog, monkeypatch):
+    """Also: the library's lines come through logging, and a run loads one tokenizer and tokenizes each
+    completion once (counted on the real tokenizer class, while the run prepares its own store)."""
+    from transformers import AutoTokenizer
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+    loads, texts = [], []
+    real_load, real_call = AutoTokenizer.from_pretrained.__func__, PreTrainedTokenizerBase.__call__
+
+    def load(cls, *a, **kw):
+        loads.append(a[0])
+        return real_load(cls, *a, **kw)
+
+    def call(self, text=None, *a, **kw):
+        texts.extend([text] if isinstance(text, str) else list(text or []))
+        return real_call(self, text, *a, **kw)
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", classmethod(load))
+    monkeypatch.setattr(PreTrainedTokenizerBase, "__call__", call)
+    caplog.set_level(logging.INFO, logger="rankrm")
+    res = train(tiny_cfg(model_dirs, synth, tmp_path / "run", data_cache=str(tmp_path / "cache"), num_proc=1))
+    monkeypatch.undo()
+    assert len(loads) == 1  # the run's TextEncoder, which the model reads through too
+    rows = [json.loads(x) for f in synth for x in f.read_text().splitlines()]
+    times = Counter(c for r in rows for c in r["completions"])  # a completion may recur in another group
+    assert all(sum(t.endswith(c + "<|im_end|>") for t in texts) == n for c, n in times.items())  # each once
+    assert isinstance(res, TrainResult) and res.after == res["after"]
+    said = {r.name for r in caplog.records}, caplog.messages
+    assert {"rankrm.training.run", "rankrm.data.store", "rankrm.training.loop"} <= said[0]
+    for line in ("train data:", "model:", "tokens:", "before training:", "after training:", "tokens read:", "trained"):
+        assert any(m.startswith(line) for m in said[1]), line
+    assert any(m.startswith("training: 120/120 steps") for m in said[1])  # the progress line at the end
     assert res["before"]["accuracy"] < 0.8
     assert res["after"]["accuracy"] >= 0.95, res["after"]
     assert res["after"]["log_loss"] < res["before"]["log_loss"]
     saved = json.loads((tmp_path / "run" / "eval_results.json").read_text())
     assert saved["after"]["accuracy"] == res["after"]["accuracy"]
+    assert saved == res.to_json()
     # the saved model scores as it did at the end of training
     m = RewardModel.from_pretrained(str(tmp_path / "run"))
     rows = [json.loads(x) for x in synth[1].read_text().splitlines()]
@@ -179,14 +219,14 @@ def _step_gradients(model_dirs, rows, arch="llama-chat", attn=None, checkpointin
         m,
         groups,
         1 / len(groups),
-        cfg_kw.get("micro_batch_tokens", 4096),
-        cfg_kw["layout"],
-        m.attention_per_token,
-        m.tokenizer.pad_token_id,
-        cache,
+        micro_batch_tokens=cfg_kw.get("micro_batch_tokens", 4096),
+        layout=cfg_kw["layout"],
+        attention_per_token=m.attention_per_token,
+        pad_id=m.tokenizer.pad_token_id,
+        cache=cache,
         kv=not checkpointing,
     )
-    passes = sum(2 if how == "kv" else 1 for how in out["layouts"])  # kv: a prompt pass, then a completion pass
+    passes = sum(2 if how == "kv" else 1 for how in out.layouts)  # kv: a prompt pass, then a completion pass
     assert len(calls) == (2 if checkpointing else 1) * passes  # checkpointing: recomputed in the backward pass
     return out, {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
 
@@ -222,8 +262,8 @@ def test_the_step_gradient_is_the_same_whatever_the_batching(model_dirs, variant
     assert len(got) == len(want) > 3 and any(g.abs().sum() > 0 for g in want.values())
     for n, g in want.items():
         torch.testing.assert_close(got[n], g, rtol=1e-4, atol=1e-6, msg=n)
-    assert float(got_stats["loss"]) == pytest.approx(float(want_stats["loss"]), rel=1e-5)
-    assert got_stats["completions"] == want_stats["completions"] == sum(len(r["completions"]) for r in rows)
+    assert float(got_stats.loss) == pytest.approx(float(want_stats.loss), rel=1e-5)
+    assert got_stats.completions == want_stats.completions == sum(len(r["completions"]) for r in rows)
 
 
 def test_training_with_buckets_packing_and_checkpointing_runs(model_dirs, synth, tmp_path):
@@ -240,3 +280,118 @@ def test_training_with_buckets_packing_and_checkpointing_runs(model_dirs, synth,
         )
     )
     assert math.isfinite(res["after"]["log_loss"]) and res["after"]["log_loss"] != res["before"]["log_loss"]
+
+
+def test_train_into_a_log_file_shows_progress_lines_and_no_carriage_return(model_dirs, synth, tmp_path):
+    """`rankrm train ... > log 2>&1` (not a terminal): progress as log lines, no tqdm frames; the tokens read in the
+    packed layout count each group's prompt once, against every row's tokens for one row per completion."""
+    out, log = tmp_path / "run", tmp_path / "train.log"
+    args = ["--model", str(model_dirs["llama-chat"]), "--train-data", str(synth[0]), "--eval-data", str(synth[1])]
+    args += ["--output-dir", str(out), "--epochs", "1", "--batch-size", "8", "--max-length", "64", "--layout", "packed"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    with open(log, "w") as f:
+        done = subprocess.run(
+            [sys.executable, "-m", "rankrm", "train", *args, "--no-plots"], stdout=f, stderr=f, env=env
+        )
+    text = log.read_text()
+    assert done.returncode == 0, text[-3000:]
+    assert "\r" not in text
+    lines = text.splitlines()
+    assert any(x.startswith("training: 30/30 steps (") and "loss" in x and "tokens/s" in x for x in lines), text
+    i = [next(j for j, x in enumerate(lines) if x.startswith(p)) for p in ("train data:", "before training:", "after")]
+    assert i == sorted(i)  # in the order the run says them
+    res = json.loads((out / "eval_results.json").read_text())
+    model = RewardModel.from_pretrained(str(model_dirs["llama-chat"]), max_length=64)
+    groups = [json.loads(x) for x in synth[0].read_text().splitlines()]
+    tok, _ = tokenize_groups(
+        model, [RankedGroup(g["prompt"], tuple(g["completions"]), tuple(g["ranks"])) for g in groups]
+    )
+    assert res["train_tokens"] == sum(packed_length(g) for g in tok)  # one epoch: every group once
+    assert res["train_tokens_per_completion_layout"] == sum(g.tokens for g in tok)
+    assert res["train_tokens"] < res["train_tokens_per_completion_layout"]
+    ratio = res["train_tokens_per_completion_layout"] / res["train_tokens"]
+    assert f"one row per completion would have read {res['train_tokens_per_completion_layout']} ({ratio:.2f}x)" in text
+
+
+def test_tokens_read_count_a_shared_prompt_once_in_the_packed_and_kv_layouts(model_dirs):
+    """Two groups, worked by hand. A: rows [p p p a a E], [p p p b b b E], [p p p c E]: 3 shared prompt tokens
+    (the longest prefix all rows share, leaving each its last token); 6 + 7 + 5 = 18 tokens as rows, 3 + 3 + 4 + 2
+    = 12 packed. B: rows [q q d E], [q q e e E]: 2 shared; 4 + 5 = 9 as rows, 2 + 2 + 3 = 7 packed. One row per
+    completion reads 27; packed and kv (a prompt pass, then the completions' own tokens) read 19."""
+    from rankrm.data.encode import TokenizedGroup
+    from rankrm.training.loop import backward_step
+
+    m = RewardModel.from_pretrained(str(model_dirs["llama-chat"]), max_length=64)
+    e = m.tokenizer.eos_token_id
+    p, q, a, b, c, d, x = 20, 21, 30, 31, 32, 33, 34
+    groups = [
+        TokenizedGroup([[p, p, p, a, a, e], [p, p, p, b, b, b, e], [p, p, p, c, e]], [0, 1, 2]),
+        TokenizedGroup([[q, q, d, e], [q, q, x, x, e]], [1, 0]),
+    ]
+    read = {}
+    for layout in ("padded", "packed", "kv"):
+        st = backward_step(
+            m,
+            groups,
+            0.5,
+            micro_batch_tokens=4096,
+            layout=layout,
+            attention_per_token=0.0,
+            pad_id=m.tokenizer.pad_token_id,
+        )
+        read[layout] = (st.layouts, st.tokens, st.per_completion_tokens, st.completions)
+    assert read == {
+        "padded": (["padded"], 27, 27, 5),
+        "packed": (["packed"], 19, 27, 5),
+        "kv": (["kv"], 19, 27, 5),
+    }
+
+
+def _word_model(out):
+    """A Llama backbone whose tokenizer knows a few words only: every other word is <unk>."""
+    from conftest import build_model_dir
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<|im_end|>", "<unk>", "<pad>", "hello", "good", "bad"]
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", unk_token="<unk>", pad_token="<pad>")
+    return build_model_dir(out, "llama", tok)
+
+
+def test_identical_completions_are_named_by_their_cause(tmp_path, caplog):
+    """With max length 8, worked by hand (hello, good, bad known; E the EOS):
+    - "hello " + "red fish" / "blue bird": [hello unk unk E] both, 4 tokens, nothing cut: the tokenizer's doing;
+    - "hello " + "good" / "bad" + 9 x: [hello good unk x 9 E], 12 tokens, cut to the last 8, [unk x 7 E] both: the
+      cut's doing;
+    - "hello " + "good" / "bad": [hello good E], [hello bad E]: told apart."""
+    from rankrm.data.store import prepare
+    from rankrm.modeling.model import TextEncoder
+    from rankrm.training.run import identical_completions
+
+    model = _word_model(tmp_path / "m")
+    rows = [
+        {"prompt": "hello ", "completions": ["red fish", "blue bird"], "ranks": [0, 1]},
+        {"prompt": "hello ", "completions": ["good" + " x" * 9, "bad" + " x" * 9], "ranks": [0, 1]},
+        {"prompt": "hello ", "completions": ["good", "bad"], "ranks": [0, 1]},
+    ]
+    data, held = write_jsonl(tmp_path / "t.jsonl", rows), write_jsonl(tmp_path / "h.jsonl", rows[2:])
+    store = prepare([data], TextEncoder.from_pretrained(str(model), 8), tmp_path / "store")
+    assert identical_completions(store.view(), 8) == (1, 1)
+    caplog.set_level(logging.INFO, logger="rankrm")
+    kw = dict(model=str(model), eval_data=[str(held)], max_steps=1, data_cache=str(tmp_path / "cache"), plots=False)
+    train(TrainConfig(train_data=[str(data)], output_dir=str(tmp_path / "run"), max_length=8, **kw))
+    warned = [m for m in caplog.messages if m.startswith("warning:") and "completions" in m]
+    assert warned == [
+        "warning: 1 groups have completions identical after tokenization: the tokenizer maps different completions "
+        "to the same ids (nothing was cut)",
+        "warning: 1 groups have completions made identical by --max-length 8",
+    ]
+    only = write_jsonl(tmp_path / "o.jsonl", rows[:1])
+    with pytest.raises(ValueError, match="the tokenizer maps different completions to the same ids .* every group"):
+        train(
+            TrainConfig(
+                **{**kw, "train_data": [str(only)], "eval_data": [str(only)], "output_dir": str(tmp_path / "o")}
+            )
+        )

@@ -3,6 +3,7 @@ with TensorBoard's own reader) and the training report (OUTPUT_DIR/report/: PNG 
 
 import importlib.util
 import json
+import logging
 import os
 import signal
 import sys
@@ -199,11 +200,12 @@ def test_report_flags_parse(data):
     assert "tensorboard" in tracker_names("all")
 
 
-def test_without_matplotlib_the_report_is_skipped_with_a_note(model_dirs, data, tmp_path, capsys, monkeypatch):
+def test_without_matplotlib_the_report_is_skipped_with_a_note(model_dirs, data, tmp_path, caplog, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now fails, as when not installed
     out = tmp_path / "rm"
+    caplog.set_level(logging.INFO, logger="rankrm")
     res = train(cfg(model_dirs, data, out, max_steps=2, eval_steps=0, report_to="none"))
-    said = capsys.readouterr().out
+    said = caplog.text
     assert said.count("no training report") == 2 and "pip install 'rankrm[report]'" in said and "--no-plots" in said
     assert res["steps"] == 2 and (out / "model.safetensors").is_file()
     assert not (out / "report").exists() and not (out / "logs").exists()
