@@ -68,7 +68,7 @@ def runs(model_dirs, data, tmp_path_factory):
         logs = [p.communicate(timeout=900) for p in procs]
     for p, (_, err) in zip(procs, logs):
         assert p.returncode == 0, err[-3000:]
-    return root, "".join(out for out, _ in logs)
+    return root, "".join(err for _, err in logs)  # rankrm's lines go through logging to stderr
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -161,11 +161,11 @@ def test_sigterm_to_a_sharded_launch_then_resume_is_bit_identical(runs, model_di
     args = flags(settings(model_dirs, data, out, **{**CASES[name][1], "save_steps": 1}))
     proc = launch(args, ["-m", "rankrm", "train"], RECIPES["full"])
     try:
-        for line in proc.stdout:  # printed after both processes met in the first evaluation: both handle signals
+        for line in proc.stderr:  # logged after both processes met in the first evaluation: both handle signals
             if line.startswith("before training"):
                 proc.send_signal(signal.SIGTERM)
                 break
-        _, err = proc.communicate(timeout=300)
+        err = line + proc.communicate(timeout=300)[1]
     finally:
         proc.kill()
     assert proc.returncode != 0
@@ -173,9 +173,9 @@ def test_sigterm_to_a_sharded_launch_then_resume_is_bit_identical(runs, model_di
     assert [c.name for c in checkpoints(out / "checkpoints")] == ["step-1"]
     assert not (out / "model.safetensors").exists()
     proc = launch(args + ["--resume", "latest"], ["-m", "rankrm", "train"], RECIPES["full"])
-    log, err = proc.communicate(timeout=300)
+    _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
-    assert "at step 1" in log
+    assert "resumed from" in err and "at step 1" in err
     a, b = weights(root / f"two-{name}"), weights(out)
     assert all(torch.equal(a[n], b[n]) for n in a), "resumed sharded run differs from the uninterrupted one"
     assert results(out)["after"] == results(root / f"two-{name}")["after"]
