@@ -14,7 +14,14 @@ What sharding changes elsewhere, each with its reason:
   process) instead of a whole unsharded copy held until the last micro-batch (what `set_requires_gradient_sync
   (False)` would keep: 4 bytes per parameter on every process, the memory sharding is there to save);
 - checkpoints and the saved model are the full state gathered once into rank 0's CPU memory and written in the
-  formats a one-process run writes, so a checkpoint resumes exactly on any number of processes (or on one).
+  formats a one-process run writes, so a checkpoint resumes exactly on any number of processes (or on one);
+- after an evaluation every gathered parameter is freed (`reshard`): shard-grad-op keeps them after a forward
+  without backward, and its next step then trained 2.5e-3 away from one process (measured);
+- refused: LoRA (merged on whole weights for the save) and training with the kv layout (its prompt keys and values
+  reach the backward outside the layers' outputs); off: the frozen-layer cache (it calls layers one by one).
+Limits, not yet measured on GPUs: every process loads the whole backbone into CPU memory before sharding (no
+meta-device loading), and rank 0 holds the full weights and AdamW state in CPU memory to save a checkpoint
+(16 bytes per parameter: 96 GB for 6B); DCP's sharded safetensors storage would remove the second.
 """
 
 from __future__ import annotations
