@@ -162,7 +162,7 @@ def main() -> None:
             "prepare": prep,
             "cold": cold,
             "warm": warm,
-            "store_mb": round(sum(store["files"].values()) / 2**20),
+            "store_mb": round(sum(f["bytes"] for f in store["files"].values()) / 2**20),
             "groups": store["groups"],
             "tokens": store["tokens"],
             "prepare_seconds_read": store["seconds"]["read"],

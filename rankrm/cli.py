@@ -17,7 +17,7 @@ from pathlib import Path
 from rankrm.data.convert import CONVERT_TARGETS
 from rankrm.data.groups import CONFLICTS
 from rankrm.data.readers import CONFLICTS_HELP, FORMAT_HELP, FORMAT_NAMES, SKIP_INVALID_HELP
-from rankrm.errors import RankrmError
+from rankrm.errors import RankrmError, SettingsError
 from rankrm.serving.server import add_serve_parser
 
 
@@ -68,7 +68,8 @@ def cmd_eval(args) -> int:
         truncated = int(tok.column("cut").sum())
         res = evaluate_groups(model, tok, args.batch_tokens, progress=not args.json)
         results.append(res)
-        out["models"].append({"model": name, "truncated_completions": truncated, **res.metrics})
+        slices = {"slices": res.slices(args.slice)} if args.slice else {}
+        out["models"].append({"model": name, "truncated_completions": truncated, **res.metrics, **slices})
         if truncated:
             print(
                 f"rankrm eval: {name}: {truncated} completions had their prompt cut from the left to fit "
@@ -265,20 +266,39 @@ def cmd_normalize(args) -> int:
     from rankrm.modeling.model import RewardModel
     from rankrm.modeling.normalize import demonstrations, file_sha256, normalize
 
-    prompts, responses, source = demonstrations(args.demonstrations, args.format)
+    if args.demonstrations is None and args.calibrate is None:
+        raise SettingsError("normalize needs --demonstrations, --calibrate or both. Fix: give one")
+    if args.demonstrations is not None:  # read before any weights load: a bad file is said at once
+        prompts, responses, source = demonstrations(args.demonstrations, args.format)
+    if args.calibrate is not None:
+        check_sources([str(p) for p in args.calibrate])
     model = RewardModel.from_pretrained(args.model, max_length=args.max_length)
-    stats = normalize(model, prompts, responses, args.target_std, args.batch_tokens, progress=True)
-    stats.update({"file": str(args.demonstrations), "sha256": file_sha256(args.demonstrations), "source": source})
-    model.normalization = stats
     out = args.output_dir or args.model
+    if args.demonstrations is not None:
+        stats = normalize(model, prompts, responses, args.target_std, args.batch_tokens, progress=True)
+        stats.update({"file": str(args.demonstrations), "sha256": file_sha256(args.demonstrations), "source": source})
+        model.normalization = stats
+    if args.calibrate is not None:
+        from rankrm.evaluation.evaluate import evaluate
+        from rankrm.evaluation.temperature import calibrate
+
+        res = evaluate(model, [str(p) for p in args.calibrate], args.format, args.batch_tokens)
+        model.calibration = calibrate(model, res) | {"file": ", ".join(map(str, args.calibrate))}
     model.save_pretrained(out)
-    check = model.score(prompts, responses, batch_tokens=args.batch_tokens)
-    mean = sum(check) / len(check)
-    print(
-        f"{stats['count']} demonstrations ({source}): mean {stats['mean']:+.4f}, std {stats['std']:.4f} before; "
-        f"offset {stats['offset']:+.4f} ({stats['offset_in']}), gain {stats['gain']:.4f}; "
-        f"mean after {mean:+.2e}; saved to {out}"
-    )
+    if args.demonstrations is not None:
+        check = model.score(prompts, responses, batch_tokens=args.batch_tokens)
+        mean = sum(check) / len(check)
+        print(
+            f"{stats['count']} demonstrations ({source}): mean {stats['mean']:+.4f}, std {stats['std']:.4f} before; "
+            f"offset {stats['offset']:+.4f} ({stats['offset_in']}), gain {stats['gain']:.4f}; "
+            f"mean after {mean:+.2e}; saved to {out}"
+        )
+    if args.calibrate is not None:
+        c = model.calibration
+        print(
+            f"calibrated on {c['pairs']} comparisons: rewards divided by the temperature {c['temperature']:.4g}; "
+            f"ECE {c['ece_before']:.4f} before, {c['ece_after']:.4f} after; saved to {out}"
+        )
     return 0
 
 
@@ -360,6 +380,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_store_flags(e)
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
     e.add_argument(
+        "--slice",
+        action="append",
+        default=[],
+        metavar="FIELD",
+        help="metrics per value of a pairwise record's field, per comparison (repeatable); "
+        "'length' is built in: the preferred completion longer, shorter or as long (characters)",
+    )
+    e.add_argument(
         "--report",
         default=None,
         metavar="DIR",
@@ -372,11 +400,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_parser(sub)
 
     n = sub.add_parser(
-        "normalize", parents=[shared["model"]], help="set a bias so that demonstrations score a mean of 0 (InstructGPT)"
+        "normalize",
+        parents=[shared["model"]],
+        help="set a bias so that demonstrations score a mean of 0 (InstructGPT), and/or fold a calibrating temperature into the weights",
     )
     n.add_argument(
         "--demonstrations",
-        required=True,
+        default=None,
         type=Path,
         help="JSONL of {prompt, response}, or ranked data whose rank-0 completions serve as "
         "demonstrations (e.g. the heldout.jsonl that `rankrm train` writes)",
@@ -389,10 +419,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="also set a gain so the demonstrations' rewards have this standard deviation",
     )
     n.add_argument(
+        "--calibrate",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="DATA",
+        help="held-out ranked data: fit the temperature T there and divide every reward by it, so that "
+        "sigmoid(r_a - r_b) is calibrated (recorded in rankrm.json; after --demonstrations when both are given)",
+    )
+    n.add_argument(
         "--format",
         default="auto",
         choices=("auto", *FORMAT_NAMES),
-        help="format of a ranked-data demonstrations file: " + FORMAT_HELP,
+        help="format of a ranked-data demonstrations or --calibrate file: " + FORMAT_HELP,
     )
     n.set_defaults(func=cmd_normalize)
 

@@ -133,6 +133,31 @@ def replace_dir(new: Path, target: Path) -> None:
     _fsync_dir(target.parent)
 
 
+def umask() -> int:
+    """This process's umask (read without changing it where /proc tells it; else set and restored at once)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def umask_modes(root: Path) -> None:
+    """Give every file and directory under root the mode open() and mkdir() give under the umask: libraries that
+    write through a temporary file (transformers saves model.safetensors via mkstemp, mode 0600) would otherwise
+    leave the team unable to read a model one of them saved."""
+    mask = umask()
+    for d, _, files in os.walk(root):
+        os.chmod(d, 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(d, name), 0o666 & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_dir(target, keep: tuple[str, ...] = ()):
     """Build a directory under a temporary name and swap it in as a whole on success (removed on failure).
@@ -147,6 +172,7 @@ def atomic_dir(target, keep: tuple[str, ...] = ()):
     tmp.mkdir()
     try:
         yield tmp
+        umask_modes(tmp)
         for name in keep:
             src = target / name
             if (tmp / name).exists():

@@ -44,6 +44,7 @@ class Progress:
         self.desc, self.total, self.unit, self.enabled = desc, total, unit, enabled
         self.n = self.first = initial
         self.final_line, self.lines, self.log = final_line, 0, logger or log
+        self.logged = None  # n at the last line
         self.figures: dict[str, str] = {}
         self.t0 = self.last = time.monotonic()
         self.bar = None
@@ -77,7 +78,7 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        elif self.enabled and (self.final_line or self.lines) and self.n > self.first:
+        elif self.enabled and (self.final_line or self.lines) and self.n not in (self.first, self.logged):
             self._line(time.monotonic())
         self.enabled = False
 
@@ -88,7 +89,7 @@ class Progress:
         done = f"{self.n}/{self.total}" if self.total else f"{self.n}"
         extra = "".join(f", {k} {v}" for k, v in self.figures.items())
         self.log.info(f"{self.desc}: {done} {self.unit} ({rate:.3g} {self.unit}/s){extra}  [{elapsed:.0f}s]")
-        self.lines += 1
+        self.lines, self.logged = self.lines + 1, self.n
 
     def __enter__(self) -> Progress:
         return self

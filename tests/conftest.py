@@ -29,8 +29,8 @@ def _corpus() -> list[str]:
     return texts + [" ".join(SYNTH_WORDS)] * 20 + ["User: Assistant: System:"] * 5
 
 
-def build_tokenizer(out: Path, chat_template: bool, pad_is_eos: bool):
-    """A byte-level BPE tokenizer (vocab 400) trained on a little real text, saved as a Hugging Face tokenizer."""
+def build_tokenizer(out: Path, chat_template: bool, pad_is_eos: bool, vocab_size: int = 400):
+    """A byte-level BPE tokenizer (vocab 400 by default) trained on a little real text, saved as a Hugging Face tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -41,7 +41,7 @@ def build_tokenizer(out: Path, chat_template: bool, pad_is_eos: bool):
     tk.train_from_iterator(
         _corpus(),
         trainers.BpeTrainer(
-            vocab_size=400,
+            vocab_size=vocab_size,
             special_tokens=specials,
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
@@ -161,3 +161,21 @@ def synthetic_groups(n: int, seed: int, k: int = 4):
             }
         )
     return rows
+
+
+def assert_trained(res, backbone_dir, run_dir, trains) -> None:
+    """'It trained', as TRL's tests say it: every backbone parameter that trains (trains(name) is True) changed and
+    every other one is bit-equal to the backbone's, and the held-out log loss fell. The head starts fresh, so it is
+    not in the backbone to compare with."""
+    from safetensors.torch import load_file
+
+    before = load_file(str(Path(backbone_dir) / "model.safetensors"))
+    after = load_file(str(Path(run_dir) / "model.safetensors"))
+    common = [n for n in after if n in before and before[n].shape == after[n].shape]
+    assert common, "no backbone parameter found in the saved model"
+    stayed = [n for n in common if trains(n) and torch.equal(before[n], after[n])]
+    moved = [n for n in common if not trains(n) and not torch.equal(before[n], after[n])]
+    assert not stayed, f"trainable parameters that did not change: {stayed}"
+    assert not moved, f"frozen parameters that changed: {moved}"
+    assert any(trains(n) for n in common), "nothing trainable to check"
+    assert res["after"]["log_loss"] < res["before"]["log_loss"], (res["before"], res["after"])

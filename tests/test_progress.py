@@ -13,14 +13,20 @@ def test_off_a_terminal_progress_is_log_lines_at_the_interval_and_at_the_end(cap
     clock = iter(float(t) for t in range(100))
     monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))  # each call one second later
     monkeypatch.setattr(progress, "LOG_EVERY", 2.5)
-    with Progress("training", 6, "steps", final_line=True) as p:  # started at t=0
-        for i in range(6):
-            p.update(1, loss=f"{0.5 - i / 10:.4f}")  # at t = 1..6: a line once 2.5 s have passed (t = 3, 6)
+    with Progress("training", 7, "steps", final_line=True) as p:  # started at t=0
+        for i in range(7):
+            p.update(1, loss=f"{0.7 - i / 10:.4f}")  # at t = 1..7: a line once 2.5 s have passed (t = 3, 6)
     assert caplog.messages == [
-        "training: 3/6 steps (1 steps/s), loss 0.3000  [3s]",
-        "training: 6/6 steps (1 steps/s), loss 0.0000  [6s]",
-        "training: 6/6 steps (0.857 steps/s), loss 0.0000  [7s]",  # the final line, at close (t = 7)
+        "training: 3/7 steps (1 steps/s), loss 0.5000  [3s]",
+        "training: 6/7 steps (1 steps/s), loss 0.2000  [6s]",
+        "training: 7/7 steps (0.875 steps/s), loss 0.1000  [8s]",  # the final line, at close (t = 8)
     ]
+    caplog.clear()
+    with Progress("scoring", None, "records") as p:  # no final line asked: only the periodic ones
+        p.update(5)  # t = 10 after the start at t = 9: under 2.5 s
+        p.update(5)  # t = 11
+        p.update(5)  # t = 12: a line; close at t = 13 has nothing new to say
+    assert caplog.messages == ["scoring: 15 records (5 records/s)  [3s]"]
 
 
 def test_a_quick_job_off_a_terminal_says_nothing_unless_asked_and_a_disabled_one_never(caplog):

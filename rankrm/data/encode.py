@@ -243,6 +243,8 @@ class TokenizedGroup:
     stated_pairs: list[tuple[int, int]] | None = None  # a partial order's (winner, loser) pairs; None: from ranks
     counts: list[int] | None = None  # times each stated pair was stated (several annotators); None: once each
     subset: str | None = None  # the group's subset / category, for per-subset metrics
+    chars: list[int] | None = None  # characters of each completion (its text, before rendering), for length metrics
+    fields: dict[str, list] | None = None  # record field -> one value per pair of comparisons() (pairwise sources)
 
     @property
     def tokens(self) -> int:
@@ -281,7 +283,9 @@ def tokenize_groups(model, groups) -> tuple[list[TokenizedGroup], int]:
     for g in groups:
         stated = None if g.stated_pairs is None else [tuple(p) for p in g.stated_pairs]
         counts = None if g.counts is None else list(g.counts)
-        out.append(TokenizedGroup(ids[at : at + g.k], list(g.ranks), stated, counts, g.subset))
+        chars = [len(c) for c in g.completions]
+        fields = None if g.fields is None else {k: list(v) for k, v in g.fields.items()}
+        out.append(TokenizedGroup(ids[at : at + g.k], list(g.ranks), stated, counts, g.subset, chars, fields))
         at += g.k
     return out, sum(cut)
 

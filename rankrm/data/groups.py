@@ -60,7 +60,9 @@ class RankedGroup:
     loser) pair was stated (several annotators), and `stated_pairs` may then hold both (a, b) and (b, a) or a
     cycle. Such a group's `ranks` come from net wins (see net_win_ranks): a summary for ranking metrics, never a
     source of comparisons. None: every pair counts once. `subset`: the record's subset or category (RewardBench's
-    layout), for per-subset metrics."""
+    layout), for per-subset metrics. `fields`: a pairwise source's other record fields (short text, numbers,
+    booleans), each a tuple aligned with comparisons() like margins, for per-comparison slices (`rankrm eval
+    --slice FIELD`); None when the records carried none."""
 
     prompt: Prompt
     completions: tuple[str, ...]
@@ -71,6 +73,7 @@ class RankedGroup:
     margins: tuple[float, ...] | None = None  # one per pair of comparisons(), in that order
     counts: tuple[int, ...] | None = None  # times each pair of stated_pairs was stated; None: once each
     subset: str | None = None  # the subset / category the record belongs to (RewardBench's `subset`)
+    fields: dict[str, tuple] | None = None  # record field -> one value per pair of comparisons(), in that order
 
     @property
     def k(self) -> int:
@@ -104,6 +107,8 @@ class RankedGroup:
             out["margins"] = list(self.margins)
         if self.subset is not None:
             out["subset"] = self.subset
+        if self.fields is not None:
+            out["fields"] = {name: list(v) for name, v in self.fields.items()}
         if self.tree is not None:
             out["tree"] = self.tree
         return out
@@ -449,10 +454,11 @@ def group_from_pairs(
     counts=None,
     subset=None,
     conflicts: str = "error",
+    fields: dict[str, tuple] | None = None,
 ) -> RankedGroup:
     """A group stating exactly the given (winner, loser) pairs (stated counts[i] times each); plain ranks when they
     state the same pairs once each. A cycle is an error unless conflicts is keep or drop: then it is kept, ranked
-    by net wins."""
+    by net wins. margins and fields (name -> values) align with pairs, and are reordered with them."""
     pairs = tuple(pairs)
     counts = None if counts is None or all(c == 1 for c in counts) else tuple(counts)
     cycle = find_cycle(pairs)
@@ -472,9 +478,12 @@ def group_from_pairs(
     g = RankedGroup(prompt, tuple(completions), ranks, tree=tree, source=f"{path}:{line}", subset=subset)
     implied = g.comparisons()
     if counts is None and cycle is None and set(implied) == set(pairs):  # a ranking states exactly these pairs
-        order = {p: i for i, p in enumerate(pairs)}
-        m = None if margins is None else tuple(margins[order[p]] for p in implied)
-        return RankedGroup(prompt, tuple(completions), ranks, tree=tree, source=g.source, margins=m, subset=subset)
+        order = [{p: i for i, p in enumerate(pairs)}[p] for p in implied]
+        m = None if margins is None else tuple(margins[i] for i in order)
+        f = None if fields is None else {name: tuple(v[i] for i in order) for name, v in fields.items()}
+        return RankedGroup(
+            prompt, tuple(completions), ranks, tree=tree, source=g.source, margins=m, subset=subset, fields=f
+        )
     return RankedGroup(
         prompt,
         tuple(completions),
@@ -485,6 +494,7 @@ def group_from_pairs(
         margins=None if margins is None else tuple(margins),
         counts=counts,
         subset=subset,
+        fields=None if fields is None else {name: tuple(v) for name, v in fields.items()},
     )
 
 

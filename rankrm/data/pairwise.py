@@ -45,6 +45,32 @@ class Comparison:
     line: Location
     subset: str | None = None
     seq: int = 0  # the record's position in its file: merged groups are ordered by their first record
+    fields: dict | None = None  # the record's other short fields, for per-comparison slices (see record_fields)
+
+
+RECORD_CORE = ("prompt", "chosen", "rejected", "margin", "votes")  # what a comparison is made of, not a slice
+FIELD_TEXT_MAX = 100  # longer text is content (an explanation, a critique), not a label to slice by
+
+
+def record_fields(obj: dict) -> dict | None:
+    """A pairwise record's other fields that can label a slice of comparisons (`rankrm eval --slice FIELD`): text
+    up to FIELD_TEXT_MAX characters, numbers, booleans; None when it has none."""
+    out = {
+        k: v
+        for k, v in obj.items()
+        if k not in RECORD_CORE
+        and (isinstance(v, (bool, int, float)) or (isinstance(v, str) and len(v) <= FIELD_TEXT_MAX))
+        and not (isinstance(v, float) and v != v)
+    }
+    return out or None
+
+
+def _pair_fields(comps: list[Comparison]) -> dict[str, tuple] | None:
+    """The comparisons' fields as name -> one value per comparison (None where a record lacks the field)."""
+    names = sorted({k for c in comps if c.fields for k in c.fields})
+    if not names:
+        return None
+    return {k: tuple((c.fields or {}).get(k) for c in comps) for k in names}
 
 
 def _at(loc: Location) -> str:
@@ -113,6 +139,8 @@ def _merged(comps: list[Comparison], path, report: ReadReport, skip_invalid: boo
         votes: dict[tuple[int, int], int] = {}
         for c in cs:
             w, l = (texts.setdefault(t, len(texts)) for t in (c.chosen, c.rejected))
+            if (w, l) in stated and c.fields != stated[(w, l)].fields:
+                report.notes["repeated comparisons whose other fields differ (the first record's kept)"] += 1
             if (w, l) in stated and conflicts != "keep":
                 report.skipped[REPEATED] += 1
                 continue
@@ -157,6 +185,7 @@ def _merged(comps: list[Comparison], path, report: ReadReport, skip_invalid: boo
                 counts=counts,
                 subset=subset,
                 conflicts=conflicts,
+                fields=_pair_fields(list(stated.values())),
             )
         except DataError as e:
             if not skip_invalid:
@@ -281,7 +310,16 @@ def _pairwise_comparisons(path: Path, report: ReadReport, skip_invalid: bool):
             else:
                 chosen, rejected = _reply(c, path, line, "chosen"), _reply(r, path, line, "rejected")
             _check_sides(chosen, rejected, path, line)
-            c = Comparison(prompt, chosen, rejected, _margin(obj, path, line), line, _subset(obj, path, line), seq)
+            c = Comparison(
+                prompt,
+                chosen,
+                rejected,
+                _margin(obj, path, line),
+                line,
+                _subset(obj, path, line),
+                seq,
+                record_fields(obj),
+            )
             votes = _votes(obj, path, line)
         except DataError as e:
             report.skip(e, skip_invalid)
@@ -469,7 +507,16 @@ def _implicit_comparisons(path: Path, report: ReadReport, skip_invalid: bool):
                     "give both as dialogue strings or both as message lists",
                     reason="chosen and rejected of different types",
                 )
-            c = Comparison(prompt, chosen, rejected, _margin(obj, path, line), line, _subset(obj, path, line), seq)
+            c = Comparison(
+                prompt,
+                chosen,
+                rejected,
+                _margin(obj, path, line),
+                line,
+                _subset(obj, path, line),
+                seq,
+                record_fields(obj),
+            )
             votes = _votes(obj, path, line)
         except DataError as e:
             report.skip(e, skip_invalid)

@@ -22,6 +22,7 @@ from rankrm.data.groups import (
     make_group,
     require_fields,
 )
+from rankrm.data.merge import merge_groups
 from rankrm.data.oasst import read_oasst
 from rankrm.data.pairwise import REPEATED, iter_implicit, iter_pairwise
 from rankrm.data.scored import iter_scored
@@ -187,7 +188,8 @@ DUPLICATE = "duplicate groups (same prompt and completions in an earlier record 
 def read_groups(
     paths, fmt: str = "auto", report: ReadReport | None = None, skip_invalid: bool = False, conflicts: str = "keep"
 ) -> list[RankedGroup]:
-    """Read and validate ranked groups from one or more files; exact duplicate groups across files are dropped.
+    """Read and validate ranked groups from one or more files; a group (prompt and completions) found in several
+    files is one group with the votes of all (--conflicts keep; drop and error keep the first file's).
 
     conflicts: what to do with repeated, contradictory and cyclic judgments of one prompt (keep, drop, error)."""
     return [g for _, _, g in sorted(iter_groups(paths, fmt, report, skip_invalid, conflicts), key=lambda x: x[:2])]
@@ -202,16 +204,36 @@ def iter_groups(
     check_conflicts(conflicts)
     report = report if report is not None else ReadReport()
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    seen = set()
-    for i, p in enumerate(paths):
+    sources = []
+    for p in paths:
         p = p if str(p).startswith(HUB_PREFIX) else Path(p)
         check_source(p)
         f = detect_format(p, skip_invalid) if fmt == "auto" else fmt
         if f not in STREAMS:
             raise SettingsError(f"--format {f!r} unknown. Fix: use one of auto, {', '.join(FORMAT_NAMES)}")
+        sources.append((p, f))
+    # a group in several files gets the votes of all (--conflicts keep): found by a first pass over the files'
+    # digests, held until its last file is read, then yielded where it first came; drop and error keep the first
+    shared = _in_several_files(sources, skip_invalid, conflicts) if conflicts == "keep" and len(sources) > 1 else {}
+    pending: dict[bytes, list] = {}  # digest -> [(file, order) of the first, the groups, files still to come]
+    seen = set()
+    for i, (p, f) in enumerate(sources):
         sub = ReadReport()
         for order, g in STREAMS[f](p, sub, skip_invalid, conflicts):
             key = group_digest(g)
+            if key in shared:
+                held = pending.setdefault(key, [(i, order), [], shared[key]])
+                if held[1] and held[1][-1][0] == i:  # twice in one file: a duplicate, as below
+                    sub.groups -= 1
+                    sub.skipped[DUPLICATE] += 1
+                    continue
+                held[1].append((i, g))
+                if len(held[1]) > 1:
+                    sub.groups -= 1  # counted once, in its first file
+                if len(held[1]) == held[2]:
+                    yield (*held[0], merge_groups([x for _, x in held[1]], sub.notes))
+                    del pending[key]
+                continue
             if key in seen:
                 sub.groups -= 1
                 sub.skipped[DUPLICATE] += 1
@@ -219,3 +241,17 @@ def iter_groups(
             seen.add(key)
             yield i, order, g
         report.merge(sub)
+    assert not pending, "a group counted in several files was not found again"  # the files changed while read
+
+
+def _in_several_files(sources, skip_invalid: bool, conflicts: str) -> dict[bytes, int]:
+    """{digest: number of files holding it} for the groups that more than one of the files holds."""
+    files: dict[bytes, int] = {}
+    last: dict[bytes, int] = {}
+    for i, (p, f) in enumerate(sources):
+        for _, g in STREAMS[f](p, ReadReport(), skip_invalid, conflicts):
+            key = group_digest(g)
+            if last.get(key) != i:
+                last[key] = i
+                files[key] = files.get(key, 0) + 1
+    return {k: n for k, n in files.items() if n > 1}

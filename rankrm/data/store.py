@@ -35,7 +35,7 @@ from rankrm.files import atomic_dir, remove_leftovers
 from rankrm.progress import library_bars
 
 MANIFEST = "rankrm-store.json"
-VERSION = 1
+VERSION = 2  # 2: a SHA-256 per file and the largest token id in the manifest; chars and fields columns
 GROUPS_FILE = "groups.arrow"
 CHUNK = 2048  # groups per Arrow record batch while reading
 
@@ -109,6 +109,8 @@ def _token_features():
             "has_pairs": Value("bool"),
             "has_counts": Value("bool"),
             "subset": Value("string"),
+            "chars": List(Value("int32")),
+            "fields": Value("string"),
             "tokens": Value("int64"),
             "cut": Value("int32"),
             "blind": Value("bool"),
@@ -187,6 +189,8 @@ def _encode(batch: dict, encoder):
             "has_pairs": pa.array(["pairs" in g for g in groups], pa.bool_()),
             "has_counts": pa.array(["counts" in g for g in groups], pa.bool_()),
             "subset": pa.array([g.get("subset") for g in groups], pa.string()),
+            "chars": pa.array([[len(c) for c in g["completions"]] for g in groups], i32),  # for length metrics
+            "fields": pa.array([json.dumps(g["fields"]) if "fields" in g else None for g in groups], pa.string()),
             "tokens": pa.array(tokens.astype(np.int64), pa.int64()),
             "cut": pa.array(cuts.astype(np.int32), pa.int32()),
             "blind": pa.array(blind, pa.bool_()),
@@ -265,17 +269,57 @@ def prepare(
                 "skipped": dict(report.skipped),
                 "notes": dict(report.notes),
             },
-            "files": {f: (tmp / f).stat().st_size for f in [GROUPS_FILE, *token_files]},
+            # hashed as soon as written, from the page cache (datasets writes the token files itself)
+            "files": {f: file_entry(tmp / f) for f in [GROUPS_FILE, *token_files]},
             "token_files": token_files,
+            "max_token_id": max_token_id(tokens.data.column("ids")),
             "max_length": encoder.max_length,
             "seconds": {"read": round(t_read, 1), "total": round(time.time() - t0, 1)},
         }
         del ds, tokens
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    for name in manifest["files"]:  # just hashed: not hashed again by this process (a rename keeps the mtime)
+        st = (out / name).stat()
+        _VERIFIED.add((str((out / name).resolve()), st.st_size, st.st_mtime_ns))
     return Store(out)
 
 
+def file_entry(path: Path) -> dict:
+    """A store file's size and SHA-256, as the manifest records them."""
+    with open(path, "rb") as f:
+        return {"bytes": path.stat().st_size, "sha256": hashlib.file_digest(f, "sha256").hexdigest()}
+
+
+def max_token_id(ids) -> int:
+    """The largest token id in an ids column (lists of lists of int32), -1 for none."""
+    import pyarrow.compute as pc
+
+    flat = pc.list_flatten(pc.list_flatten(ids))
+    return -1 if len(flat) == 0 else int(pc.max(flat).as_py())
+
+
 # -- reading ----------------------------------------------------------------------------------------------------
+
+# files this process has hashed and found as the manifest says: (path, size, mtime) of each; later opens compare
+# size and mtime only (hashing a 2.5 GB store of a million comparisons each time would cost seconds)
+_VERIFIED: set[tuple[str, int, int]] = set()
+
+
+def verify_files(path: Path, files: dict) -> None:
+    """Raise ValueError naming the first file whose size or SHA-256 is not the manifest's (hashed once a process)."""
+    for name, want in files.items():
+        f = path / name
+        st = f.stat()
+        if st.st_size != want["bytes"]:
+            raise ValueError(f"{f} is {st.st_size} bytes, the manifest says {want['bytes']}")
+        key = (str(f.resolve()), st.st_size, st.st_mtime_ns)
+        if key in _VERIFIED:
+            continue
+        with open(f, "rb") as fh:
+            got = hashlib.file_digest(fh, "sha256").hexdigest()
+        if got != want["sha256"]:
+            raise ValueError(f"{f} has changed since it was prepared (its SHA-256 is not the manifest's)")
+        _VERIFIED.add(key)
 
 
 def _mapped(path: Path):
@@ -297,9 +341,7 @@ class Store:
             self.manifest = json.loads((self.path / MANIFEST).read_text())
             if self.manifest.get("format") != "rankrm-store" or self.manifest.get("version") != VERSION:
                 raise ValueError(f"format {self.manifest.get('format')!r} version {self.manifest.get('version')!r}")
-            for name, size in self.manifest["files"].items():
-                if (self.path / name).stat().st_size != size:
-                    raise ValueError(f"{name} is {(self.path / name).stat().st_size} bytes, the manifest says {size}")
+            verify_files(self.path, self.manifest["files"])
             self.groups = _mapped(self.path / GROUPS_FILE)
             self.tokens = pa.concat_tables([_mapped(self.path / f) for f in self.manifest["token_files"]])
             if not len(self.groups) == len(self.tokens) == self.manifest["groups"]:
@@ -328,7 +370,7 @@ class Store:
 
     @property
     def bytes(self) -> int:
-        return sum(self.manifest["files"].values())
+        return sum(f["bytes"] for f in self.manifest["files"].values())
 
     def column(self, name: str) -> np.ndarray:
         table = self.groups if name in self.groups.column_names else self.tokens
@@ -338,7 +380,19 @@ class Store:
         return StoreView(self, np.arange(len(self.tokens)) if indices is None else np.asarray(indices, np.int64))
 
     def check_encoder(self, encoder, what: str) -> None:
-        """Refuse a store tokenized otherwise than this model would (another tokenizer, template or max length)."""
+        """Refuse a store tokenized otherwise than this model would (another tokenizer, template or max length), or
+        holding token ids outside its tokenizer's vocabulary."""
+        vocab = len(encoder.tokenizer)
+        if self.manifest["max_token_id"] >= vocab:
+            raise DataError(
+                self.path,
+                None,
+                None,
+                f"holds token id {self.manifest['max_token_id']}, outside the vocabulary of the tokenizer {what} "
+                f"uses ({vocab} tokens)",
+                "prepare it again with this model (rankrm data prepare FILES --model M --out DIR), or give the "
+                "data files",
+            )
         if self.manifest["covers"]["encoder"] != encoder.fingerprint():
             raise DataError(
                 self.path,
@@ -373,6 +427,8 @@ class StoreView(Sequence):
             [tuple(p) for p in row["pairs"]] if row["has_pairs"] else None,
             row["counts"] if row["has_counts"] else None,
             row["subset"],
+            row.get("chars"),
+            json.loads(row["fields"]) if row.get("fields") else None,
         )
 
     def column(self, name: str) -> np.ndarray:

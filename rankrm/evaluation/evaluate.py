@@ -12,6 +12,14 @@ import torch
 
 from rankrm.data.encode import TokenizedGroup
 from rankrm.errors import DataError
+from rankrm.evaluation.length import (
+    length_metrics,
+    length_unit,
+    length_warning,
+    pair_lengths,
+    slice_metrics,
+    slice_values,
+)
 from rankrm.evaluation.metrics import calibration, ranking_metrics, stated_margins, subset_metrics, vote_metrics
 from rankrm.loss import group_stats
 from rankrm.modeling.batch import collate
@@ -41,10 +49,23 @@ class Labels:
     votes: tuple[int, ...]  # how many times each pair was stated
     full_ranking: bool  # the ranks are the humans' own ranking (not a partial order or a summary of votes)
     subset: str | None = None
+    tokens: tuple[int, ...] | None = None  # each completion's tokens after the shared prompt (its EOS included)
+    chars: tuple[int, ...] | None = None  # each completion's characters
+    fields: dict[str, tuple] | None = None  # record field -> one value per pair, for --slice
 
     @classmethod
     def of(cls, g: TokenizedGroup) -> Labels:
-        return cls(tuple(g.ranks), tuple(g.comparisons()), tuple(g.votes()), g.stated_pairs is None, g.subset)
+        """The labels of a tokenized group, with its completions' lengths and per-comparison fields."""
+        return cls(
+            tuple(g.ranks),
+            tuple(g.comparisons()),
+            tuple(g.votes()),
+            g.stated_pairs is None,
+            g.subset,
+            tuple(len(row) - g.prompt_length for row in g.ids),
+            None if g.chars is None else tuple(g.chars),
+            None if g.fields is None else {k: tuple(v) for k, v in g.fields.items()},
+        )
 
     def to_json(self) -> dict:
         return {
@@ -53,6 +74,9 @@ class Labels:
             "votes": list(self.votes),
             "full_ranking": self.full_ranking,
             "subset": self.subset,
+            "tokens": None if self.tokens is None else list(self.tokens),
+            "chars": None if self.chars is None else list(self.chars),
+            "fields": None if self.fields is None else {k: list(v) for k, v in self.fields.items()},
         }
 
     @classmethod
@@ -63,6 +87,9 @@ class Labels:
             tuple(d["votes"]),
             d["full_ranking"],
             d.get("subset"),
+            None if d.get("tokens") is None else tuple(d["tokens"]),
+            None if d.get("chars") is None else tuple(d["chars"]),
+            None if d.get("fields") is None else {k: tuple(v) for k, v in d["fields"].items()},
         )
 
 
@@ -102,7 +129,20 @@ class EvalResult:
         d, w = stated_margins(self.rewards, self.labels)
         m["calibration"] = calibration(d, w)
         m.update(subset_metrics(self.correct, self.pairs, [x.subset for x in self.labels]))
+        length = length_metrics(self.rewards, self.labels, d, w)
+        if length:
+            m["length"] = length
+            length["warning"] = length_warning(m)
         return m
+
+    def slices(self, names) -> dict:
+        """Accuracy, log loss and the longer-wins baseline per value of each named per-comparison field ("length"
+        built in: the preferred completion longer, shorter or as long), computed per comparison; lengths in
+        length_unit (characters where known)."""
+        d, w = stated_margins(self.rewards, self.labels)
+        unit = length_unit(self.labels)
+        lw, ll = pair_lengths(self.labels, unit) if unit else (None, None)
+        return {name: slice_metrics(d, w, slice_values(self.labels, name), lw, ll) for name in names}
 
     def to_json(self) -> dict:
         return {
@@ -177,8 +217,8 @@ def format_report(m: dict) -> str:
     if "calibration" in m:
         c = m["calibration"]
         lines.append(
-            f"calibration: ECE {c['ece']:.4f}  temperature {c['temperature']:.3g} (log loss "
-            f"{c['log_loss_at_temperature']:.4f} at it)"
+            f"calibration: ECE {c['ece']:.4f}  temperature {c['temperature']:.3g} (at it: log loss "
+            f"{c['log_loss_at_temperature']:.4f}, ECE {_num(c.get('ece_at_temperature'))})"
         )
         lines += [
             f"  P {b['bin'][0]:.2f}-{b['bin'][1]:.2f}: confidence {b['confidence']:.3f}  accuracy "
@@ -195,7 +235,44 @@ def format_report(m: dict) -> str:
         lines.append(
             "sections: " + "  ".join(f"{k} {v:.4f}" for k, v in m["sections"].items()) + f"  score {m['score']:.4f}"
         )
+    if "length" in m:
+        lines += format_length(m["length"], m["accuracy"])
+    for name, values in m.get("slices", {}).items():
+        lines.append(f"slice {name}:")
+        lines += [
+            f"  {key}: accuracy {_num(v['accuracy'])}  log loss {_num(v['log_loss'])}  longer wins "
+            f"{_num(v['longer_wins'])}  ({v['pairs']} pairs)"
+            for key, v in values.items()
+        ]
     return "\n".join(lines)
+
+
+def _num(x: float | None, digits: int = 4) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def format_length(length: dict, accuracy: float) -> list[str]:
+    """The length block as lines: the longer-wins baseline next to the model, the shorter/longer split, the
+    reward-length correlation, the length-matched bins, and the warning when the baseline is not beaten."""
+    split, corr = length["by_preferred_length"], length["correlation"]
+    unit = {"chars": "characters", "tokens": "tokens"}[length.get("unit", "tokens")]
+    lines = [
+        f"length: the model {accuracy:.4f}; the longer completion wins (no model) {_num(length['longer_wins_tokens'])}"
+        f" by tokens, {_num(length['longer_wins_chars'])} by characters",
+        f"  the model where the preferred completion ({unit}) is "
+        + ", ".join(f"{k} {_num(v['accuracy'])} ({v['pairs']} pairs)" for k, v in split.items()),
+        f"  Spearman of reward with length {_num(corr['spearman'], 3)} over completions, "
+        f"{_num(corr['spearman_per_prompt'], 3)} mean per prompt ({corr['prompts']} prompts)",
+        "  length-matched: the model and the longer-wins baseline on pairs binned by |log length ratio|",
+    ]
+    lines += [
+        f"    {b['log_ratio'][0]:.2f}-{b['log_ratio'][1]:.2f}: the model {_num(b['accuracy'])}  longer wins "
+        f"{_num(b['longer_wins'])}  ({b['pairs']} pairs)"
+        for b in length["length_matched"]
+    ]
+    if length.get("warning"):
+        lines.append(length["warning"])
+    return lines
 
 
 @torch.no_grad()
@@ -226,9 +303,10 @@ def evaluate_groups(
     pad_id = model.tokenizer.pad_token_id
     correct, pairs, nll = (np.zeros(len(groups)) for _ in range(3))
     rewards: list[np.ndarray] = [np.zeros(0)] * len(groups)
-    plan = plan_batches(groups, batch_tokens, layout, model.attention_per_token, kv=cache is None)
+    lean = model.segment_aware  # the attention reads segments: no dense mask, allowed pairs in the cost model
+    plan = plan_batches(groups, batch_tokens, layout, model.attention_per_token, kv=cache is None, segment_aware=lean)
     for idx, how in with_progress(plan, "evaluating", "batches", enabled=progress, leave=False):
-        b = collate([groups[i] for i in idx], pad_id, how).to(device)
+        b = collate([groups[i] for i in idx], pad_id, how, dense_mask=not lean).to(device)
         r = batch_rewards(model, b, cache).double()
         s = group_stats(r, b.ranks, b.group_index, len(idx), b.pair_counts)
         correct[idx], pairs[idx], nll[idx] = (t.cpu().numpy() for t in (s.correct, s.pairs, s.nll))

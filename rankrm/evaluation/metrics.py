@@ -99,7 +99,21 @@ def calibration(d: np.ndarray, w: np.ndarray, bins: int = CALIBRATION_BINS) -> d
     Each comparison is read from the side the model favours: confidence sigmoid(|d|) in [0.5, 1], right when
     that side won (a reward tie: confidence 1/2, half right). The reliability table bins confidence in `bins`
     equal bins over [0.5, 1]; the expected calibration error is the vote-weighted mean |accuracy - confidence| over
-    bins; the temperature T minimizes the log loss of sigmoid(d / T) (T > 1: the model is overconfident)."""
+    bins; the temperature T minimizes the log loss of sigmoid(d / T) (T > 1: the model is overconfident), and the
+    ECE at it is what dividing every reward by T would give."""
+    table, ece = reliability(d, w, bins)
+    t = fit_temperature(d, w)
+    return {
+        "ece": ece,
+        "reliability": table,
+        "temperature": t,
+        "log_loss_at_temperature": _log_loss(d / t, w),
+        "ece_at_temperature": reliability(d / t, w, bins)[1],  # what rankrm would get with rewards divided by T
+    }
+
+
+def reliability(d: np.ndarray, w: np.ndarray, bins: int = CALIBRATION_BINS) -> tuple[list[dict], float]:
+    """(reliability table, expected calibration error) of margins d with vote weights w (see calibration)."""
     conf = 1 / (1 + np.exp(-np.abs(d)))  # (P,)
     right = np.where(d > 0, 1.0, np.where(d == 0, 0.5, 0.0))  # (P,)
     edges = np.linspace(0.5, 1.0, bins + 1)
@@ -113,8 +127,7 @@ def calibration(d: np.ndarray, w: np.ndarray, bins: int = CALIBRATION_BINS) -> d
         acc, c = float((w[sel] * right[sel]).sum() / n), float((w[sel] * conf[sel]).sum() / n)
         ece += n / w.sum() * abs(acc - c)
         table.append({"bin": [float(edges[b]), float(edges[b + 1])], "votes": n, "confidence": c, "accuracy": acc})
-    t = fit_temperature(d, w)
-    return {"ece": float(ece), "reliability": table, "temperature": t, "log_loss_at_temperature": _log_loss(d / t, w)}
+    return table, float(ece)
 
 
 def _log_loss(d: np.ndarray, w: np.ndarray) -> float:

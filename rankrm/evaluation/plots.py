@@ -1,5 +1,5 @@
 """The pictures people look at (a reliability diagram, rewards of preferred vs rejected completions, accuracy per
-subset, and for a training run its training and validation curves) as PNG files and a short Markdown summary, drawn
+subset, accuracy next to the longer-wins baseline by length, and for a training run its training and validation curves) as PNG files and a short Markdown summary, drawn
 with matplotlib: `rankrm eval --report DIR`, and `rankrm train` into OUTPUT_DIR/report/ (--plots, on by default).
 
 Every file is written whole or not at all (files.atomic_file; a training report is swapped in as a whole directory).
@@ -66,7 +66,8 @@ def write_report(
     notes: tuple[str, ...] = (),
 ) -> list[Path]:
     """Write curves.png (given the points of a training run), reliability.png, rewards.png, subsets.png (when the
-    data names subsets) and summary.md into out_dir; returns the files written.
+    data names subsets), length.png (when the results know lengths) and summary.md into out_dir; returns the files
+    written.
 
     curves: {"step", "accuracy", "log_loss"[, "train_loss", "train_accuracy"]} per evaluation, in step order."""
     plt = _pyplot()
@@ -142,6 +143,12 @@ def write_report(
         written.append(out / "subsets.png")
         plt.close(fig)
 
+    if all("length" in res.metrics for res in results):
+        fig = length_figure(plt, names, results)
+        _save(fig, out / "length.png")
+        written.append(out / "length.png")
+        plt.close(fig)
+
     lines = [f"# {title}", "", f"Data: {data}", "", *[x for n in notes for x in (n, "")]]
     for name, res in zip(names, results):
         lines += [f"## {name}", "", "```", format_report(res.metrics), "```", ""]
@@ -156,6 +163,43 @@ def write_report(
     lines += [f"![{p.stem}]({p.name})" for p in written]
     write_text(out / "summary.md", "\n".join(lines) + "\n")
     return written + [out / "summary.md"]
+
+
+def length_figure(plt, names: list[str], results: list[EvalResult]):
+    """Per model: its accuracy where the preferred completion is shorter / longer and in the length-matched bins,
+    each next to "the longer completion wins" on the same pairs."""
+    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 3.8), squeeze=False)
+    for ax, name, res in zip(axes[0], names, results):
+        length = res.metrics["length"]
+        split = length["by_preferred_length"]
+        cols = [
+            (f"preferred\n{k}\n({split[k]['pairs']})", split[k]["accuracy"], 1.0 if k == "longer" else 0.0)
+            for k in ("shorter", "longer")
+        ]
+        cols += [
+            (
+                f"|log ratio|\n{b['log_ratio'][0]:.2f}-{b['log_ratio'][1]:.2f}\n({b['pairs']})",
+                b["accuracy"],
+                b["longer_wins"],
+            )
+            for b in length["length_matched"]
+        ]
+        x = np.arange(len(cols))
+        ax.bar(x, [np.nan if c[1] is None else c[1] for c in cols], 0.6, label="the model")
+        ax.plot(
+            x,
+            [np.nan if c[2] is None else c[2] for c in cols],
+            "k_",
+            markersize=22,
+            mew=2,
+            label="the longer completion wins",
+        )
+        ax.axhline(res.metrics["accuracy"], color="C0", linestyle=":", linewidth=1, label="the model, all pairs")
+        ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
+        ax.set_xticks(x, [c[0] for c in cols], fontsize=7)
+        ax.set(ylabel="accuracy (votes)", ylim=(0, 1.05), title=f"{Path(name).name}: accuracy and length")
+        ax.legend(fontsize=7)
+    return fig
 
 
 def write_training_report(out_dir, before: EvalResult, after: EvalResult, results: dict) -> None:

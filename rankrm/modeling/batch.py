@@ -127,7 +127,11 @@ def collate(
     """A batch of whole groups in one layout (padded, packed or kv; auto is chosen per batch by planning.py).
 
     dense_mask False: the packed and kv layouts carry their segments only, their attention_mask a (B, T) 0/1
-    mask of real tokens, not the (B, 1, T, S) bool mask, for a segment-aware attention function (attention.py)."""
+    mask of real tokens, not the (B, 1, T, S) bool mask, for a segment-aware attention function (attention.py).
+    A kv batch whose groups share no prompt token (rows cut from the left by different amounts) has no prompt pass
+    to make: it is collated padded, which reads the same tokens."""
+    if layout == "kv" and max(g.prompt_length for g in groups) == 0:
+        layout = "padded"
     if layout == "padded":
         parts = _padded([r for g in groups for r in g.ids], pad_id, padding_side)
     elif layout == "packed":

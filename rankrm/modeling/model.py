@@ -17,6 +17,7 @@ from rankrm.files import TMP_PREFIX, atomic_dir
 from rankrm.modeling.attention import SEGMENT_AWARE, layout_problem, layouts_for
 from rankrm.modeling.attention import register as register_attention
 from rankrm.modeling.batch import Batch, Segments, collate, collate_rows
+from rankrm.modeling.card import CARD_FILE, model_card
 from rankrm.modeling.hub import DEFAULT_MODEL, resolve
 from rankrm.modeling.planning import plan_batches, token_budget_batches
 from rankrm.progress import library_bars, with_progress
@@ -57,6 +58,22 @@ def ensure_pad_token(hf, tokenizer) -> None:
     hf.config.pad_token_id = tokenizer.pad_token_id
 
 
+def select_rows(cache, index: torch.Tensor) -> None:
+    """Each row of a key/value cache its group's prompt: cache.batch_select_indices, made deterministic.
+
+    batch_select_indices gathers with keys[index]; that gather's backward (index_put_ with accumulate) adds the
+    gradients of a group's K rows with float atomics from several threads on CPUs, in an order that depends on
+    thread timing, so two runs of one command differed, more when the machine was busy (docs/reproducibility.md).
+    index_select's backward (index_add_) adds them in index order."""
+    for layer in getattr(cache, "layers", ()):
+        if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
+            continue
+        layer.keys = layer.keys.index_select(0, index)
+        layer.values = layer.values.index_select(0, index)
+    if not getattr(cache, "layers", None):  # a cache of another shape: its own gather
+        cache.batch_select_indices(index)
+
+
 class RewardModel(nn.Module):
     """A Hugging Face backbone without its LM head plus a scalar head; r(x, y) is read at y's last token (EOS)."""
 
@@ -75,6 +92,7 @@ class RewardModel(nn.Module):
         self.hf = hf_model
         self.encoder = encoder
         self.normalization: dict | None = None  # statistics of the demonstrations, once normalized (rankrm.json)
+        self.calibration: dict | None = None  # the temperature folded into the weights (rankrm.json)
 
     # -- loading and saving ------------------------------------------------------------------------------------
 
@@ -117,6 +135,7 @@ class RewardModel(nn.Module):
             hf_logging.set_verbosity(verbosity)
         model = cls(hf, encoder=encoder)
         model.normalization = meta.get("normalization")
+        model.calibration = meta.get("calibration")
         return model
 
     def check_finite(self, state_dict: dict | None = None) -> None:
@@ -145,6 +164,7 @@ class RewardModel(nn.Module):
             "pad_token": self.tokenizer.pad_token,
             "chat_template": bool(self.tokenizer.chat_template),
             "normalization": self.normalization,
+            "calibration": self.calibration,
         }
         (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -172,6 +192,15 @@ class RewardModel(nn.Module):
             self.write(tmp, state_dict)
             for name, text in extra.items():
                 (tmp / name).write_text(text)
+            if CARD_FILE not in extra:  # the model card, from the metrics saved with the model (or kept beside it)
+                results = tmp / "eval_results.json" if "eval_results.json" in extra else out / "eval_results.json"
+                (tmp / CARD_FILE).write_text(self.card(out.name, results))
+
+    def card(self, name: str, results_file: Path) -> str:
+        """The directory's README.md (modeling/card.py): the held-out metrics of results_file when it exists."""
+        results = json.loads(results_file.read_text()) if results_file.is_file() else None
+        base = (results or {}).get("config", {}).get("model") or getattr(self.hf.config, "_name_or_path", None)
+        return model_card(name, base or None, results, self.normalization, self.calibration)
 
     # -- the text the backbone reads ---------------------------------------------------------------------------
 
@@ -282,7 +311,7 @@ class RewardModel(nn.Module):
                 **self._attention(p.attention_mask, p.segments),
             )
             cache = getattr(first, name)
-            cache.batch_select_indices(p.group_index)  # (G, ...) -> (N, ...): each row its group's prompt
+            select_rows(cache, p.group_index)  # (G, ...) -> (N, ...): each row its group's prompt
             kw = {"use_cache": True, name: cache}
         hidden = self.backbone(
             input_ids=batch.input_ids,

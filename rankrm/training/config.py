@@ -145,6 +145,17 @@ class TrainConfig:
         "under bf16 autocast, as Accelerate's and FSDP's mixed precision do)",
     )
     seed: int = opt(0, "seed of the head's initialisation, the split and the data order")
+    threads: int = opt(
+        0,
+        "CPU threads of torch's kernels (0: torch's default, one per core); the float sums depend on it, so give "
+        "the same number to compare runs across machines or launchers (docs/reproducibility.md)",
+    )
+    full_determinism: bool = opt(
+        False,
+        "deterministic kernels everywhere, as transformers' enable_full_determinism: "
+        "torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG=:4096:8, cudnn deterministic; needed for "
+        "bit-identical runs on GPUs, slower there (CPU runs repeat without it; docs/reproducibility.md)",
+    )
     eval_steps: int = opt(0, "evaluate every N steps (0: only before and after training)")
     save_steps: int = opt(0, "write a resumable checkpoint every N steps (0: only at the end)")
     save_minutes: float = opt(
@@ -219,6 +230,7 @@ class TrainConfig:
             "save_minutes",
             "num_proc",
             "frozen_cache_gb",
+            "threads",
         )
         for name in positive + at_least_zero:
             v = getattr(self, name)

@@ -48,19 +48,22 @@ def backward_step(
     accelerator=None,
     bf16: bool = False,
     kv: bool = True,
+    segment_aware: bool = False,
 ) -> StepStats:
     """Forward and backward over one step's groups in micro-batches of micro_batch_tokens padded tokens; gradients
     accumulate in .grad with each group weighted by `weight` (1/G for a step of G groups), so the update is the
     mean over the step's groups however they are batched."""
     device = next(model.parameters()).device
-    micro = plan_batches(groups, micro_batch_tokens, layout, attention_per_token, kv=kv and cache is None)
+    micro = plan_batches(
+        groups, micro_batch_tokens, layout, attention_per_token, kv=kv and cache is None, segment_aware=segment_aware
+    )
     out = StepStats(torch.zeros((), device=device), layouts=[how for _, how in micro])
     # sharded, every pass is collective: a process with fewer micro-batches adds zero-weight passes over its first
     n_passes = agree_passes(len(micro), device) if is_sharded(model) else len(micro)
     for mi in range(n_passes):
         real = mi < len(micro)
         idx, how = micro[mi] if real else (micro[0][0][:1], micro[0][1])
-        b = collate([groups[j] for j in idx], pad_id, how).to(device)
+        b = collate([groups[j] for j in idx], pad_id, how, dense_mask=not segment_aware).to(device)
         sync = mi == n_passes - 1 or accelerator is None
         with contextlib.nullcontext() if sync else accelerator.no_sync(model):  # FSDP: syncs each (stays sharded)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -185,6 +188,7 @@ def steps(cfg: TrainConfig, parts: Prepared, run: Run, held, signals, bar: Progr
             accelerator=accelerator,
             bf16=cfg.autocast_bf16,
             kv=not cfg.gradient_checkpointing and not is_sharded(core),  # FSDP: sharding.check_supported
+            segment_aware=core.segment_aware,
         )
         norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
         due = bool(cfg.save_minutes and time.time() - last_save >= 60 * cfg.save_minutes)
@@ -275,7 +279,9 @@ def evaluate_shared(
         return evaluate_groups(core, groups, batch_tokens, layout, cache, progress=progress)
     from accelerate.utils import gather_object
 
-    plan = plan_batches(groups, batch_tokens, layout, core.attention_per_token, kv=cache is None)
+    plan = plan_batches(
+        groups, batch_tokens, layout, core.attention_per_token, kv=cache is None, segment_aware=core.segment_aware
+    )
     mine, share = [], plan[rank::world]
     extra = -(-len(plan) // world) - len(share) if is_sharded(core) else 0  # sharded: each forward is collective
     for k, (idx, how) in enumerate(share + plan[:1] * extra):  # one pass each: idx fits the budget by plan

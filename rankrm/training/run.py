@@ -37,6 +37,7 @@ from rankrm.modeling.planning import plan_batches
 from rankrm.training import sharding
 from rankrm.training.checkpoint import RunLock, check_identity, find_checkpoint, load_checkpoint
 from rankrm.training.config import TrainConfig
+from rankrm.training.determinism import setup_determinism
 from rankrm.training.loop import all_sum, evaluate_shared, loop
 from rankrm.training.signals import StopSignals
 from rankrm.training.state import Prepared, Run, RunState, TrainResult, plan_run
@@ -54,7 +55,6 @@ def _train(cfg: TrainConfig, frozen_store: dict | None = None) -> TrainResult:
     """train(), with frozen_store: a dict to keep the frozen layers' outputs in, shared by several runs on the same
     backbone (benchmarks/grouping.py); by default each run has its own."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
 
     check_engine()
     engine = sharding.engine_from_launch()  # FSDP2 as the recipe names it; rankrm shards the model itself
@@ -76,7 +76,10 @@ def _train(cfg: TrainConfig, frozen_store: dict | None = None) -> TrainResult:
         start_trackers(accelerator, out, asdict(cfg))
         if cfg.plots and plotting_missing():
             log.info(f"note: no training report at the end: {plotting_missing()}, or pass --no-plots")
-        set_seed(cfg.seed)
+        set_up = setup_determinism(cfg.seed, cfg.threads, cfg.full_determinism)  # docs/reproducibility.md
+        log.info(
+            f"seed {cfg.seed}; {set_up['threads']} CPU threads{'; full determinism' if cfg.full_determinism else ''}"
+        )
         model, trainable = build_model(cfg, encoder)
         if engine is not None:
             model = sharding.shard_model(model, engine, accelerator, cfg.autocast_bf16)  # before the optimizer

@@ -294,3 +294,78 @@ def test_training_from_a_store_is_bit_identical_to_training_from_the_file(tmp_pa
     r = run("eval", "--model", str(tmp_path / "from-store"), "--data", str(tmp_path / "store"), "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["pairs"] > 0
+
+
+def _flip_a_byte(path: Path, keep_mtime: bool = False) -> None:
+    """One byte in the middle of a file inverted: same size (bit rot keeps the mtime too)."""
+    st = path.stat()
+    with open(path, "r+b") as f:
+        f.seek(st.st_size // 2)
+        b = f.read(1)
+        f.seek(st.st_size // 2)
+        f.write(bytes([b[0] ^ 0xFF]))
+    if keep_mtime:
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size
+
+
+def test_store_with_one_byte_flipped_is_not_used_and_the_run_prepares_it_again(tmp_path, model_dirs, caplog):
+    """A flipped byte of a token file (same size) is found by its SHA-256: the cached store is prepared again,
+    with a warning naming the file, and the run trains; the store given by path is refused, naming the file."""
+    from rankrm.training.config import TrainConfig
+    from rankrm.training.run import train
+
+    data = write_jsonl(tmp_path / "a.jsonl", synthetic_groups(20, seed=1))
+    enc = _encoder(model_dirs, max_length=512)
+    cache = tmp_path / "cache"
+    store = open_data([data], enc, cache)
+    before = [store.view()[i].ids for i in range(20)]
+    tokens = store.path / store.manifest["token_files"][0]
+    assert store.manifest["files"][tokens.name]["sha256"]
+    _flip_a_byte(tokens)
+    with pytest.raises(DataError, match=f"{tokens.name} has changed since it was prepared"):
+        open_data([store.path], enc, cache)
+    cfg = TrainConfig(
+        model=str(model_dirs["llama-chat"]),
+        train_data=[str(data)],
+        output_dir=str(tmp_path / "run"),
+        data_cache=str(cache),
+        max_steps=1,
+        batch_size=4,
+        plots=False,
+    )
+    caplog.set_level(logging.INFO, logger="rankrm")
+    results = train(cfg)
+    said = "\n".join(caplog.messages)
+    assert f"{tokens.name} has changed since it was prepared" in said and "preparing it again" in said
+    assert results["steps"] == 1
+    again = Store(store.path)
+    assert [again.view()[i].ids for i in range(20)] == before
+
+
+def test_bit_rot_with_the_mtime_kept_is_found_by_a_new_process(tmp_path, model_dirs):
+    """The full hash runs when a process first opens a store: a flip that keeps size and mtime is refused by the
+    next process, with the file named and the fix."""
+    data = write_jsonl(tmp_path / "a.jsonl", synthetic_groups(10, seed=2))
+    store = open_data([data], _encoder(model_dirs), tmp_path / "cache")
+    groups = store.path / "groups.arrow"
+    _flip_a_byte(groups, keep_mtime=True)
+    code = "import sys\nfrom rankrm.data.store import Store\nfrom rankrm.errors import DataError\n"
+    code += f"try:\n    Store({str(store.path)!r})\nexcept DataError as e:\n    sys.exit(str(e))\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "groups.arrow has changed since it was prepared" in proc.stderr and "prepare it again" in proc.stderr
+
+
+def test_token_ids_outside_the_vocabulary_are_refused_naming_the_store(tmp_path, model_dirs):
+    data = write_jsonl(tmp_path / "a.jsonl", synthetic_groups(10, seed=3))
+    enc = _encoder(model_dirs)
+    store = open_data([data], enc, tmp_path / "cache")
+    assert 300 <= store.manifest["max_token_id"] < len(enc.tokenizer)
+    from conftest import build_tokenizer
+
+    build_tokenizer(tmp_path / "small", True, False, vocab_size=300)  # ids 300..402 of the store are not its
+    small = TextEncoder.from_pretrained(str(tmp_path / "small"), 128)
+    with pytest.raises(DataError, match="outside the vocabulary") as e:
+        open_data([store.path], small, tmp_path / "cache")
+    assert str(store.path) in str(e.value)

@@ -155,3 +155,41 @@ def test_a_multi_annotator_file_trains_and_evaluates(model_dirs, tmp_path):
     # majorities: photosynthesis (2 to 1), the cycle's 3 pairs (1 to 0 each), boil (3 to 0), hello: 6 pairs
     assert res["after"]["majority_pairs"] == 6 and res["after"]["split_pairs"] == 0
     assert res["after"]["accuracy_votes"] == res["after"]["accuracy"] and "calibration" in res["after"]
+
+
+def test_votes_of_one_group_in_two_files_add_up(tmp_path):
+    """File a ranks x > y > z (x>y, x>z, y>z once each); file b has the same prompt and completions, in another
+    order, ranked y first and x, z tied (y>x, y>z). Merged, worked by hand: x>y 1, x>z 1, y>z 1 + 1 = 2, y>x 1 (a
+    contradiction with x>y, kept as votes). Groups in one file only are as read; the merged group stands where it
+    first came (file a), counted once, and the report says one group was merged."""
+    from rankrm.data.groups import ReadReport
+    from rankrm.data.merge import MERGED
+    from rankrm.data.readers import DUPLICATE, read_groups
+
+    a = write_jsonl(
+        tmp_path / "a.jsonl",
+        [
+            {"prompt": "p", "completions": ["x", "y", "z"], "ranks": [0, 1, 2]},
+            {"prompt": "only a", "completions": ["u", "v"], "ranks": [0, 1]},
+        ],
+    )
+    b = write_jsonl(
+        tmp_path / "b.jsonl",
+        [
+            {"prompt": "only b", "completions": ["s", "t"], "ranks": [1, 0]},
+            {"prompt": "p", "completions": ["y", "x", "z"], "ranks": [0, 1, 1]},
+        ],
+    )
+    report = ReadReport()
+    groups = read_groups([a, b], report=report)
+    assert [g.prompt for g in groups] == ["p", "only a", "only b"]
+    g = groups[0]
+    votes = {(g.completions[w], g.completions[l]): n for (w, l), n in zip(g.comparisons(), g.votes())}
+    assert votes == {("x", "y"): 1, ("x", "z"): 1, ("y", "z"): 2, ("y", "x"): 1}
+    assert g.completions == ("x", "y", "z") and g.source.endswith("a.jsonl:1")
+    assert report.groups == 3 and report.notes[MERGED] == 1 and report.skipped[DUPLICATE] == 0
+    # each file alone, and --conflicts drop (a repeat kept once): as before, the first file's judgment
+    dropped = ReadReport()
+    first = read_groups([a, b], report=dropped, conflicts="drop")[0]
+    assert first.comparisons() == [(0, 1), (0, 2), (1, 2)] and first.counts is None
+    assert dropped.skipped[DUPLICATE] == 1 and dropped.notes[MERGED] == 0

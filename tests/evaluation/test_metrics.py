@@ -82,7 +82,7 @@ def test_calibration_by_hand():
     """Margins ln 3 (sigmoid 3/4) on four votes, one of them wrong (d = -ln 3): all in the 0.75-0.80 bin, accuracy
     3/4 = confidence: ECE 0. Margin ln 9 (sigmoid 0.9) once right and once wrong: accuracy 1/2, confidence 0.9:
     ECE 0.4, over-confident, so T > 1: the log loss (log(1 + e^(-d/T)) + log(1 + e^(d/T))) / 2 is least at
-    d/T = 0, i.e. T at the top of its range."""
+    d/T = 0, i.e. T at the top of its range, where the ECE is near 0."""
     l3, l9 = math.log(3), math.log(9)
     c = calibration(np.array([l3, l3, -l3, l3]), np.ones(4))
     assert c["ece"] == pytest.approx(0.0, abs=1e-12) and len(c["reliability"]) == 1
@@ -92,6 +92,7 @@ def test_calibration_by_hand():
     c = calibration(np.array([l9, -l9]), np.ones(2))
     assert c["ece"] == pytest.approx(0.4, abs=1e-12) and c["temperature"] > 100
     assert c["log_loss_at_temperature"] == pytest.approx(math.log(2), abs=1e-4)
+    assert c["ece_at_temperature"] < 1e-3  # d / T near 0: confidence near 1/2, as right as it says
 
 
 def test_temperature_of_a_two_one_split():

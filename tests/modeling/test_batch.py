@@ -233,3 +233,26 @@ def test_auto_layout_packs_long_prompts_and_pads_long_completions():
     assert choose_layout([long_comps], "auto", 1e-2) == "kv"
     # by hand: padded 9 x 205 x (1 + 0.01 x 205) = 5627.25; one packed row 1805 x (1 + 0.01 x 1805) = 34385.25
     assert layout_cost(9, 205, 1e-2) == pytest.approx(5627.25) and layout_cost(1, 1805, 1e-2) == pytest.approx(34385.25)
+
+
+def test_a_kv_batch_without_a_shared_prompt_token_is_collated_padded(model_dirs):
+    """Rows cut from the left by different amounts can share no first token: a kv prompt pass of length 0 made the
+    model fail (a reshape of 0 elements); such a batch reads as padded rows, with the padded layout's rewards."""
+    from rankrm.modeling.model import RewardModel, batch_rewards
+
+    m = RewardModel.from_pretrained(str(model_dirs["llama-chat"]))
+    g = TokenizedGroup([[5, 6, 7, 2], [8, 9, 2]], [0, 1])
+    assert g.prompt_length == 0
+    kv = collate([g], m.tokenizer.pad_token_id, "kv")
+    assert kv.layout == "padded" and kv.prompt is None
+    padded = collate([g], m.tokenizer.pad_token_id, "padded")
+    torch.testing.assert_close(batch_rewards(m, kv), batch_rewards(m, padded), rtol=0, atol=0)
+    mixed = [g, TokenizedGroup([[3, 4, 5, 2], [3, 4, 6, 2]], [1, 0])]  # one group shares a prompt: kv stays kv
+    mixed_kv = collate(mixed, m.tokenizer.pad_token_id, "kv")
+    assert mixed_kv.layout == "kv"
+    torch.testing.assert_close(
+        batch_rewards(m, mixed_kv),
+        batch_rewards(m, collate(mixed, m.tokenizer.pad_token_id, "padded")),
+        atol=1e-5,
+        rtol=0,
+    )

@@ -33,7 +33,7 @@ def test_lora_trains_merges_and_loads_in_plain_transformers(model_dirs, tmp_path
             lora_targets=targets,
         )
     )
-    assert res["after"]["log_loss"] != res["before"]["log_loss"]
+    assert res["after"]["log_loss"] < res["before"]["log_loss"]  # it trained: the held-out loss fell
     safetensors_keys = set()
     from safetensors import safe_open
 
@@ -48,7 +48,8 @@ def test_lora_trains_merges_and_loads_in_plain_transformers(model_dirs, tmp_path
         for (n, p), (_, q) in zip(m.backbone.named_parameters(), base.backbone.named_parameters())
         if p.shape == q.shape and not torch.equal(p, q)
     ]
-    assert changed and all(any(t in n for t in targets) for n in changed)  # only the adapted layers moved
+    adapted = {n for n, _ in base.backbone.named_parameters() if n.endswith("weight") and any(t in n for t in targets)}
+    assert set(changed) == adapted  # every adapted matrix moved (merged), and nothing else
 
     hf = AutoModelForSequenceClassification.from_pretrained(out).eval()
     tok = AutoTokenizer.from_pretrained(out)
