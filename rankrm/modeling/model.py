@@ -138,20 +138,24 @@ class RewardModel(nn.Module):
         model.calibration = meta.get("calibration")
         return model
 
-    def check_finite(self) -> None:
+    def check_finite(self, state_dict: dict | None = None) -> None:
         """Refuse weights holding NaN or infinity (a diverged run): such a model is never saved."""
-        bad = [n for n, p in self.named_parameters() if not torch.isfinite(p).all()]
+        tensors = state_dict.items() if state_dict is not None else self.named_parameters()
+        bad = [n for n, p in tensors if p.is_floating_point() and not torch.isfinite(p).all()]
         if bad or not math.isfinite(self.reward_bias):
             raise NonFiniteError(
                 f"the model holds non-finite values ({len(bad)} tensors, e.g. {(bad or ['reward_bias'])[0]}"
                 "); not saved. Fix: lower the learning rate, or resume from an earlier checkpoint"
             )
 
-    def write(self, out: Path) -> None:
-        """Write the model's files into an existing directory (save_pretrained makes that atomic)."""
+    def write(self, out: Path, state_dict: dict | None = None) -> None:
+        """Write the model's files into an existing directory (save_pretrained makes that atomic); state_dict:
+        the weights to write instead of the module's (a sharded model's, gathered), named as in this module."""
         self.hf.config.problem_type = "regression"  # serving engines (vLLM) then return the raw reward, no sigmoid
+        if state_dict is not None:
+            state_dict = {n.removeprefix("hf."): t for n, t in state_dict.items()}
         with library_bars("transformers"):  # its "Writing model shards" bar: on a terminal only
-            self.hf.save_pretrained(out, safe_serialization=True)
+            self.hf.save_pretrained(out, safe_serialization=True, state_dict=state_dict)
         self.tokenizer.save_pretrained(out)
         meta = {
             "format": "rankrm-reward-model",
@@ -164,13 +168,16 @@ class RewardModel(nn.Module):
         }
         (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
-    def save_pretrained(self, out_dir, extra_files: dict[str, str] | None = None) -> None:
+    def save_pretrained(
+        self, out_dir, extra_files: dict[str, str] | None = None, state_dict: dict | None = None
+    ) -> None:
         """Save a plain Hugging Face directory (safetensors, config, tokenizer, chat template) plus rankrm.json.
 
         The directory is replaced as a whole (files.atomic_dir): a reader sees the old model or the new one, never a
         mix. Entries that are not model files (a run's checkpoints, metrics, held-out data) are kept; extra_files
-        (name -> text) are written with the model."""
-        self.check_finite()
+        (name -> text) are written with the model; state_dict: the weights to write (Module.state_dict names)
+        instead of the module's own, as a sharded model's are gathered."""
+        self.check_finite(state_dict)
         out, extra = Path(out_dir), extra_files or {}
         keep = (
             tuple(
@@ -182,7 +189,7 @@ class RewardModel(nn.Module):
             else ()
         )
         with atomic_dir(out, keep=keep) as tmp:
-            self.write(tmp)
+            self.write(tmp, state_dict)
             for name, text in extra.items():
                 (tmp / name).write_text(text)
             if CARD_FILE not in extra:  # the model card, from the metrics saved with the model (or kept beside it)

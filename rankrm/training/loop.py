@@ -24,6 +24,7 @@ from rankrm.modeling.planning import epoch_steps, plan_batches
 from rankrm.progress import Progress
 from rankrm.training.checkpoint import save_checkpoint
 from rankrm.training.config import TrainConfig
+from rankrm.training.sharding import agree_passes, full_training_state, is_sharded, reshard
 from rankrm.training.signals import TrainingInterrupted
 from rankrm.training.state import Prepared, Run, RunState, StepStats
 from rankrm.training.tracking import scalars
@@ -57,18 +58,24 @@ def backward_step(
         groups, micro_batch_tokens, layout, attention_per_token, kv=kv and cache is None, segment_aware=segment_aware
     )
     out = StepStats(torch.zeros((), device=device), layouts=[how for _, how in micro])
-    for mi, (idx, how) in enumerate(micro):
+    # sharded, every pass is collective: a process with fewer micro-batches adds zero-weight passes over its first
+    n_passes = agree_passes(len(micro), device) if is_sharded(model) else len(micro)
+    for mi in range(n_passes):
+        real = mi < len(micro)
+        idx, how = micro[mi] if real else (micro[0][0][:1], micro[0][1])
         b = collate([groups[j] for j in idx], pad_id, how, dense_mask=not segment_aware).to(device)
-        out.tokens += b.real_tokens
-        out.per_completion_tokens += sum(len(r) for j in idx for r in groups[j].ids)
-        out.completions += len(b.end_index)
-        sync = mi == len(micro) - 1 or accelerator is None
-        with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+        sync = mi == n_passes - 1 or accelerator is None
+        with contextlib.nullcontext() if sync else accelerator.no_sync(model):  # FSDP: syncs each (stays sharded)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 rewards = batch_rewards(model, b, cache)  # (N,)
             stats = group_stats(rewards, b.ranks, b.group_index, len(idx), b.pair_counts)
-            loss = kwise_loss(stats, group_weight=weight)
+            loss = kwise_loss(stats, group_weight=weight if real else 0.0)
             loss.backward() if accelerator is None else accelerator.backward(loss)
+        if not real:
+            continue
+        out.tokens += b.real_tokens
+        out.per_completion_tokens += sum(len(r) for j in idx for r in groups[j].ids)
+        out.completions += len(b.end_index)
         out.loss += stats.loss.detach().sum()
         out.correct += stats.correct.sum()
         out.pairs += stats.pairs.detach().sum()
@@ -180,7 +187,7 @@ def steps(cfg: TrainConfig, parts: Prepared, run: Run, held, signals, bar: Progr
             cache=parts.cache,
             accelerator=accelerator,
             bf16=cfg.autocast_bf16,
-            kv=not cfg.gradient_checkpointing,
+            kv=not cfg.gradient_checkpointing and not is_sharded(core),  # FSDP: sharding.check_supported
             segment_aware=core.segment_aware,
         )
         norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
@@ -275,10 +282,14 @@ def evaluate_shared(
     plan = plan_batches(
         groups, batch_tokens, layout, core.attention_per_token, kv=cache is None, segment_aware=core.segment_aware
     )
-    mine = []
-    for idx, how in plan[rank::world]:  # one pass each: idx fits the budget by plan
+    mine, share = [], plan[rank::world]
+    extra = -(-len(plan) // world) - len(share) if is_sharded(core) else 0  # sharded: each forward is collective
+    for k, (idx, how) in enumerate(share + plan[:1] * extra):  # one pass each: idx fits the budget by plan
         r = evaluate_groups(core, [groups[i] for i in idx], batch_tokens, how, cache, require_pairs=False)
-        mine.append((idx, r.correct, r.pairs, r.nll, r.rewards))
+        if k < len(share):  # a stand-in pass (sharded) is discarded
+            mine.append((idx, r.correct, r.pairs, r.nll, r.rewards))
+    if is_sharded(core):
+        reshard(core)
     correct, pairs, nll = (np.zeros(len(groups)) for _ in range(3))
     rewards: list = [None] * len(groups)
     for idx, c, p, n, rw in gather_object(mine):
@@ -302,16 +313,20 @@ def nonfinite(cfg: TrainConfig, state: RunState, step: int, loss: float, norm: f
 
 
 def checkpoint(cfg: TrainConfig, parts: Prepared, run: Run, step: int) -> None:
-    """Every process reaches here; the main process writes the checkpoint."""
-    accelerator = parts.accelerator
+    """Every process reaches here; the main process writes the checkpoint (sharded: the state gathered to it)."""
+    accelerator, core = parts.accelerator, parts.core
     accelerator.wait_for_everyone()
+    gathered = full_training_state(core, run.optimizer) if is_sharded(core) else None  # collective
     if accelerator.is_main_process:
-        trainable = {n: p for n, p in parts.core.named_parameters() if p.requires_grad}
+        trainable, optimizer_state = gathered or (
+            {n: p for n, p in core.named_parameters() if p.requires_grad},
+            run.optimizer.state_dict(),
+        )
         save_checkpoint(
             Path(cfg.output_dir) / "checkpoints",
             step,
             trainable,
-            run.optimizer.state_dict(),
+            optimizer_state,
             run.scheduler.state_dict(),
             run.state.to_json(),
             run.identity,

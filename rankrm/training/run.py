@@ -34,6 +34,7 @@ from rankrm.modeling.hub import resolve
 from rankrm.modeling.lora import add_lora, merge_lora
 from rankrm.modeling.model import RewardModel
 from rankrm.modeling.planning import plan_batches
+from rankrm.training import sharding
 from rankrm.training.checkpoint import RunLock, check_identity, find_checkpoint, load_checkpoint
 from rankrm.training.config import TrainConfig
 from rankrm.training.determinism import setup_determinism
@@ -55,9 +56,13 @@ def _train(cfg: TrainConfig, frozen_store: dict | None = None) -> TrainResult:
     backbone (benchmarks/grouping.py); by default each run has its own."""
     from accelerate import Accelerator
 
-    check_engine()  # before Accelerator(): on a machine without GPUs its FSDP plugin fails with an error of its own
+    check_engine()
+    engine = sharding.engine_from_launch()  # FSDP2 as the recipe names it; rankrm shards the model itself
+    if engine is not None:
+        sharding.check_supported(cfg.lora_r, cfg.layout)
     # bf16 is plain torch autocast around the forward, not Accelerate's setting, which is fixed once per process
-    accelerator = Accelerator(**accelerator_kwargs(cfg.report_to, cfg.output_dir))  # --report-to trackers
+    with sharding.plain_process_group() if engine else contextlib.nullcontext():  # FSDP: on CPUs it cannot start
+        accelerator = Accelerator(**accelerator_kwargs(cfg.report_to, cfg.output_dir))  # --report-to trackers
     check_launch(accelerator)
     out = Path(cfg.output_dir)
     lock = RunLock(out) if accelerator.is_main_process else contextlib.nullcontext()
@@ -76,9 +81,12 @@ def _train(cfg: TrainConfig, frozen_store: dict | None = None) -> TrainResult:
             f"seed {cfg.seed}; {set_up['threads']} CPU threads{'; full determinism' if cfg.full_determinism else ''}"
         )
         model, trainable = build_model(cfg, encoder)
+        if engine is not None:
+            model = sharding.shard_model(model, engine, accelerator, cfg.autocast_bf16)  # before the optimizer
         check_tokens(model, data)
         run = plan_run(cfg, model, trainable, data.train)
-        model, run.optimizer = accelerator.prepare(model, run.optimizer)
+        if engine is None:  # DDP; a sharded model is already on its device and its own engine
+            model, run.optimizer = accelerator.prepare(model, run.optimizer)
         core = accelerator.unwrap_model(model)
         ckpt = find_checkpoint(cfg.resume, out / "checkpoints")
         if ckpt is not None:
@@ -111,8 +119,8 @@ def replicas_quiet(accelerator):
 
 
 def check_launch(accelerator) -> None:
-    """Refuse a launch that would not train as asked: processes that do not see each other, or a sharded engine
-    (FSDP, DeepSpeed) that rankrm's checkpoints and evaluation do not handle yet (they read the unsharded module)."""
+    """Refuse a launch that would not train as asked: processes that do not see each other, or DeepSpeed, whose
+    engine rankrm's checkpoints and evaluation do not handle yet (FSDP runs: sharding.py)."""
     check_engine(accelerator.distributed_type.value)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != accelerator.num_processes:
@@ -124,20 +132,14 @@ def check_launch(accelerator) -> None:
 
 
 def check_engine(distributed_type: str = "") -> None:
-    """Refuse FSDP and DeepSpeed, as `accelerate launch` announces them (ACCELERATE_USE_FSDP / _DEEPSPEED) or as
-    Accelerate runs them (distributed_type)."""
-    engine = [
-        name
-        for name in ("FSDP", "DEEPSPEED")
-        if os.environ.get(f"ACCELERATE_USE_{name}", "").lower() == "true" or distributed_type == name
-    ]
-    if engine:
-        cpus = " (and on CPUs Accelerate cannot run FSDP: it asks for a GPU or runs DDP)" if engine[0] == "FSDP" else ""
+    """Refuse DeepSpeed, as `accelerate launch` announces it (ACCELERATE_USE_DEEPSPEED) or as Accelerate runs it
+    (distributed_type); FSDP recipes run (sharding.py)."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" or distributed_type == "DEEPSPEED":
         raise SettingsError(
-            f"{engine[0]} is not supported by rankrm yet: its checkpoints, evaluation and saved model "
-            f"read the whole (unsharded) model, which {engine[0]} splits over the processes{cpus}. Fix: "
-            "launch with configs/accelerate/ddp.yaml; for a backbone too big for DDP, train --lora-r 16 "
-            "or --train-layers N with --dtype bf16 (see docs/several-gpus.md)"
+            "DEEPSPEED is not supported by rankrm yet: its checkpoints, evaluation and saved model read the "
+            "whole (unsharded) model, which DeepSpeed ZeRO splits over the processes. Fix: launch with "
+            "configs/accelerate/fsdp_shard_grad_op.yaml (ZeRO-2-like) or fsdp_full_shard.yaml (ZeRO-3-like), "
+            "or configs/accelerate/ddp.yaml (see docs/several-gpus.md)"
         )
 
 
@@ -303,11 +305,14 @@ def resume(ckpt: Path, core: RewardModel, run: Run) -> None:
     """Load a verified checkpoint of this same run: trainable weights, optimizer, schedule, run state."""
     blob = load_checkpoint(ckpt)
     check_identity(ckpt, blob["identity"], run.identity)
-    with torch.no_grad():
-        for n, p in core.named_parameters():
-            if n in blob["trainable"]:
-                p.copy_(blob["trainable"][n])
-    run.optimizer.load_state_dict(blob["optimizer"])
+    if sharding.is_sharded(core):  # the checkpoint holds the full state, as one process has it: sharded here
+        sharding.load_training_state(core, run.optimizer, blob["trainable"], blob["optimizer"])
+    else:
+        with torch.no_grad():
+            for n, p in core.named_parameters():
+                if n in blob["trainable"]:
+                    p.copy_(blob["trainable"][n])
+        run.optimizer.load_state_dict(blob["optimizer"])
     run.scheduler.load_state_dict(blob["scheduler"])
     run.start, run.state = blob["step"], RunState.from_json(blob["run_state"])
     log.info(f"resumed from {ckpt} at step {run.start}")
@@ -317,6 +322,9 @@ def frozen_layer_cache(cfg: TrainConfig, core: RewardModel, store: dict | None, 
     """The frozen-layer cache when only the top layers train (not with the kv layout, which makes two passes),
     kept only if its replay matches a full forward on the first held-out batch."""
     if not cfg.frozen_cache_on:
+        return None
+    if sharding.is_sharded(core):  # it calls the layers outside the root's forward, where FSDP gathers their weights
+        log.info("FSDP: the frozen layers run at every step (the frozen-layer cache is off under sharding)")
         return None
     if cfg.layout == "kv":
         log.info(
@@ -372,12 +380,15 @@ def finish(cfg: TrainConfig, parts: Prepared, run: Run, data: Data) -> TrainResu
         history=run.state.history,
         config=asdict(cfg),
     )
+    state = sharding.full_model_state(core) if sharding.is_sharded(core) else None  # gathered on rank 0, all take part
     if accelerator.is_main_process:
         if cfg.lora_r:
             merge_lora(core)  # the saved model is a plain Hugging Face model
         heldout = "".join(native_line(r) for r in data.held.records())
         results = json.dumps(result.to_json(), indent=2, allow_nan=False) + "\n"
-        core.save_pretrained(out, extra_files={"eval_results.json": results, "heldout.jsonl": heldout})
+        core.save_pretrained(
+            out, extra_files={"eval_results.json": results, "heldout.jsonl": heldout}, state_dict=state
+        )
         if cfg.plots:  # after the model: kept by its later saves (not a model file), and a plot cannot cost it
             write_training_report(out / "report", before, after, result.to_json())
     accelerator.wait_for_everyone()
