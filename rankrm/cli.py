@@ -45,7 +45,8 @@ def check_sources(sources: list[str]) -> None:
 def cmd_eval(args) -> int:
     check_sources(args.data)  # before any weights load: a missing file is said in a second, not after a minute
     from rankrm.data.encode import tokenize_processes
-    from rankrm.data.store import default_cache, open_data
+    from rankrm.data.prepare import open_data
+    from rankrm.data.store import default_cache
     from rankrm.evaluation.evaluate import compare, evaluate_groups, format_report
     from rankrm.modeling.model import RewardModel
 
@@ -137,7 +138,7 @@ def data_prepare(args) -> int:
     import time
 
     from rankrm.data.encode import tokenize_processes
-    from rankrm.data.store import prepare
+    from rankrm.data.prepare import prepare
 
     t0 = time.time()
     encoder = encoder_for(args.model, args.max_length)

@@ -22,8 +22,9 @@ from torch import nn
 
 from rankrm.data.encode import TextEncoder
 from rankrm.data.groups import ReadReport
+from rankrm.data.prepare import native_line, open_data
 from rankrm.data.splits import overlap_keys, split_indices
-from rankrm.data.store import StoreView, default_cache, native_line, open_data
+from rankrm.data.store import StoreView, default_cache
 from rankrm.errors import DataError, SettingsError
 from rankrm.evaluation.evaluate import EvalResult, compare, format_metrics
 from rankrm.evaluation.plots import plotting_missing, write_training_report

@@ -19,8 +19,9 @@ from conftest import OASST_TREES, SHIPPED, synthetic_groups, write_jsonl
 
 from rankrm.data.encode import TextEncoder, tokenize_groups
 from rankrm.data.pairwise import merge_comparisons
+from rankrm.data.prepare import open_data, prepare
 from rankrm.data.readers import read_groups
-from rankrm.data.store import Store, fingerprint, is_store, open_data, prepare
+from rankrm.data.store import Store, fingerprint, is_store
 from rankrm.errors import DataError
 from rankrm.modeling.batch import collate
 from rankrm.modeling.frozen import FrozenLayerCache

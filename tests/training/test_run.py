@@ -76,7 +76,7 @@ def test_tiny_model_learns_a_known_rule_to_95_percent(model_dirs, synth, tmp_pat
     assert all(sum(t.endswith(c + "<|im_end|>") for t in texts) == n for c, n in times.items())  # each once
     assert isinstance(res, TrainResult) and res.after == res["after"]
     said = {r.name for r in caplog.records}, caplog.messages
-    assert {"rankrm.training.run", "rankrm.data.store", "rankrm.training.loop"} <= said[0]
+    assert {"rankrm.training.run", "rankrm.data.prepare", "rankrm.training.loop"} <= said[0]
     for line in ("train data:", "model:", "tokens:", "before training:", "after training:", "tokens read:", "trained"):
         assert any(m.startswith(line) for m in said[1]), line
     assert any(m.startswith("training: 120/120 steps") for m in said[1])  # the progress line at the end
@@ -372,7 +372,7 @@ def test_identical_completions_are_named_by_their_cause(tmp_path, caplog):
     - "hello " + "good" / "bad" + 9 x: [hello good unk x 9 E], 12 tokens, cut to the last 8, [unk x 7 E] both: the
       cut's doing;
     - "hello " + "good" / "bad": [hello good E], [hello bad E]: told apart."""
-    from rankrm.data.store import prepare
+    from rankrm.data.prepare import prepare
     from rankrm.modeling.model import TextEncoder
     from rankrm.training.run import identical_completions
 
