@@ -88,7 +88,7 @@ def test_flags_win_over_yaml_and_unknown_keys_are_named(tmp_path, capsys):
 def test_the_schedule_is_transformers_warmup_then_cosine():
     """10 steps, 20% warmup (2 steps), peak 1.0: warmup 0, 1/2; then cosine over the 8 remaining steps,
     0.5 (1 + cos(pi k / 8)) for k = 0..7."""
-    from rankrm.training.run import plan_run
+    from rankrm.training.state import plan_run
 
     class Tiny(torch.nn.Module):
         def __init__(self):

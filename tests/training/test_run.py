@@ -374,7 +374,7 @@ def test_identical_completions_are_named_by_their_cause(tmp_path, caplog):
     - "hello " + "good" / "bad": [hello good E], [hello bad E]: told apart."""
     from rankrm.data.prepare import prepare
     from rankrm.modeling.model import TextEncoder
-    from rankrm.training.run import identical_completions
+    from rankrm.training.data import identical_completions
 
     model = _word_model(tmp_path / "m")
     rows = [
