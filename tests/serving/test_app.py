@@ -330,7 +330,29 @@ def test_remote_reward_is_a_trl_reward_function(server, ref):
         RewardClient("http://127.0.0.1:9", retries=1, backoff=0.01, timeout=2)(["a"], ["b"])
 
 
-def test_trl_grpo_step_takes_its_reward_from_the_server(server, ref, model_dirs, tmp_path):
+@pytest.fixture
+def isolated_trainer_state():
+    """TRL's trainer leaves process-wide state behind (Accelerate's AcceleratorState singleton, torch's thread count
+    and deterministic flag, environment variables): a later in-process rankrm run then trained differently from the
+    same run in a fresh process (the 1-process references of tests/training/test_multiprocess.py moved 1e-3 away).
+    Everything it may set is put back."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    env, threads = dict(os.environ), torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    rng = torch.get_rng_state()
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+    os.environ.clear()
+    os.environ.update(env)
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
+    torch.set_rng_state(rng)
+
+
+def test_trl_grpo_step_takes_its_reward_from_the_server(server, ref, model_dirs, tmp_path, isolated_trainer_state):
     """A real TRL GRPO step on a tiny policy whose reward function is RewardClient against the live server."""
     pytest.importorskip("trl")
     datasets = pytest.importorskip("datasets")
