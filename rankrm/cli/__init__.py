@@ -21,7 +21,7 @@ from rankrm.serving.server import add_serve_parser
 
 
 def cmd_train(args) -> int:
-    from rankrm.training.config import config_from_args
+    from rankrm.training.flags import config_from_args
     from rankrm.training.run import train
 
     cfg = config_from_args(args)
@@ -151,7 +151,7 @@ def cmd_score(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rankrm.training.config import train_flags
+    from rankrm.training.flags import train_flags
 
     p = argparse.ArgumentParser(
         prog="rankrm", description="Train reward models on K-wise human rankings, the InstructGPT way."

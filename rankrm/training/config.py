@@ -1,20 +1,17 @@
 """TrainConfig: every training setting with its help text; the same names serve flags and YAML keys.
 
-Flags come from the dataclass through transformers' HfArgumentParser (dashed and underscored spellings); a YAML
+The flags and the YAML file (training/flags.py) come from the dataclass through HfArgumentParser; a YAML
 file given with --config fills what the command line leaves out; every value is checked where it enters, before
 any model loads, and a bad one is a ValueError naming the setting and the fix."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import yaml
 
 from rankrm.data.encode import tokenize_processes
 from rankrm.data.judgments import CONFLICTS
@@ -190,7 +187,7 @@ class TrainConfig:
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
-            setattr(self, f.name, coerce(f.name, getattr(self, f.name), _hints()[f.name], "TrainConfig"))
+            setattr(self, f.name, coerce(f.name, getattr(self, f.name), field_types()[f.name], "TrainConfig"))
         for problem in self.problems():
             raise SettingsError(problem)
 
@@ -285,7 +282,7 @@ MIN_LENGTH = 8
 
 
 @functools.cache
-def _hints() -> dict:
+def field_types() -> dict:
     return typing.get_type_hints(TrainConfig)
 
 
@@ -333,52 +330,3 @@ def coerce(name: str, value, tp, where: str):
     if tp is str and not isinstance(value, str):
         raise bad("a string")
     return value
-
-
-def train_flags() -> argparse.ArgumentParser:
-    """A parent parser (argparse parents=) with --config and one flag per TrainConfig field, via HfArgumentParser."""
-    from transformers import HfArgumentParser
-
-    parser = HfArgumentParser(TrainConfig, add_help=False)
-    parser.set_defaults(**{f.name: None for f in dataclasses.fields(TrainConfig)})  # None: not on the command line
-    parser.add_argument(
-        "--config",
-        type=Path,
-        help="YAML file whose keys mirror the flags (train-data or train_data); flags given on the command line win",
-    )
-    return parser
-
-
-def read_yaml(path: Path) -> dict:
-    """The settings of a YAML config file, by field name, typed; unknown keys are named."""
-    if not path.is_file():
-        raise SettingsError(f"{path}: no such config file. Fix: check the --config path")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise SettingsError(
-            f"{path}: not valid YAML ({str(e).splitlines()[0]}). Fix: write 'key: value' lines"
-        ) from None
-    if not isinstance(raw, dict):
-        raise SettingsError(f"{path}: expected a mapping of settings. Fix: write 'key: value' lines")
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {}
-    for key, value in raw.items():
-        name = str(key).replace("-", "_")
-        name = ALIASES.get(name, name)
-        if name not in names:
-            raise SettingsError(
-                f"{path}: unknown setting {key!r}. Fix: use one of "
-                f"{', '.join(sorted(n.replace('_', '-') for n in names))}"
-            )
-        values[name] = coerce(name, value, _hints()[name], str(path))
-    return values
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Merge dataclass defaults < YAML config < command-line flags into a TrainConfig."""
-    values = read_yaml(args.config) if getattr(args, "config", None) is not None else {}
-    for f in dataclasses.fields(TrainConfig):
-        if getattr(args, f.name, None) is not None:
-            values[f.name] = getattr(args, f.name)
-    return TrainConfig(**values)

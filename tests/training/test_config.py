@@ -55,7 +55,7 @@ def test_bad_flags_give_one_line_errors(tmp_path, capsys, args, text):
 
 def test_yaml_numbers_written_as_text_are_numbers(tmp_path, capsys):
     """PyYAML reads 1e-5 (no dot) and "8" as strings: they are the numbers they say."""
-    from rankrm.training.config import read_yaml
+    from rankrm.training.flags import read_yaml
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text('train-data: a.jsonl\nlearning-rate: 1e-5\nbatch-size: "8"\nlength-buckets: 3\nbf16: "yes"\n')
@@ -73,7 +73,7 @@ def test_yaml_numbers_written_as_text_are_numbers(tmp_path, capsys):
 def test_flags_win_over_yaml_and_unknown_keys_are_named(tmp_path, capsys):
     import argparse
 
-    from rankrm.training.config import config_from_args, train_flags
+    from rankrm.training.flags import config_from_args, train_flags
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("train-data: a.jsonl\nseed: 1\nepochs: 3\n")

@@ -16,7 +16,8 @@ from conftest import synthetic_groups, write_jsonl
 
 from rankrm.cli import build_parser, main
 from rankrm.modeling.model import RewardModel
-from rankrm.training.config import TrainConfig, config_from_args
+from rankrm.training.config import TrainConfig
+from rankrm.training.flags import config_from_args
 from rankrm.training.run import train
 from rankrm.training.signals import TrainingInterrupted
 from rankrm.training.tracking import accelerator_kwargs, tracker_names
