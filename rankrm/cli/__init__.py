@@ -150,14 +150,9 @@ def cmd_score(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def add_train_parser(sub) -> None:
+    """`rankrm train`: one flag per TrainConfig setting (training/flags.py)."""
     from rankrm.training.flags import train_flags
-
-    p = argparse.ArgumentParser(
-        prog="rankrm", description="Train reward models on K-wise human rankings, the InstructGPT way."
-    )
-    sub = p.add_subparsers(dest="command", required=True)
-    shared = shared_flags()
 
     t = sub.add_parser(
         "train",
@@ -168,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.set_defaults(func=cmd_train)
 
+
+def add_eval_parser(sub, shared: dict) -> None:
+    """`rankrm eval`: metrics of one or more saved models on ranked data."""
     e = sub.add_parser(
         "eval",
         parents=[shared["data"]],
@@ -212,8 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.set_defaults(func=cmd_eval)
 
-    add_data_parser(sub)
 
+def add_normalize_parser(sub, shared: dict) -> None:
+    """`rankrm normalize`: the demonstrations' bias and/or a calibrating temperature."""
     n = sub.add_parser(
         "normalize",
         parents=[shared["model"]],
@@ -250,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     n.set_defaults(func=cmd_normalize)
 
+
+def add_score_parser(sub, shared: dict) -> None:
+    """`rankrm score`: a reward added to every record of a JSONL file."""
     s = sub.add_parser(
         "score", parents=[shared["model"]], help="add a reward to every (prompt, completion) record of a JSONL file"
     )
@@ -259,6 +261,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_score)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rankrm", description="Train reward models on K-wise human rankings, the InstructGPT way."
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    shared = shared_flags()
+    add_train_parser(sub)
+    add_eval_parser(sub, shared)
+    add_data_parser(sub)
+    add_normalize_parser(sub, shared)
+    add_score_parser(sub, shared)
     add_serve_parser(sub)
     return p
 
