@@ -167,6 +167,9 @@ class Metrics:
             "rankrm_tokens_per_second", "tokens per second of the last model call", registry=r
         )
         self.queue_depth = Gauge("rankrm_queue_depth", "jobs waiting for the model", registry=r)
+        self.in_progress = Gauge(
+            "rankrm_requests_in_progress", "requests received and not yet answered (all but /metrics)", registry=r
+        )
 
     def observe_batch(self, jobs: list[Job], seconds: float) -> None:
         tokens = sum(j.tokens for j in jobs)

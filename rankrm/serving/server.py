@@ -117,7 +117,8 @@ def cmd_serve(args) -> int:
 
     from rankrm._version import __version__
     from rankrm.modeling.model import RewardModel
-    from rankrm.serving.app import ServeOptions, build_app
+    from rankrm.serving.app import build_app
+    from rankrm.serving.guard import ServeOptions
 
     key = args.api_key or os.environ.get(KEY_ENV) or None
     if not is_loopback(args.host) and key is None:

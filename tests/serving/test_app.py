@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -260,7 +261,8 @@ def test_classify_default_follows_problem_type_regression(rm_dir, ref):
     """vLLM reads a one-label model raw by default only when config.json says problem_type regression."""
     from fastapi.testclient import TestClient
 
-    from rankrm.serving.app import ServeOptions, build_app
+    from rankrm.serving.app import build_app
+    from rankrm.serving.guard import ServeOptions
 
     app = build_app(ref, "rm", ServeOptions(problem_type="regression"), "test")
     with TestClient(app) as tc:
@@ -274,7 +276,8 @@ def test_a_request_is_tokenized_once_and_the_model_scores_its_ids(ref, monkeypat
     it), and the rewards are RewardModel.score's."""
     from fastapi.testclient import TestClient
 
-    from rankrm.serving.app import ServeOptions, build_app
+    from rankrm.serving.app import build_app
+    from rankrm.serving.guard import ServeOptions
 
     cls = type(ref.tokenizer)
     seen: list[str] = []
@@ -450,7 +453,8 @@ def test_fuzzed_bodies_never_get_a_500(ref):
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from rankrm.serving.app import ServeOptions, build_app
+    from rankrm.serving.app import build_app
+    from rankrm.serving.guard import ServeOptions
 
     keys = st.sampled_from(
         [
@@ -515,6 +519,7 @@ def test_info_and_metrics(client, ref):
     info = client.get("/info").json()
     assert info["max_length"] == MAX_LENGTH and abs(info["reward_bias"] - 0.25) < 1e-9
     assert info["rankrm_version"] and "normalization" in info and info["eos_token"] == ref.tokenizer.eos_token
+    assert client.post("/score", json={"items": "not a list"}).status_code == 422  # counted by status below
     text = client.get("/metrics").text
     for name in (
         "rankrm_requests_total",
@@ -524,6 +529,7 @@ def test_info_and_metrics(client, ref):
         "rankrm_batch_sequences_bucket",
         "rankrm_tokens_total",
         "rankrm_tokens_per_second",
+        "rankrm_requests_in_progress",
     ):
         assert name in text
     assert 'rankrm_errors_total{status="422"}' in text
@@ -590,7 +596,7 @@ def test_api_key_busy_queue_and_graceful_shutdown(rm_dir):
         "--max-batch-requests",
         "2",
         "--max-wait-ms",
-        "300",
+        "1000",
         env={"RANKRM_API_KEY": "s3cret"},
     )
     try:
@@ -603,7 +609,7 @@ def test_api_key_busy_queue_and_graceful_shutdown(rm_dir):
         assert httpx.post(s.url + "/score", json=body, headers={"X-API-Key": "s3cret"}).status_code == 200
         assert len(RewardClient(s.url, api_key="s3cret")(["a"], ["b"])) == 1
 
-        # a request waits up to 300 ms for a second to share its batch, one more waits in the queue: the rest get 503
+        # a request waits up to 1 s for a second to share its batch, one more waits in the queue: the rest get 503
         statuses, heads = [], []
 
         def hit():
@@ -627,7 +633,13 @@ def test_api_key_busy_queue_and_graceful_shutdown(rm_dir):
             )
         )
         t.start()
-        time.sleep(0.1)
+        in_progress = re.compile(r"^rankrm_requests_in_progress 1\.0$", re.M)
+        for _ in range(600):  # until the server holds the request (bounded: 30 s); a busy machine can take a while
+            if in_progress.search(httpx.get(s.url + "/metrics", headers={"X-API-Key": "s3cret"}).text):
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the request never reached the server")
         s.proc.send_signal(signal.SIGTERM)
         t.join(60)
         assert result["r"].status_code == 200 and len(result["r"].json()["rewards"]) == 1
