@@ -97,7 +97,7 @@ def test_centering_is_logged_apart_from_the_loss(model_dirs, synth, tmp_path, ca
     with caplog.at_level(logging.INFO, logger="rankrm"):
         assert main(args) == 0
     assert any(
-        r.getMessage().startswith("training: 12/12 steps") and "center=" in r.getMessage() for r in caplog.records
+        r.getMessage().startswith("training: 12/12 steps") and ", center " in r.getMessage() for r in caplog.records
     )
     (events,) = {f.parent for f in (out / "logs").rglob("events.out.tfevents.*")}
     acc = EventAccumulator(str(events))
