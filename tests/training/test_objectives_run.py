@@ -92,8 +92,8 @@ def test_centering_is_logged_apart_from_the_loss(model_dirs, synth, tmp_path, ca
 
     out = tmp_path / "c"
     args = ["train", "--model", str(model_dirs["llama-chat"]), "--train-data", str(synth[0]), "--eval-data"]
-    args += [str(synth[1]), "--output-dir", str(out), "--epochs", "1", "--learning-rate", "3e-3", "--max-length"]
-    args += ["64", "--no-plots", "--center-rewards", "0.5", "--report-to", "tensorboard"]
+    args += [str(synth[1]), "--output-dir", str(out), "--epochs", "1", "--learning-rate", "3e-3", "--batch-size", "8"]
+    args += ["--max-length", "64", "--no-plots", "--center-rewards", "0.5", "--report-to", "tensorboard"]
     with caplog.at_level(logging.INFO, logger="rankrm"):
         assert main(args) == 0
     assert any(
