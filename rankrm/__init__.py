@@ -10,7 +10,7 @@ from rankrm.data.readers import read_groups
 from rankrm.data.splits import split_by_prompt, write_native
 from rankrm.errors import DataError
 from rankrm.evaluation.evaluate import EvalResult, compare, evaluate
-from rankrm.loss import GroupStats, group_stats, kwise_loss
+from rankrm.loss import GroupStats, Objective, group_stats, kwise_loss, objective_loss, plackett_luce
 from rankrm.modeling.model import RewardModel
 from rankrm.modeling.normalize import normalize
 from rankrm.serving.client import LocalReward, RewardClient
@@ -24,6 +24,7 @@ __all__ = [
     "EvalResult",
     "GroupStats",
     "LocalReward",
+    "Objective",
     "RankedGroup",
     "ReadReport",
     "RewardClient",
@@ -36,6 +37,8 @@ __all__ = [
     "group_stats",
     "kwise_loss",
     "normalize",
+    "objective_loss",
+    "plackett_luce",
     "read_groups",
     "split_by_prompt",
     "tokenize_groups",

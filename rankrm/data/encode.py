@@ -245,6 +245,7 @@ class TokenizedGroup:
     subset: str | None = None  # the group's subset / category, for per-subset metrics
     chars: list[int] | None = None  # characters of each completion (its text, before rendering), for length metrics
     fields: dict[str, list] | None = None  # record field -> one value per pair of comparisons() (pairwise sources)
+    margins: list[float] | None = None  # one per pair of comparisons(), in that order (--margin-scale uses them)
 
     @property
     def tokens(self) -> int:
@@ -285,17 +286,18 @@ def tokenize_groups(model, groups) -> tuple[list[TokenizedGroup], int]:
         counts = None if g.counts is None else list(g.counts)
         chars = [len(c) for c in g.completions]
         fields = None if g.fields is None else {k: list(v) for k, v in g.fields.items()}
-        out.append(TokenizedGroup(ids[at : at + g.k], list(g.ranks), stated, counts, g.subset, chars, fields))
+        margins = None if g.margins is None else list(g.margins)
+        out.append(TokenizedGroup(ids[at : at + g.k], list(g.ranks), stated, counts, g.subset, chars, fields, margins))
         at += g.k
     return out, sum(cut)
 
 
 def shuffled_pairs(groups: list[TokenizedGroup]) -> list[TokenizedGroup]:
     """Every stated vote as its own K=2 group (the pairwise-only regime InstructGPT found to overfit): a comparison
-    stated n times is n examples, as its count weighs it n times in the grouped loss."""
+    stated n times is n examples, as its count weighs it n times in the grouped loss; each keeps its margin."""
     return [
-        TokenizedGroup([g.ids[w], g.ids[l]], [0, 1])
+        TokenizedGroup([g.ids[w], g.ids[l]], [0, 1], margins=None if g.margins is None else [g.margins[i]])
         for g in groups
-        for (w, l), n in zip(g.comparisons(), g.votes())
+        for i, ((w, l), n) in enumerate(zip(g.comparisons(), g.votes()))
         for _ in range(n)
     ]

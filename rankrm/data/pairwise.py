@@ -191,7 +191,7 @@ def _merged(comps: list[Comparison], path, report: ReadReport, skip_invalid: boo
         if g.stated_pairs is not None:
             report.notes["groups stating a partial order (only the labeled comparisons)"] += 1
         if g.margins is not None:
-            report.notes["groups with margins (kept, not used by the loss)"] += 1
+            report.notes["groups with margins (used by the loss with --margin-scale)"] += 1
         yield cs[0].seq, g
 
 

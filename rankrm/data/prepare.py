@@ -67,6 +67,8 @@ def _token_features():
             "subset": Value("string"),
             "chars": List(Value("int32")),
             "fields": Value("string"),
+            "margins": List(Value("float64")),
+            "has_margins": Value("bool"),
             "tokens": Value("int64"),
             "cut": Value("int32"),
             "blind": Value("bool"),
@@ -147,6 +149,8 @@ def _encode(batch: dict, encoder):
             "subset": pa.array([g.get("subset") for g in groups], pa.string()),
             "chars": pa.array([[len(c) for c in g["completions"]] for g in groups], i32),  # for length metrics
             "fields": pa.array([json.dumps(g["fields"]) if "fields" in g else None for g in groups], pa.string()),
+            "margins": pa.array([g.get("margins") or [] for g in groups], pa.list_(pa.float64())),
+            "has_margins": pa.array(["margins" in g for g in groups], pa.bool_()),
             "tokens": pa.array(tokens.astype(np.int64), pa.int64()),
             "cut": pa.array(cuts.astype(np.int32), pa.int32()),
             "blind": pa.array(blind, pa.bool_()),

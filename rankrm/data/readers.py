@@ -88,7 +88,7 @@ def iter_native(
             report.skipped["all completions tied: no comparison"] += 1
             continue
         if g.margins is not None:
-            report.notes["groups with margins (kept, not used by the loss)"] += 1
+            report.notes["groups with margins (used by the loss with --margin-scale)"] += 1
         report.groups += 1
         yield g
 

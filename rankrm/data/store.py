@@ -31,7 +31,7 @@ from rankrm.data.groups import ReadReport
 from rankrm.errors import DataError
 
 MANIFEST = "rankrm-store.json"
-VERSION = 2  # 2: a SHA-256 per file and the largest token id in the manifest; chars and fields columns
+VERSION = 3  # 2: a SHA-256 per file and the largest token id in the manifest; chars and fields columns; 3: margins
 GROUPS_FILE = "groups.arrow"
 CHUNK = 2048  # groups per Arrow record batch while reading
 
@@ -222,6 +222,7 @@ class StoreView(Sequence):
             row["subset"],
             row.get("chars"),
             json.loads(row["fields"]) if row.get("fields") else None,
+            row["margins"] if row["has_margins"] else None,
         )
 
     def column(self, name: str) -> np.ndarray:

@@ -98,6 +98,8 @@ class Batch:
     real_tokens: int  # tokens that are not padding (the prompt pass included)
     # (N, N) float: how many times completion i was stated to beat j (0: no such comparison); None: from ranks
     pair_counts: torch.Tensor | None = None
+    # (N, N) float: the margin of each stated comparison i over j (0 elsewhere); None when no group gives margins
+    pair_margins: torch.Tensor | None = None
     prompt: PromptPass | None = None  # the kv layout's prompt pass
     # where each completion's sequence sits: (row, spans); a frozen-layer cache keys and stores by it. Empty for kv.
     sequences: list[tuple[int, Spans]] = field(default_factory=list)
@@ -142,7 +144,14 @@ def collate(
         raise ValueError(f"layout {layout!r} unknown. Fix: use padded, packed or kv (auto is chosen per batch)")
     ranks = torch.tensor([r for g in groups for r in g.ranks], dtype=torch.long)  # (N,)
     group_index = torch.tensor([gi for gi, g in enumerate(groups) for _ in g.ids], dtype=torch.long)  # (N,)
-    return Batch(**parts, ranks=ranks, group_index=group_index, layout=layout, pair_counts=stated_pair_counts(groups))
+    return Batch(
+        **parts,
+        ranks=ranks,
+        group_index=group_index,
+        layout=layout,
+        pair_counts=stated_pair_counts(groups),
+        pair_margins=stated_pair_margins(groups),
+    )
 
 
 def collate_rows(rows: list[list[int]], pad_id: int, padding_side: str = "right") -> Batch:
@@ -163,6 +172,21 @@ def stated_pair_counts(groups: list[TokenizedGroup]) -> torch.Tensor | None:
             counts[at + w, at + l] = c
         at += len(g.ids)
     return counts
+
+
+def stated_pair_margins(groups: list[TokenizedGroup]) -> torch.Tensor | None:
+    """(N, N) float: each stated comparison's margin at (winner, loser), 0 for groups that give none; None when no
+    group gives margins (the loss is then the one without)."""
+    if all(g.margins is None for g in groups):
+        return None
+    n = sum(len(g.ids) for g in groups)
+    margins = torch.zeros((n, n), dtype=torch.float32)  # (N, N)
+    at = 0
+    for g in groups:
+        for (w, l), m in zip(g.comparisons(), g.margins or []):
+            margins[at + w, at + l] = m
+        at += len(g.ids)
+    return margins
 
 
 def _padded(rows: list[list[int]], pad_id: int, padding_side: str) -> dict:

@@ -17,6 +17,7 @@ from rankrm.data.encode import tokenize_processes
 from rankrm.data.judgments import CONFLICTS
 from rankrm.data.readers import CONFLICTS_HELP, FORMAT_HELP, FORMAT_NAMES, SKIP_INVALID_HELP
 from rankrm.errors import SettingsError
+from rankrm.loss import OBJECTIVES, Objective
 from rankrm.modeling.attention import layout_problem
 from rankrm.modeling.batch import LAYOUTS
 from rankrm.modeling.hub import DEFAULT_MODEL
@@ -74,6 +75,25 @@ class TrainConfig:
         "grouped: one batch element = one prompt with all its C(K,2) comparisons, each "
         "completion forwarded once (InstructGPT); shuffled-pairs: every comparison a separate "
         "example, shuffled across the data set, with the same number of comparisons per step",
+    )
+    objective: str = opt(
+        "pairwise",
+        "the ranking loss: pairwise (each group's mean of -log sigmoid(r_w - r_l) over its comparisons, vote-weighted; "
+        "InstructGPT) or plackett-luce (the likelihood of each group's whole ranking: the best of K, then the best "
+        "of the rest, ...; ties as Breslow's blocks; docs/objectives.md)",
+    )
+    listwise_top: int = opt(
+        0, "plackett-luce: the likelihood of the first N stages only (1: pick the best of K; 0: the whole ranking)"
+    )
+    margin_scale: float = opt(
+        0.0,
+        "use each comparison's margin (pairwise `margin`, native `margins`) as -log sigmoid(r_w - r_l - s * "
+        "margin) with s this scale (0: margins unused, as before; TRL's margin loss is 1)",
+    )
+    center_rewards: float = opt(
+        0.0,
+        "add C * mean((r_w + r_l)^2) over each group's comparisons to the loss, keeping rewards near 0 (TRL's "
+        "center_rewards_coefficient, e.g. 0.01); logged apart as center_loss (0: off)",
     )
     batch_size: int = opt(16, "groups (prompts, each with all its completions) per optimizer step")
     micro_batch_tokens: int = opt(
@@ -203,6 +223,7 @@ class TrainConfig:
             ("on_nonfinite", ("stop", "skip")),
             ("dtype", ("fp32", "bf16")),
             ("conflicts", CONFLICTS),
+            ("objective", OBJECTIVES),
         ):
             if getattr(self, name) not in choices:
                 yield f"{_flag(name)} {getattr(self, name)!r} unknown. Fix: use one of {', '.join(choices)}"
@@ -228,6 +249,9 @@ class TrainConfig:
             "num_proc",
             "frozen_cache_gb",
             "threads",
+            "listwise_top",
+            "margin_scale",
+            "center_rewards",
         )
         for name in positive + at_least_zero:
             v = getattr(self, name)
@@ -256,12 +280,36 @@ class TrainConfig:
             )
         if problem := layout_problem(self.attn_implementation, self.layout):
             yield problem
+        yield from self.objective_problems()
         if self.lora_r and self.train_layers >= 0:
             yield "--lora-r and --train-layers both choose what trains. Fix: give one of them"
         try:
             tracker_names(self.report_to)
         except ValueError as e:
             yield str(e)
+
+    def objective_problems(self) -> typing.Iterator[str]:
+        """The objective settings that do not go together."""
+        if self.objective == "pairwise" and self.listwise_top:
+            yield (
+                f"--listwise-top {self.listwise_top} is Plackett-Luce's truncation; the pairwise objective has no "
+                "stages. Fix: add --objective plackett-luce, or leave --listwise-top at 0"
+            )
+        if self.objective == "plackett-luce" and self.margin_scale:
+            yield (
+                f"--margin-scale {self.margin_scale:g} shifts each pairwise comparison; Plackett-Luce has no "
+                "comparisons to shift. Fix: use --objective pairwise with margins, or leave --margin-scale at 0"
+            )
+        if self.objective == "plackett-luce" and self.regime == "shuffled-pairs":
+            yield (
+                "--regime shuffled-pairs cuts each ranking into separate pairs; Plackett-Luce needs whole rankings. "
+                "Fix: use --regime grouped with --objective plackett-luce, or --objective pairwise"
+            )
+
+    @property
+    def loss_objective(self) -> Objective:
+        """The objective the training step minimises (loss.objective_loss)."""
+        return Objective(self.objective, self.listwise_top, self.margin_scale, self.center_rewards)
 
     @property
     def autocast_bf16(self) -> bool:

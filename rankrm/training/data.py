@@ -80,7 +80,37 @@ def load_data(cfg: TrainConfig, encoder: TextEncoder, first=contextlib.nullconte
             )
     n_pairs = int(train.column("n_pairs").sum())
     log.info(f"split by prompt: {len(train)} training groups ({n_pairs} comparisons), {len(held)} held out")
+    check_objective(cfg, train)
     return Data(train, held, report)
+
+
+def check_objective(cfg: TrainConfig, train: StoreView) -> None:
+    """What the training groups hold against the objective: Plackett-Luce refuses groups whose stated comparisons
+    are not those their ranks imply (votes that repeat or disagree, partial orders of pairwise records), naming how
+    many and the fix; margins unused (--margin-scale 0) or asked for without any are said, never silent."""
+    files = ", ".join(map(str, cfg.train_data))
+    votes, stated = train.column("has_counts"), train.column("has_pairs")
+    if cfg.objective == "plackett-luce" and stated.any():
+        n_votes, n_partial = int(votes.sum()), int((stated & ~votes).sum())
+        raise DataError(
+            files,
+            None,
+            None,
+            f"has {n_votes + n_partial} of {len(train)} training groups whose stated comparisons are not a ranking "
+            f"({n_votes} with votes that repeat or disagree, {n_partial} stating only some pairs, as merged pairwise "
+            "records do): Plackett-Luce is the likelihood of one whole ranking per group, and these give none",
+            "train them with --objective pairwise (every vote and partial order counts there)"
+            + (", or pass --conflicts drop (a repeated vote counted once)" if n_votes else ""),
+        )
+    with_margins = int(train.column("has_margins").sum())
+    if with_margins and not cfg.margin_scale and cfg.objective == "pairwise":
+        log.info(f"note: {with_margins} training groups give margins, unused (pass --margin-scale 1 to use them)")
+    elif with_margins and cfg.objective == "plackett-luce":
+        log.info(f"note: {with_margins} training groups give margins, which Plackett-Luce does not use")
+    elif cfg.margin_scale and not with_margins:
+        log.warning(f"warning: --margin-scale {cfg.margin_scale:g}, but no training group gives margins")
+    elif cfg.margin_scale:
+        log.info(f"margins: {with_margins} of {len(train)} training groups give them, scaled by {cfg.margin_scale:g}")
 
 
 # -- model ------------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import torch
 from rankrm.data.encode import TokenizedGroup
 from rankrm.errors import CheckpointError, NonFiniteError
 from rankrm.evaluation.evaluate import EvalResult, Labels, evaluate_groups, format_metrics
-from rankrm.loss import group_stats, kwise_loss
+from rankrm.loss import PAIRWISE, Objective, objective_loss
 from rankrm.modeling.batch import collate
 from rankrm.modeling.frozen import FrozenLayerCache
 from rankrm.modeling.model import batch_rewards
@@ -49,10 +49,11 @@ def backward_step(
     bf16: bool = False,
     kv: bool = True,
     segment_aware: bool = False,
+    objective: Objective = PAIRWISE,
 ) -> StepStats:
     """Forward and backward over one step's groups in micro-batches of micro_batch_tokens padded tokens; gradients
     accumulate in .grad with each group weighted by `weight` (1/G for a step of G groups), so the update is the
-    mean over the step's groups however they are batched."""
+    mean over the step's groups however they are batched; `objective` is the loss (loss.objective_loss)."""
     device = next(model.parameters()).device
     micro = plan_batches(
         groups, micro_batch_tokens, layout, attention_per_token, kv=kv and cache is None, segment_aware=segment_aware
@@ -68,8 +69,17 @@ def backward_step(
         with contextlib.nullcontext() if sync else accelerator.no_sync(model):  # FSDP: syncs each (stays sharded)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 rewards = batch_rewards(model, b, cache)  # (N,)
-            stats = group_stats(rewards, b.ranks, b.group_index, len(idx), b.pair_counts)
-            loss = kwise_loss(stats, group_weight=weight if real else 0.0)
+            step = objective_loss(
+                rewards,
+                b.ranks,
+                b.group_index,
+                len(idx),
+                b.pair_counts,
+                b.pair_margins,
+                objective,
+                weight if real else 0.0,
+            )
+            stats, loss = step.stats, step.loss
             loss.backward() if accelerator is None else accelerator.backward(loss)
         if not real:
             continue
@@ -79,6 +89,8 @@ def backward_step(
         out.loss += stats.loss.detach().sum()
         out.correct += stats.correct.sum()
         out.pairs += stats.pairs.detach().sum()
+        if step.center is not None:
+            out.center += step.center.sum()
     return out
 
 
@@ -93,12 +105,13 @@ class Agreed:
     nonfinite: bool
     stop: bool  # a stop signal reached some process
     save_due: bool  # --save-minutes has passed since the last save
+    center: float = 0.0  # the mean group centering term C * mean (r_w + r_l)^2 (--center-rewards; not in loss)
 
 
 def agree(accelerator, st: StepStats, groups: int, real: bool, norm: float, stop: bool, save_due: bool) -> Agreed:
     """The step's loss, pairs and flags over all processes; a zero-weight stand-in group (real False) counts
     nothing."""
-    loss_sum, n, ok, n_pairs, bad, signal, due = all_sum(
+    loss_sum, n, ok, n_pairs, bad, signal, due, center = all_sum(
         accelerator,
         [
             float(st.loss) if real else 0.0,
@@ -108,10 +121,11 @@ def agree(accelerator, st: StepStats, groups: int, real: bool, norm: float, stop
             not math.isfinite(norm),
             stop,
             save_due,
+            float(st.center) if real else 0.0,
         ],
     )
     step_loss = loss_sum / n
-    return Agreed(step_loss, ok, n_pairs, bad > 0 or not math.isfinite(step_loss), signal > 0, due > 0)
+    return Agreed(step_loss, ok, n_pairs, bad > 0 or not math.isfinite(step_loss), signal > 0, due > 0, center / n)
 
 
 # -- the loop: one batch element = one prompt with all its completions -----------------------------------------------
@@ -189,6 +203,7 @@ def steps(cfg: TrainConfig, parts: Prepared, run: Run, held, signals, bar: Progr
             bf16=cfg.autocast_bf16,
             kv=not cfg.gradient_checkpointing and not is_sharded(core),  # FSDP: sharding.check_supported
             segment_aware=core.segment_aware,
+            objective=cfg.loss_objective,
         )
         norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
         due = bool(cfg.save_minutes and time.time() - last_save >= 60 * cfg.save_minutes)
@@ -208,6 +223,7 @@ def steps(cfg: TrainConfig, parts: Prepared, run: Run, held, signals, bar: Progr
             1,
             loss=f"{np.mean(losses[-20:]) if losses else float('nan'):.4f}",
             acc=f"{correct / max(pairs, 1):.3f}",
+            **({"center": f"{ag.center:.4f}"} if cfg.center_rewards else {}),
             lr=f"{run.scheduler.get_last_lr()[0]:.2e}",
             epoch=f"{(step + 1) / run.steps_per_epoch:.2f}",
             **{"tokens/s": f"{run.counters.tokens / max(run.counters.seconds(), 1e-9):.0f}"},
@@ -216,6 +232,8 @@ def steps(cfg: TrainConfig, parts: Prepared, run: Run, held, signals, bar: Progr
         logged = {"learning_rate": lr, "epoch": done / run.steps_per_epoch}  # to the --report-to trackers
         if not ag.nonfinite:
             logged.update(loss=ag.loss, accuracy=ag.correct / ag.pairs if ag.pairs else math.nan)
+            if cfg.center_rewards:
+                logged.update(center_loss=ag.center)
         accelerator.log(scalars("train", logged), step=done)
         if cfg.eval_steps and done % cfg.eval_steps == 0 and done < run.total_steps:
             evaluate_during(cfg, parts, run, held, done, losses, accs, bar)

@@ -17,6 +17,7 @@ from torch import nn
 
 from rankrm.data.encode import TokenizedGroup, shuffled_pairs
 from rankrm.data.store import StoreView
+from rankrm.loss import Objective
 from rankrm.modeling.frozen import FrozenLayerCache
 from rankrm.modeling.model import RewardModel
 from rankrm.training.config import TrainConfig
@@ -28,7 +29,8 @@ log = logging.getLogger(__name__)
 class StepStats:
     """One step's forward and backward on this process. loss: the summed group loss (a tensor, to avoid a sync);
     correct, pairs: pairs ordered right, pairs stated; tokens: what the model read (the batches' real tokens);
-    per_completion_tokens: what one padded row per completion would read; layouts: each micro-batch's."""
+    per_completion_tokens: what one padded row per completion would read; layouts: each micro-batch's; center: the
+    summed group centering term (--center-rewards), kept apart from loss."""
 
     loss: torch.Tensor
     correct: torch.Tensor | float = 0.0
@@ -37,6 +39,7 @@ class StepStats:
     per_completion_tokens: int = 0
     completions: int = 0
     layouts: list[str] = field(default_factory=list)
+    center: torch.Tensor | float = 0.0
 
 
 @dataclass
@@ -190,6 +193,9 @@ def run_identity(cfg: TrainConfig, train, trainable: list[str], total: int, step
             "length_sort_window",
         )
     }
+    objective = cfg.loss_objective
+    if objective != Objective():  # only when not the default: checkpoints of earlier runs keep their identity
+        schedule["objective"] = asdict(objective)
     return {
         "model": cfg.model,
         "data_sha256": h.hexdigest(),

@@ -113,7 +113,7 @@ def test_pairwise_standard_merges_a_prompt_into_a_partial_order_with_its_margins
     assert sun.comparisons() == [(0, 1)] and sun.stated_pairs is None and sun.margins == (1.0,)
     assert report.records == 3 and report.groups == 2
     assert report.notes["pairwise records merged with others of the same prompt"] == 2
-    assert report.notes["groups with margins (kept, not used by the loss)"] == 2
+    assert report.notes["groups with margins (used by the loss with --margin-scale)"] == 2
 
 
 def test_pairwise_records_stating_a_full_ranking_become_a_plain_ranked_group(tmp_path):
