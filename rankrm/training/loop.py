@@ -24,7 +24,7 @@ from rankrm.modeling.planning import epoch_steps, plan_batches
 from rankrm.progress import Progress
 from rankrm.training.checkpoint import save_checkpoint
 from rankrm.training.config import TrainConfig
-from rankrm.training.sharding import agree_passes, full_training_state, is_sharded, reshard
+from rankrm.training.sharding import agree_passes, backward, full_training_state, is_sharded, reshard
 from rankrm.training.signals import TrainingInterrupted
 from rankrm.training.state import Prepared, Run, RunState, StepStats
 from rankrm.training.tracking import scalars
@@ -70,7 +70,7 @@ def backward_step(
                 rewards = batch_rewards(model, b, cache)  # (N,)
             stats = group_stats(rewards, b.ranks, b.group_index, len(idx), b.pair_counts)
             loss = kwise_loss(stats, group_weight=weight if real else 0.0)
-            loss.backward() if accelerator is None else accelerator.backward(loss)
+            backward(accelerator, model, loss, sync)  # DeepSpeed: the engine steps at the last pass
         if not real:
             continue
         out.tokens += b.real_tokens
