@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -169,6 +170,7 @@ def main() -> None:
             )
             t0 = time.time()
             figures = launch(recipe, settings, tmp / f"work-{name}", n)
+            shutil.rmtree(tmp / name)  # the model and the final checkpoint: ~2 GB at the default shape
             expected = per_param(n) * params / 2**20
             payload["recipes"][name] = {
                 "recipe": recipe,

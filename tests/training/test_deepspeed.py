@@ -151,8 +151,10 @@ def test_the_zero3_model_is_a_plain_hugging_face_model_that_scores_as_reward_mod
         enc = tok(rm.render(p, c), add_special_tokens=False, return_tensors="pt")
         with torch.no_grad():
             assert hf(**enc).logits[0, 0].item() == pytest.approx(r, abs=1e-5)
-    config = [json.loads((root / f"{w}-zero3-packed" / "config.json").read_text()) for w in ("one", "two")]
-    assert config[0] == config[1] and "reward_bias" in config[0]
+    for name in ("config.json", "rankrm.json"):  # reward_bias: in config.json when not 0
+        a, b = (json.loads((root / f"{w}-zero3-packed" / name).read_text()) for w in ("one", "two"))
+        assert a == b, name
+    assert rm.reward_bias == RewardModel.from_pretrained(str(root / "one-zero3-packed")).reward_bias
     files = [sorted(f.name for f in (root / f"{w}-zero3-packed").iterdir()) for w in ("one", "two")]
     assert files[0] == files[1]
 
