@@ -24,7 +24,7 @@ from rankrm.modeling.planning import epoch_steps, plan_batches
 from rankrm.progress import Progress
 from rankrm.training.checkpoint import save_checkpoint
 from rankrm.training.config import TrainConfig
-from rankrm.training.sharding import agree_passes, full_training_state, is_sharded, reshard
+from rankrm.training.sharding import agree_passes, backward, full_training_state, is_sharded, reshard
 from rankrm.training.signals import TrainingInterrupted
 from rankrm.training.state import Prepared, Run, RunState, StepStats
 from rankrm.training.tracking import scalars
@@ -80,7 +80,7 @@ def backward_step(
                 weight if real else 0.0,
             )
             stats, loss = step.stats, step.loss
-            loss.backward() if accelerator is None else accelerator.backward(loss)
+            backward(accelerator, model, loss, sync)  # DeepSpeed: the engine steps at the last pass
         if not real:
             continue
         out.tokens += b.real_tokens

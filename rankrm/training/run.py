@@ -30,7 +30,7 @@ from rankrm.modeling.hub import resolve
 from rankrm.modeling.lora import add_lora, merge_lora
 from rankrm.modeling.model import RewardModel
 from rankrm.modeling.planning import plan_batches
-from rankrm.training import sharding
+from rankrm.training import sharding, zero
 from rankrm.training.checkpoint import RunLock, check_identity, find_checkpoint, load_checkpoint
 from rankrm.training.config import TrainConfig
 from rankrm.training.data import Data, check_tokens, load_data
@@ -53,13 +53,14 @@ def _train(cfg: TrainConfig, frozen_store: dict | None = None) -> TrainResult:
     backbone (benchmarks/grouping.py); by default each run has its own."""
     from accelerate import Accelerator
 
-    check_engine()
     engine = sharding.engine_from_launch()  # FSDP2 as the recipe names it; rankrm shards the model itself
-    if engine is not None:
-        sharding.check_supported(cfg.lora_r, cfg.layout)
+    stage = zero.stage_from_launch(cfg.max_grad_norm)  # DeepSpeed ZeRO-2/3: Accelerate builds its engine
+    if engine is not None or stage is not None:
+        sharding.check_supported(cfg.lora_r, cfg.layout, "FSDP" if engine else f"DeepSpeed ZeRO-{stage}")
     # bf16 is plain torch autocast around the forward, not Accelerate's setting, which is fixed once per process
-    with sharding.plain_process_group() if engine else contextlib.nullcontext():  # FSDP: on CPUs it cannot start
-        accelerator = Accelerator(**accelerator_kwargs(cfg.report_to, cfg.output_dir))  # --report-to trackers
+    kwargs = accelerator_kwargs(cfg.report_to, cfg.output_dir)  # --report-to trackers
+    with sharding.launch_context(engine, stage, kwargs) as kwargs:  # FSDP: on CPUs Accelerate's cannot start
+        accelerator = Accelerator(**kwargs)
     check_launch(accelerator)
     out = Path(cfg.output_dir)
     lock = RunLock(out) if accelerator.is_main_process else contextlib.nullcontext()
@@ -82,7 +83,10 @@ def _train(cfg: TrainConfig, frozen_store: dict | None = None) -> TrainResult:
             model = sharding.shard_model(model, engine, accelerator, cfg.autocast_bf16)  # before the optimizer
         check_tokens(model, data)
         run = plan_run(cfg, model, trainable, data.train)
-        if engine is None:  # DDP; a sharded model is already on its device and its own engine
+        if stage is not None:  # DeepSpeed: the engine takes the model and optimizer (zero.py)
+            zero.configure(accelerator, cfg.max_grad_norm)
+            model, run.optimizer = zero.prepare(accelerator, model, run.optimizer, stage)
+        elif engine is None:  # DDP; a sharded model is already on its device and its own engine
             model, run.optimizer = accelerator.prepare(model, run.optimizer)
         core = accelerator.unwrap_model(model)
         ckpt = find_checkpoint(cfg.resume, out / "checkpoints")
@@ -116,27 +120,13 @@ def replicas_quiet(accelerator):
 
 
 def check_launch(accelerator) -> None:
-    """Refuse a launch that would not train as asked: processes that do not see each other, or DeepSpeed, whose
-    engine rankrm's checkpoints and evaluation do not handle yet (FSDP runs: sharding.py)."""
-    check_engine(accelerator.distributed_type.value)
+    """Refuse a launch that would not train as asked: processes that do not see each other."""
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != accelerator.num_processes:
         raise SettingsError(
             f"launched as {launched} processes, but Accelerate runs {accelerator.num_processes}: each "
             "would train alone and write the same files. Fix: on CPUs launch with ACCELERATE_USE_CPU=1 "
             "accelerate launch --multi_gpu --num_processes N (plain --cpu starts one process)"
-        )
-
-
-def check_engine(distributed_type: str = "") -> None:
-    """Refuse DeepSpeed, as `accelerate launch` announces it (ACCELERATE_USE_DEEPSPEED) or as Accelerate runs it
-    (distributed_type); FSDP recipes run (sharding.py)."""
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" or distributed_type == "DEEPSPEED":
-        raise SettingsError(
-            "DEEPSPEED is not supported by rankrm yet: its checkpoints, evaluation and saved model read the "
-            "whole (unsharded) model, which DeepSpeed ZeRO splits over the processes. Fix: launch with "
-            "configs/accelerate/fsdp_shard_grad_op.yaml (ZeRO-2-like) or fsdp_full_shard.yaml (ZeRO-3-like), "
-            "or configs/accelerate/ddp.yaml (see docs/several-gpus.md)"
         )
 
 

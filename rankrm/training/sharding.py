@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from rankrm.errors import SettingsError
+from rankrm.training import zero
 
 FULL, GRAD_OP = "full shard", "shard-grad-op"
 log = logging.getLogger(__name__)
@@ -97,26 +98,53 @@ def plain_process_group():
             environ["ACCELERATE_USE_FSDP"] = saved
 
 
+@contextlib.contextmanager
+def launch_context(engine: Sharding | None, stage: int | None, kwargs: dict):
+    """Around Accelerator(**kwargs), yielding the kwargs to build it with: FSDP2 (plain_process_group), DeepSpeed
+    (zero.engine_process_group) or DDP / one process (as given)."""
+    if engine is not None:
+        with plain_process_group():
+            yield kwargs
+    elif stage is not None:
+        with zero.engine_process_group(kwargs) as kw:
+            yield kw
+    else:
+        yield kwargs
+
+
 def is_sharded(model: nn.Module) -> bool:
-    """Whether fully_shard was applied to model."""
+    """Whether fully_shard was applied to model, or it trains under a DeepSpeed ZeRO engine (the engine or its
+    RewardModel): every forward and backward is then collective."""
     from torch.distributed.fsdp import FSDPModule
 
-    return isinstance(model, FSDPModule)
+    return isinstance(model, FSDPModule) or zero.engine_of(model) is not None
 
 
-def check_supported(lora_r: int, layout: str) -> None:
-    """Refuse what sharding cannot run as asked."""
+def backward(accelerator, model: nn.Module, loss: torch.Tensor, last: bool) -> None:
+    """One pass's backward: through the DeepSpeed engine (last: the step's accumulation boundary, where it steps),
+    Accelerate (DDP, FSDP2) or plain autograd (no accelerator)."""
+    engine = zero.engine_of(model)
+    if accelerator is None:
+        loss.backward()
+    elif engine is not None:
+        zero.backward(engine, loss, last)
+    else:
+        accelerator.backward(loss)
+
+
+def check_supported(lora_r: int, layout: str, what: str = "FSDP") -> None:
+    """Refuse what sharding (what: FSDP, DeepSpeed ZeRO-2 or ZeRO-3) cannot run as asked."""
     if layout == "kv":
         raise SettingsError(
-            "--layout kv with FSDP: the prompt's keys and values reach the backward outside the layers' outputs, "
-            "where FSDP gathers a layer's weights again. Fix: --layout auto (under FSDP it trains with padded or "
+            f"--layout kv with {what}: the prompt's keys and values reach the backward outside the layers' outputs, "
+            "where sharding gathers a layer's weights again. Fix: --layout auto (sharded, it trains with padded or "
             "packed rows, and evaluates with kv where cheaper), packed or padded"
         )
     if lora_r:
         raise SettingsError(
-            "--lora-r with FSDP: the adapters are merged into the whole backbone for the saved model, which "
+            f"--lora-r with {what}: the adapters are merged into the whole backbone for the saved model, which "
             "rankrm does not do on sharded weights yet. Fix: launch LoRA with configs/accelerate/ddp.yaml "
-            "(the frozen backbone can load in bf16: --dtype bf16), or train the whole model under FSDP"
+            f"(the frozen backbone can load in bf16: --dtype bf16), or train the whole model under {what}"
         )
 
 
@@ -184,6 +212,9 @@ def full_model_state(model) -> dict[str, torch.Tensor]:
     collective: every process calls it."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+    if zero.engine_of(model) is not None:
+        return zero.full_model_state(model)
+
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
@@ -193,6 +224,8 @@ def full_training_state(model, optimizer) -> tuple[dict[str, torch.Tensor], dict
     collective. The other ranks get empty dicts."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
+    if zero.engine_of(model) is not None:
+        return zero.full_training_state(model)
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     weights = full_model_state(model)
     osd = get_optimizer_state_dict(model, optimizer, options=options)
@@ -215,6 +248,8 @@ def load_training_state(model, optimizer, trainable: dict, optimizer_state: dict
         set_optimizer_state_dict,
     )
 
+    if zero.engine_of(model) is not None:
+        return zero.load_training_state(model, trainable, optimizer_state)
     names = _optimizer_names(model, optimizer)
     options = StateDictOptions(full_state_dict=True, strict=False)
     set_model_state_dict(model, {n: trainable[n] for n in names}, options=options)

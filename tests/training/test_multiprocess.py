@@ -2,8 +2,8 @@
 one: the same metrics and weights within 1e-5 for every layout, the frozen-layer cache, LoRA and the shuffled-pairs
 regime, with a last step of 1 group for 2 processes; a SIGTERM to the launcher reaches both processes and leaves one
 checkpoint, from which --resume ends bit-identical to the uninterrupted 2-process run. Every shipped recipe that can
-start here is started: ddp_multinode.yaml as two machines of one process on this host, the DeepSpeed recipes (where
-deepspeed is installed), which rankrm refuses at start; the FSDP recipes train in tests/training/test_sharding.py.
+start here is started: ddp_multinode.yaml as two machines of one process on this host; the FSDP recipes train in
+tests/training/test_sharding.py, the DeepSpeed ones in tests/training/test_deepspeed.py.
 
 Cost: one launch runs the four configurations in sequence (tests/multi_runs.py), one is stopped by the signal and
 one resumes: three starts of 2 processes (~20 s each on 2 busy cores) and four 1-process references in this process;
@@ -14,7 +14,6 @@ last bit, which shows the evaluation spread over the processes computes what one
 
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -231,27 +230,9 @@ def test_the_multinode_recipe_two_machines_of_one_process_on_this_host_train_as_
     ]
 
 
-@pytest.mark.parametrize("config", ["deepspeed_zero2.yaml", "deepspeed_zero3.yaml"])
-def test_the_shipped_deepspeed_recipes_start_and_are_refused_with_the_fix(config, model_dirs, data, tmp_path):
-    """`accelerate launch` with each DeepSpeed recipe as shipped: the processes stop at start with rankrm's message
-    (exit 2) and write nothing (the launcher stops the other process when the first exits, sometimes before it has
-    printed). They need the deepspeed package (Accelerate's launcher refuses to start them without it), so they run
-    only where it is installed. The FSDP recipes train: tests/training/test_sharding.py."""
-    engine = "DEEPSPEED"
-    pytest.importorskip("deepspeed")
-    out = tmp_path / "sharded"
-    proc = launch(flags(settings(model_dirs, data, out)), ["-m", "rankrm", "train"], config)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode != 0
-    assert f"rankrm train: error: {engine} is not supported by rankrm yet" in err, err[-3000:]
-    assert re.search(r"exitcode\s*: 2 ", err), err[-3000:]  # the CLI's exit for a bad setting, as torchrun saw it
-    assert "Fix: launch with configs/accelerate/fsdp_shard_grad_op.yaml" in err
-    assert not out.exists()
-
-
 def test_a_launch_that_would_not_train_as_asked_is_refused(monkeypatch):
     """Processes that do not see each other (`accelerate launch --cpu --num_processes 2` starts one; `--multi_gpu`
-    without a GPU starts 2 that each run alone) and DeepSpeed, which rankrm does not run yet (FSDP runs)."""
+    without a GPU starts 2 that each run alone)."""
     from types import SimpleNamespace
 
     from accelerate.utils import DistributedType
@@ -266,12 +247,8 @@ def test_a_launch_that_would_not_train_as_asked_is_refused(monkeypatch):
     check_launch(alone)
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # rankrm shards itself (training/sharding.py)
     check_launch(alone)
-    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
-    with pytest.raises(SettingsError, match="DEEPSPEED is not supported by rankrm yet.*fsdp_shard_grad_op.yaml"):
-        check_launch(alone)
-    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
-    with pytest.raises(SettingsError, match="DEEPSPEED is not supported"):
-        check_launch(SimpleNamespace(num_processes=1, distributed_type=DistributedType.DEEPSPEED))
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # runs: tests/training/test_deepspeed.py
+    check_launch(alone)
 
 
 def test_dtype_bf16_loads_frozen_weights_in_bf16_and_trains_fp32_master_weights(model_dirs, data, tmp_path):
