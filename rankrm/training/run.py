@@ -201,7 +201,9 @@ def frozen_layer_cache(cfg: TrainConfig, core: RewardModel, store: dict | None, 
     if not cfg.frozen_cache_on:
         return None
     if sharding.is_sharded(core):  # it calls the layers outside the root's forward, where FSDP gathers their weights
-        log.info("FSDP: the frozen layers run at every step (the frozen-layer cache is off under sharding)")
+        log.info(
+            "sharded (FSDP2, ZeRO): the frozen layers run at every step (the frozen-layer cache is off under sharding)"
+        )
         return None
     if cfg.layout == "kv":
         log.info(

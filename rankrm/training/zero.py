@@ -210,23 +210,48 @@ def load_training_state(model, trainable: dict, optimizer_state: dict) -> None:
     saved = optimizer_state["state"]
     if saved:  # AdamW makes its state at the first step: made here so that the fragments have a place
         step = next(iter(saved.values()))["step"]
-        for g in inner.param_groups:
-            for flat in g["params"]:
-                inner.state[flat] = {
-                    "step": step.clone(),
-                    "exp_avg": torch.zeros_like(flat),
-                    "exp_avg_sq": torch.zeros_like(flat),
-                }
+        for flat in _flat_partitions(engine):
+            inner.state[flat] = {
+                "step": step.clone(),
+                "exp_avg": torch.zeros_like(flat),
+                "exp_avg_sq": torch.zeros_like(flat),
+            }
         _link_optimizer_state(engine)
     params = dict(model.named_parameters())
     for i, n in enumerate(names):
         safe_set_full_fp32_param(params[n], trainable[n].to(params[n].device))
+        _set_model_weight(params[n], trainable[n])
         for k in ("exp_avg", "exp_avg_sq"):
             if saved:
                 s = saved[i] if i in saved else saved[str(i)]
                 safe_set_full_optimizer_state(params[n], s[k].to(params[n].device), k)
     for g, s in zip(inner.param_groups, optimizer_state["param_groups"]):
         g.update({k: v for k, v in s.items() if k != "params"})
+
+
+def _flat_partitions(engine) -> list[torch.Tensor]:
+    """The flat fp32 partitions AdamW keeps its state under: ZeRO-3 sets them into its groups only while it steps."""
+    opt = engine.optimizer
+    for name in ("fp32_partitioned_groups_flat", "single_partition_of_fp32_groups"):  # ZeRO-3, ZeRO-2
+        if getattr(opt, name, None):
+            return list(getattr(opt, name))
+    return [p for g in opt.optimizer.param_groups for p in g["params"]]
+
+
+def _set_model_weight(p: nn.Parameter, value: torch.Tensor) -> None:
+    """The model's own copy of a weight, which the forward reads (safe_set_full_fp32_param sets the optimizer's
+    master copy only; the engine copies master to model at its next step). ZeRO-2: whole on every process;
+    ZeRO-3: gathered, set on rank 0 and partitioned again (collective)."""
+    from deepspeed import zero
+
+    if not hasattr(p, "ds_id"):
+        with torch.no_grad():
+            p.copy_(value.to(p.device, p.dtype))
+        return
+    with zero.GatheredParameters([p], modifier_rank=0):
+        if torch.distributed.get_rank() == 0:
+            with torch.no_grad():
+                p.copy_(value.to(p.device, p.dtype))
 
 
 def _link_optimizer_state(engine) -> None:

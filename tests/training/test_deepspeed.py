@@ -3,12 +3,14 @@ shipped recipes configs/accelerate/deepspeed_zero2.yaml and deepspeed_zero3.yaml
 same data and seed: weights within 1e-5 and the same metrics, with a last step of 1 group for 2 processes (a
 zero-weight pass) and micro-batch counts that differ between the processes (stand-in passes keep every
 collective matched); the checkpoint holds the one-process tensors (gathered from the engine's partitions) and
-resumes in one process; the saved model is a plain Hugging Face directory that scores as RewardModel.score; a
-diverging run's NaN steps are dropped by the engine and counted.
+resumes in one process, and in 2 ZeRO processes bit-identical to the uninterrupted run; the saved model is a plain
+Hugging Face directory that scores as RewardModel.score; a diverging run's NaN steps are dropped by the engine and
+counted.
 
 Cost: two launches of 2 processes (one per stage, at the same time, each running its cases in sequence through
-tests/multi_runs.py) while the 1-process references run here: ~2-3 minutes on 2 busy cores. The first DeepSpeed
-start on a machine also compiles DeepSpeed's shared-memory op (minutes, once; cached in ~/.cache/torch_extensions)."""
+tests/multi_runs.py) while the 1-process references run here, then two resuming launches: ~6 minutes on 2 cores
+under a load average of ~20 (other sessions' tests). The first DeepSpeed start on a machine also compiles
+DeepSpeed's shared-memory op (minutes, once; cached in ~/.cache/torch_extensions)."""
 
 import json
 import shutil
@@ -212,3 +214,23 @@ def test_what_zero_cannot_run_is_refused_before_anything_loads(model_dirs, data,
     with pytest.raises(SettingsError, match=message):
         train(TrainConfig(**settings(model_dirs, data, out, **kw)))
     assert not out.exists()
+
+
+def test_zero_processes_resume_their_own_checkpoint_bit_identical(runs, model_dirs, data, tmp_path):
+    """Each stage's step-3 checkpoint resumed by 2 ZeRO processes (`--resume latest`: loaded into the engine's
+    partitions, both the optimizer's master copy and the model's own weights) ends bit-identical to the
+    uninterrupted 2-process run."""
+    root, _ = runs
+    procs = {}
+    for stage, name in ((2, "zero2-packed"), (3, "zero3-packed")):
+        out = tmp_path / name
+        shutil.copytree(root / f"two-{name}" / "checkpoints" / "step-3", out / "checkpoints" / "step-3")
+        args = flags(settings(model_dirs, data, out, **CASES[name][1], resume="latest"))
+        procs[name] = (out, launch(args, ["-m", "rankrm", "train"], RECIPES[stage]))
+    for name, (out, proc) in procs.items():
+        _, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, err[-3000:]
+        assert "resumed from" in err and "at step 3" in err
+        a, b = weights(root / f"two-{name}"), weights(out)
+        assert all(torch.equal(a[n], b[n]) for n in a), f"{name}: resumed run differs from the uninterrupted one"
+        assert results(out)["after"] == results(root / f"two-{name}")["after"]
