@@ -16,20 +16,22 @@ import torch
 from rankrm.data.encode import TokenizedGroup
 from rankrm.errors import CheckpointError, NonFiniteError
 from rankrm.evaluation.evaluate import EvalResult, Labels, evaluate_groups, format_metrics
-from rankrm.loss import PAIRWISE, Objective, objective_loss
 from rankrm.modeling.batch import collate
 from rankrm.modeling.frozen import FrozenLayerCache
-from rankrm.modeling.model import batch_rewards
+from rankrm.modeling.heads import tie_reward_row
+from rankrm.modeling.model import batch_outputs
 from rankrm.modeling.planning import epoch_steps, plan_batches
 from rankrm.progress import Progress
 from rankrm.training.checkpoint import save_checkpoint
 from rankrm.training.config import TrainConfig
+from rankrm.training.objective import HeadLoss, micro_batch_loss
 from rankrm.training.sharding import agree_passes, backward, full_training_state, is_sharded, reshard
 from rankrm.training.signals import TrainingInterrupted
 from rankrm.training.state import Prepared, Run, RunState, StepStats
 from rankrm.training.tracking import scalars
 
 log = logging.getLogger(__name__)
+SCALAR = HeadLoss()  # the scalar head's pairwise loss: the K-wise loss of output 0
 
 
 # -- one optimizer step -----------------------------------------------------------------------------------------
@@ -49,11 +51,13 @@ def backward_step(
     bf16: bool = False,
     kv: bool = True,
     segment_aware: bool = False,
-    objective: Objective = PAIRWISE,
+    objective: HeadLoss | None = None,
+    unit_ids: list[int] | None = None,
 ) -> StepStats:
     """Forward and backward over one step's groups in micro-batches of micro_batch_tokens padded tokens; gradients
     accumulate in .grad with each group weighted by `weight` (1/G for a step of G groups), so the update is the
-    mean over the step's groups however they are batched; `objective` is the loss (loss.objective_loss)."""
+    mean over the step's groups however they are batched. objective: the loss (training/objective.py: the ranking objective and the head's terms); unit_ids:
+    the groups' indices among the run's training units (an ensemble's bootstrap weights are per unit)."""
     device = next(model.parameters()).device
     micro = plan_batches(
         groups, micro_batch_tokens, layout, attention_per_token, kv=kv and cache is None, segment_aware=segment_aware
@@ -68,17 +72,10 @@ def backward_step(
         sync = mi == n_passes - 1 or accelerator is None
         with contextlib.nullcontext() if sync else accelerator.no_sync(model):  # FSDP: syncs each (stays sharded)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                rewards = batch_rewards(model, b, cache)  # (N,)
-            step = objective_loss(
-                rewards,
-                b.ranks,
-                b.group_index,
-                len(idx),
-                b.pair_counts,
-                b.pair_margins,
-                objective,
-                weight if real else 0.0,
-            )
+                outputs = batch_outputs(model, b, cache)  # (N, O): output 0 the reward
+            units = [unit_ids[j] for j in idx] if unit_ids is not None else list(idx)
+            sub, w = [groups[j] for j in idx], weight if real else 0.0
+            step = micro_batch_loss(objective or SCALAR, model, outputs, b, sub, w, units)
             stats, loss = step.stats, step.loss
             backward(accelerator, model, loss, sync)  # DeepSpeed: the engine steps at the last pass
         if not real:
@@ -203,7 +200,8 @@ def steps(cfg: TrainConfig, parts: Prepared, run: Run, held, signals, bar: Progr
             bf16=cfg.autocast_bf16,
             kv=not cfg.gradient_checkpointing and not is_sharded(core),  # FSDP: sharding.check_supported
             segment_aware=core.segment_aware,
-            objective=cfg.loss_objective,
+            objective=parts.objective,
+            unit_ids=mine_ids,
         )
         norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
         due = bool(cfg.save_minutes and time.time() - last_save >= 60 * cfg.save_minutes)
@@ -213,6 +211,7 @@ def steps(cfg: TrainConfig, parts: Prepared, run: Run, held, signals, bar: Progr
             nonfinite(cfg, run.state, step, ag.loss, float(norm))
         else:
             run.optimizer.step()
+            tie_reward_row(core.head, core.head_spec)  # an ensemble's mean row follows its members (else a no-op)
             losses.append(ag.loss)
             accs.append((ag.correct, ag.pairs))
         run.scheduler.step()
@@ -305,16 +304,19 @@ def evaluate_shared(
     for k, (idx, how) in enumerate(share + plan[:1] * extra):  # one pass each: idx fits the budget by plan
         r = evaluate_groups(core, [groups[i] for i in idx], batch_tokens, how, cache, require_pairs=False)
         if k < len(share):  # a stand-in pass (sharded) is discarded
-            mine.append((idx, r.correct, r.pairs, r.nll, r.rewards))
+            mine.append((idx, r.correct, r.pairs, r.nll, r.rewards, r.members))
     if is_sharded(core):
         reshard(core)
     correct, pairs, nll = (np.zeros(len(groups)) for _ in range(3))
     rewards: list = [None] * len(groups)
-    for idx, c, p, n, rw in gather_object(mine):
+    members: list = [None] * len(groups) if core.head_spec.kind == "ensemble" else []
+    for idx, c, p, n, rw, mem in gather_object(mine):
         correct[idx], pairs[idx], nll[idx] = c, p, n
-        for i, x in zip(idx, rw):
-            rewards[i] = x
-    return EvalResult(correct, pairs, nll, tuple(rewards), tuple(Labels.of(g) for g in groups))
+        for k, i in enumerate(idx):
+            rewards[i] = rw[k]
+            if members:
+                members[i] = mem[k]
+    return EvalResult(correct, pairs, nll, tuple(rewards), tuple(Labels.of(g) for g in groups), tuple(members))
 
 
 def nonfinite(cfg: TrainConfig, state: RunState, step: int, loss: float, norm: float) -> None:

@@ -23,12 +23,14 @@ from rankrm.data.prepare import native_line
 from rankrm.errors import SettingsError
 from rankrm.evaluation.evaluate import EvalResult, compare, format_metrics
 from rankrm.evaluation.plots import plotting_missing, write_training_report
+from rankrm.evaluation.uncertainty import format_spread
 from rankrm.files import remove_leftovers
 from rankrm.modeling.batch import collate
 from rankrm.modeling.frozen import FrozenLayerCache, select_trainable
+from rankrm.modeling.heads import tie_reward_row
 from rankrm.modeling.hub import resolve
 from rankrm.modeling.lora import add_lora, merge_lora
-from rankrm.modeling.model import RewardModel
+from rankrm.modeling.model import META_FILE, RewardModel
 from rankrm.modeling.planning import plan_batches
 from rankrm.training import sharding, zero
 from rankrm.training.checkpoint import RunLock, check_identity, find_checkpoint, load_checkpoint
@@ -36,6 +38,7 @@ from rankrm.training.config import TrainConfig
 from rankrm.training.data import Data, check_tokens, load_data
 from rankrm.training.determinism import setup_determinism
 from rankrm.training.loop import all_sum, evaluate_shared, loop
+from rankrm.training.objective import HeadLoss, bootstrap_weights
 from rankrm.training.signals import StopSignals
 from rankrm.training.state import Prepared, Run, RunState, TrainResult, plan_run
 from rankrm.training.tracking import accelerator_kwargs, end_trackers, scalars, start_trackers
@@ -56,7 +59,8 @@ def _train(cfg: TrainConfig, frozen_store: dict | None = None) -> TrainResult:
     engine = sharding.engine_from_launch()  # FSDP2 as the recipe names it; rankrm shards the model itself
     stage = zero.stage_from_launch(cfg.max_grad_norm)  # DeepSpeed ZeRO-2/3: Accelerate builds its engine
     if engine is not None or stage is not None:
-        sharding.check_supported(cfg.lora_r, cfg.layout, "FSDP" if engine else f"DeepSpeed ZeRO-{stage}")
+        what = "FSDP" if engine else f"DeepSpeed ZeRO-{stage}"
+        sharding.check_supported(cfg.lora_r, cfg.layout, what, cfg.head_spec.kind)
     # bf16 is plain torch autocast around the forward, not Accelerate's setting, which is fixed once per process
     kwargs = accelerator_kwargs(cfg.report_to, cfg.output_dir)  # --report-to trackers
     with sharding.launch_context(engine, stage, kwargs) as kwargs:  # FSDP: on CPUs Accelerate's cannot start
@@ -92,7 +96,8 @@ def _train(cfg: TrainConfig, frozen_store: dict | None = None) -> TrainResult:
         ckpt = find_checkpoint(cfg.resume, out / "checkpoints")
         if ckpt is not None:
             resume(ckpt, core, run)
-        parts = Prepared(accelerator, model, core, frozen_layer_cache(cfg, core, frozen_store, data.held))
+        cache = frozen_layer_cache(cfg, core, frozen_store, data.held)
+        parts = Prepared(accelerator, model, core, cache, objective(cfg, len(run.units)))
         if run.state.before is None:
             t0 = time.time()
             before = evaluate_shared(
@@ -140,14 +145,18 @@ def disable_dropout(model: nn.Module) -> None:
 
 
 def build_model(cfg: TrainConfig, encoder: TextEncoder) -> tuple[RewardModel, list[str]]:
-    """The backbone with a fresh scalar head reading through the run's encoder, dropout off, and the parameters
-    that train."""
+    """The backbone with a fresh head (cfg.head_spec) reading through the run's encoder, dropout off, and the
+    parameters that train."""
+    fresh = not (Path(resolve(cfg.model)) / META_FILE).is_file()  # an LM, not a saved reward model trained further
     model = RewardModel.from_pretrained(
         cfg.model,
         dtype=torch.bfloat16 if cfg.dtype == "bf16" else torch.float32,
         attn_implementation=cfg.attn_implementation,
         encoder=encoder,
+        head=cfg.head_spec,
     )
+    if fresh:
+        init_members(model, cfg.seed)
     disable_dropout(model)
     trainable = (
         add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_targets)
@@ -176,6 +185,31 @@ def build_model(cfg: TrainConfig, encoder: TextEncoder) -> tuple[RewardModel, li
         f"{'; gradient checkpointing' if cfg.gradient_checkpointing else ''}"
     )
     return model, trainable
+
+
+@torch.no_grad()
+def init_members(model: RewardModel, seed: int) -> None:
+    """An ensemble's members start apart: member m's row drawn with its own seed (seed, m), as transformers draws a
+    fresh head (normal, std initializer_range; bias 0); row 0 is then their mean. Other heads keep their draw."""
+    spec, head = model.head_spec, model.head
+    if spec.kind != "ensemble":
+        return
+    std = float(getattr(model.hf.config, "initializer_range", 0.02))
+    for m in range(1, spec.num_outputs):
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + m)
+        row = torch.randn(head.in_features, generator=gen, dtype=torch.float32) * std
+        head.weight[m] = row.to(head.weight.dtype)
+        if head.bias is not None:
+            head.bias[m] = 0.0
+    tie_reward_row(head, spec)
+
+
+def objective(cfg: TrainConfig, units: int) -> HeadLoss:
+    """The run's loss: the ranking objective, the head, an ensemble's bootstrap weights per training unit (drawn
+    from the seed), ODIN's weights."""
+    spec = cfg.head_spec
+    boot = bootstrap_weights(units, cfg.ensemble, cfg.seed) if spec.kind == "ensemble" else None
+    return HeadLoss(cfg.loss_objective, spec, boot, cfg.length_loss_weight, cfg.orthogonal_loss_weight)
 
 
 def resume(ckpt: Path, core: RewardModel, run: Run) -> None:
@@ -280,6 +314,8 @@ def report(r: TrainResult, steps: int, out: Path) -> None:
     ch = r.change
     log.info(f"before training: {format_metrics(r.before)}")
     log.info(f"after training:  {format_metrics(r.after)}")
+    for line in format_spread(r.after["ensemble"]) if r.after.get("ensemble") else ():
+        log.info(line)
     log.info(
         f"change: accuracy {ch['accuracy_gain']:+.4f} (95% CI {ch['accuracy_gain_ci95'][0]:+.3f} .. "
         f"{ch['accuracy_gain_ci95'][1]:+.3f}), log loss {ch['log_loss_change']:+.4f} (95% CI "

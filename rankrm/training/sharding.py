@@ -132,13 +132,19 @@ def backward(accelerator, model: nn.Module, loss: torch.Tensor, last: bool) -> N
         accelerator.backward(loss)
 
 
-def check_supported(lora_r: int, layout: str, what: str = "FSDP") -> None:
+def check_supported(lora_r: int, layout: str, what: str = "FSDP", head: str = "scalar") -> None:
     """Refuse what sharding (what: FSDP, DeepSpeed ZeRO-2 or ZeRO-3) cannot run as asked."""
     if layout == "kv":
         raise SettingsError(
             f"--layout kv with {what}: the prompt's keys and values reach the backward outside the layers' outputs, "
             "where sharding gathers a layer's weights again. Fix: --layout auto (sharded, it trains with padded or "
             "packed rows, and evaluates with kv where cheaper), packed or padded"
+        )
+    if head != "scalar":
+        raise SettingsError(
+            f"a {head} head with {what}: its loss terms and its tied reward row read the whole head, which rankrm "
+            "does not gather from sharded weights yet. Fix: launch it with configs/accelerate/ddp.yaml, or train "
+            f"the scalar head under {what}"
         )
     if lora_r:
         raise SettingsError(

@@ -21,6 +21,7 @@ from rankrm.loss import Objective
 from rankrm.modeling.frozen import FrozenLayerCache
 from rankrm.modeling.model import RewardModel
 from rankrm.training.config import TrainConfig
+from rankrm.training.objective import HeadLoss
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +103,14 @@ class Run:
 @dataclass
 class Prepared:
     """The pieces every step uses: the Accelerator, the model as it prepared it (DDP-wrapped under several
-    processes: backward, no_sync), the unwrapped RewardModel (evaluation, checkpoints) and the frozen-layer cache."""
+    processes: backward, no_sync), the unwrapped RewardModel (evaluation, checkpoints), the frozen-layer cache and
+    the head's objective."""
 
     accelerator: object
     model: nn.Module
     core: RewardModel
     cache: FrozenLayerCache | None = None
+    objective: HeadLoss = field(default_factory=HeadLoss)  # the run's loss (training/objective.py)
 
 
 @dataclass
@@ -196,10 +199,18 @@ def run_identity(cfg: TrainConfig, train, trainable: list[str], total: int, step
     objective = cfg.loss_objective
     if objective != Objective():  # only when not the default: checkpoints of earlier runs keep their identity
         schedule["objective"] = asdict(objective)
-    return {
+    out = {
         "model": cfg.model,
         "data_sha256": h.hexdigest(),
         "seed": cfg.seed,
         "trainable": hashlib.sha256("\n".join(trainable).encode()).hexdigest()[:16],
         "schedule": {**schedule, "total_steps": total, "steps_per_epoch": steps_per_epoch},
     }
+    spec = cfg.head_spec
+    if spec.kind != "scalar":  # a scalar run's identity stays what it was before heads existed (its checkpoints resume)
+        out["head"] = {
+            **spec.to_json(),
+            "length_weight": cfg.length_loss_weight,
+            "orthogonal_weight": cfg.orthogonal_loss_weight,
+        }
+    return out
