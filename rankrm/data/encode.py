@@ -245,6 +245,7 @@ class TokenizedGroup:
     subset: str | None = None  # the group's subset / category, for per-subset metrics
     chars: list[int] | None = None  # characters of each completion (its text, before rendering), for length metrics
     fields: dict[str, list] | None = None  # record field -> one value per pair of comparisons() (pairwise sources)
+    attributes: dict[str, list] | None = None  # attribute name -> one rating (None: not given) per completion
 
     @property
     def tokens(self) -> int:
@@ -285,9 +286,19 @@ def tokenize_groups(model, groups) -> tuple[list[TokenizedGroup], int]:
         counts = None if g.counts is None else list(g.counts)
         chars = [len(c) for c in g.completions]
         fields = None if g.fields is None else {k: list(v) for k, v in g.fields.items()}
-        out.append(TokenizedGroup(ids[at : at + g.k], list(g.ranks), stated, counts, g.subset, chars, fields))
+        attributes = None if g.attributes is None else attribute_columns(g.attributes)
+        out.append(
+            TokenizedGroup(ids[at : at + g.k], list(g.ranks), stated, counts, g.subset, chars, fields, attributes)
+        )
         at += g.k
     return out, sum(cut)
+
+
+def attribute_columns(ratings) -> dict[str, list]:
+    """Per-completion ratings ([{name: value}, ...]) as columns {name: [value or None per completion]}, names
+    sorted: the form the store keeps and the batches read."""
+    names = sorted({name for r in ratings for name in (r or {})})
+    return {name: [(r or {}).get(name) for r in ratings] for name in names}
 
 
 def shuffled_pairs(groups: list[TokenizedGroup]) -> list[TokenizedGroup]:
