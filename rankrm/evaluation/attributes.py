@@ -7,9 +7,11 @@ the metrics stay JSON."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
+import torch
 
 
 def rmse(pred, target) -> float | None:
@@ -76,3 +78,64 @@ def attribute_metrics(pred, target, names, train_means=None) -> dict:
         for key in ("rmse", "pearson", "spearman", "baseline_rmse")
     }
     return out
+
+
+def train_means(view, names) -> list[float | None]:
+    """Each attribute's mean rating over training groups (a StoreView or TokenizedGroups): the constant baseline's
+    predictions; None for an attribute with no training rating."""
+    sums, counts = np.zeros(len(names)), np.zeros(len(names))
+    cols = view.column("attributes") if hasattr(view, "column") else [g.attributes for g in view]
+    for c in cols:
+        if c is None:
+            continue
+        c = json.loads(c) if isinstance(c, str) else c
+        for a, name in enumerate(names):
+            values = [v for v in c.get(name, ()) if v is not None]
+            sums[a] += sum(values)
+            counts[a] += len(values)
+    return [float(s / n) if n else None for s, n in zip(sums, counts)]
+
+
+@torch.no_grad()
+def evaluate_attributes(model, groups, names, means=None, batch_tokens: int = 4096, layout: str = "auto", cache=None):
+    """attribute_metrics of the model's attribute outputs (1..A) on the held-out groups that carry ratings, in one
+    pass over those groups (the same batches as evaluate_groups plans). means: the training ratings' means."""
+    from rankrm.modeling.batch import collate
+    from rankrm.modeling.model import batch_outputs
+    from rankrm.modeling.planning import plan_batches
+    from rankrm.modeling.ratings import attribute_targets
+
+    rated = [g for g in (groups[i] for i in range(len(groups))) if g.attributes]
+    if not rated:
+        return {name: {"ratings": 0} for name in names}
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    preds, targets = [], []
+    plan = plan_batches(rated, batch_tokens, layout, model.attention_per_token, kv=cache is None)
+    for idx, how in plan:
+        part = [rated[i] for i in idx]
+        b = collate(part, model.tokenizer.pad_token_id, how, dense_mask=not model.segment_aware).to(device)
+        out = batch_outputs(model, b, cache).double().cpu()  # (N, O)
+        t, m = attribute_targets(part, names)  # (N, A)
+        preds.append(out[:, 1 : 1 + len(names)].numpy())
+        targets.append(np.where(m.numpy(), t.double().numpy(), np.nan))
+    model.train(was_training)
+    return attribute_metrics(np.concatenate(preds), np.concatenate(targets), names, means)
+
+
+def format_attributes(m: dict) -> list[str]:
+    """The per-attribute metrics as lines: RMSE against the constant-mean baseline's, Pearson, Spearman."""
+
+    def num(x):
+        return "n/a" if x is None else f"{x:.4f}"
+
+    lines = []
+    for name, v in m.items():
+        if name == "mean" or not v.get("ratings"):
+            continue
+        lines.append(
+            f"  {name}: RMSE {num(v['rmse'])} (constant mean {num(v['baseline_rmse'])})  Pearson {num(v['pearson'])}"
+            f"  Spearman {num(v['spearman'])}  ({v['ratings']} ratings)"
+        )
+    return lines

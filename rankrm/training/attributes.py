@@ -1,0 +1,52 @@
+"""The loss of an attributes head (--attributes): the masked MSE of outputs 1..A on the ratings, plus, with
+--ranking-loss-weight > 0, the ranking loss of the reward, on the same backbone in the same forward pass.
+
+What the ranking trains: with reward weights (--attribute-weights, or the mean when the ranking is off) output 0
+is defined as sum_a w_a * output_a (heads.tie_reward_row re-sets its row after every step), so the ranking loss
+is applied to that weighted sum of the attribute outputs and its gradient reaches the attribute rows; without
+weights output 0 is a row of its own, trained by the ranking alone, and the attributes by their ratings alone.
+
+The loss of a micro-batch: ranking_weight * K-wise + attribute_weight * masked MSE, each a mean over the step's
+groups (group_weight 1/G), so the update does not depend on the micro-batching. The statistics reported per group
+(the step's loss) are the same weighted sum; pairs and accuracy are the ranking's."""
+
+from __future__ import annotations
+
+import torch
+
+from rankrm.loss import GroupStats, group_stats, kwise_loss
+from rankrm.modeling.ratings import attribute_targets
+from rankrm.regression import regression_loss, regression_stats
+
+
+def attribute_reward(outputs: torch.Tensor, weights) -> torch.Tensor:
+    """(N,) the reward the ranking trains: sum_a w_a * output_a with weights (exactly output 0 once its row is
+    tied), else output 0."""
+    if not weights:
+        return outputs[:, 0]
+    w = torch.tensor(weights, dtype=outputs.dtype, device=outputs.device)  # (A,)
+    return outputs[:, 1:] @ w  # (N, A) @ (A,) -> (N,)
+
+
+def attribute_loss(
+    outputs: torch.Tensor,
+    batch,
+    groups,
+    names,
+    weights,
+    group_weight: float,
+    attribute_weight: float = 1.0,
+    ranking_weight: float = 1.0,
+) -> tuple[torch.Tensor, GroupStats]:
+    """(loss to backpropagate, per-group statistics) of one micro-batch of `groups` (TokenizedGroups, in the
+    batch's order); outputs (N, 1 + A) from batch_outputs."""
+    n = len(groups)
+    targets, mask = attribute_targets(groups, names)  # (N, A) each
+    rs = regression_stats(outputs[:, 1:], targets.to(outputs.device), mask.to(outputs.device), batch.group_index, n)
+    reward = attribute_reward(outputs, weights)  # (N,)
+    stats = group_stats(reward, batch.ranks, batch.group_index, n, batch.pair_counts)
+    loss = attribute_weight * regression_loss(rs, group_weight=group_weight)
+    if ranking_weight:
+        loss = loss + ranking_weight * kwise_loss(stats, group_weight=group_weight)
+    reported = ranking_weight * stats.loss.detach() + attribute_weight * rs.loss.detach()  # (G,)
+    return loss, GroupStats(reported, stats.pairs, stats.correct, stats.nll)
