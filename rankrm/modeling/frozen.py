@@ -137,9 +137,9 @@ class FrozenLayerCache:
             handle.remove()
             setattr(self.backbone, self.name, full)
 
-    def rewards(self, model, batch) -> torch.Tensor:
-        """Rewards for a batch: replayed from the cache when every sequence in it is there, else a full forward that
-        fills the cache. `model` is the RewardModel or its distributed wrapper."""
+    def outputs(self, model, batch) -> torch.Tensor:
+        """The head's outputs (N, O) for a batch (as model.forward gives them): replayed from the cache when every
+        sequence in it is there, else a full forward that fills the cache. `model`: the RewardModel or its wrapper."""
         if batch.prompt is not None:
             raise SettingsError(
                 "the frozen-layer cache needs a single forward pass per batch; the kv layout makes two. "
@@ -158,7 +158,7 @@ class FrozenLayerCache:
         with torch.no_grad():
             with self._capture(batch, keys):  # a full forward whatever the cache holds; it (re)records the batch
                 full = model(batch)
-            replayed = self.rewards(model, batch)
+            replayed = self.outputs(model, batch)
         err = float((full - replayed).abs().max() / full.abs().max().clamp(min=1e-6))
         if err > 1e-3:
             self.store.clear()

@@ -11,16 +11,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rankrm.data.encode import PAD_TOKEN, TextEncoder, TokenizedGroup, add_pad_token
+from rankrm.data.encode import PAD_TOKEN, TextEncoder, add_pad_token
 from rankrm.errors import ModelError, NonFiniteError, SettingsError
 from rankrm.files import TMP_PREFIX, atomic_dir
-from rankrm.modeling.attention import SEGMENT_AWARE, layout_problem, layouts_for
+from rankrm.modeling.attention import SEGMENT_AWARE, layout_problem
 from rankrm.modeling.attention import register as register_attention
-from rankrm.modeling.batch import Batch, Segments, collate, collate_rows
+from rankrm.modeling.batch import Batch, Segments
 from rankrm.modeling.card import CARD_FILE, model_card
+from rankrm.modeling.heads import HeadSpec, add_reward_bias, label_config
 from rankrm.modeling.hub import DEFAULT_MODEL, resolve
-from rankrm.modeling.planning import plan_batches, token_budget_batches
-from rankrm.progress import library_bars, with_progress
+from rankrm.modeling.scoring import Scoring, batch_outputs, batch_rewards
+from rankrm.progress import library_bars
+
+__all__ = ["RewardModel", "batch_outputs", "batch_rewards"]  # the batch paths live in scoring.py, imported from here
 
 META_FILE = "rankrm.json"
 # what a save writes; everything else in a model directory (a run's checkpoints, metrics, held-out data) is kept
@@ -39,14 +42,6 @@ MODEL_FILE_PREFIXES = ("model", "pytorch_model", "tokenizer", "vocab")
 def is_model_file(name: str) -> bool:
     """Whether a directory entry belongs to a saved model (replaced by the next save) rather than to its run."""
     return name in MODEL_FILE_NAMES or name.startswith(MODEL_FILE_PREFIXES)
-
-
-def batch_rewards(model, batch: Batch, cache=None) -> torch.Tensor:
-    """Rewards (N,) of a batch: the one path from a batch to rewards (training, evaluation, scoring, serving).
-
-    model: the RewardModel or its distributed wrapper; cache: a frozen.FrozenLayerCache, whose frozen layers then
-    run only for sequences it has not seen."""
-    return model(batch) if cache is None else cache.rewards(model, batch)
 
 
 def ensure_pad_token(hf, tokenizer) -> None:
@@ -74,12 +69,21 @@ def select_rows(cache, index: torch.Tensor) -> None:
         cache.batch_select_indices(index)
 
 
-class RewardModel(nn.Module):
-    """A Hugging Face backbone without its LM head plus a scalar head; r(x, y) is read at y's last token (EOS)."""
+class RewardModel(Scoring, nn.Module):
+    """A Hugging Face backbone without its LM head plus a linear head (heads.py; output 0 is the reward r(x, y)),
+    read at y's last token (EOS). Its scoring methods (score, score_groups, ...) are in scoring.py."""
 
-    def __init__(self, hf_model, tokenizer=None, max_length: int = 1024, *, encoder: TextEncoder | None = None):
+    def __init__(
+        self,
+        hf_model,
+        tokenizer=None,
+        max_length: int = 1024,
+        *,
+        encoder: TextEncoder | None = None,
+        head: HeadSpec | None = None,
+    ):
         """tokenizer and max_length make the model's TextEncoder; or give the encoder itself (its tokenizer and max
-        length), the one a training run prepared its data with."""
+        length), the one a training run prepared its data with. head: what the head's outputs mean (scalar)."""
         super().__init__()
         encoder = encoder or TextEncoder(tokenizer, max_length)
         ensure_pad_token(hf_model, encoder.tokenizer)
@@ -89,8 +93,15 @@ class RewardModel(nn.Module):
                 "backbones whose sequence-classification head reads the last token (Llama, Qwen2, "
                 "GPT-2, Mistral, ...)."
             )
+        head = head or HeadSpec()
+        if hf_model.score.out_features != head.num_outputs:
+            raise ModelError(
+                f"the model's head has {hf_model.score.out_features} outputs, its {head.kind} head description "
+                f"{head.num_outputs}. Fix: load it with RewardModel.from_pretrained, which reads rankrm.json's 'head'"
+            )
         self.hf = hf_model
         self.encoder = encoder
+        self.head_spec = head
         self.normalization: dict | None = None  # statistics of the demonstrations, once normalized (rankrm.json)
         self.calibration: dict | None = None  # the temperature folded into the weights (rankrm.json)
 
@@ -104,13 +115,15 @@ class RewardModel(nn.Module):
         max_length: int | None = None,
         attn_implementation: str | None = None,
         encoder: TextEncoder | None = None,
+        head: HeadSpec | None = None,
     ):
-        """Load a saved reward model, or a pretrained LM (hub id or local path) with a new scalar head.
+        """Load a saved reward model, or a pretrained LM (hub id or local path) with a new head (`head`: scalar).
 
         attn_implementation: sdpa, eager, ... as transformers names them (None: transformers' default, sdpa).
         encoder: the TextEncoder to read through (a training run's, loaded once for its data and its model), instead
-        of the directory's tokenizer loaded again; it decides the max length. Custom model code is never run
-        (transformers' trust_remote_code stays off)."""
+        of the directory's tokenizer loaded again; it decides the max length. A saved model's head is the one its
+        rankrm.json describes (a missing description: scalar); a different `head` for it is refused. Custom model
+        code is never run (transformers' trust_remote_code stays off)."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
@@ -118,6 +131,15 @@ class RewardModel(nn.Module):
         meta = {}
         if (Path(path) / META_FILE).is_file():
             meta = json.loads((Path(path) / META_FILE).read_text())
+            saved = HeadSpec.from_json(meta.get("head"), str(Path(path) / META_FILE))
+            if head is not None and head != saved:
+                raise SettingsError(
+                    f"{path} holds a trained {saved.kind} head ({saved.num_outputs} outputs); a {head.kind} head "
+                    f"({head.num_outputs} outputs) was asked for. Fix: leave the head setting out to use the saved "
+                    "one, or start from the base LM to train another head"
+                )
+            head = saved
+        head = head or HeadSpec()
         if encoder is not None and max_length not in (None, encoder.max_length):
             raise ValueError(f"max_length {max_length} and the encoder's {encoder.max_length} differ: give one")
         if encoder is None:
@@ -130,10 +152,13 @@ class RewardModel(nn.Module):
         try:
             extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
             with library_bars("transformers"):  # its "Loading weights" bar: on a terminal only
-                hf = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype, **extra)
+                hf = AutoModelForSequenceClassification.from_pretrained(
+                    path, num_labels=head.num_outputs, dtype=dtype, **extra
+                )
         finally:
             hf_logging.set_verbosity(verbosity)
-        model = cls(hf, encoder=encoder)
+        label_config(hf.config, head)
+        model = cls(hf, encoder=encoder, head=head)
         model.normalization = meta.get("normalization")
         model.calibration = meta.get("calibration")
         return model
@@ -165,6 +190,7 @@ class RewardModel(nn.Module):
             "chat_template": bool(self.tokenizer.chat_template),
             "normalization": self.normalization,
             "calibration": self.calibration,
+            "head": self.head_spec.to_json(),
         }
         (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -292,7 +318,8 @@ class RewardModel(nn.Module):
         return {"attention_mask": mask}
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        """Rewards (N,) at the flat positions batch.end_index of the (B, T) batch, reward_bias included.
+        """The head's outputs (N, O) at the flat positions batch.end_index of the (B, T) batch; output 0 is the reward,
+        reward_bias included (heads.add_reward_bias).
 
         The kv layout (batch.prompt): a first pass over each group's prompt keeps its keys and values; every
         completion row then attends to its group's (gathered by prompt.group_index) and its own tokens."""
@@ -320,85 +347,4 @@ class RewardModel(nn.Module):
             **kw,
         ).last_hidden_state  # (B, T, H)
         h_end = hidden.reshape(-1, hidden.shape[-1])[batch.end_index]  # (N, H)
-        return self.head(h_end).squeeze(-1).float() + self.reward_bias  # (N,)
-
-    # -- scoring -----------------------------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def score(
-        self, prompts, completions, batch_tokens: int = 4096, progress: bool = False, return_truncated: bool = False
-    ):
-        """Rewards of (prompt, completion) pairs, batched by token budget and length-sorted; in input order.
-
-        return_truncated: also return which inputs were cut to max_length (their prompt lost its start)."""
-        ids, cut = self.tokenize(prompts, completions)
-        out = self.score_ids(ids, batch_tokens, progress)
-        return (out, cut) if return_truncated else out
-
-    @torch.no_grad()
-    def score_ids(self, ids: list[list[int]], batch_tokens: int = 4096, progress: bool = False) -> list[float]:
-        """Rewards of sequences already tokenized as `tokenize` makes them (each ending with EOS, at most max_length
-        long), batched by token budget and length-sorted; in input order."""
-        was_training = self.training
-        self.eval()
-        out = [0.0] * len(ids)
-        device = next(self.parameters()).device
-        batches = token_budget_batches([len(x) for x in ids], batch_tokens)
-        for idx in with_progress(batches, "scoring", "batches", enabled=progress):
-            r = batch_rewards(self, collate_rows([ids[i] for i in idx], self.tokenizer.pad_token_id).to(device))
-            for i, v in zip(idx, r.tolist()):
-                out[i] = v
-        self.train(was_training)
-        return out
-
-    @torch.no_grad()
-    def score_groups(
-        self,
-        prompts,
-        completions: list[list[str]],
-        batch_tokens: int = 4096,
-        layout: str = "auto",
-        return_truncated: bool = False,
-    ):
-        """Rewards of each prompt's completions (a list per prompt), each prompt encoded once per group where the
-        layout cost model finds it cheaper (packed or kv); in input order."""
-        if any(not cs for cs in completions):
-            raise ValueError("a prompt has no completions to score. Fix: give each prompt at least one completion")
-        flat_p = [p for p, cs in zip(prompts, completions, strict=True) for _ in cs]
-        ids, cut = self.tokenize(flat_p, [c for cs in completions for c in cs])
-        groups, flags, at = [], [], 0
-        for cs in completions:
-            groups.append(ids[at : at + len(cs)])
-            flags.append(cut[at : at + len(cs)])
-            at += len(cs)
-        out = self.score_group_ids(groups, batch_tokens, layout)
-        return (out, flags) if return_truncated else out
-
-    @torch.no_grad()
-    def score_group_ids(
-        self, groups: list[list[list[int]]], batch_tokens: int = 4096, layout: str = "auto"
-    ) -> list[list[float]]:
-        """Rewards of groups already tokenized (each a prompt's completions, as `tokenize` makes them), each prompt
-        encoded once per group where the layout cost model finds it cheaper; in input order."""
-        groups = [TokenizedGroup(rows, [0] * len(rows)) for rows in groups]
-        was_training = self.training
-        self.eval()
-        out: list[list[float]] = [[] for _ in groups]
-        device = next(self.parameters()).device
-        if layout == "auto" and "packed" not in layouts_for(self.hf.config._attn_implementation):
-            layout = "padded"  # the only layout this attention implementation runs correctly
-        lean = self.segment_aware
-        for idx, how in plan_batches(groups, batch_tokens, layout, self.attention_per_token, segment_aware=lean):
-            sub = [groups[i] for i in idx]
-            r = batch_rewards(self, collate(sub, self.tokenizer.pad_token_id, how, dense_mask=not lean).to(device))
-            r = r.tolist()
-            for i, g in zip(idx, sub):
-                out[i], r = r[: len(g.ids)], r[len(g.ids) :]
-        self.train(was_training)
-        return out
-
-    def rank(self, prompt, completions) -> tuple[list[float], list[int]]:
-        """Rewards of one prompt's completions (the prompt encoded once) and their order, best first."""
-        rewards = self.score_groups([prompt], [list(completions)])[0]
-        order = sorted(range(len(completions)), key=lambda i: -rewards[i])
-        return rewards, order
+        return add_reward_bias(self.head(h_end).float(), self.reward_bias, self.head_spec)  # (N, O)

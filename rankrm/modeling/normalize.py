@@ -26,6 +26,7 @@ import torch
 from rankrm.data.containers import iter_json_lines
 from rankrm.data.validate import check_prompt
 from rankrm.errors import DataError, SettingsError
+from rankrm.modeling.heads import reward_rows
 
 
 def read_demonstrations(path) -> tuple[list, list[str]]:
@@ -71,14 +72,16 @@ def final_norm(model):
 def set_normalization(model, mean: float, gain: float = 1.0) -> str:
     """Make the model's reward gain * (r - mean): gain into the head weight, offset where the architecture holds it.
 
-    Returns where the offset went: "head bias", "final norm bias" or "config reward_bias"."""
-    head = model.head
-    head.weight.mul_(gain)
+    Returns where the offset went: "head bias", "final norm bias" or "config reward_bias". A multi-output head
+    (heads.py) changes only the reward's rows (an ensemble: its mean and every member, so that mean and spread stay
+    consistent; ODIN: the quality row); the final norm's bias, which every row reads, is then left alone."""
+    head, rows = model.head, reward_rows(model.head_spec)
+    head.weight[rows] *= gain
     offset = -gain * mean
     if head.bias is not None:
-        head.bias.mul_(gain).add_(offset)
+        head.bias[rows] = head.bias[rows] * gain + offset
         return "head bias"
-    norm = final_norm(model)
+    norm = final_norm(model) if head.out_features == 1 else None
     if norm is not None and isinstance(getattr(norm, "bias", None), torch.Tensor):
         w = head.weight[0]  # (H,)
         norm.bias.add_(offset * w / (w @ w))  # w . (h + offset * w / |w|^2) = w . h + offset, for every h

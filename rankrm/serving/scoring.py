@@ -1,4 +1,5 @@
-"""Scoring files: JSONL of (prompt, completion) in, the same records with "reward" out, streamed in chunks."""
+"""Scoring files: JSONL of (prompt, completion) in, the same records with "reward" (and the head's other outputs)
+out, streamed in chunks."""
 
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ def _check(obj: dict, path, line) -> tuple:
 
 
 def score_file(model, src, dst, chunk_lines: int = 4096, batch_tokens: int = 4096, progress: bool = True) -> dict:
-    """Add "reward" to every record of a JSONL file, chunk by chunk (memory bounded by chunk_lines).
+    """Add "reward" to every record of a JSONL file, chunk by chunk (memory bounded by chunk_lines); a model with a
+    multi-output head (modeling/heads.py) adds its other outputs too: an ensemble's "reward_std" and members, ODIN's
+    "length" (RewardModel.score_outputs).
 
     A record whose prompt was cut to fit the model's max length also gets "truncated": true. The output is written
     to a temporary file and renamed into place at the end: a bad record, or a reward that is not a finite number,
@@ -41,22 +44,23 @@ def score_file(model, src, dst, chunk_lines: int = 4096, batch_tokens: int = 409
             chunk = []
 
             def flush():
-                rewards, cut = model.score(
+                fields, cut = model.score_outputs(
                     [p for _, _, p, _ in chunk],
                     [c for _, _, _, c in chunk],
                     batch_tokens=batch_tokens,
                     return_truncated=True,
                 )
-                for (line, obj, _, _), r, was_cut in zip(chunk, rewards, cut):
-                    if not math.isfinite(r):
-                        raise DataError(
-                            src,
-                            line,
-                            None,
-                            f"scores {r} (not a finite number)",
-                            "check the model: `rankrm eval` on held-out data shows whether it diverged",
-                        )
-                    obj["reward"] = r
+                for k, ((line, obj, _, _), was_cut) in enumerate(zip(chunk, cut)):
+                    for name, values in fields.items():  # "reward", then an ensemble's "reward_std", other outputs
+                        if not math.isfinite(values[k]):
+                            raise DataError(
+                                src,
+                                line,
+                                None,
+                                f"scores {name} {values[k]} (not a finite number)",
+                                "check the model: `rankrm eval` on held-out data shows whether it diverged",
+                            )
+                        obj[name] = values[k]
                     if was_cut:
                         obj["truncated"] = True
                         counts["truncated"] += 1

@@ -215,7 +215,7 @@ def test_frozen_cache_keeps_to_its_budget(model_dirs, caplog):
     for g in tok:
         b = collate([g], model.tokenizer.pad_token_id)
         with torch.no_grad():
-            unbounded.rewards(model, b)
+            unbounded.outputs(model, b)
     full = sum(t.numel() * t.element_size() for t in unbounded.store.values())
     budget = full // 3
     cache = FrozenLayerCache(model.backbone, 1, budget)
@@ -223,7 +223,7 @@ def test_frozen_cache_keeps_to_its_budget(model_dirs, caplog):
         for g in tok:
             b = collate([g], model.tokenizer.pad_token_id)
             with torch.no_grad():
-                r = cache.rewards(model, b)
+                r = cache.outputs(model, b)
                 torch.testing.assert_close(r, model(b), rtol=1e-4, atol=1e-5)
     held = sum(t.numel() * t.element_size() for t in cache.store.values())
     assert 0 < held <= budget and cache.held == held

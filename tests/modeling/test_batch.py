@@ -205,10 +205,10 @@ def test_packed_layout_goes_through_the_frozen_layer_cache(model_dirs):
         other = batch_rewards(m, few, cache)
         # the cache holds sequences, whatever layout filled it: those cached from a padded batch replay in a packed one
         from_padded = FrozenLayerCache(m.backbone, 1)
-        from_padded.rewards(m, padded)
+        from_padded.outputs(m, padded)
         calls = []
         hook = m.backbone.layers[0].register_forward_hook(lambda *a: calls.append(1))  # a frozen layer
-        crossed = from_padded.rewards(m, packed)
+        crossed = from_padded.outputs(m, packed)[:, 0]
         hook.remove()
         assert FrozenLayerCache(m.backbone, 1).verify(m, packed) < 1e-4  # a fresh cache: a full forward, then replay
     assert not calls  # replayed, not recomputed
@@ -217,7 +217,7 @@ def test_packed_layout_goes_through_the_frozen_layer_cache(model_dirs):
     torch.testing.assert_close(other, want[: sum(len(g.ids) for g in tok[:5])], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(crossed, want, rtol=1e-4, atol=1e-5)
     with pytest.raises(SettingsError, match="kv layout"):  # two passes per batch: the cache cannot replay them
-        cache.rewards(m, collate(tok, pad_id, "kv"))
+        cache.outputs(m, collate(tok, pad_id, "kv"))
 
 
 def test_auto_layout_packs_long_prompts_and_pads_long_completions():
