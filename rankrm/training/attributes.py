@@ -12,11 +12,45 @@ groups (group_weight 1/G), so the update does not depend on the micro-batching. 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from rankrm.loss import GroupStats, group_stats, kwise_loss
-from rankrm.modeling.ratings import attribute_targets
+from rankrm.modeling.heads import HeadSpec
+from rankrm.modeling.ratings import attribute_targets, choose_attributes, parse_weights, reward_weights
 from rankrm.regression import regression_loss, regression_stats
+
+
+@dataclass(frozen=True)
+class AttributeObjective:
+    """What the attributes head's loss reads beyond the batch: the head (names, reward weights) and the two
+    weights of the loss."""
+
+    head: HeadSpec
+    attribute_weight: float = 1.0
+    ranking_weight: float = 1.0
+
+    def loss(self, outputs, batch, groups, group_weight: float) -> tuple[torch.Tensor, GroupStats]:
+        return attribute_loss(
+            outputs,
+            batch,
+            groups,
+            self.head.names,
+            self.head.weights,
+            group_weight,
+            self.attribute_weight,
+            self.ranking_weight,
+        )
+
+
+def attribute_head(asked: str, weights: str, ranking_weight: float, rated: dict[str, int]) -> HeadSpec:
+    """The head of an --attributes run: the attributes chosen from what the training data rates, and the reward's
+    weights (--attribute-weights; without them the mean when the ranking is off, else output 0 untied)."""
+    names = choose_attributes(asked, rated)
+    given = parse_weights(weights)
+    tied = reward_weights(names, given) if given or not ranking_weight else ()
+    return HeadSpec("attributes", names, tied)
 
 
 def attribute_reward(outputs: torch.Tensor, weights) -> torch.Tensor:

@@ -19,7 +19,8 @@ from rankrm.evaluation.evaluate import EvalResult, Labels, evaluate_groups, form
 from rankrm.loss import group_stats, kwise_loss
 from rankrm.modeling.batch import collate
 from rankrm.modeling.frozen import FrozenLayerCache
-from rankrm.modeling.model import batch_rewards
+from rankrm.modeling.heads import tie_reward_row
+from rankrm.modeling.model import batch_outputs, batch_rewards
 from rankrm.modeling.planning import epoch_steps, plan_batches
 from rankrm.progress import Progress
 from rankrm.training.checkpoint import save_checkpoint
@@ -49,10 +50,12 @@ def backward_step(
     bf16: bool = False,
     kv: bool = True,
     segment_aware: bool = False,
+    attributes=None,
 ) -> StepStats:
     """Forward and backward over one step's groups in micro-batches of micro_batch_tokens padded tokens; gradients
     accumulate in .grad with each group weighted by `weight` (1/G for a step of G groups), so the update is the
-    mean over the step's groups however they are batched."""
+    mean over the step's groups however they are batched. attributes: an attributes head's AttributeObjective
+    (training/attributes.py), whose loss then replaces the K-wise loss of the rewards."""
     device = next(model.parameters()).device
     micro = plan_batches(
         groups, micro_batch_tokens, layout, attention_per_token, kv=kv and cache is None, segment_aware=segment_aware
@@ -66,10 +69,15 @@ def backward_step(
         b = collate([groups[j] for j in idx], pad_id, how, dense_mask=not segment_aware).to(device)
         sync = mi == n_passes - 1 or accelerator is None
         with contextlib.nullcontext() if sync else accelerator.no_sync(model):  # FSDP: syncs each (stays sharded)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                rewards = batch_rewards(model, b, cache)  # (N,)
-            stats = group_stats(rewards, b.ranks, b.group_index, len(idx), b.pair_counts)
-            loss = kwise_loss(stats, group_weight=weight if real else 0.0)
+            if attributes is None:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    rewards = batch_rewards(model, b, cache)  # (N,)
+                stats = group_stats(rewards, b.ranks, b.group_index, len(idx), b.pair_counts)
+                loss = kwise_loss(stats, group_weight=weight if real else 0.0)
+            else:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    outputs = batch_outputs(model, b, cache)  # (N, 1 + A)
+                loss, stats = attributes.loss(outputs.float(), b, [groups[j] for j in idx], weight if real else 0.0)
             loss.backward() if accelerator is None else accelerator.backward(loss)
         if not real:
             continue
@@ -189,6 +197,7 @@ def steps(cfg: TrainConfig, parts: Prepared, run: Run, held, signals, bar: Progr
             bf16=cfg.autocast_bf16,
             kv=not cfg.gradient_checkpointing and not is_sharded(core),  # FSDP: sharding.check_supported
             segment_aware=core.segment_aware,
+            attributes=parts.attributes,
         )
         norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
         due = bool(cfg.save_minutes and time.time() - last_save >= 60 * cfg.save_minutes)
@@ -198,6 +207,7 @@ def steps(cfg: TrainConfig, parts: Prepared, run: Run, held, signals, bar: Progr
             nonfinite(cfg, run.state, step, ag.loss, float(norm))
         else:
             run.optimizer.step()
+            tie_reward_row(core.head, core.head_spec)  # a weighted reward's row follows its attributes (else no-op)
             losses.append(ag.loss)
             accs.append((ag.correct, ag.pairs))
         run.scheduler.step()

@@ -21,16 +21,19 @@ from torch import nn
 from rankrm.data.encode import TextEncoder
 from rankrm.data.prepare import native_line
 from rankrm.errors import SettingsError
+from rankrm.evaluation.attributes import evaluate_attributes, format_attributes, train_means
 from rankrm.evaluation.evaluate import EvalResult, compare, format_metrics
 from rankrm.evaluation.plots import plotting_missing, write_training_report
 from rankrm.files import remove_leftovers
 from rankrm.modeling.batch import collate
 from rankrm.modeling.frozen import FrozenLayerCache, select_trainable
+from rankrm.modeling.heads import HeadSpec, tie_reward_row
 from rankrm.modeling.hub import resolve
 from rankrm.modeling.lora import add_lora, merge_lora
 from rankrm.modeling.model import RewardModel
 from rankrm.modeling.planning import plan_batches
 from rankrm.training import sharding
+from rankrm.training.attributes import AttributeObjective, attribute_head
 from rankrm.training.checkpoint import RunLock, check_identity, find_checkpoint, load_checkpoint
 from rankrm.training.config import TrainConfig
 from rankrm.training.data import Data, check_tokens, load_data
@@ -77,7 +80,8 @@ def _train(cfg: TrainConfig, frozen_store: dict | None = None) -> TrainResult:
         log.info(
             f"seed {cfg.seed}; {set_up['threads']} CPU threads{'; full determinism' if cfg.full_determinism else ''}"
         )
-        model, trainable = build_model(cfg, encoder)
+        head = attribute_head_of(cfg, data)
+        model, trainable = build_model(cfg, encoder, head)
         if engine is not None:
             model = sharding.shard_model(model, engine, accelerator, cfg.autocast_bf16)  # before the optimizer
         check_tokens(model, data)
@@ -89,6 +93,8 @@ def _train(cfg: TrainConfig, frozen_store: dict | None = None) -> TrainResult:
         if ckpt is not None:
             resume(ckpt, core, run)
         parts = Prepared(accelerator, model, core, frozen_layer_cache(cfg, core, frozen_store, data.held))
+        if head is not None:
+            parts.attributes = AttributeObjective(core.head_spec, cfg.attribute_loss_weight, cfg.ranking_loss_weight)
         if run.state.before is None:
             t0 = time.time()
             before = evaluate_shared(
@@ -149,15 +155,36 @@ def disable_dropout(model: nn.Module) -> None:
             m.attention_dropout = 0.0
 
 
-def build_model(cfg: TrainConfig, encoder: TextEncoder) -> tuple[RewardModel, list[str]]:
-    """The backbone with a fresh scalar head reading through the run's encoder, dropout off, and the parameters
-    that train."""
+def attribute_head_of(cfg: TrainConfig, data: Data) -> HeadSpec | None:
+    """An --attributes run's head, its attributes chosen from what the training store rates; None otherwise."""
+    if not cfg.attributes:
+        return None
+    if sharding.engine_from_launch() is not None:
+        raise SettingsError(
+            "--attributes under FSDP: the reward's row is re-set from the attribute rows after each step, which a "
+            "sharded head does not hold whole. Fix: launch with configs/accelerate/ddp.yaml (or one process)"
+        )
+    head = attribute_head(cfg.attributes, cfg.attribute_weights, cfg.ranking_loss_weight, data.train.store.attributes)
+    reward = (
+        " + ".join(f"{w:g} * {n}" for n, w in zip(head.names, head.weights) if w)
+        if head.weights
+        else "output 0, trained by the ranking loss"
+    )
+    log.info(f"attributes head: {', '.join(head.names)}; the reward (output 0) = {reward or '0'}")
+    return head
+
+
+def build_model(cfg: TrainConfig, encoder: TextEncoder, head: HeadSpec | None = None) -> tuple[RewardModel, list[str]]:
+    """The backbone with a fresh head (scalar, or `head`) reading through the run's encoder, dropout off, and the
+    parameters that train."""
     model = RewardModel.from_pretrained(
         cfg.model,
         dtype=torch.bfloat16 if cfg.dtype == "bf16" else torch.float32,
         attn_implementation=cfg.attn_implementation,
         encoder=encoder,
+        head=head,
     )
+    tie_reward_row(model.head, model.head_spec)  # a weighted reward from the first step (else a no-op)
     disable_dropout(model)
     trainable = (
         add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_targets)
@@ -247,6 +274,11 @@ def finish(cfg: TrainConfig, parts: Prepared, run: Run, data: Data) -> TrainResu
         parts, data.held, cfg.eval_batch_tokens, cfg.layout, progress=accelerator.is_local_main_process
     )
     accelerator.log(scalars("eval", after.metrics), step=run.total_steps)
+    if parts.attributes is not None:  # per-attribute RMSE, Pearson, Spearman against the constant-mean baseline
+        names = core.head_spec.names
+        after.metrics["attributes"] = evaluate_attributes(
+            core, data.held, names, train_means(data.train, names), cfg.eval_batch_tokens, cfg.layout, parts.cache
+        )
     c = run.counters
     tokens, per_completion, completions = all_sum(accelerator, [c.tokens, c.per_completion_tokens, c.completions])
     result = TrainResult(
@@ -288,6 +320,8 @@ def report(r: TrainResult, steps: int, out: Path) -> None:
     ch = r.change
     log.info(f"before training: {format_metrics(r.before)}")
     log.info(f"after training:  {format_metrics(r.after)}")
+    if "attributes" in r.after:
+        log.info("held-out attributes:\n" + "\n".join(format_attributes(r.after["attributes"])))
     log.info(
         f"change: accuracy {ch['accuracy_gain']:+.4f} (95% CI {ch['accuracy_gain_ci95'][0]:+.3f} .. "
         f"{ch['accuracy_gain_ci95'][1]:+.3f}), log loss {ch['log_loss_change']:+.4f} (95% CI "

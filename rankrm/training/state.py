@@ -105,6 +105,7 @@ class Prepared:
     model: nn.Module
     core: RewardModel
     cache: FrozenLayerCache | None = None
+    attributes: object | None = None  # an attributes head's AttributeObjective (training/attributes.py); else None
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """The attributes head's loss against values worked out by hand, and (below) training one end to end."""
 
+import json
 import math
 
 import pytest
@@ -44,3 +45,93 @@ def test_without_weights_the_ranking_trains_output_0_and_off_it_trains_nothing()
     loss, stats = attribute_loss(out, b, [g], ("a", "b"), (), 1.0, ranking_weight=0.0)
     assert loss.item() == pytest.approx(2 / 3, abs=1e-12)  # the regression alone
     assert stats.pairs.tolist() == [1.0]  # the reward's accuracy is still reported
+
+
+# -- end to end: a tiny model learns the ratings, saved as a plain sequence-classification model -------------------
+
+
+def rated_groups(n: int, seed: int):
+    """synthetic_groups (the more 'good', the better ranked) with ratings: goodness = the count of 'good' / 4, and
+    words = the completion's words / 6, given for every second completion only (the rest masked)."""
+    from conftest import synthetic_groups
+
+    rows = synthetic_groups(n, seed)
+    for r in rows:
+        r["attributes"] = [
+            {"goodness": c.split().count("good") / 4, **({"words": len(c.split()) / 6} if i % 2 else {})}
+            for i, c in enumerate(r["completions"])
+        ]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def rated_run(model_dirs, tmp_path_factory):
+    from conftest import write_jsonl
+
+    from rankrm.training.config import TrainConfig
+    from rankrm.training.run import train
+
+    d = tmp_path_factory.mktemp("rated")
+    cfg = TrainConfig(
+        model=str(model_dirs["llama-chat"]),
+        train_data=[str(write_jsonl(d / "train.jsonl", rated_groups(120, 1)))],
+        eval_data=[str(write_jsonl(d / "eval.jsonl", rated_groups(40, 2)))],
+        output_dir=str(d / "run"),
+        epochs=4,
+        learning_rate=3e-3,
+        batch_size=8,
+        max_length=64,
+        warmup_ratio=0.1,
+        attributes="auto",
+        attribute_weights="goodness=1",
+        ranking_loss_weight=0.0,
+        plots=False,
+    )
+    return train(cfg), d / "run", d
+
+
+def test_a_tiny_model_learns_the_ratings_and_its_reward_is_their_weighted_sum(rated_run):
+    res, out, _ = rated_run
+    m = res["after"]["attributes"]
+    assert m["goodness"]["ratings"] == 160 and m["words"]["ratings"] == 80  # every second completion: masked
+    assert m["goodness"]["pearson"] > 0.8 and m["goodness"]["rmse"] < m["goodness"]["baseline_rmse"]
+    assert res["after"]["accuracy"] > 0.9  # the reward is the goodness output, and goodness is the ranking's rule
+    saved = json.loads((out / "eval_results.json").read_text())
+    assert saved["after"]["attributes"]["goodness"]["spearman"] == m["goodness"]["spearman"]
+
+
+def test_the_export_loads_in_plain_transformers_with_its_labels(rated_run):
+    """config.json names the outputs; logits[..., 0] is the reward: exactly the weighted sum of the attributes
+    (goodness=1, words=0) and what RewardModel scores."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rankrm.modeling.model import RewardModel
+
+    _, out, _ = rated_run
+    hf = AutoModelForSequenceClassification.from_pretrained(str(out))
+    assert hf.config.id2label == {0: "reward", 1: "goodness", 2: "words"}
+    assert hf.config.label2id == {"reward": 0, "goodness": 1, "words": 2}
+    tok = AutoTokenizer.from_pretrained(str(out))
+    rm = RewardModel.from_pretrained(str(out))
+    prompt = [{"role": "user", "content": "Say something good, please."}]
+    text = rm.render(prompt, "good good fine")
+    with torch.no_grad():
+        logits = hf(**tok(text, return_tensors="pt", add_special_tokens=False)).logits[0]  # (3,)
+    assert logits[0].item() == pytest.approx(logits[1].item(), abs=1e-5)
+    fields = rm.score_outputs([prompt], ["good good fine"])
+    assert fields["reward"][0] == pytest.approx(logits[0].item() + rm.reward_bias, abs=1e-4)
+    assert fields["goodness"][0] == pytest.approx(logits[1].item(), abs=1e-4)
+    assert set(fields) == {"reward", "goodness", "words"}
+
+
+def test_rankrm_score_writes_the_attributes(rated_run, tmp_path):
+    from conftest import write_jsonl
+
+    from rankrm.cli import main
+
+    _, out, _ = rated_run
+    src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "Say it", "completion": "good good good"}])
+    assert main(["score", "--model", str(out), str(src), str(tmp_path / "out.jsonl")]) == 0
+    (row,) = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert {"reward", "goodness", "words"} <= set(row)
+    assert row["reward"] == pytest.approx(row["goodness"], abs=1e-4)
