@@ -81,3 +81,24 @@ def reward_weights(names, given: dict[str, float] | None, setting: str = "--attr
             f"{', '.join(names)}"
         )
     return tuple(given.get(n, 0.0) for n in names)
+
+
+@torch.no_grad()
+def set_reward_weights(model, given: dict[str, float], setting: str = "--weights") -> tuple[float, ...]:
+    """Make an attributes model's reward (output 0) sum_a w_a * attribute_a: the weights into its head description
+    and row 0 of its head re-set from the attribute rows. The reward changes, so a normalization or calibration
+    made for the old one is dropped (reward_bias 0): normalize again after (`rankrm normalize` does, when given
+    --demonstrations with --weights)."""
+    from rankrm.modeling.heads import HeadSpec, tie_reward_row
+
+    spec = model.head_spec
+    if spec.kind != "attributes":
+        raise SettingsError(
+            f"{setting}: the model has a {spec.kind} head, not rated attributes. Fix: give a model trained with "
+            "--attributes, or leave the setting out"
+        )
+    weights = reward_weights(spec.names, given, setting)
+    model.head_spec = HeadSpec("attributes", spec.names, weights)
+    tie_reward_row(model.head, model.head_spec)
+    model.reward_bias, model.normalization, model.calibration = 0.0, None, None
+    return weights

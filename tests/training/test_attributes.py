@@ -135,3 +135,28 @@ def test_rankrm_score_writes_the_attributes(rated_run, tmp_path):
     (row,) = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert {"reward", "goodness", "words"} <= set(row)
     assert row["reward"] == pytest.approx(row["goodness"], abs=1e-4)
+
+
+def test_normalize_weights_sets_the_reward_to_another_weighted_sum(rated_run, tmp_path, capsys):
+    """--weights words=1: the saved head says so, and the reward logit equals the words logit; an unknown
+    attribute or a model without attributes is one line naming the setting, exit 2."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rankrm.cli import main
+    from rankrm.modeling.model import RewardModel
+
+    _, out, _ = rated_run
+    dst = tmp_path / "words"
+    assert main(["normalize", "--model", str(out), "--weights", "words=1", "--output-dir", str(dst)]) == 0
+    rm = RewardModel.from_pretrained(str(dst))
+    assert rm.head_spec.weights == (0.0, 1.0) and rm.reward_bias == 0.0
+    hf = AutoModelForSequenceClassification.from_pretrained(str(dst))
+    tok = AutoTokenizer.from_pretrained(str(dst))
+    text = rm.render([{"role": "user", "content": "Hi"}], "good fine good fine")
+    with torch.no_grad():
+        logits = hf(**tok(text, return_tensors="pt", add_special_tokens=False)).logits[0]
+    assert logits[0].item() == pytest.approx(logits[2].item(), abs=1e-5)
+    capsys.readouterr()
+    assert main(["normalize", "--model", str(out), "--weights", "humor=1", "--output-dir", str(dst)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "--weights: unknown attribute 'humor'" in err[0] and "goodness, words" in err[0]
