@@ -21,9 +21,10 @@ from rankrm.evaluation.length import (
     slice_values,
 )
 from rankrm.evaluation.metrics import calibration, ranking_metrics, stated_margins, subset_metrics, vote_metrics
+from rankrm.evaluation.uncertainty import format_spread, spread_metrics
 from rankrm.loss import group_stats
 from rankrm.modeling.batch import collate
-from rankrm.modeling.model import batch_rewards
+from rankrm.modeling.model import batch_outputs
 from rankrm.modeling.planning import plan_batches
 from rankrm.progress import with_progress
 
@@ -103,6 +104,7 @@ class EvalResult:
     nll: np.ndarray
     rewards: tuple[np.ndarray, ...] = ()  # per group (K,)
     labels: tuple[Labels, ...] = ()
+    members: tuple[np.ndarray, ...] = ()  # an ensemble's: per group (K, M) member rewards (uncertainty.py)
 
     @functools.cached_property
     def metrics(self) -> dict:
@@ -133,6 +135,8 @@ class EvalResult:
         if length:
             m["length"] = length
             length["warning"] = length_warning(m)
+        if self.members:
+            m["ensemble"] = spread_metrics(self.rewards, self.members, self.labels)
         return m
 
     def slices(self, names) -> dict:
@@ -151,6 +155,7 @@ class EvalResult:
             "nll": self.nll.tolist(),
             "rewards": [r.tolist() for r in self.rewards],
             "labels": [x.to_json() for x in self.labels],
+            **({"members": [x.tolist() for x in self.members]} if self.members else {}),
         }
 
     @classmethod
@@ -161,6 +166,7 @@ class EvalResult:
             np.array(d["nll"], dtype=float),
             tuple(np.array(r, dtype=float) for r in d.get("rewards", [])),
             tuple(Labels.from_json(x) for x in d.get("labels", [])),
+            tuple(np.array(x, dtype=float) for x in d.get("members", [])),
         )
 
 
@@ -237,6 +243,8 @@ def format_report(m: dict) -> str:
         )
     if "length" in m:
         lines += format_length(m["length"], m["accuracy"])
+    if m.get("ensemble"):
+        lines += format_spread(m["ensemble"])
     for name, values in m.get("slices", {}).items():
         lines.append(f"slice {name}:")
         lines += [
@@ -303,19 +311,24 @@ def evaluate_groups(
     pad_id = model.tokenizer.pad_token_id
     correct, pairs, nll = (np.zeros(len(groups)) for _ in range(3))
     rewards: list[np.ndarray] = [np.zeros(0)] * len(groups)
+    ensemble = model.head_spec.kind == "ensemble"
+    members: list[np.ndarray] = [np.zeros((0, 0))] * len(groups) if ensemble else []
     lean = model.segment_aware  # the attention reads segments: no dense mask, allowed pairs in the cost model
     plan = plan_batches(groups, batch_tokens, layout, model.attention_per_token, kv=cache is None, segment_aware=lean)
     for idx, how in with_progress(plan, "evaluating", "batches", enabled=progress, leave=False):
         b = collate([groups[i] for i in idx], pad_id, how, dense_mask=not lean).to(device)
-        r = batch_rewards(model, b, cache).double()
+        out = batch_outputs(model, b, cache).double()  # (N, O)
+        r = out[:, 0]
         s = group_stats(r, b.ranks, b.group_index, len(idx), b.pair_counts)
         correct[idx], pairs[idx], nll[idx] = (t.cpu().numpy() for t in (s.correct, s.pairs, s.nll))
-        flat, at = r.cpu().numpy(), 0  # (N,): the batch's completions in group order
+        flat, at = out.cpu().numpy(), 0  # (N, O): the batch's completions in group order
         for i in idx:
-            rewards[i] = flat[at : at + len(groups[i].ids)]
+            rewards[i] = flat[at : at + len(groups[i].ids), 0]
+            if ensemble:
+                members[i] = flat[at : at + len(groups[i].ids), 1:]
             at += len(groups[i].ids)
     model.train(was_training)
-    return EvalResult(correct, pairs, nll, tuple(rewards), tuple(Labels.of(g) for g in groups))
+    return EvalResult(correct, pairs, nll, tuple(rewards), tuple(Labels.of(g) for g in groups), tuple(members))
 
 
 def evaluate(

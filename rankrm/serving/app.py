@@ -24,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from rankrm.errors import RankrmError
+from rankrm.modeling.heads import output_fields
 from rankrm.serving.engine import Batcher, Job, Metrics, QueueFull, Renderer
 from rankrm.serving.schema import (
     FIXES,
@@ -232,12 +233,13 @@ class Served:
         except Exception as e:  # the request was checked and rendered: what fails now is ours
             raise internal_error(e, "scoring") from None
 
-    async def pairs(self, prompts: list, completions: list[str]) -> tuple[list[float], list[bool], int]:
-        """(rewards, truncated flags, tokens read) of (prompt, completion) pairs."""
+    async def pairs(self, prompts: list, completions: list[str]) -> tuple[dict, list[bool], int]:
+        """(outputs by name, truncated flags, tokens read) of (prompt, completion) pairs: "reward", and a
+        multi-output head's others (heads.output_fields: an ensemble's "reward_std", ...)."""
         ids, flags, tokens = await self.render(self.renderer.pairs, prompts, completions)
-        return await self.run(Job("pairs", ids, tokens)), flags, tokens
+        return output_fields(await self.run(Job("pairs", ids, tokens)), self.model.head_spec), flags, tokens
 
-    async def texts(self, texts: list[str]) -> tuple[list[float], list[bool], int]:
+    async def texts(self, texts: list[str]) -> tuple[dict, list[bool], int]:
         """Full rendered texts (with or without EOS/BOS) -> rewards, as RewardModel.score reads the pair: the
         text is render("", c) for the c split_full_text finds (a string prompt "" adds only the BOS)."""
         return await self.pairs([""] * len(texts), [self.renderer.split_full_text(t) for t in texts])
@@ -273,14 +275,14 @@ def build_app(model, name: str, opts: ServeOptions, version: str) -> FastAPI:
 def add_reward_routes(app: FastAPI, s: Served) -> None:
     """/score, /rank, /get_reward, /classify: each ends in RewardModel.score or score_groups."""
 
-    @app.post("/score", response_model=ScoreResponse)
+    @app.post("/score", response_model=ScoreResponse, response_model_exclude_none=True)
     async def score(body: ScoreRequest):
         """Rewards of (prompt, completion) pairs, in input order."""
         s.check_count(len(body.items), "items")
-        rewards, flags, _ = await s.pairs(
+        fields, flags, _ = await s.pairs(
             [prompt_value(i.prompt) for i in body.items], [i.completion for i in body.items]
         )
-        return {"rewards": rewards, "truncated": flags, "model": s.name}
+        return {"rewards": fields.pop("reward"), "truncated": flags, "model": s.name, **extras(fields)}
 
     @app.post("/rank", response_model=RankResponse, response_model_exclude_none=True)
     async def rank(body: RankRequest):
@@ -290,23 +292,27 @@ def add_reward_routes(app: FastAPI, s: Served) -> None:
         prompts = [prompt_value(g.prompt) for g in groups]
         completions = [g.completions for g in groups]
         ids, flags, tokens = await s.render(s.renderer.groups, prompts, completions)
-        rewards = await s.run(Job("groups", ids, tokens))
-        out = [
-            {"rewards": r, "order": sorted(range(len(r)), key=lambda i: -r[i]), "truncated": f}
-            for r, f in zip(rewards, flags)
-        ]
+        outputs = await s.run(Job("groups", ids, tokens))
+        out = []
+        for o, f in zip(outputs, flags):
+            fields = output_fields(o, s.model.head_spec)
+            r = fields.pop("reward")
+            out.append({"rewards": r, "order": sorted(range(len(r)), key=lambda i: -r[i]), "truncated": f})
+            out[-1].update(extras(fields))
         return {**out[0], "model": s.name} if body.groups is None else {"groups": out, "model": s.name}
 
     @app.post("/get_reward", response_model=GetRewardResponse)
     async def get_reward(body: GetRewardRequest):
         """OpenRLHF's remote reward model: each query is the rendered prompt + response."""
         s.check_count(len(body.query), "query")
-        rewards, flags, _ = await s.texts(body.query)
+        fields, flags, _ = await s.texts(body.query)
+        rewards = fields.pop("reward")
         return {
             "rewards": rewards,
             "scores": rewards,
             "truncated": flags,
-            "extra_logs": {"rankrm_truncated": [float(f) for f in flags]},
+            # per-query values OpenRLHF logs: a multi-output head's others too (an ensemble's reward_std, ...)
+            "extra_logs": {"rankrm_truncated": [float(f) for f in flags], **fields},
         }
 
     async def classify(body: ClassifyRequest):
@@ -321,11 +327,12 @@ def add_reward_routes(app: FastAPI, s: Served) -> None:
                 "leave it out (inputs are cut from the left to max_length)",
             )
         if body.messages is not None:
-            rewards, flags, tokens = await s.pairs([prompt_value(body.messages[:-1])], [body.messages[-1].content])
+            fields, flags, tokens = await s.pairs([prompt_value(body.messages[:-1])], [body.messages[-1].content])
         else:
             texts = [body.input] if isinstance(body.input, str) else body.input
             s.check_count(len(texts), "input")
-            rewards, flags, tokens = await s.texts(texts)
+            fields, flags, tokens = await s.texts(texts)
+        rewards = fields.pop("reward")
         act = next(
             (a for a in (body.use_activation, body.activation) if a is not None), s.opts.problem_type != "regression"
         )
@@ -336,6 +343,7 @@ def add_reward_routes(app: FastAPI, s: Served) -> None:
                 "num_classes": 1,
                 "truncated": f,
                 "probs": [1 / (1 + math.exp(-r)) if act else r],
+                **extras({k: v[i] for k, v in fields.items()}),  # optional fields beside vLLM's
             }
             for i, (r, f) in enumerate(zip(rewards, flags))
         ]
@@ -357,6 +365,15 @@ def add_reward_routes(app: FastAPI, s: Served) -> None:
     app.post("/v1/classify", response_model=ClassifyResponse, include_in_schema=False)(classify)  # SGLang's path
 
 
+def extras(fields: dict) -> dict:
+    """A multi-output head's outputs beside the reward, as responses carry them: an ensemble's "reward_std" at the
+    top, every other output under "outputs" (a name each); empty for the scalar head, whose answers stay as
+    they were."""
+    out = {"reward_std": fields["reward_std"]} if "reward_std" in fields else {}
+    others = {k: v for k, v in fields.items() if k != "reward_std"}
+    return {**out, "outputs": others} if others else out
+
+
 def add_status_routes(app: FastAPI, s: Served) -> None:
     """/health, /info, /metrics."""
 
@@ -376,6 +393,7 @@ def add_status_routes(app: FastAPI, s: Served) -> None:
             "max_length": s.model.max_length,
             "reward_bias": s.model.reward_bias,
             "normalization": s.model.normalization,
+            "head": s.model.head_spec.to_json(),
             "problem_type": o.problem_type,
             "eos_token": s.renderer.eos,
             "bos_prefix": s.renderer.bos,

@@ -278,8 +278,9 @@ class Batcher:
         pairs = [j for j in jobs if j.kind == "pairs"]
         groups = [j for j in jobs if j.kind == "groups"]
         budget = self.max_batch_tokens
-        flat = self.model.score_ids([r for j in pairs for r in j.ids], batch_tokens=budget) if pairs else []
-        nested = self.model.score_group_ids([g for j in groups for g in j.ids], batch_tokens=budget) if groups else []
+        # the head's outputs (output 0 the reward; modeling/heads.py): (n, O) rows, one (K, O) tensor per group
+        flat = self.model.id_outputs([r for j in pairs for r in j.ids], batch_tokens=budget) if pairs else []
+        nested = self.model.group_outputs([g for j in groups for g in j.ids], batch_tokens=budget) if groups else []
         out, at_flat, at_nested = {}, 0, 0
         for j in pairs:
             out[id(j)] = flat[at_flat : at_flat + len(j.ids)]

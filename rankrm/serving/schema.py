@@ -43,6 +43,12 @@ class ScoreResponse(BaseModel):
         description="whether the item was longer than max_length and lost the start of its prompt"
     )
     model: str
+    reward_std: list[float] | None = Field(
+        default=None, description="an ensemble's spread: the standard deviation of its members' rewards"
+    )
+    outputs: dict[str, list[float]] | None = Field(
+        default=None, description="a multi-output head's other outputs by name (an ensemble's members, ODIN's length)"
+    )
 
 
 class RankGroup(BaseModel):
@@ -77,6 +83,12 @@ class RankedGroup(BaseModel):
     rewards: list[float] = Field(description="one reward per completion, in input order")
     order: list[int] = Field(description="completion indices, best first (equal rewards keep input order)")
     truncated: list[bool]
+    reward_std: list[float] | None = Field(
+        default=None, description="an ensemble's spread: the standard deviation of its members' rewards"
+    )
+    outputs: dict[str, list[float]] | None = Field(
+        default=None, description="a multi-output head's other outputs by name (an ensemble's members, ODIN's length)"
+    )
 
 
 class RankResponse(BaseModel):
@@ -87,6 +99,12 @@ class RankResponse(BaseModel):
     truncated: list[bool] | None = None
     groups: list[RankedGroup] | None = None
     model: str
+    reward_std: list[float] | None = Field(
+        default=None, description="an ensemble's spread: the standard deviation of its members' rewards"
+    )
+    outputs: dict[str, list[float]] | None = Field(
+        default=None, description="a multi-output head's other outputs by name (an ensemble's members, ODIN's length)"
+    )
 
 
 class GetRewardRequest(BaseModel):
@@ -158,6 +176,9 @@ class ClassifyRequest(BaseModel):
 
 
 class ClassificationData(BaseModel):
+    """vLLM's item; a multi-output head adds "reward_std" (an ensemble's spread) and "outputs" (its others)."""
+
+    model_config = ConfigDict(extra="allow")
     index: int
     label: str | None
     probs: list[float]

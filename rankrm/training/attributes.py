@@ -12,45 +12,38 @@ groups (group_weight 1/G), so the update does not depend on the micro-batching. 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
 
 import torch
 
+from rankrm.errors import SettingsError
 from rankrm.loss import GroupStats, group_stats, kwise_loss
 from rankrm.modeling.heads import HeadSpec
 from rankrm.modeling.ratings import attribute_targets, choose_attributes, parse_weights, reward_weights
 from rankrm.regression import regression_loss, regression_stats
 
+log = logging.getLogger(__name__)
 
-@dataclass(frozen=True)
-class AttributeObjective:
-    """What the attributes head's loss reads beyond the batch: the head (names, reward weights) and the two
-    weights of the loss."""
 
-    head: HeadSpec
-    attribute_weight: float = 1.0
-    ranking_weight: float = 1.0
-
-    def loss(self, outputs, batch, groups, group_weight: float) -> tuple[torch.Tensor, GroupStats]:
-        return attribute_loss(
-            outputs,
-            batch,
-            groups,
-            self.head.names,
-            self.head.weights,
-            group_weight,
-            self.attribute_weight,
-            self.ranking_weight,
+def attribute_head(asked: str, weights: str, ranking_weight: float, rated: dict[str, int], sharded: bool = False):
+    """The head of an --attributes run: the attributes chosen from what the training data rates (rated: name ->
+    ratings), and the reward's weights (--attribute-weights; without them the mean when the ranking is off, else
+    output 0 untied). Refused under FSDP (sharded), whose head rows are not held whole for the re-set."""
+    if sharded:
+        raise SettingsError(
+            "--attributes under FSDP: the reward's row is re-set from the attribute rows after each step, which a "
+            "sharded head does not hold whole. Fix: launch with configs/accelerate/ddp.yaml (or one process)"
         )
-
-
-def attribute_head(asked: str, weights: str, ranking_weight: float, rated: dict[str, int]) -> HeadSpec:
-    """The head of an --attributes run: the attributes chosen from what the training data rates, and the reward's
-    weights (--attribute-weights; without them the mean when the ranking is off, else output 0 untied)."""
     names = choose_attributes(asked, rated)
     given = parse_weights(weights)
-    tied = reward_weights(names, given) if given or not ranking_weight else ()
-    return HeadSpec("attributes", names, tied)
+    head = HeadSpec("attributes", names, reward_weights(names, given) if given or not ranking_weight else ())
+    reward = (
+        " + ".join(f"{w:g} * {n}" for n, w in zip(head.names, head.weights) if w) or "0"
+        if head.weights
+        else "output 0, trained by the ranking loss"
+    )
+    log.info(f"attributes head: {', '.join(names)}; the reward (output 0) = {reward}")
+    return head
 
 
 def attribute_reward(outputs: torch.Tensor, weights) -> torch.Tensor:

@@ -22,6 +22,7 @@ from rankrm.data.readers import CONFLICTS_HELP, FORMAT_HELP, FORMAT_NAMES, SKIP_
 from rankrm.errors import SettingsError
 from rankrm.modeling.attention import layout_problem
 from rankrm.modeling.batch import LAYOUTS
+from rankrm.modeling.heads import HeadSpec
 from rankrm.modeling.hub import DEFAULT_MODEL
 from rankrm.modeling.ratings import parse_weights
 from rankrm.training.tracking import tracker_names
@@ -145,6 +146,20 @@ class TrainConfig:
         "weights; the trained parameters are kept in fp32 for the optimizer and the forward runs "
         "under bf16 autocast, as Accelerate's and FSDP's mixed precision do)",
     )
+    ensemble: int = opt(
+        0,
+        "train M >= 2 scalar heads (outputs 1..M) on the shared backbone, each with its own initialisation and its "
+        "own bootstrap resample of the prompts (Poisson(1) weights from --seed); the reward (output 0) is their "
+        "mean and `reward_std` their spread (0: one head; docs/training.md)",
+    )
+    length_head: bool = opt(
+        False,
+        "ODIN (Chen et al. 2024): a second, length head (output 1); the ranking loss trains quality + length, "
+        "a correlation loss moves length into the length head; the saved reward is the quality head alone "
+        "(docs/training.md)",
+    )
+    length_loss_weight: float = opt(1.0, "--length-head: weight of the loss |rho(r_quality, L)| - rho(r_length, L)")
+    orthogonal_loss_weight: float = opt(1.0, "--length-head: weight of the |w_quality . w_length| penalty")
     seed: int = opt(0, "seed of the head's initialisation, the split and the data order")
     threads: int = opt(
         0,
@@ -247,6 +262,8 @@ class TrainConfig:
             "num_proc",
             "frozen_cache_gb",
             "threads",
+            "length_loss_weight",
+            "orthogonal_loss_weight",
         )
         for name in positive + at_least_zero:
             v = getattr(self, name)
@@ -275,6 +292,12 @@ class TrainConfig:
             )
         if problem := layout_problem(self.attn_implementation, self.layout):
             yield problem
+        if self.ensemble == 1 or self.ensemble < 0:
+            yield f"--ensemble must be 0 (one head) or at least 2 members, got {self.ensemble}. Fix: e.g. --ensemble 4"
+        if self.attributes and (self.ensemble or self.length_head):
+            yield "--attributes is a head of its own, as --ensemble and --length-head are. Fix: give one of them"
+        if self.ensemble and self.length_head:
+            yield "--ensemble and --length-head are two different heads. Fix: give one of them"
         yield from self.attribute_problems()
         if self.lora_r and self.train_layers >= 0:
             yield "--lora-r and --train-layers both choose what trains. Fix: give one of them"
@@ -305,6 +328,13 @@ class TrainConfig:
     def autocast_bf16(self) -> bool:
         """Whether the forward runs under bf16 autocast (--bf16, or weights loaded in bf16)."""
         return self.bf16 or self.dtype == "bf16"
+
+    @property
+    def head_spec(self) -> HeadSpec:
+        """The head this run trains: scalar, an ensemble (--ensemble M) or ODIN's two (--length-head)."""
+        if self.ensemble:
+            return HeadSpec.ensemble(self.ensemble)
+        return HeadSpec.odin() if self.length_head else HeadSpec()
 
     @property
     def tokenize_processes(self) -> int:

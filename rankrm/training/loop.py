@@ -16,21 +16,23 @@ import torch
 from rankrm.data.encode import TokenizedGroup
 from rankrm.errors import CheckpointError, NonFiniteError
 from rankrm.evaluation.evaluate import EvalResult, Labels, evaluate_groups, format_metrics
-from rankrm.loss import group_stats, kwise_loss
 from rankrm.modeling.batch import collate
 from rankrm.modeling.frozen import FrozenLayerCache
 from rankrm.modeling.heads import tie_reward_row
-from rankrm.modeling.model import batch_outputs, batch_rewards
+from rankrm.modeling.model import batch_outputs
 from rankrm.modeling.planning import epoch_steps, plan_batches
 from rankrm.progress import Progress
+from rankrm.training.attributes import attribute_loss
 from rankrm.training.checkpoint import save_checkpoint
 from rankrm.training.config import TrainConfig
+from rankrm.training.objective import Objective, batch_loss
 from rankrm.training.sharding import agree_passes, full_training_state, is_sharded, reshard
 from rankrm.training.signals import TrainingInterrupted
 from rankrm.training.state import Prepared, Run, RunState, StepStats
 from rankrm.training.tracking import scalars
 
 log = logging.getLogger(__name__)
+SCALAR = Objective()  # the scalar head's loss: the K-wise loss of output 0
 
 
 # -- one optimizer step -----------------------------------------------------------------------------------------
@@ -50,12 +52,13 @@ def backward_step(
     bf16: bool = False,
     kv: bool = True,
     segment_aware: bool = False,
-    attributes=None,
+    objective: Objective | None = None,
+    unit_ids: list[int] | None = None,
 ) -> StepStats:
     """Forward and backward over one step's groups in micro-batches of micro_batch_tokens padded tokens; gradients
     accumulate in .grad with each group weighted by `weight` (1/G for a step of G groups), so the update is the
-    mean over the step's groups however they are batched. attributes: an attributes head's AttributeObjective
-    (training/attributes.py), whose loss then replaces the K-wise loss of the rewards."""
+    mean over the step's groups however they are batched. objective: the head's loss (objective.py); unit_ids:
+    the groups' indices among the run's training units (an ensemble's bootstrap weights are per unit)."""
     device = next(model.parameters()).device
     micro = plan_batches(
         groups, micro_batch_tokens, layout, attention_per_token, kv=kv and cache is None, segment_aware=segment_aware
@@ -69,15 +72,17 @@ def backward_step(
         b = collate([groups[j] for j in idx], pad_id, how, dense_mask=not segment_aware).to(device)
         sync = mi == n_passes - 1 or accelerator is None
         with contextlib.nullcontext() if sync else accelerator.no_sync(model):  # FSDP: syncs each (stays sharded)
-            if attributes is None:
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    rewards = batch_rewards(model, b, cache)  # (N,)
-                stats = group_stats(rewards, b.ranks, b.group_index, len(idx), b.pair_counts)
-                loss = kwise_loss(stats, group_weight=weight if real else 0.0)
-            else:
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    outputs = batch_outputs(model, b, cache)  # (N, 1 + A)
-                loss, stats = attributes.loss(outputs.float(), b, [groups[j] for j in idx], weight if real else 0.0)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                outputs = batch_outputs(model, b, cache)  # (N, O): output 0 the reward
+            loss, stats = micro_loss(
+                objective or SCALAR,
+                model,
+                outputs,
+                b,
+                [groups[j] for j in idx],
+                weight if real else 0.0,
+                [unit_ids[j] for j in idx] if unit_ids is not None else list(idx),
+            )
             loss.backward() if accelerator is None else accelerator.backward(loss)
         if not real:
             continue
@@ -88,6 +93,29 @@ def backward_step(
         out.correct += stats.correct.sum()
         out.pairs += stats.pairs.detach().sum()
     return out
+
+
+def micro_loss(objective: Objective, model, outputs, b, groups, weight: float, units: list[int]):
+    """objective.batch_loss (an attributes head: attribute_loss, with the groups' ratings) with what ODIN's terms
+    read: each completion's tokens (its row less the shared prompt)
+    and the head's rows (the unwrapped model's)."""
+    if objective.head.kind == "attributes":  # the ratings are read from the groups
+        spec = objective.head
+        return attribute_loss(
+            outputs.float(),
+            b,
+            groups,
+            spec.names,
+            spec.weights,
+            weight,
+            objective.attribute_weight,
+            objective.ranking_weight,
+        )
+    lengths = head = None
+    if objective.head.kind == "odin":
+        lengths = torch.tensor([len(r) - g.prompt_length for g in groups for r in g.ids], dtype=torch.float32)
+        head = getattr(model, "module", model).head.weight  # (2, H); DDP's wrapper holds the model as .module
+    return batch_loss(objective, outputs, b, len(groups), weight, units, lengths, head)
 
 
 @dataclass
@@ -197,7 +225,8 @@ def steps(cfg: TrainConfig, parts: Prepared, run: Run, held, signals, bar: Progr
             bf16=cfg.autocast_bf16,
             kv=not cfg.gradient_checkpointing and not is_sharded(core),  # FSDP: sharding.check_supported
             segment_aware=core.segment_aware,
-            attributes=parts.attributes,
+            objective=parts.objective,
+            unit_ids=mine_ids,
         )
         norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
         due = bool(cfg.save_minutes and time.time() - last_save >= 60 * cfg.save_minutes)
@@ -207,7 +236,7 @@ def steps(cfg: TrainConfig, parts: Prepared, run: Run, held, signals, bar: Progr
             nonfinite(cfg, run.state, step, ag.loss, float(norm))
         else:
             run.optimizer.step()
-            tie_reward_row(core.head, core.head_spec)  # a weighted reward's row follows its attributes (else no-op)
+            tie_reward_row(core.head, core.head_spec)  # an ensemble's mean, a weighted reward follow (else a no-op)
             losses.append(ag.loss)
             accs.append((ag.correct, ag.pairs))
         run.scheduler.step()
@@ -297,16 +326,19 @@ def evaluate_shared(
     for k, (idx, how) in enumerate(share + plan[:1] * extra):  # one pass each: idx fits the budget by plan
         r = evaluate_groups(core, [groups[i] for i in idx], batch_tokens, how, cache, require_pairs=False)
         if k < len(share):  # a stand-in pass (sharded) is discarded
-            mine.append((idx, r.correct, r.pairs, r.nll, r.rewards))
+            mine.append((idx, r.correct, r.pairs, r.nll, r.rewards, r.members))
     if is_sharded(core):
         reshard(core)
     correct, pairs, nll = (np.zeros(len(groups)) for _ in range(3))
     rewards: list = [None] * len(groups)
-    for idx, c, p, n, rw in gather_object(mine):
+    members: list = [None] * len(groups) if core.head_spec.kind == "ensemble" else []
+    for idx, c, p, n, rw, mem in gather_object(mine):
         correct[idx], pairs[idx], nll[idx] = c, p, n
-        for i, x in zip(idx, rw):
-            rewards[i] = x
-    return EvalResult(correct, pairs, nll, tuple(rewards), tuple(Labels.of(g) for g in groups))
+        for k, i in enumerate(idx):
+            rewards[i] = rw[k]
+            if members:
+                members[i] = mem[k]
+    return EvalResult(correct, pairs, nll, tuple(rewards), tuple(Labels.of(g) for g in groups), tuple(members))
 
 
 def nonfinite(cfg: TrainConfig, state: RunState, step: int, loss: float, norm: float) -> None:

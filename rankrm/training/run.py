@@ -24,21 +24,23 @@ from rankrm.errors import SettingsError
 from rankrm.evaluation.attributes import evaluate_attributes, format_attributes, train_means
 from rankrm.evaluation.evaluate import EvalResult, compare, format_metrics
 from rankrm.evaluation.plots import plotting_missing, write_training_report
+from rankrm.evaluation.uncertainty import format_spread
 from rankrm.files import remove_leftovers
 from rankrm.modeling.batch import collate
 from rankrm.modeling.frozen import FrozenLayerCache, select_trainable
 from rankrm.modeling.heads import HeadSpec, tie_reward_row
 from rankrm.modeling.hub import resolve
 from rankrm.modeling.lora import add_lora, merge_lora
-from rankrm.modeling.model import RewardModel
+from rankrm.modeling.model import META_FILE, RewardModel
 from rankrm.modeling.planning import plan_batches
 from rankrm.training import sharding
-from rankrm.training.attributes import AttributeObjective, attribute_head
+from rankrm.training.attributes import attribute_head
 from rankrm.training.checkpoint import RunLock, check_identity, find_checkpoint, load_checkpoint
 from rankrm.training.config import TrainConfig
 from rankrm.training.data import Data, check_tokens, load_data
 from rankrm.training.determinism import setup_determinism
 from rankrm.training.loop import all_sum, evaluate_shared, loop
+from rankrm.training.objective import Objective, bootstrap_weights
 from rankrm.training.signals import StopSignals
 from rankrm.training.state import Prepared, Run, RunState, TrainResult, plan_run
 from rankrm.training.tracking import accelerator_kwargs, end_trackers, scalars, start_trackers
@@ -59,7 +61,7 @@ def _train(cfg: TrainConfig, frozen_store: dict | None = None) -> TrainResult:
     check_engine()
     engine = sharding.engine_from_launch()  # FSDP2 as the recipe names it; rankrm shards the model itself
     if engine is not None:
-        sharding.check_supported(cfg.lora_r, cfg.layout)
+        sharding.check_supported(cfg.lora_r, cfg.layout, cfg.head_spec.kind)
     # bf16 is plain torch autocast around the forward, not Accelerate's setting, which is fixed once per process
     with sharding.plain_process_group() if engine else contextlib.nullcontext():  # FSDP: on CPUs it cannot start
         accelerator = Accelerator(**accelerator_kwargs(cfg.report_to, cfg.output_dir))  # --report-to trackers
@@ -92,9 +94,8 @@ def _train(cfg: TrainConfig, frozen_store: dict | None = None) -> TrainResult:
         ckpt = find_checkpoint(cfg.resume, out / "checkpoints")
         if ckpt is not None:
             resume(ckpt, core, run)
-        parts = Prepared(accelerator, model, core, frozen_layer_cache(cfg, core, frozen_store, data.held))
-        if head is not None:
-            parts.attributes = AttributeObjective(core.head_spec, cfg.attribute_loss_weight, cfg.ranking_loss_weight)
+        cache = frozen_layer_cache(cfg, core, frozen_store, data.held)
+        parts = Prepared(accelerator, model, core, cache, objective(cfg, len(run.units), core.head_spec))
         if run.state.before is None:
             t0 = time.time()
             before = evaluate_shared(
@@ -156,35 +157,28 @@ def disable_dropout(model: nn.Module) -> None:
 
 
 def attribute_head_of(cfg: TrainConfig, data: Data) -> HeadSpec | None:
-    """An --attributes run's head, its attributes chosen from what the training store rates; None otherwise."""
+    """An --attributes run's head (training/attributes.py), chosen from what the training store rates; else None."""
     if not cfg.attributes:
         return None
-    if sharding.engine_from_launch() is not None:
-        raise SettingsError(
-            "--attributes under FSDP: the reward's row is re-set from the attribute rows after each step, which a "
-            "sharded head does not hold whole. Fix: launch with configs/accelerate/ddp.yaml (or one process)"
-        )
-    head = attribute_head(cfg.attributes, cfg.attribute_weights, cfg.ranking_loss_weight, data.train.store.attributes)
-    reward = (
-        " + ".join(f"{w:g} * {n}" for n, w in zip(head.names, head.weights) if w)
-        if head.weights
-        else "output 0, trained by the ranking loss"
-    )
-    log.info(f"attributes head: {', '.join(head.names)}; the reward (output 0) = {reward or '0'}")
-    return head
+    rated = data.train.store.attributes
+    sharded = sharding.engine_from_launch() is not None
+    return attribute_head(cfg.attributes, cfg.attribute_weights, cfg.ranking_loss_weight, rated, sharded)
 
 
 def build_model(cfg: TrainConfig, encoder: TextEncoder, head: HeadSpec | None = None) -> tuple[RewardModel, list[str]]:
-    """The backbone with a fresh head (scalar, or `head`) reading through the run's encoder, dropout off, and the
-    parameters that train."""
+    """The backbone with a fresh head (`head`, else cfg.head_spec) reading through the run's encoder, dropout off,
+    and the parameters that train."""
+    fresh = not (Path(resolve(cfg.model)) / META_FILE).is_file()  # an LM, not a saved reward model trained further
     model = RewardModel.from_pretrained(
         cfg.model,
         dtype=torch.bfloat16 if cfg.dtype == "bf16" else torch.float32,
         attn_implementation=cfg.attn_implementation,
         encoder=encoder,
-        head=head,
+        head=head or cfg.head_spec,
     )
-    tie_reward_row(model.head, model.head_spec)  # a weighted reward from the first step (else a no-op)
+    if fresh:
+        init_members(model, cfg.seed)
+    tie_reward_row(model.head, model.head_spec)  # an attributes head's weighted reward from the first step
     disable_dropout(model)
     trainable = (
         add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_targets)
@@ -213,6 +207,38 @@ def build_model(cfg: TrainConfig, encoder: TextEncoder, head: HeadSpec | None = 
         f"{'; gradient checkpointing' if cfg.gradient_checkpointing else ''}"
     )
     return model, trainable
+
+
+@torch.no_grad()
+def init_members(model: RewardModel, seed: int) -> None:
+    """An ensemble's members start apart: member m's row drawn with its own seed (seed, m), as transformers draws a
+    fresh head (normal, std initializer_range; bias 0); row 0 is then their mean. Other heads keep their draw."""
+    spec, head = model.head_spec, model.head
+    if spec.kind != "ensemble":
+        return
+    std = float(getattr(model.hf.config, "initializer_range", 0.02))
+    for m in range(1, spec.num_outputs):
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + m)
+        row = torch.randn(head.in_features, generator=gen, dtype=torch.float32) * std
+        head.weight[m] = row.to(head.weight.dtype)
+        if head.bias is not None:
+            head.bias[m] = 0.0
+    tie_reward_row(head, spec)
+
+
+def objective(cfg: TrainConfig, units: int, spec=None) -> Objective:
+    """The head's loss: an ensemble's bootstrap weights per training unit (drawn from the seed), ODIN's weights,
+    an attributes head's two loss weights. spec: the model's head (an attributes head is chosen from the data)."""
+    spec = spec or cfg.head_spec
+    boot = bootstrap_weights(units, cfg.ensemble, cfg.seed) if spec.kind == "ensemble" else None
+    return Objective(
+        spec,
+        boot,
+        cfg.length_loss_weight,
+        cfg.orthogonal_loss_weight,
+        cfg.attribute_loss_weight,
+        cfg.ranking_loss_weight,
+    )
 
 
 def resume(ckpt: Path, core: RewardModel, run: Run) -> None:
@@ -274,7 +300,7 @@ def finish(cfg: TrainConfig, parts: Prepared, run: Run, data: Data) -> TrainResu
         parts, data.held, cfg.eval_batch_tokens, cfg.layout, progress=accelerator.is_local_main_process
     )
     accelerator.log(scalars("eval", after.metrics), step=run.total_steps)
-    if parts.attributes is not None:  # per-attribute RMSE, Pearson, Spearman against the constant-mean baseline
+    if core.head_spec.kind == "attributes":  # per-attribute RMSE, Pearson, Spearman against the constant-mean baseline
         names = core.head_spec.names
         after.metrics["attributes"] = evaluate_attributes(
             core, data.held, names, train_means(data.train, names), cfg.eval_batch_tokens, cfg.layout, parts.cache
@@ -322,6 +348,8 @@ def report(r: TrainResult, steps: int, out: Path) -> None:
     log.info(f"after training:  {format_metrics(r.after)}")
     if "attributes" in r.after:
         log.info("held-out attributes:\n" + "\n".join(format_attributes(r.after["attributes"])))
+    for line in format_spread(r.after["ensemble"]) if r.after.get("ensemble") else ():
+        log.info(line)
     log.info(
         f"change: accuracy {ch['accuracy_gain']:+.4f} (95% CI {ch['accuracy_gain_ci95'][0]:+.3f} .. "
         f"{ch['accuracy_gain_ci95'][1]:+.3f}), log loss {ch['log_loss_change']:+.4f} (95% CI "

@@ -104,13 +104,19 @@ def is_sharded(model: nn.Module) -> bool:
     return isinstance(model, FSDPModule)
 
 
-def check_supported(lora_r: int, layout: str) -> None:
+def check_supported(lora_r: int, layout: str, head: str = "scalar") -> None:
     """Refuse what sharding cannot run as asked."""
     if layout == "kv":
         raise SettingsError(
             "--layout kv with FSDP: the prompt's keys and values reach the backward outside the layers' outputs, "
             "where FSDP gathers a layer's weights again. Fix: --layout auto (under FSDP it trains with padded or "
             "packed rows, and evaluates with kv where cheaper), packed or padded"
+        )
+    if head != "scalar":
+        raise SettingsError(
+            f"a {head} head with FSDP: its loss terms and its tied reward row read the whole head, which rankrm "
+            "does not gather from sharded weights yet. Fix: launch it with configs/accelerate/ddp.yaml, or train "
+            "the scalar head under FSDP"
         )
     if lora_r:
         raise SettingsError(

@@ -20,6 +20,7 @@ from rankrm.data.store import StoreView
 from rankrm.modeling.frozen import FrozenLayerCache
 from rankrm.modeling.model import RewardModel
 from rankrm.training.config import TrainConfig
+from rankrm.training.objective import Objective
 
 log = logging.getLogger(__name__)
 
@@ -99,13 +100,14 @@ class Run:
 @dataclass
 class Prepared:
     """The pieces every step uses: the Accelerator, the model as it prepared it (DDP-wrapped under several
-    processes: backward, no_sync), the unwrapped RewardModel (evaluation, checkpoints) and the frozen-layer cache."""
+    processes: backward, no_sync), the unwrapped RewardModel (evaluation, checkpoints), the frozen-layer cache and
+    the head's objective."""
 
     accelerator: object
     model: nn.Module
     core: RewardModel
     cache: FrozenLayerCache | None = None
-    attributes: object | None = None  # an attributes head's AttributeObjective (training/attributes.py); else None
+    objective: Objective = field(default_factory=Objective)  # the head's loss (objective.py)
 
 
 @dataclass
@@ -191,10 +193,25 @@ def run_identity(cfg: TrainConfig, train, trainable: list[str], total: int, step
             "length_sort_window",
         )
     }
-    return {
+    out = {
         "model": cfg.model,
         "data_sha256": h.hexdigest(),
         "seed": cfg.seed,
         "trainable": hashlib.sha256("\n".join(trainable).encode()).hexdigest()[:16],
         "schedule": {**schedule, "total_steps": total, "steps_per_epoch": steps_per_epoch},
     }
+    spec = cfg.head_spec
+    if spec.kind != "scalar":  # a scalar run's identity stays what it was before heads existed (its checkpoints resume)
+        out["head"] = {
+            **spec.to_json(),
+            "length_weight": cfg.length_loss_weight,
+            "orthogonal_weight": cfg.orthogonal_loss_weight,
+        }
+    if cfg.attributes:  # the attributes asked and the loss's weights: a resume must train the same head
+        out["attributes"] = {
+            "asked": cfg.attributes,
+            "weights": cfg.attribute_weights,
+            "attribute_loss_weight": cfg.attribute_loss_weight,
+            "ranking_loss_weight": cfg.ranking_loss_weight,
+        }
+    return out

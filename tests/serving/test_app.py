@@ -717,3 +717,46 @@ def test_a_refused_prompt_is_422_and_a_bug_while_rendering_is_500_with_an_id_in_
     tail = log[log.index(err["id"]) :]
     assert "Traceback (most recent call last):" in tail and "ZeroDivisionError" in tail
     assert score("Name a colour.").json()["rewards"] == ok.json()["rewards"]  # and the server serves on
+
+
+def test_an_ensemble_serves_its_spread_where_each_shape_allows(model_dirs, ref):
+    """A 3-member ensemble (members far apart): /score, /rank, /get_reward and /classify answer the reward
+    (score_outputs' mean) with its reward_std and members beside the fields each shape requires; the scalar
+    model's answers carry none of them."""
+    from fastapi.testclient import TestClient
+
+    from rankrm.modeling.heads import HeadSpec, tie_reward_row
+    from rankrm.serving.app import ServeOptions, build_app
+
+    torch.manual_seed(0)
+    ens = RewardModel.from_pretrained(str(model_dirs["llama-chat"]), max_length=MAX_LENGTH, head=HeadSpec.ensemble(3))
+    with torch.no_grad():
+        ens.head.weight.normal_()
+    tie_reward_row(ens.head, ens.head_spec)
+    prompts, comps = [PROMPTS[1]] * 3, COMPLETIONS[:2] + ["a shade of grey"]
+    want = ens.score_outputs(prompts, comps)
+    assert min(want["reward_std"]) > 1e-3
+    items = [{"prompt": p, "completion": c} for p, c in zip(prompts, comps)]
+    texts = [ens.render(p, c) for p, c in zip(prompts, comps)]
+    with TestClient(build_app(ens, "ens", ServeOptions(), "test")) as tc:
+        score = tc.post("/score", json={"items": items}).json()
+        rank = tc.post("/rank", json={"prompt": PROMPTS[1], "completions": comps}).json()
+        groups = tc.post("/rank", json={"groups": [{"prompt": PROMPTS[1], "completions": comps}]}).json()
+        openrlhf = tc.post("/get_reward", json={"query": texts}).json()
+        vllm = tc.post("/classify", json={"input": texts, "use_activation": False}).json()
+        info = tc.get("/info").json()
+    for got in (score, rank, groups["groups"][0]):
+        close(got["rewards"], want["reward"])
+        close(got["reward_std"], want["reward_std"])
+        close(got["outputs"]["member_2"], want["member_2"])
+    close(openrlhf["rewards"], want["reward"])
+    close(openrlhf["extra_logs"]["reward_std"], want["reward_std"])
+    assert len(openrlhf["extra_logs"]["rankrm_truncated"]) == 3
+    close([d["probs"][0] for d in vllm["data"]], want["reward"])
+    close([d["reward_std"] for d in vllm["data"]], want["reward_std"])
+    assert vllm["data"][0]["num_classes"] == 1 and info["head"]["kind"] == "ensemble"
+    with TestClient(build_app(ref, "rm", ServeOptions(), "test")) as tc:
+        plain = tc.post("/score", json={"items": items}).json()
+        one = tc.post("/classify", json={"input": texts[0]}).json()["data"][0]
+    assert set(plain) == {"rewards", "truncated", "model"}
+    assert set(one) == {"index", "label", "probs", "num_classes", "truncated"}
