@@ -22,10 +22,9 @@ from rankrm.modeling.heads import tie_reward_row
 from rankrm.modeling.model import batch_outputs
 from rankrm.modeling.planning import epoch_steps, plan_batches
 from rankrm.progress import Progress
-from rankrm.training.attributes import attribute_loss
 from rankrm.training.checkpoint import save_checkpoint
 from rankrm.training.config import TrainConfig
-from rankrm.training.objective import Objective, batch_loss
+from rankrm.training.objective import Objective, micro_batch_loss
 from rankrm.training.sharding import agree_passes, full_training_state, is_sharded, reshard
 from rankrm.training.signals import TrainingInterrupted
 from rankrm.training.state import Prepared, Run, RunState, StepStats
@@ -74,15 +73,9 @@ def backward_step(
         with contextlib.nullcontext() if sync else accelerator.no_sync(model):  # FSDP: syncs each (stays sharded)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 outputs = batch_outputs(model, b, cache)  # (N, O): output 0 the reward
-            loss, stats = micro_loss(
-                objective or SCALAR,
-                model,
-                outputs,
-                b,
-                [groups[j] for j in idx],
-                weight if real else 0.0,
-                [unit_ids[j] for j in idx] if unit_ids is not None else list(idx),
-            )
+            units = [unit_ids[j] for j in idx] if unit_ids is not None else list(idx)
+            sub, w = [groups[j] for j in idx], weight if real else 0.0
+            loss, stats = micro_batch_loss(objective or SCALAR, model, outputs, b, sub, w, units)
             loss.backward() if accelerator is None else accelerator.backward(loss)
         if not real:
             continue
@@ -93,29 +86,6 @@ def backward_step(
         out.correct += stats.correct.sum()
         out.pairs += stats.pairs.detach().sum()
     return out
-
-
-def micro_loss(objective: Objective, model, outputs, b, groups, weight: float, units: list[int]):
-    """objective.batch_loss (an attributes head: attribute_loss, with the groups' ratings) with what ODIN's terms
-    read: each completion's tokens (its row less the shared prompt)
-    and the head's rows (the unwrapped model's)."""
-    if objective.head.kind == "attributes":  # the ratings are read from the groups
-        spec = objective.head
-        return attribute_loss(
-            outputs.float(),
-            b,
-            groups,
-            spec.names,
-            spec.weights,
-            weight,
-            objective.attribute_weight,
-            objective.ranking_weight,
-        )
-    lengths = head = None
-    if objective.head.kind == "odin":
-        lengths = torch.tensor([len(r) - g.prompt_length for g in groups for r in g.ids], dtype=torch.float32)
-        head = getattr(model, "module", model).head.weight  # (2, H); DDP's wrapper holds the model as .module
-    return batch_loss(objective, outputs, b, len(groups), weight, units, lengths, head)
 
 
 @dataclass

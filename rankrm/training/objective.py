@@ -21,6 +21,7 @@ import torch
 
 from rankrm.loss import GroupStats, group_stats, kwise_loss
 from rankrm.modeling.heads import HeadSpec
+from rankrm.training.attributes import attribute_loss
 
 
 @dataclass(frozen=True)
@@ -101,3 +102,26 @@ def ensemble_loss(
     with torch.no_grad():
         stats = group_stats(outputs[:, 0], batch.ranks, batch.group_index, n_groups, batch.pair_counts)
     return loss, stats
+
+
+def micro_batch_loss(objective: Objective, model, outputs, b, groups, weight: float, units: list[int]):
+    """objective.batch_loss with what ODIN's terms read: each completion's tokens (its row less the shared prompt)
+    and the head's rows (the unwrapped model's); an attributes head: attribute_loss, which reads the groups'
+    ratings."""
+    if objective.head.kind == "attributes":
+        spec = objective.head
+        return attribute_loss(
+            outputs.float(),
+            b,
+            groups,
+            spec.names,
+            spec.weights,
+            weight,
+            objective.attribute_weight,
+            objective.ranking_weight,
+        )
+    lengths = head = None
+    if objective.head.kind == "odin":
+        lengths = torch.tensor([len(r) - g.prompt_length for g in groups for r in g.ids], dtype=torch.float32)
+        head = getattr(model, "module", model).head.weight  # (2, H); DDP's wrapper holds the model as .module
+    return batch_loss(objective, outputs, b, len(groups), weight, units, lengths, head)

@@ -67,3 +67,20 @@ def test_a_missing_output_directory_is_named(model_dirs, tmp_path, capsys):
     assert main(["score", "--model", str(model_dirs["llama-chat"]), str(src), str(out), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert f"cannot write {out}: its directory {out.parent} does not exist" in err and "Fix:" in err
+
+
+def test_an_odin_model_adds_its_length_output_and_a_scalar_one_only_reward(model_dirs, tmp_path):
+    from rankrm.modeling.heads import HeadSpec
+
+    m = RewardModel.from_pretrained(str(model_dirs["llama-chat"]), head=HeadSpec.odin())
+    m.save_pretrained(tmp_path / "odin")
+    rows = [{"prompt": "p", "completion": "word " * n} for n in (1, 5, 9)]
+    src, out = write_jsonl(tmp_path / "in.jsonl", rows), tmp_path / "out.jsonl"
+    assert main(["score", "--model", str(tmp_path / "odin"), str(src), str(out), "--quiet"]) == 0
+    got = [json.loads(x) for x in out.read_text().splitlines()]
+    want = m.score_outputs([r["prompt"] for r in rows], [r["completion"] for r in rows])
+    assert [set(g) for g in got] == [{"prompt", "completion", "reward", "length"}] * 3
+    assert [g["length"] for g in got] == pytest.approx(want["length"], abs=1e-5)
+    assert [g["reward"] for g in got] == pytest.approx(want["reward"], abs=1e-5)
+    assert main(["score", "--model", str(model_dirs["llama-chat"]), str(src), str(out), "--quiet"]) == 0
+    assert [set(json.loads(x)) for x in out.read_text().splitlines()] == [{"prompt", "completion", "reward"}] * 3

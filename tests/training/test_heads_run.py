@@ -134,3 +134,12 @@ def test_a_saved_scalar_model_cannot_continue_as_an_ensemble(model_dirs, small, 
     train(cfg(model_dirs, small, tmp_path / "s", epochs=0.2))
     with pytest.raises(SettingsError, match="holds a trained scalar head"):
         train(cfg(model_dirs, small, tmp_path / "e", model=str(tmp_path / "s"), ensemble=2, epochs=0.2))
+
+
+def test_fsdp_refuses_a_multi_output_head_at_start_with_the_fix():
+    from rankrm.training.sharding import check_supported
+
+    check_supported(0, "auto")  # the scalar head shards as before
+    for kind in ("ensemble", "odin"):
+        with pytest.raises(SettingsError, match=f"a {kind} head with FSDP.*Fix: launch it with configs/accelerate/ddp"):
+            check_supported(0, "auto", kind)
