@@ -160,3 +160,23 @@ def test_normalize_weights_sets_the_reward_to_another_weighted_sum(rated_run, tm
     assert main(["normalize", "--model", str(out), "--weights", "humor=1", "--output-dir", str(dst)]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "--weights: unknown attribute 'humor'" in err[0] and "goodness, words" in err[0]
+
+
+def test_rankrm_serve_returns_the_attributes(rated_run):
+    """/score answers each attribute under "outputs", beside the rewards, equal to RewardModel.score_outputs."""
+    from fastapi.testclient import TestClient
+
+    from rankrm.modeling.model import RewardModel
+    from rankrm.serving.app import ServeOptions, build_app
+
+    _, out, _ = rated_run
+    rm = RewardModel.from_pretrained(str(out))
+    prompt = [{"role": "user", "content": "Say something good, please."}]
+    want = rm.score_outputs([prompt, prompt], ["good good good", "fine"])
+    with TestClient(build_app(rm, "rm", ServeOptions(), "test")) as tc:
+        items = [{"prompt": prompt, "completion": c} for c in ("good good good", "fine")]
+        got = tc.post("/score", json={"items": items}).json()
+    assert set(got["outputs"]) == {"goodness", "words"}
+    for name in ("goodness", "words"):
+        assert got["outputs"][name] == pytest.approx(want[name], abs=1e-4)
+    assert got["rewards"] == pytest.approx(want["reward"], abs=1e-4)
