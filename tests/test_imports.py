@@ -15,6 +15,7 @@ LAYER = {
     "errors": -1,  # below every layer, files included: every layer raises them
     "files": 0,
     "loss": 0,
+    "regression": 0,
     "progress": 0,
     "_version": 0,
     "data": 1,

@@ -95,15 +95,21 @@ def cmd_eval(args) -> int:
 def cmd_normalize(args) -> int:
     from rankrm.modeling.model import RewardModel
     from rankrm.modeling.normalize import demonstrations, file_sha256, normalize
+    from rankrm.modeling.ratings import parse_weights, set_reward_weights
 
-    if args.demonstrations is None and args.calibrate is None:
-        raise SettingsError("normalize needs --demonstrations, --calibrate or both. Fix: give one")
+    if args.demonstrations is None and args.calibrate is None and args.weights is None:
+        raise SettingsError("normalize needs --weights, --demonstrations, --calibrate or some of them. Fix: give one")
+    given = parse_weights(args.weights, "--weights") if args.weights is not None else None
     if args.demonstrations is not None:  # read before any weights load: a bad file is said at once
         prompts, responses, source = demonstrations(args.demonstrations, args.format)
     if args.calibrate is not None:
         check_sources([str(p) for p in args.calibrate])
     model = RewardModel.from_pretrained(args.model, max_length=args.max_length)
     out = args.output_dir or args.model
+    if given is not None:  # first: the demonstrations and the calibration then read the new reward
+        weights = set_reward_weights(model, given)
+        reward = " + ".join(f"{w:g} * {n}" for n, w in zip(model.head_spec.names, weights) if w) or "0"
+        print(f"the reward is now {reward} (an earlier normalization and calibration are dropped)")
     if args.demonstrations is not None:
         stats = normalize(model, prompts, responses, args.target_std, args.batch_tokens, progress=True)
         stats.update({"file": str(args.demonstrations), "sha256": file_sha256(args.demonstrations), "source": source})
@@ -224,6 +230,13 @@ def add_normalize_parser(sub, shared: dict) -> None:
         type=Path,
         help="JSONL of {prompt, response}, or ranked data whose rank-0 completions serve as "
         "demonstrations (e.g. the heldout.jsonl that `rankrm train` writes)",
+    )
+    n.add_argument(
+        "--weights",
+        default=None,
+        metavar="NAME=W,...",
+        help="an attributes model (trained with --attributes): make the reward (output 0) the weighted sum of its "
+        "attributes, an attribute left out weighing 0 (applied before --demonstrations and --calibrate)",
     )
     n.add_argument("--output-dir", default=None, help="where to save the normalized model (default: in place)")
     n.add_argument(

@@ -52,6 +52,9 @@ def convert_data(
     if to == "native":
         write_native(groups, out)
         return report, len(groups)
+    rated = sum(1 for g in groups for a in g.attributes or () if a)
+    if rated:  # no silent dropping: the pairwise format has no field for per-completion ratings
+        report.notes["completions' rated attributes not written (pairwise records have no field for them)"] += rated
     rows = list(pairwise_records(groups))
     write_jsonl(rows, out)
     return report, len(rows)

@@ -246,6 +246,7 @@ class TokenizedGroup:
     chars: list[int] | None = None  # characters of each completion (its text, before rendering), for length metrics
     fields: dict[str, list] | None = None  # record field -> one value per pair of comparisons() (pairwise sources)
     margins: list[float] | None = None  # one per pair of comparisons(), in that order (--margin-scale uses them)
+    attributes: dict[str, list] | None = None  # attribute name -> one rating (None: not given) per completion
 
     @property
     def tokens(self) -> int:
@@ -287,9 +288,21 @@ def tokenize_groups(model, groups) -> tuple[list[TokenizedGroup], int]:
         chars = [len(c) for c in g.completions]
         fields = None if g.fields is None else {k: list(v) for k, v in g.fields.items()}
         margins = None if g.margins is None else list(g.margins)
-        out.append(TokenizedGroup(ids[at : at + g.k], list(g.ranks), stated, counts, g.subset, chars, fields, margins))
+        attributes = None if g.attributes is None else attribute_columns(g.attributes)
+        out.append(
+            TokenizedGroup(
+                ids[at : at + g.k], list(g.ranks), stated, counts, g.subset, chars, fields, margins, attributes
+            )
+        )
         at += g.k
     return out, sum(cut)
+
+
+def attribute_columns(ratings) -> dict[str, list]:
+    """Per-completion ratings ([{name: value}, ...]) as columns {name: [value or None per completion]}, names
+    sorted: the form the store keeps and the batches read."""
+    names = sorted({name for r in ratings for name in (r or {})})
+    return {name: [(r or {}).get(name) for r in ratings] for name in names}
 
 
 def shuffled_pairs(groups: list[TokenizedGroup]) -> list[TokenizedGroup]:

@@ -53,7 +53,9 @@ class RankedGroup:
     source of comparisons. None: every pair counts once. `subset`: the record's subset or category (RewardBench's
     layout), for per-subset metrics. `fields`: a pairwise source's other record fields (short text, numbers,
     booleans), each a tuple aligned with comparisons() like margins, for per-comparison slices (`rankrm eval
-    --slice FIELD`); None when the records carried none."""
+    --slice FIELD`); None when the records carried none. `attributes`: one dict of ratings per completion (name ->
+    number, a rating not given absent), for the regression objective (data/attributes.py); None: no ratings. A
+    group with ratings may have K = 1 and no comparison (rated single completions)."""
 
     prompt: Prompt
     completions: tuple[str, ...]
@@ -65,6 +67,7 @@ class RankedGroup:
     counts: tuple[int, ...] | None = None  # times each pair of stated_pairs was stated; None: once each
     subset: str | None = None  # the subset / category the record belongs to (RewardBench's `subset`)
     fields: dict[str, tuple] | None = None  # record field -> one value per pair of comparisons(), in that order
+    attributes: tuple[dict[str, float], ...] | None = None  # per completion: attribute name -> rating
 
     @property
     def k(self) -> int:
@@ -100,6 +103,8 @@ class RankedGroup:
             out["subset"] = self.subset
         if self.fields is not None:
             out["fields"] = {name: list(v) for name, v in self.fields.items()}
+        if self.attributes is not None:
+            out["attributes"] = [dict(a) for a in self.attributes]
         if self.tree is not None:
             out["tree"] = self.tree
         return out

@@ -21,8 +21,8 @@ def judgment(g: RankedGroup) -> frozenset:
 
 def merge_groups(parts: list[RankedGroup], notes) -> RankedGroup:
     """The groups of one prompt and completion set, from several files, as one: each (winner, loser) comparison
-    counted as often as the parts state it, completions in the first part's order, margins, fields, subset and tree
-    from the first part that gives them; the source is the first part's. notes: a Counter for what was merged."""
+    counted as often as the parts state it, completions in the first part's order, margins, fields, subset, tree
+    and rated attributes from the first part that gives them; the source is the first part's. notes: a Counter for what was merged."""
     first = parts[0]
     texts = list(first.completions)
     at = {t: i for i, t in enumerate(texts)}
@@ -55,4 +55,9 @@ def merge_groups(parts: list[RankedGroup], notes) -> RankedGroup:
         fields={k: tuple(fields[p].get(k) for p in pairs) for k in names} or None,
     )
     notes[MERGED] += 1
-    return dataclasses.replace(merged, source=first.source)
+    rated = next((g for g in parts if g.attributes is not None), None)  # ratings: the first part's that has them
+    attributes = None
+    if rated is not None:
+        by_text = dict(zip(rated.completions, rated.attributes))
+        attributes = tuple(by_text[t] for t in merged.completions)
+    return dataclasses.replace(merged, source=first.source, attributes=attributes)

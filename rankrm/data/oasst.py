@@ -1,14 +1,17 @@
 """Reader of OpenAssistant data: nested trees (one tree per line) or the flat export (one message per line).
 
 Each set of >= 2 ranked assistant replies to a user turn becomes a group whose prompt is the conversation up to
-them; groups keep their tree's id, so splitting never puts one conversation on both sides."""
+them; groups keep their tree's id, so splitting never puts one conversation on both sides. Each reply's `labels`
+(quality, helpfulness, creativity, humor, toxicity, ...: annotators' mean values) are its rated attributes."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
 from pathlib import Path
 
+from rankrm.data.attributes import count_rated, oasst_ratings
 from rankrm.data.groups import RankedGroup, ReadReport, iter_records
 from rankrm.data.validate import make_group, require_fields
 from rankrm.errors import DataError
@@ -92,6 +95,10 @@ def _oasst_groups(root: dict, children, tree: str, line_of, path: Path, report: 
                 else:
                     try:
                         g = make_group(convo, completions, [int(r["rank"]) for r in ranked], path, line_of(node), tree)
+                        ratings = tuple(oasst_ratings(r.get("labels"), path, line_of(r)) for r in ranked)
+                        if any(ratings):
+                            g = dataclasses.replace(g, attributes=ratings)
+                            count_rated(report, ratings)
                     except DataError as e:
                         report.skipped[f"invalid group ({e.problem})"] += 1
                     else:

@@ -11,11 +11,13 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from rankrm.data.containers import HUB_PREFIX, check_source
+from rankrm.data.encode import attribute_columns
 from rankrm.data.groups import RankedGroup, ReadReport
 from rankrm.data.readers import iter_groups
 from rankrm.data.store import (
@@ -69,6 +71,7 @@ def _token_features():
             "fields": Value("string"),
             "margins": List(Value("float64")),
             "has_margins": Value("bool"),
+            "attributes": Value("string"),
             "tokens": Value("int64"),
             "cut": Value("int32"),
             "blind": Value("bool"),
@@ -76,11 +79,12 @@ def _token_features():
     )
 
 
-def _write_groups(sources, fmt, report, skip_invalid, conflicts, path: Path) -> tuple[int, bool]:
-    """Stream the groups into an Arrow file; returns (groups written, whether they came out in file order)."""
+def _write_groups(sources, fmt, report, skip_invalid, conflicts, path: Path) -> tuple[int, bool, dict]:
+    """Stream the groups into an Arrow file; returns (groups written, whether they came out in file order, the
+    ratings given per attribute name)."""
     import pyarrow as pa
 
-    schema, rows, n, last, ordered = _groups_schema(), [], 0, (-1, -1), True
+    schema, rows, n, last, ordered, rated = _groups_schema(), [], 0, (-1, -1), True, Counter()
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
 
         def flush():
@@ -100,11 +104,13 @@ def _write_groups(sources, fmt, report, skip_invalid, conflicts, path: Path) -> 
                 }
             )
             n += 1
+            for ratings in g.attributes or ():
+                rated.update(ratings.keys())
             if len(rows) >= CHUNK:
                 flush()
         if rows:
             flush()
-    return n, ordered
+    return n, ordered, dict(sorted(rated.items()))
 
 
 def group_record(g: RankedGroup) -> dict:
@@ -151,6 +157,10 @@ def _encode(batch: dict, encoder):
             "fields": pa.array([json.dumps(g["fields"]) if "fields" in g else None for g in groups], pa.string()),
             "margins": pa.array([g.get("margins") or [] for g in groups], pa.list_(pa.float64())),
             "has_margins": pa.array(["margins" in g for g in groups], pa.bool_()),
+            "attributes": pa.array(
+                [json.dumps(attribute_columns(g["attributes"])) if "attributes" in g else None for g in groups],
+                pa.string(),
+            ),
             "tokens": pa.array(tokens.astype(np.int64), pa.int64()),
             "cut": pa.array(cuts.astype(np.int32), pa.int32()),
             "blind": pa.array(blind, pa.bool_()),
@@ -179,7 +189,7 @@ def prepare(
     out, report, t0 = Path(out), ReadReport(), time.time()
     with library_bars("datasets"), atomic_dir(out) as tmp:  # datasets' bars: on a terminal only
         raw = tmp / "groups-read.arrow"
-        n, ordered = _write_groups(sources, fmt, report, skip_invalid, conflicts, raw)
+        n, ordered, rated = _write_groups(sources, fmt, report, skip_invalid, conflicts, raw)
         if n == 0:
             raise DataError(
                 ", ".join(sources),
@@ -223,6 +233,7 @@ def prepare(
             "groups": n,
             "comparisons": int(np.asarray(ds.data.column("n_pairs").to_numpy()).sum()),
             "tokens": int(lengths.sum()),
+            "attributes": rated,  # ratings given per attribute name (the regression objective's targets)
             "report": {
                 "groups": report.groups,
                 "records": report.records,

@@ -7,10 +7,12 @@ counted in the report. The readers of the other formats live in pairwise.py, sco
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from rankrm.data.attributes import check_attributes, count_rated, has_rated_layout, iter_rated
 from rankrm.data.containers import HUB_PREFIX, check_source
 from rankrm.data.dialogues import iter_implicit
 from rankrm.data.groups import RankedGroup, ReadReport, iter_records
@@ -27,8 +29,9 @@ from rankrm.errors import DataError, SettingsError
 def iter_native(
     path: Path, report: ReadReport | None = None, skip_invalid: bool = False, conflicts: str = "keep"
 ) -> Iterator[RankedGroup]:
-    """Read the native format, one record at a time: {"prompt", "completions", "ranks"? | "pairs"?, "counts"?, "margins"?, "subset"?,
-    "tree"?} per record.
+    """Read the native format, one record at a time: {"prompt", "completions", "ranks"? | "pairs"?, "counts"?,
+    "margins"?, "subset"?, "attributes"?, "tree"?} per record ("attributes": one ratings object per completion; a
+    rated record may have one completion and no ranking).
 
     "counts", aligned with "pairs", says how many times each comparison was stated (several annotators); pairs may
     then state both directions of a pair or a cycle. conflicts: keep (every vote), drop (repeats counted once, a
@@ -48,6 +51,7 @@ def iter_native(
             if tree is not None and not isinstance(tree, str):
                 raise DataError(path, line, "tree", "expected a string", "give the conversation id as a string")
             subset = obj.get("subset", obj.get("category"))
+            rated = obj.get("attributes") is not None
             g = make_group(
                 obj["prompt"],
                 obj["completions"],
@@ -60,6 +64,7 @@ def iter_native(
                 obj.get("counts"),
                 subset,
                 conflicts,
+                min_k=1 if rated else 2,
             )
             if g.counts is not None and conflicts != "keep":  # each comparison once, as without counts
                 report.skipped[REPEATED] += sum(g.counts) - len(g.counts)
@@ -75,7 +80,10 @@ def iter_native(
                     None,
                     subset,
                     conflicts,
+                    min_k=1 if rated else 2,
                 )
+            if rated:
+                g = dataclasses.replace(g, attributes=check_attributes(obj["attributes"], g.k, path, line))
         except DataError as e:
             report.skip(e, skip_invalid)
             continue
@@ -84,9 +92,10 @@ def iter_native(
             continue
         if g.stated_pairs is not None and conflicts == "keep":
             count_conflicts(report, g.stated_pairs, g.counts)
-        if not g.comparisons():
+        if not g.comparisons() and not any(g.attributes or ()):
             report.skipped["all completions tied: no comparison"] += 1
             continue
+        count_rated(report, g.attributes)
         if g.margins is not None:
             report.notes["groups with margins (used by the loss with --margin-scale)"] += 1
         report.groups += 1
@@ -135,6 +144,12 @@ FORMATS = (
         "prompt/completions/scores or ratings",
         lambda o: "completions" in o and _scored(o),
         lambda *a: enumerate(iter_scored(*a)),
+    ),
+    Format(
+        "rated",
+        "prompt/completion or response/scores {name: number} or HelpSteer2's columns (one rated completion)",
+        lambda o: "completions" not in o and has_rated_layout(o),
+        lambda *a: enumerate(iter_rated(*a)),
     ),
     Format("native", "prompt/completions/ranks", lambda o: "completions" in o, lambda *a: enumerate(iter_native(*a))),
 )

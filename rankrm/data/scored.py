@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from rankrm.data.attributes import count_rated, ultrafeedback_ratings
 from rankrm.data.groups import RankedGroup, ReadReport, iter_records
 from rankrm.data.validate import check_completions, check_number, check_prompt, require_fields
 from rankrm.errors import DataError
@@ -15,8 +16,9 @@ TEXT_KEYS = ("response", "text", "completion", "content")
 SCORE_KEYS = ("score", "rating", "fine-grained_score", "overall_score")
 
 
-def _from_objects(comps: list[dict], path, line) -> tuple[list, list, str]:
-    """(texts, scores, score field) from completion objects such as UltraFeedback's."""
+def _from_objects(comps: list[dict], path, line) -> tuple[list, list, str, tuple | None]:
+    """(texts, scores, score field, ratings) from completion objects such as UltraFeedback's; ratings: each
+    completion's fine-grained annotations as attributes (None when no completion has annotations)."""
     tkey = next((k for k in TEXT_KEYS if k in comps[0]), None)
     skey = next((k for k in SCORE_KEYS if any(k in c for c in comps)), None)
     if tkey is None or skey is None:
@@ -43,7 +45,13 @@ def _from_objects(comps: list[dict], path, line) -> tuple[list, list, str]:
                 )
         texts.append(c[tkey])
         scores.append(check_number(c[skey], path, line, f"completions[{i}].{skey}"))
-    return texts, scores, skey
+    ratings = None
+    if any("annotations" in c for c in comps):
+        ratings = tuple(
+            ultrafeedback_ratings(c.get("annotations", {}), path, line, f"completions[{i}].annotations")
+            for i, c in enumerate(comps)
+        )
+    return texts, scores, skey, ratings
 
 
 def ranks_from_scores(scores) -> tuple[int, ...]:
@@ -56,7 +64,8 @@ def iter_scored(
     path: Path, report: ReadReport | None = None, skip_invalid: bool = False, conflicts: str = "keep"
 ) -> Iterator[RankedGroup]:
     """Read scored completions: {"prompt" | "instruction", "completions": [str], "scores" | "ratings": [number]},
-    or completions as objects {"response", "score" | "rating" | "fine-grained_score" | "overall_score"}.
+    or completions as objects {"response", "score" | "rating" | "fine-grained_score" | "overall_score"}, with
+    UltraFeedback's fine-grained "annotations" read as rated attributes.
 
     Scores state one ranking per record, so `conflicts` has nothing to act on here (every reader takes it)."""
     report = report if report is not None else ReadReport()
@@ -68,8 +77,9 @@ def iter_scored(
             prompt = check_prompt(obj[pkey], path, line, pkey)
             comps = obj["completions"]
             if isinstance(comps, list) and comps and all(isinstance(c, dict) for c in comps):
-                texts, scores, _ = _from_objects(comps, path, line)
+                texts, scores, _, ratings = _from_objects(comps, path, line)
             else:
+                ratings = None
                 skey = "ratings" if "scores" not in obj and "ratings" in obj else "scores"
                 require_fields(obj, (skey,), path, line, fix)
                 raw = obj[skey]
@@ -97,9 +107,10 @@ def iter_scored(
         except DataError as e:
             report.skip(e, skip_invalid)
             continue
-        g = RankedGroup(prompt, completions, ranks_from_scores(scores), source=f"{path}:{line}")
-        if not g.comparisons():
+        g = RankedGroup(prompt, completions, ranks_from_scores(scores), source=f"{path}:{line}", attributes=ratings)
+        if not g.comparisons() and not any(ratings or ()):
             report.skipped["all completions tied: no comparison"] += 1
             continue
+        count_rated(report, ratings)
         report.groups += 1
         yield g

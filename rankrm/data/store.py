@@ -31,7 +31,9 @@ from rankrm.data.groups import ReadReport
 from rankrm.errors import DataError
 
 MANIFEST = "rankrm-store.json"
-VERSION = 3  # 2: a SHA-256 per file and the largest token id in the manifest; chars and fields columns; 3: margins
+# 2: a SHA-256 per file and the largest token id in the manifest; chars and fields columns. 3: margins, or
+# (another branch's 3) the rated attributes; 4: both (margins, an "attributes" column, the manifest's ratings)
+VERSION = 4
 GROUPS_FILE = "groups.arrow"
 CHUNK = 2048  # groups per Arrow record batch while reading
 
@@ -162,6 +164,11 @@ class Store:
         return out
 
     @property
+    def attributes(self) -> dict[str, int]:
+        """The rated attributes in the store: name -> how many completions were rated on it."""
+        return dict(self.manifest.get("attributes", {}))
+
+    @property
     def bytes(self) -> int:
         return sum(f["bytes"] for f in self.manifest["files"].values())
 
@@ -223,6 +230,7 @@ class StoreView(Sequence):
             row.get("chars"),
             json.loads(row["fields"]) if row.get("fields") else None,
             row["margins"] if row["has_margins"] else None,
+            json.loads(row["attributes"]) if row.get("attributes") else None,
         )
 
     def column(self, name: str) -> np.ndarray:

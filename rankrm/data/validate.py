@@ -59,8 +59,11 @@ def check_prompt(value, path, line, name="prompt") -> Prompt:
     )
 
 
-def check_completions(value, path, line, name="completions", allow_empty: bool = False) -> tuple[str, ...]:
-    """Validate K >= 2 distinct, non-empty completion strings (empty ones allowed where the source means them)."""
+def check_completions(
+    value, path, line, name="completions", allow_empty: bool = False, min_k: int = 2
+) -> tuple[str, ...]:
+    """Validate K >= min_k distinct, non-empty completion strings (empty ones allowed where the source means them);
+    min_k is 2 for a ranking, 1 for rated completions."""
     if not isinstance(value, list):
         raise DataError(
             path,
@@ -70,12 +73,12 @@ def check_completions(value, path, line, name="completions", allow_empty: bool =
             "give the completions as a JSON list of strings",
             reason=f"{name}: not a list",
         )
-    if len(value) < 2:
+    if len(value) < min_k:
         raise DataError(
             path,
             line,
             name,
-            f"has {len(value)} completion(s); a ranking needs at least 2",
+            f"has {len(value)} completion(s); a ranking needs at least 2" if min_k == 2 else "is empty",
             "give K >= 2 completions for the prompt, or drop the record",
             reason="K < 2",
         )
@@ -261,10 +264,11 @@ def make_group(
     counts=None,
     subset=None,
     conflicts: str = "error",
+    min_k: int = 2,
 ) -> RankedGroup:
-    """Validate the native fields and build a group."""
+    """Validate the native fields and build a group (min_k 1: rated completions, which need no ranking)."""
     p = check_prompt(prompt, path, line)
-    c = check_completions(completions, path, line)
+    c = check_completions(completions, path, line, min_k=min_k)
     r = check_ranks(ranks, len(c), path, line)
     if counts is not None and pairs is None:
         raise DataError(

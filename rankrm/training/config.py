@@ -22,6 +22,7 @@ from rankrm.modeling.attention import layout_problem
 from rankrm.modeling.batch import LAYOUTS
 from rankrm.modeling.heads import HeadSpec
 from rankrm.modeling.hub import DEFAULT_MODEL
+from rankrm.modeling.ratings import parse_weights
 from rankrm.training.tracking import tracker_names
 
 FORMATS = ("auto", *FORMAT_NAMES)
@@ -188,6 +189,21 @@ class TrainConfig:
         "torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG=:4096:8, cudnn deterministic; needed for "
         "bit-identical runs on GPUs, slower there (CPU runs repeat without it; docs/reproducibility.md)",
     )
+    attributes: str = opt(
+        "",
+        "rated attributes to predict, NAME,NAME,... or auto (every one the training data rates): an attributes "
+        "head with one output per attribute, trained by a masked MSE on the ratings (missing ones masked); output "
+        "0 stays the reward (docs/attributes.md). Empty: a plain reward model",
+    )
+    attribute_weights: str = opt(
+        "",
+        "the reward (output 0) as a weighted sum of the attributes, name=w,...: an attribute left out weighs 0 "
+        "(empty: the mean of the attributes, or, with the ranking loss on, output 0 trained by it on its own)",
+    )
+    attribute_loss_weight: float = opt(1.0, "weight of the attributes' masked MSE in the loss (with --attributes)")
+    ranking_loss_weight: float = opt(
+        1.0, "weight of the ranking loss with --attributes (0: the attributes' regression alone)"
+    )
     eval_steps: int = opt(0, "evaluate every N steps (0: only before and after training)")
     save_steps: int = opt(0, "write a resumable checkpoint every N steps (0: only at the end)")
     save_minutes: float = opt(
@@ -300,8 +316,11 @@ class TrainConfig:
         yield from self.objective_problems()
         if self.ensemble == 1 or self.ensemble < 0:
             yield f"--ensemble must be 0 (one head) or at least 2 members, got {self.ensemble}. Fix: e.g. --ensemble 4"
+        if self.attributes and (self.ensemble or self.length_head):
+            yield "--attributes is a head of its own, as --ensemble and --length-head are. Fix: give one of them"
         if self.ensemble and self.length_head:
             yield "--ensemble and --length-head are two different heads. Fix: give one of them"
+        yield from self.attribute_problems()
         if self.lora_r and self.train_layers >= 0:
             yield "--lora-r and --train-layers both choose what trains. Fix: give one of them"
         try:
@@ -331,6 +350,24 @@ class TrainConfig:
     def loss_objective(self) -> Objective:
         """The objective the training step minimises (loss.objective_loss)."""
         return Objective(self.objective, self.listwise_top, self.margin_scale, self.center_rewards)
+
+    def attribute_problems(self) -> typing.Iterator[str]:
+        """The attribute settings' problems: weights' syntax, settings that need --attributes, negative weights."""
+        for name in ("attribute_loss_weight", "ranking_loss_weight"):
+            v = getattr(self, name)
+            if not math.isfinite(v) or v < 0:
+                yield f"{_flag(name)} must be >= 0, got {v}. Fix: give a non-negative number"
+        if not self.attributes:
+            for name in ("attribute_weights", "attribute_loss_weight", "ranking_loss_weight"):
+                if getattr(self, name) != getattr(TrainConfig, name):
+                    yield f"{_flag(name)} is for attribute models. Fix: pass --attributes NAME,... (or auto)"
+            return
+        if self.attribute_loss_weight == 0:
+            yield "--attribute-loss-weight 0 trains no attribute. Fix: leave --attributes out, or give a weight > 0"
+        try:
+            parse_weights(self.attribute_weights)
+        except SettingsError as e:
+            yield str(e)
 
     @property
     def autocast_bf16(self) -> bool:

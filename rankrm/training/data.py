@@ -52,7 +52,8 @@ def load_data(cfg: TrainConfig, encoder: TextEncoder, first=contextlib.nullconte
             None,
             None,
             f"gives no training comparison ({report.summary()})",
-            "give ranked groups whose completions are not all tied",
+            "give ranked groups whose completions are not all tied (rated completions without a ranking train "
+            "an --attributes model only beside ranked groups: the evaluation reads the reward's comparisons)",
         )
     keys = store.column("split_key")
     if held_store is not None:

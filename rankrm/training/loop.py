@@ -211,7 +211,7 @@ def steps(cfg: TrainConfig, parts: Prepared, run: Run, held, signals, bar: Progr
             nonfinite(cfg, run.state, step, ag.loss, float(norm))
         else:
             run.optimizer.step()
-            tie_reward_row(core.head, core.head_spec)  # an ensemble's mean row follows its members (else a no-op)
+            tie_reward_row(core.head, core.head_spec)  # an ensemble's mean, a weighted reward follow (else a no-op)
             losses.append(ag.loss)
             accs.append((ag.correct, ag.pairs))
         run.scheduler.step()

@@ -5,6 +5,8 @@
   bootstrap weight (Poisson(1) per prompt and member, drawn once from the run's seed); the step's loss is the mean
   over members, so the shared backbone sees one loss of the usual scale. Output 0 (the mean row) takes no gradient:
   heads.tie_reward_row re-sets it after every step.
+- attributes (--attributes): the masked MSE of outputs 1..A plus the ranking loss of the reward
+  (training/attributes.py; loop.micro_loss calls it with the batch's groups, whose ratings it reads).
 - odin (--length-head, Chen et al. 2024): the K-wise loss of r_q + r_l, plus
   length_weight * (|rho(r_q, L)| - rho(r_l, L)) over the micro-batch's completions (rho: Pearson's correlation,
   L: the completion's tokens) plus orthogonal_weight * |w_q . w_l| on the two head rows.
@@ -21,6 +23,7 @@ import torch
 
 from rankrm.loss import PAIRWISE, Objective, StepLoss, center_term, objective_loss, pair_mask
 from rankrm.modeling.heads import HeadSpec
+from rankrm.training.attributes import attribute_loss
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,8 @@ class HeadLoss:
     bootstrap: torch.Tensor | None = None  # (units, M) float: each training unit's weight in each member's loss
     length_weight: float = 1.0
     orthogonal_weight: float = 1.0
+    attribute_weight: float = 1.0  # attributes: the masked MSE's weight (training/attributes.py)
+    ranking_weight: float = 1.0  # attributes: the ranking loss's weight (0: the regression alone)
 
 
 def bootstrap_weights(units: int, members: int, seed: int) -> torch.Tensor:
@@ -116,7 +121,21 @@ def ensemble_loss(
 
 def micro_batch_loss(objective: HeadLoss, model, outputs, b, groups, weight: float, units: list[int]) -> StepLoss:
     """objective.batch_loss with what ODIN's terms read: each completion's tokens (its row less the shared prompt)
-    and the head's rows (the unwrapped model's)."""
+    and the head's rows (the unwrapped model's); an attributes head: attribute_loss, which reads the groups'
+    ratings."""
+    if objective.head.kind == "attributes":
+        spec = objective.head
+        return attribute_loss(
+            outputs.float(),
+            b,
+            groups,
+            spec.names,
+            spec.weights,
+            weight,
+            objective.attribute_weight,
+            objective.ranking_weight,
+            objective.ranking,
+        )
     lengths = head = None
     if objective.head.kind == "odin":
         lengths = torch.tensor([len(r) - g.prompt_length for g in groups for r in g.ids], dtype=torch.float32)

@@ -21,18 +21,20 @@ from torch import nn
 from rankrm.data.encode import TextEncoder
 from rankrm.data.prepare import native_line
 from rankrm.errors import SettingsError
+from rankrm.evaluation.attributes import evaluate_attributes, format_attributes, train_means
 from rankrm.evaluation.evaluate import EvalResult, compare, format_metrics
 from rankrm.evaluation.plots import plotting_missing, write_training_report
 from rankrm.evaluation.uncertainty import format_spread
 from rankrm.files import remove_leftovers
 from rankrm.modeling.batch import collate
 from rankrm.modeling.frozen import FrozenLayerCache, select_trainable
-from rankrm.modeling.heads import tie_reward_row
+from rankrm.modeling.heads import HeadSpec, tie_reward_row
 from rankrm.modeling.hub import resolve
 from rankrm.modeling.lora import add_lora, merge_lora
 from rankrm.modeling.model import META_FILE, RewardModel
 from rankrm.modeling.planning import plan_batches
 from rankrm.training import sharding, zero
+from rankrm.training.attributes import attribute_head
 from rankrm.training.checkpoint import RunLock, check_identity, find_checkpoint, load_checkpoint
 from rankrm.training.config import TrainConfig
 from rankrm.training.data import Data, check_tokens, load_data
@@ -82,7 +84,8 @@ def _train(cfg: TrainConfig, frozen_store: dict | None = None) -> TrainResult:
         log.info(
             f"seed {cfg.seed}; {set_up['threads']} CPU threads{'; full determinism' if cfg.full_determinism else ''}"
         )
-        model, trainable = build_model(cfg, encoder)
+        head = attribute_head_of(cfg, data)
+        model, trainable = build_model(cfg, encoder, head)
         if engine is not None:
             model = sharding.shard_model(model, engine, accelerator, cfg.autocast_bf16)  # before the optimizer
         check_tokens(model, data)
@@ -97,7 +100,7 @@ def _train(cfg: TrainConfig, frozen_store: dict | None = None) -> TrainResult:
         if ckpt is not None:
             resume(ckpt, core, run)
         cache = frozen_layer_cache(cfg, core, frozen_store, data.held)
-        parts = Prepared(accelerator, model, core, cache, objective(cfg, len(run.units)))
+        parts = Prepared(accelerator, model, core, cache, objective(cfg, len(run.units), core.head_spec))
         if run.state.before is None:
             t0 = time.time()
             before = evaluate_shared(
@@ -144,19 +147,29 @@ def disable_dropout(model: nn.Module) -> None:
             m.attention_dropout = 0.0
 
 
-def build_model(cfg: TrainConfig, encoder: TextEncoder) -> tuple[RewardModel, list[str]]:
-    """The backbone with a fresh head (cfg.head_spec) reading through the run's encoder, dropout off, and the
-    parameters that train."""
+def attribute_head_of(cfg: TrainConfig, data: Data) -> HeadSpec | None:
+    """An --attributes run's head (training/attributes.py), chosen from what the training store rates; else None."""
+    if not cfg.attributes:
+        return None
+    rated = data.train.store.attributes
+    sharded = sharding.engine_from_launch() is not None
+    return attribute_head(cfg.attributes, cfg.attribute_weights, cfg.ranking_loss_weight, rated, sharded)
+
+
+def build_model(cfg: TrainConfig, encoder: TextEncoder, head: HeadSpec | None = None) -> tuple[RewardModel, list[str]]:
+    """The backbone with a fresh head (`head`, else cfg.head_spec) reading through the run's encoder, dropout off,
+    and the parameters that train."""
     fresh = not (Path(resolve(cfg.model)) / META_FILE).is_file()  # an LM, not a saved reward model trained further
     model = RewardModel.from_pretrained(
         cfg.model,
         dtype=torch.bfloat16 if cfg.dtype == "bf16" else torch.float32,
         attn_implementation=cfg.attn_implementation,
         encoder=encoder,
-        head=cfg.head_spec,
+        head=head or cfg.head_spec,
     )
     if fresh:
         init_members(model, cfg.seed)
+    tie_reward_row(model.head, model.head_spec)  # an attributes head's weighted reward from the first step
     disable_dropout(model)
     trainable = (
         add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_targets)
@@ -204,12 +217,21 @@ def init_members(model: RewardModel, seed: int) -> None:
     tie_reward_row(head, spec)
 
 
-def objective(cfg: TrainConfig, units: int) -> HeadLoss:
+def objective(cfg: TrainConfig, units: int, spec=None) -> HeadLoss:
     """The run's loss: the ranking objective, the head, an ensemble's bootstrap weights per training unit (drawn
-    from the seed), ODIN's weights."""
-    spec = cfg.head_spec
+    from the seed), ODIN's weights, an attributes head's two loss weights. spec: the model's head (an attributes
+    head is chosen from the data)."""
+    spec = spec or cfg.head_spec
     boot = bootstrap_weights(units, cfg.ensemble, cfg.seed) if spec.kind == "ensemble" else None
-    return HeadLoss(cfg.loss_objective, spec, boot, cfg.length_loss_weight, cfg.orthogonal_loss_weight)
+    return HeadLoss(
+        cfg.loss_objective,
+        spec,
+        boot,
+        cfg.length_loss_weight,
+        cfg.orthogonal_loss_weight,
+        cfg.attribute_loss_weight,
+        cfg.ranking_loss_weight,
+    )
 
 
 def resume(ckpt: Path, core: RewardModel, run: Run) -> None:
@@ -273,6 +295,11 @@ def finish(cfg: TrainConfig, parts: Prepared, run: Run, data: Data) -> TrainResu
         parts, data.held, cfg.eval_batch_tokens, cfg.layout, progress=accelerator.is_local_main_process
     )
     accelerator.log(scalars("eval", after.metrics), step=run.total_steps)
+    if core.head_spec.kind == "attributes":  # per-attribute RMSE, Pearson, Spearman against the constant-mean baseline
+        names = core.head_spec.names
+        after.metrics["attributes"] = evaluate_attributes(
+            core, data.held, names, train_means(data.train, names), cfg.eval_batch_tokens, cfg.layout, parts.cache
+        )
     c = run.counters
     tokens, per_completion, completions = all_sum(accelerator, [c.tokens, c.per_completion_tokens, c.completions])
     result = TrainResult(
@@ -314,6 +341,8 @@ def report(r: TrainResult, steps: int, out: Path) -> None:
     ch = r.change
     log.info(f"before training: {format_metrics(r.before)}")
     log.info(f"after training:  {format_metrics(r.after)}")
+    if "attributes" in r.after:
+        log.info("held-out attributes:\n" + "\n".join(format_attributes(r.after["attributes"])))
     for line in format_spread(r.after["ensemble"]) if r.after.get("ensemble") else ():
         log.info(line)
     log.info(

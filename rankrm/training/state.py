@@ -213,4 +213,11 @@ def run_identity(cfg: TrainConfig, train, trainable: list[str], total: int, step
             "length_weight": cfg.length_loss_weight,
             "orthogonal_weight": cfg.orthogonal_loss_weight,
         }
+    if cfg.attributes:  # the attributes asked and the loss's weights: a resume must train the same head
+        out["attributes"] = {
+            "asked": cfg.attributes,
+            "weights": cfg.attribute_weights,
+            "attribute_loss_weight": cfg.attribute_loss_weight,
+            "ranking_loss_weight": cfg.ranking_loss_weight,
+        }
     return out

@@ -141,5 +141,6 @@ def test_fsdp_refuses_a_multi_output_head_at_start_with_the_fix():
 
     check_supported(0, "auto")  # the scalar head shards as before
     for kind in ("ensemble", "odin"):
-        with pytest.raises(SettingsError, match=f"a {kind} head with FSDP.*Fix: launch it with configs/accelerate/ddp"):
-            check_supported(0, "auto", kind)
+        for what in ("FSDP", "DeepSpeed ZeRO-3"):
+            with pytest.raises(SettingsError, match=f"a {kind} head with {what}.*Fix: launch it with configs/acc"):
+                check_supported(0, "auto", what, kind)
