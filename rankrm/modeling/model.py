@@ -390,7 +390,8 @@ class RewardModel(nn.Module):
         lean = self.segment_aware
         for idx, how in plan_batches(groups, batch_tokens, layout, self.attention_per_token, segment_aware=lean):
             sub = [groups[i] for i in idx]
-            r = batch_rewards(self, collate(sub, self.tokenizer.pad_token_id, how, dense_mask=not lean).to(device))
+            b = collate(sub, self.tokenizer.pad_token_id, how, dense_mask=not lean, with_segments=lean)
+            r = batch_rewards(self, b.to(device))
             r = r.tolist()
             for i, g in zip(idx, sub):
                 out[i], r = r[: len(g.ids)], r[len(g.ids) :]

@@ -17,13 +17,13 @@ from rankrm.data.encode import TokenizedGroup
 from rankrm.errors import CheckpointError, NonFiniteError
 from rankrm.evaluation.evaluate import EvalResult, Labels, evaluate_groups, format_metrics
 from rankrm.loss import group_stats, kwise_loss
-from rankrm.modeling.batch import collate
 from rankrm.modeling.frozen import FrozenLayerCache
 from rankrm.modeling.model import batch_rewards
-from rankrm.modeling.planning import epoch_steps, plan_batches
+from rankrm.modeling.planning import plan_batches
 from rankrm.progress import Progress
 from rankrm.training.checkpoint import save_checkpoint
 from rankrm.training.config import TrainConfig
+from rankrm.training.prefetch import EpochPlan, Prefetcher, StepBatches, StepRecipe, unit_groups
 from rankrm.training.sharding import agree_passes, full_training_state, is_sharded, reshard
 from rankrm.training.signals import TrainingInterrupted
 from rankrm.training.state import Prepared, Run, RunState, StepStats
@@ -49,21 +49,25 @@ def backward_step(
     bf16: bool = False,
     kv: bool = True,
     segment_aware: bool = False,
+    prepared: StepBatches | None = None,
 ) -> StepStats:
     """Forward and backward over one step's groups in micro-batches of micro_batch_tokens padded tokens; gradients
     accumulate in .grad with each group weighted by `weight` (1/G for a step of G groups), so the update is the
-    mean over the step's groups however they are batched."""
+    mean over the step's groups however they are batched. prepared: the step's micro-batches planned and collated
+    ahead (training/prefetch.py, by the same recipe); else they are made here, on the critical path."""
     device = next(model.parameters()).device
-    micro = plan_batches(
-        groups, micro_batch_tokens, layout, attention_per_token, kv=kv and cache is None, segment_aware=segment_aware
-    )
-    out = StepStats(torch.zeros((), device=device), layouts=[how for _, how in micro])
+    recipe = StepRecipe(micro_batch_tokens, layout, attention_per_token, pad_id, kv and cache is None, segment_aware)
+    prepared = prepared or recipe.prepare(groups, device)
+    if prepared.recipe != recipe:
+        raise RuntimeError(f"a step prefetched as {prepared.recipe} is run as {recipe}")
+    micro = prepared.micro
+    out = StepStats(torch.zeros((), device=device), layouts=[how for _, how in micro], host_seconds=prepared.waited)
     # sharded, every pass is collective: a process with fewer micro-batches adds zero-weight passes over its first
     n_passes = agree_passes(len(micro), device) if is_sharded(model) else len(micro)
     for mi in range(n_passes):
         real = mi < len(micro)
         idx, how = micro[mi] if real else (micro[0][0][:1], micro[0][1])
-        b = collate([groups[j] for j in idx], pad_id, how, dense_mask=not segment_aware).to(device)
+        b = prepared.batches[mi] if real else recipe.collate([groups[j] for j in idx], how).to(device)
         sync = mi == n_passes - 1 or accelerator is None
         with contextlib.nullcontext() if sync else accelerator.no_sync(model):  # FSDP: syncs each (stays sharded)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -165,17 +169,21 @@ def steps(cfg: TrainConfig, parts: Prepared, run: Run, held, signals, bar: Progr
         if hasattr(run.units, "lengths")  # a prepared store's, without reading it
         else [sum(len(r) for r in u.ids) for u in run.units]
     )
-    losses, accs, correct, pairs, plan = [], [], 0.0, 0.0, {}  # accs: (pairs ordered right, pairs) per step
-    last_save = run.counters.t0
-    for step in range(run.start, run.total_steps):
-        epoch, i = divmod(step, run.steps_per_epoch)
-        if epoch not in plan:
-            plan = {epoch: epoch_steps(lengths, run.step_size, cfg.seed, epoch, cfg.length_sort_window)}
-        step_ids = plan[epoch][i]  # this step's groups
+    losses, accs, correct, pairs = [], [], 0.0, 0.0  # accs: (pairs ordered right, pairs) per step
+    plan = EpochPlan(lengths, run.step_size, run.steps_per_epoch, cfg.seed, cfg.length_sort_window)
+
+    def share(step: int) -> tuple[list[int], float]:
+        step_ids = plan.step(step)  # this step's groups
         mine_ids, weight = step_ids[rank::world], world / len(step_ids)  # each group weighs 1/G after DDP's mean
         if not mine_ids:  # more processes than groups in this step: take part with a zero-weight group
             mine_ids, weight = step_ids[:1], 0.0
-        mine = [run.units[j] for j in mine_ids]
+        return mine_ids, weight
+
+    ahead = step_prefetcher(cfg, parts, run, share)  # the next step's batches collated while this one runs
+    last_save = run.counters.t0
+    for step in range(run.start, run.total_steps):
+        mine_ids, weight = share(step)
+        mine = unit_groups(run.units, mine_ids)
         st = backward_step(
             parts.model,
             mine,
@@ -189,6 +197,7 @@ def steps(cfg: TrainConfig, parts: Prepared, run: Run, held, signals, bar: Progr
             bf16=cfg.autocast_bf16,
             kv=not cfg.gradient_checkpointing and not is_sharded(core),  # FSDP: sharding.check_supported
             segment_aware=core.segment_aware,
+            prepared=ahead.get(step),
         )
         norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
         due = bool(cfg.save_minutes and time.time() - last_save >= 60 * cfg.save_minutes)
@@ -227,6 +236,22 @@ def steps(cfg: TrainConfig, parts: Prepared, run: Run, held, signals, bar: Progr
             raise TrainingInterrupted(
                 signals.requested or 15, done, Path(cfg.output_dir) / "checkpoints" / f"step-{done}"
             )
+
+
+def step_prefetcher(cfg: TrainConfig, parts: Prepared, run: Run, share) -> Prefetcher:
+    """A background thread that plans and collates step s + 1 as backward_step would while step s runs
+    (training/prefetch.py): the same batches, off the critical path."""
+    core, device = parts.core, next(parts.model.parameters()).device
+    kv = not cfg.gradient_checkpointing and not is_sharded(core) and parts.cache is None
+    recipe = StepRecipe(
+        cfg.micro_batch_tokens,
+        cfg.layout,
+        core.attention_per_token,
+        core.tokenizer.pad_token_id,
+        kv,
+        core.segment_aware,
+    )
+    return Prefetcher(lambda step: recipe.prepare(unit_groups(run.units, share(step)[0]), device), run.total_steps)
 
 
 def evaluate_during(cfg: TrainConfig, parts: Prepared, run: Run, held, done: int, losses, accs, bar) -> None:

@@ -37,6 +37,7 @@ class StepStats:
     per_completion_tokens: int = 0
     completions: int = 0
     layouts: list[str] = field(default_factory=list)
+    host_seconds: float = 0.0  # planning and collating on the critical path (waiting for them, when prefetched)
 
 
 @dataclass
