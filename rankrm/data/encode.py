@@ -271,7 +271,7 @@ def shared_prefix_length(rows: list[list[int]]) -> int:
     if n <= 0:
         return n
     # a binary search on slice equality (compared in C) instead of a Python loop over positions: planning asks
-    # this of every group of every step, and on a GPU such host work is the step (docs/benchmarks.md)
+    # this of every group of every step, and on a GPU such host work is the step (docs/benchmarks.md, "Host work per step")
     for r in rows[1:]:
         if r[:n] == first[:n]:
             continue

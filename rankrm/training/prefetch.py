@@ -5,7 +5,7 @@ On a GPU a small model's step takes milliseconds of device time, and the Python 
 plan, the collated tensors and masks) would otherwise be the step: the device waits while the host collates. The
 thread plans and collates step s + 1 while step s computes (torch releases the GIL in its kernels), so the
 critical path keeps only the wait for a step whose batches are not ready yet. The batches are the ones the loop
-would collate itself, in the same order, so a run gives the same model with or without it (docs/performance.md).
+would collate itself, in the same order, so a run gives the same model with or without it (docs/benchmarks.md, "Host work per step").
 
 The epoch's plan (which groups go into which step) is made once per epoch (EpochPlan), as the loop made it."""
 
