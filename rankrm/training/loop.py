@@ -23,7 +23,7 @@ from rankrm.modeling.planning import plan_batches
 from rankrm.progress import Progress
 from rankrm.training.checkpoint import save_checkpoint
 from rankrm.training.config import TrainConfig
-from rankrm.training.prefetch import EpochPlan, Prefetcher, StepBatches, StepRecipe, unit_groups
+from rankrm.training.prefetch import EpochPlan, StepBatches, StepRecipe, step_prefetcher, unit_groups
 from rankrm.training.sharding import agree_passes, full_training_state, is_sharded, reshard
 from rankrm.training.signals import TrainingInterrupted
 from rankrm.training.state import Prepared, Run, RunState, StepStats
@@ -236,22 +236,6 @@ def steps(cfg: TrainConfig, parts: Prepared, run: Run, held, signals, bar: Progr
             raise TrainingInterrupted(
                 signals.requested or 15, done, Path(cfg.output_dir) / "checkpoints" / f"step-{done}"
             )
-
-
-def step_prefetcher(cfg: TrainConfig, parts: Prepared, run: Run, share) -> Prefetcher:
-    """A background thread that plans and collates step s + 1 as backward_step would while step s runs
-    (training/prefetch.py): the same batches, off the critical path."""
-    core, device = parts.core, next(parts.model.parameters()).device
-    kv = not cfg.gradient_checkpointing and not is_sharded(core) and parts.cache is None
-    recipe = StepRecipe(
-        cfg.micro_batch_tokens,
-        cfg.layout,
-        core.attention_per_token,
-        core.tokenizer.pad_token_id,
-        kv,
-        core.segment_aware,
-    )
-    return Prefetcher(lambda step: recipe.prepare(unit_groups(run.units, share(step)[0]), device), run.total_steps)
 
 
 def evaluate_during(cfg: TrainConfig, parts: Prepared, run: Run, held, done: int, losses, accs, bar) -> None:

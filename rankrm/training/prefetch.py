@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from rankrm.data.encode import TokenizedGroup
 from rankrm.modeling.batch import Batch, collate
 from rankrm.modeling.planning import epoch_steps, plan_batches
+from rankrm.training.config import TrainConfig
+from rankrm.training.sharding import is_sharded
+from rankrm.training.state import Prepared, Run
 
 
 @dataclass
@@ -126,9 +129,28 @@ class Prefetcher:
         self.close()
 
     def __del__(self) -> None:  # a loop left early (a signal, a NaN): its thread ends with the prefetcher
-        self.close()
+        if hasattr(self, "pool"):
+            self.close()
 
 
 def unit_groups(units: Sequence, ids: list[int]) -> list[TokenizedGroup]:
     """The TokenizedGroups of some units (a list, or a prepared store's view read from its memory map)."""
     return [units[j] for j in ids]
+
+
+def step_prefetcher(
+    cfg: TrainConfig, parts: Prepared, run: Run, share: Callable[[int], tuple[list[int], float]]
+) -> Prefetcher:
+    """The training loop's Prefetcher: plans and collates step s + 1 as backward_step would (the same recipe, which
+    backward_step checks) while step s runs, with the loop's own share of each step (share)."""
+    core, device = parts.core, next(parts.model.parameters()).device
+    kv = not cfg.gradient_checkpointing and not is_sharded(core) and parts.cache is None
+    recipe = StepRecipe(
+        cfg.micro_batch_tokens,
+        cfg.layout,
+        core.attention_per_token,
+        core.tokenizer.pad_token_id,
+        kv,
+        core.segment_aware,
+    )
+    return Prefetcher(lambda step: recipe.prepare(unit_groups(run.units, share(step)[0]), device), run.total_steps)
