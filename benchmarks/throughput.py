@@ -48,6 +48,7 @@ from rankrm.modeling.hub import DEFAULT_MODEL
 from rankrm.modeling.model import RewardModel
 from rankrm.training.config import TrainConfig
 from rankrm.training.loop import backward_step
+from rankrm.training.prefetch import Prefetcher, StepRecipe
 from rankrm.training.run import disable_dropout
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,12 +120,19 @@ def synthetic_groups(k: int, p: int, c: int, n: int, vocab: list[int], eos: int,
     return out
 
 
-def run_rankrm(model: RewardModel, steps: list[list[TokenizedGroup]], layout: str, device) -> dict:
+def run_rankrm(
+    model: RewardModel, steps: list[list[TokenizedGroup]], layout: str, device, prefetch: bool = True
+) -> dict:
+    """The trainer's step over `steps`; with prefetch, each next step planned and collated in the background
+    thread as `rankrm train` does (training/prefetch.py). host_share: the planning and collating left on the
+    critical path (the wait for the thread, or all of it inline), as a share of the timed steps' time."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-6)
-    ends, chosen = [], set()
+    recipe = StepRecipe(MICRO_BATCH_TOKENS, layout, model.attention_per_token, model.tokenizer.pad_token_id)
+    ahead = Prefetcher(lambda s: recipe.prepare(steps[s], device), len(steps)) if prefetch else None
+    ends, chosen, host = [], set(), []
     with PeakMemory(device) as mem:
-        for groups in steps:
+        for s, groups in enumerate(steps):
             st = backward_step(
                 model,
                 groups,
@@ -133,12 +141,14 @@ def run_rankrm(model: RewardModel, steps: list[list[TokenizedGroup]], layout: st
                 layout=layout,
                 attention_per_token=model.attention_per_token,
                 pad_id=model.tokenizer.pad_token_id,
+                prepared=ahead.get(s) if ahead else None,
             )
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
             sync(device)
             ends.append(time.perf_counter())
+            host.append(st.host_seconds)
             chosen.update(st.layouts)  # the layouts the micro-batches ran in
     del opt
     return {
@@ -146,6 +156,7 @@ def run_rankrm(model: RewardModel, steps: list[list[TokenizedGroup]], layout: st
         "timed_steps": len(steps) - 1,
         "peak_mib": mem.mib,
         "layouts_used": "+".join(sorted(chosen)),
+        "host_share": sum(host[1:]) / (ends[-1] - ends[0]),
     }
 
 
@@ -224,6 +235,14 @@ def main() -> None:
         "4 of 30 layers would weigh several times more than in the full model)",
     )
     p.add_argument("--no-trl", action="store_true", help="rankrm layouts only")
+    p.add_argument(
+        "--layouts", nargs="+", default=LAYOUTS, choices=LAYOUTS, help="rankrm layouts to run (default: all)"
+    )
+    p.add_argument(
+        "--no-prefetch",
+        action="store_true",
+        help="plan and collate each step on the critical path (as before training/prefetch.py), to measure it",
+    )
     p.add_argument("--attn-implementation", default="sdpa", help="rankrm's attention (sdpa, rankrm_varlen, ...)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--name", default="throughput", help="results file stem")
@@ -270,9 +289,9 @@ def main() -> None:
                     "kv": p_len + k * c,
                 }
                 runs = {}
-                for layout in LAYOUTS:
+                for layout in args.layouts:
                     model.load_state_dict(start_state)
-                    runs[layout] = run_rankrm(model, steps, layout, device)
+                    runs[layout] = run_rankrm(model, steps, layout, device, prefetch=not args.no_prefetch)
                 if not args.no_trl:
                     runs["trl"] = run_trl(tmp, tok, steps, device, args.train_embeddings)
                 for name, r in runs.items():
@@ -297,7 +316,8 @@ def main() -> None:
                         line["speedup_vs_trl"] = r["groups_per_s"] / base["groups_per_s"]
                         line["token_ratio_bound"] = tokens["trl"] / r["tokens_per_group"]
                         line["share_of_bound"] = line["speedup_vs_trl"] / line["token_ratio_bound"]
-                    line["vs_padded"] = r["groups_per_s"] / runs["padded"]["groups_per_s"]
+                    padded = runs.get("padded", r)
+                    line["vs_padded"] = r["groups_per_s"] / padded["groups_per_s"]
                     results.append(line)
                     su = (
                         (
@@ -310,7 +330,8 @@ def main() -> None:
                     shown = f"{name} ({r['layouts_used']})" if name == "auto" else name
                     rows.append(
                         f"| {k} | {p_len} | {c} | {shown} | {r['groups_per_s']:.2f} | {r['tokens_per_s']:.0f} | "
-                        f"{r['peak_mib']:.0f} | {su} | {line['vs_padded']:.2f} |"
+                        f"{r['peak_mib']:.0f} | {su} | {line['vs_padded']:.2f} | "
+                        + (f"{100 * r['host_share']:.1f}% |" if "host_share" in r else "- |")
                     )
                     print(rows[-1], flush=True)
 
@@ -322,9 +343,11 @@ def main() -> None:
         f"step. TRL: trl {__import__('trl').__version__ if not args.no_trl else '-'}, the C(K,2) pairs of each "
         f"prompt, one prompt's pairs per forward.\n\n"
         "Tokens per prompt: TRL 2 C(K,2) (P + C); padded K (P + C); packed and kv P + K C. The bound is TRL's tokens "
-        "over the layout's; share of bound = speedup / bound. Peak memory: above the level at the run's start.\n\n"
+        "over the layout's; share of bound = speedup / bound. Peak memory: above the level at the run's start. Host share: "
+        f"the planning and collating left on the critical path, as a share of the step "
+        f"({'inline, --no-prefetch' if args.no_prefetch else 'the next step prefetched by a background thread'}).\n\n"
         "| K | P | C | method | prompts/s | tokens/s | peak memory (MiB) | speedup vs TRL | token-ratio bound | "
-        "share of bound | vs padded |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        "share of bound | vs padded | host share |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     )
     save(
         args.out,

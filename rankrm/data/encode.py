@@ -270,9 +270,18 @@ def shared_prefix_length(rows: list[list[int]]) -> int:
     """How many leading tokens all rows share (the prompt, at least), leaving each row its last token."""
     n = min(len(r) for r in rows) - 1
     first = rows[0]
-    for i in range(n):
-        if any(r[i] != first[i] for r in rows[1:]):
-            return i
+    if n <= 0:
+        return n
+    # a binary search on slice equality (compared in C) instead of a Python loop over positions: planning asks
+    # this of every group of every step, and on a GPU such host work is the step (docs/benchmarks.md, "Host work per step")
+    for r in rows[1:]:
+        if r[:n] == first[:n]:
+            continue
+        lo, hi = 0, n  # first[:lo] == r[:lo], first[:hi] != r[:hi]
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if r[:mid] == first[:mid] else (lo, mid)
+        n = lo
     return n
 
 

@@ -316,7 +316,7 @@ def evaluate_groups(
     lean = model.segment_aware  # the attention reads segments: no dense mask, allowed pairs in the cost model
     plan = plan_batches(groups, batch_tokens, layout, model.attention_per_token, kv=cache is None, segment_aware=lean)
     for idx, how in with_progress(plan, "evaluating", "batches", enabled=progress, leave=False):
-        b = collate([groups[i] for i in idx], pad_id, how, dense_mask=not lean).to(device)
+        b = collate([groups[i] for i in idx], pad_id, how, dense_mask=not lean, with_segments=lean).to(device)
         out = batch_outputs(model, b, cache).double()  # (N, O)
         r = out[:, 0]
         s = group_stats(r, b.ranks, b.group_index, len(idx), b.pair_counts)

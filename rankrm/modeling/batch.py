@@ -125,21 +125,23 @@ def collate(
     layout: str = "padded",
     padding_side: str = "right",
     dense_mask: bool = True,
+    with_segments: bool = True,
 ) -> Batch:
     """A batch of whole groups in one layout (padded, packed or kv; auto is chosen per batch by planning.py).
 
     dense_mask False: the packed and kv layouts carry their segments only, their attention_mask a (B, T) 0/1
     mask of real tokens, not the (B, 1, T, S) bool mask, for a segment-aware attention function (attention.py).
     A kv batch whose groups share no prompt token (rows cut from the left by different amounts) has no prompt pass
-    to make: it is collated padded, which reads the same tokens."""
+    to make: it is collated padded, which reads the same tokens. with_segments False: no Segments (batch.segments
+    None), which only a segment-aware attention function reads; building them costs host time in every step."""
     if layout == "kv" and max(g.prompt_length for g in groups) == 0:
         layout = "padded"
     if layout == "padded":
-        parts = _padded([r for g in groups for r in g.ids], pad_id, padding_side)
+        parts = _padded([r for g in groups for r in g.ids], pad_id, padding_side, with_segments)
     elif layout == "packed":
-        parts = _packed(groups, pad_id, dense_mask)
+        parts = _packed(groups, pad_id, dense_mask, with_segments)
     elif layout == "kv":
-        parts = _kv(groups, pad_id, dense_mask)
+        parts = _kv(groups, pad_id, dense_mask, with_segments)
     else:
         raise ValueError(f"layout {layout!r} unknown. Fix: use padded, packed or kv (auto is chosen per batch)")
     ranks = torch.tensor([r for g in groups for r in g.ranks], dtype=torch.long)  # (N,)
@@ -189,7 +191,7 @@ def stated_pair_margins(groups: list[TokenizedGroup]) -> torch.Tensor | None:
     return margins
 
 
-def _padded(rows: list[list[int]], pad_id: int, padding_side: str) -> dict:
+def _padded(rows: list[list[int]], pad_id: int, padding_side: str, with_segments: bool = True) -> dict:
     """Rows padded to one length; position ids count real tokens only; end_index is each row's last real token."""
     n, t = len(rows), max(len(r) for r in rows)
     input_ids = torch.full((n, t), pad_id, dtype=torch.long)  # (N, T)
@@ -205,7 +207,7 @@ def _padded(rows: list[list[int]], pad_id: int, padding_side: str) -> dict:
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (N, T): padding does not shift positions
     spans = [(i * t + s[0][0], s[0][1]) for i, s in sequences]  # each row's real tokens: queries and keys
     return {
-        "segments": segments(spans, [(sp,) for sp in spans]),
+        "segments": segments(spans, [(sp,) for sp in spans]) if with_segments else None,
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "position_ids": position_ids,
@@ -251,7 +253,7 @@ def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
     return rows
 
 
-def _packed(groups: list[TokenizedGroup], pad_id: int, dense_mask: bool = True) -> dict:
+def _packed(groups: list[TokenizedGroup], pad_id: int, dense_mask: bool = True, with_segments: bool = True) -> dict:
     """Each group one sequence [shared prompt | rest of c1 | ... | rest of cK], several groups per row (first-fit
     decreasing, rows no longer than the longest group).
 
@@ -295,7 +297,7 @@ def _packed(groups: list[TokenizedGroup], pad_id: int, dense_mask: bool = True) 
         "end_index": end_index,
         "sequences": [s for gi in range(len(groups)) for s in sequences[gi]],
         "real_tokens": sum(lengths),
-        "segments": segments(queries, keys),
+        "segments": segments(queries, keys) if with_segments else None,
     }
     if not dense_mask:
         return {**common, "attention_mask": (own >= 0).long()}  # (B, T)
@@ -306,7 +308,7 @@ def _packed(groups: list[TokenizedGroup], pad_id: int, dense_mask: bool = True) 
     return {**common, "attention_mask": allowed[:, None]}
 
 
-def _kv(groups: list[TokenizedGroup], pad_id: int, dense_mask: bool = True) -> dict:
+def _kv(groups: list[TokenizedGroup], pad_id: int, dense_mask: bool = True, with_segments: bool = True) -> dict:
     """A prompt pass over one row per group (the shared prompt), then a completion pass over one row per completion
     (the rest of it) that attends to its group's cached prompt keys and values and to its own earlier tokens.
 
@@ -344,7 +346,7 @@ def _kv(groups: list[TokenizedGroup], pad_id: int, dense_mask: bool = True) -> d
         prompt_mask,
         torch.arange(p_len).expand(len(groups), -1).clone(),
         group_index,
-        segments(prompt_spans, [(sp,) for sp in prompt_spans]),
+        segments(prompt_spans, [(sp,) for sp in prompt_spans]) if with_segments else None,
     )
     end_index = torch.tensor([i * t + len(x) - 1 for i, x in enumerate(tails)], dtype=torch.long)  # (N,)
     return {
@@ -354,7 +356,7 @@ def _kv(groups: list[TokenizedGroup], pad_id: int, dense_mask: bool = True) -> d
         "end_index": end_index,
         "real_tokens": sum(n) + sum(len(x) for x in tails),
         "prompt": prompt,
-        "segments": segments(own, keys),
+        "segments": segments(own, keys) if with_segments else None,
     }
 
 

@@ -118,7 +118,7 @@ class Scoring:
         lean = self.segment_aware
         for idx, how in plan_batches(groups, batch_tokens, layout, self.attention_per_token, segment_aware=lean):
             sub = [groups[i] for i in idx]
-            b = collate(sub, self.tokenizer.pad_token_id, how, dense_mask=not lean).to(device)
+            b = collate(sub, self.tokenizer.pad_token_id, how, dense_mask=not lean, with_segments=lean).to(device)
             r = batch_outputs(self, b).cpu()  # (N, O): the groups' completions in order
             for i, g in zip(idx, sub):
                 out[i], r = r[: len(g.ids)], r[len(g.ids) :]

@@ -16,15 +16,15 @@ import torch
 from rankrm.data.encode import TokenizedGroup
 from rankrm.errors import CheckpointError, NonFiniteError
 from rankrm.evaluation.evaluate import EvalResult, Labels, evaluate_groups, format_metrics
-from rankrm.modeling.batch import collate
 from rankrm.modeling.frozen import FrozenLayerCache
 from rankrm.modeling.heads import tie_reward_row
 from rankrm.modeling.model import batch_outputs
-from rankrm.modeling.planning import epoch_steps, plan_batches
+from rankrm.modeling.planning import plan_batches
 from rankrm.progress import Progress
 from rankrm.training.checkpoint import save_checkpoint
 from rankrm.training.config import TrainConfig
 from rankrm.training.objective import HeadLoss, micro_batch_loss
+from rankrm.training.prefetch import EpochPlan, StepBatches, StepRecipe, step_prefetcher, unit_groups
 from rankrm.training.sharding import agree_passes, backward, full_training_state, is_sharded, reshard
 from rankrm.training.signals import TrainingInterrupted
 from rankrm.training.state import Prepared, Run, RunState, StepStats
@@ -53,22 +53,27 @@ def backward_step(
     segment_aware: bool = False,
     objective: HeadLoss | None = None,
     unit_ids: list[int] | None = None,
+    prepared: StepBatches | None = None,
 ) -> StepStats:
     """Forward and backward over one step's groups in micro-batches of micro_batch_tokens padded tokens; gradients
     accumulate in .grad with each group weighted by `weight` (1/G for a step of G groups), so the update is the
-    mean over the step's groups however they are batched. objective: the loss (training/objective.py: the ranking objective and the head's terms); unit_ids:
-    the groups' indices among the run's training units (an ensemble's bootstrap weights are per unit)."""
+    mean over the step's groups however they are batched. objective: the loss (training/objective.py: the ranking
+    objective and the head's terms); unit_ids: the groups' indices among the run's training units (an ensemble's
+    bootstrap weights are per unit); prepared: the step's micro-batches planned and collated ahead
+    (training/prefetch.py, by the same recipe); else they are made here, on the critical path."""
     device = next(model.parameters()).device
-    micro = plan_batches(
-        groups, micro_batch_tokens, layout, attention_per_token, kv=kv and cache is None, segment_aware=segment_aware
-    )
-    out = StepStats(torch.zeros((), device=device), layouts=[how for _, how in micro])
+    recipe = StepRecipe(micro_batch_tokens, layout, attention_per_token, pad_id, kv and cache is None, segment_aware)
+    prepared = prepared or recipe.prepare(groups, device)
+    if prepared.recipe != recipe:
+        raise RuntimeError(f"a step prefetched as {prepared.recipe} is run as {recipe}")
+    micro = prepared.micro
+    out = StepStats(torch.zeros((), device=device), layouts=[how for _, how in micro], host_seconds=prepared.waited)
     # sharded, every pass is collective: a process with fewer micro-batches adds zero-weight passes over its first
     n_passes = agree_passes(len(micro), device) if is_sharded(model) else len(micro)
     for mi in range(n_passes):
         real = mi < len(micro)
         idx, how = micro[mi] if real else (micro[0][0][:1], micro[0][1])
-        b = collate([groups[j] for j in idx], pad_id, how, dense_mask=not segment_aware).to(device)
+        b = prepared.batches[mi] if real else recipe.collate([groups[j] for j in idx], how).to(device)
         sync = mi == n_passes - 1 or accelerator is None
         with contextlib.nullcontext() if sync else accelerator.no_sync(model):  # FSDP: syncs each (stays sharded)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -176,17 +181,21 @@ def steps(cfg: TrainConfig, parts: Prepared, run: Run, held, signals, bar: Progr
         if hasattr(run.units, "lengths")  # a prepared store's, without reading it
         else [sum(len(r) for r in u.ids) for u in run.units]
     )
-    losses, accs, correct, pairs, plan = [], [], 0.0, 0.0, {}  # accs: (pairs ordered right, pairs) per step
-    last_save = run.counters.t0
-    for step in range(run.start, run.total_steps):
-        epoch, i = divmod(step, run.steps_per_epoch)
-        if epoch not in plan:
-            plan = {epoch: epoch_steps(lengths, run.step_size, cfg.seed, epoch, cfg.length_sort_window)}
-        step_ids = plan[epoch][i]  # this step's groups
+    losses, accs, correct, pairs = [], [], 0.0, 0.0  # accs: (pairs ordered right, pairs) per step
+    plan = EpochPlan(lengths, run.step_size, run.steps_per_epoch, cfg.seed, cfg.length_sort_window)
+
+    def share(step: int) -> tuple[list[int], float]:
+        step_ids = plan.step(step)  # this step's groups
         mine_ids, weight = step_ids[rank::world], world / len(step_ids)  # each group weighs 1/G after DDP's mean
         if not mine_ids:  # more processes than groups in this step: take part with a zero-weight group
             mine_ids, weight = step_ids[:1], 0.0
-        mine = [run.units[j] for j in mine_ids]
+        return mine_ids, weight
+
+    ahead = step_prefetcher(cfg, parts, run, share)  # the next step's batches collated while this one runs
+    last_save = run.counters.t0
+    for step in range(run.start, run.total_steps):
+        mine_ids, weight = share(step)
+        mine = unit_groups(run.units, mine_ids)
         st = backward_step(
             parts.model,
             mine,
@@ -202,6 +211,7 @@ def steps(cfg: TrainConfig, parts: Prepared, run: Run, held, signals, bar: Progr
             segment_aware=core.segment_aware,
             objective=parts.objective,
             unit_ids=mine_ids,
+            prepared=ahead.get(step),
         )
         norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
         due = bool(cfg.save_minutes and time.time() - last_save >= 60 * cfg.save_minutes)

@@ -41,6 +41,7 @@ class StepStats:
     completions: int = 0
     layouts: list[str] = field(default_factory=list)
     center: torch.Tensor | float = 0.0
+    host_seconds: float = 0.0  # planning and collating on the critical path (waiting for them, when prefetched)
 
 
 @dataclass

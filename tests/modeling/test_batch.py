@@ -46,6 +46,14 @@ def test_shared_prefix_length_keeps_each_row_its_last_token():
     assert TokenizedGroup([[1, 2, 3, 4], [1, 2, 5]], [0, 1]).prompt_length == 2
 
 
+def test_shared_prefix_length_finds_the_first_difference_in_any_row():
+    """The binary search over slices: the first position where any row differs from the first, by hand."""
+    assert shared_prefix_length([[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 7], [1, 2, 9, 4, 5, 6]]) == 2  # row 3, at 2
+    assert shared_prefix_length([[4, 1, 2], [5, 1, 2]]) == 0  # no shared token
+    assert shared_prefix_length([[1, 2, 3, 4, 5, 6, 7, 8, 0]] * 8 + [[1, 2, 3, 4, 5, 6, 7, 0, 0]]) == 7
+    assert shared_prefix_length([[1, 2, 3, 4, 5], [1, 2, 3, 4, 5], [1, 2, 3, 4, 6]]) == 4  # every row: its last
+
+
 def test_padded_batch_layout_by_hand():
     """Rows [5, 6, 7, 2] and [3, 2] (2 = EOS), left-padded: positions count real tokens only, so the padding does
     not shift them; end_index is each row's last token, flat in (2 x 4)."""
