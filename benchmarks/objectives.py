@@ -176,8 +176,7 @@ def main() -> None:
     )
     head = (
         f"# Pairwise vs Plackett-Luce\n\n{title}; frozen-layer warm-up {warm:.0f} s, total run time "
-        f"{total / 60:.1f} min on a 2-core CPU shared with other jobs (load average 6-9: times are comparable "
-        "within this run only).\n"
+        f"{total / 60:.1f} min on a 2-core CPU (times compare within one run only, and follow its load).\n"
     )
     payload = {
         "settings": {**base, "seeds": args.seeds, "train_data": "shipped OpenAssistant, K >= 3"},
