@@ -11,7 +11,6 @@ import functools
 import math
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from rankrm.data.encode import tokenize_processes
 from rankrm.data.judgments import CONFLICTS
@@ -22,7 +21,7 @@ from rankrm.modeling.attention import layout_problem
 from rankrm.modeling.batch import LAYOUTS
 from rankrm.modeling.heads import HeadSpec
 from rankrm.modeling.hub import DEFAULT_MODEL
-from rankrm.modeling.ratings import parse_weights
+from rankrm.training.checks import coerce, flag, head_and_loss_problems
 from rankrm.training.tracking import tracker_names
 
 FORMATS = ("auto", *FORMAT_NAMES)
@@ -257,7 +256,7 @@ class TrainConfig:
             ("objective", OBJECTIVES),
         ):
             if getattr(self, name) not in choices:
-                yield f"{_flag(name)} {getattr(self, name)!r} unknown. Fix: use one of {', '.join(choices)}"
+                yield f"{flag(name)} {getattr(self, name)!r} unknown. Fix: use one of {', '.join(choices)}"
         positive = (
             "learning_rate",
             "batch_size",
@@ -290,7 +289,7 @@ class TrainConfig:
             v = getattr(self, name)
             if not math.isfinite(v) or v < 0 or (name in positive and v == 0):
                 yield (
-                    f"{_flag(name)} must be {'> 0' if name in positive else '>= 0'}, got {v}. Fix: give a "
+                    f"{flag(name)} must be {'> 0' if name in positive else '>= 0'}, got {v}. Fix: give a "
                     f"{'positive' if name in positive else 'non-negative'} number"
                 )
         if not (math.isfinite(self.epochs) and self.epochs > 0) and not self.max_steps:
@@ -313,14 +312,7 @@ class TrainConfig:
             )
         if problem := layout_problem(self.attn_implementation, self.layout):
             yield problem
-        yield from self.objective_problems()
-        if self.ensemble == 1 or self.ensemble < 0:
-            yield f"--ensemble must be 0 (one head) or at least 2 members, got {self.ensemble}. Fix: e.g. --ensemble 4"
-        if self.attributes and (self.ensemble or self.length_head):
-            yield "--attributes is a head of its own, as --ensemble and --length-head are. Fix: give one of them"
-        if self.ensemble and self.length_head:
-            yield "--ensemble and --length-head are two different heads. Fix: give one of them"
-        yield from self.attribute_problems()
+        yield from head_and_loss_problems(self)
         if self.lora_r and self.train_layers >= 0:
             yield "--lora-r and --train-layers both choose what trains. Fix: give one of them"
         try:
@@ -328,46 +320,10 @@ class TrainConfig:
         except ValueError as e:
             yield str(e)
 
-    def objective_problems(self) -> typing.Iterator[str]:
-        """The objective settings that do not go together."""
-        if self.objective == "pairwise" and self.listwise_top:
-            yield (
-                f"--listwise-top {self.listwise_top} is Plackett-Luce's truncation; the pairwise objective has no "
-                "stages. Fix: add --objective plackett-luce, or leave --listwise-top at 0"
-            )
-        if self.objective == "plackett-luce" and self.margin_scale:
-            yield (
-                f"--margin-scale {self.margin_scale:g} shifts each pairwise comparison; Plackett-Luce has no "
-                "comparisons to shift. Fix: use --objective pairwise with margins, or leave --margin-scale at 0"
-            )
-        if self.objective == "plackett-luce" and self.regime == "shuffled-pairs":
-            yield (
-                "--regime shuffled-pairs cuts each ranking into separate pairs; Plackett-Luce needs whole rankings. "
-                "Fix: use --regime grouped with --objective plackett-luce, or --objective pairwise"
-            )
-
     @property
     def loss_objective(self) -> Objective:
         """The objective the training step minimises (loss.objective_loss)."""
         return Objective(self.objective, self.listwise_top, self.margin_scale, self.center_rewards)
-
-    def attribute_problems(self) -> typing.Iterator[str]:
-        """The attribute settings' problems: weights' syntax, settings that need --attributes, negative weights."""
-        for name in ("attribute_loss_weight", "ranking_loss_weight"):
-            v = getattr(self, name)
-            if not math.isfinite(v) or v < 0:
-                yield f"{_flag(name)} must be >= 0, got {v}. Fix: give a non-negative number"
-        if not self.attributes:
-            for name in ("attribute_weights", "attribute_loss_weight", "ranking_loss_weight"):
-                if getattr(self, name) != getattr(TrainConfig, name):
-                    yield f"{_flag(name)} is for attribute models. Fix: pass --attributes NAME,... (or auto)"
-            return
-        if self.attribute_loss_weight == 0:
-            yield "--attribute-loss-weight 0 trains no attribute. Fix: leave --attributes out, or give a weight > 0"
-        try:
-            parse_weights(self.attribute_weights)
-        except SettingsError as e:
-            yield str(e)
 
     @property
     def autocast_bf16(self) -> bool:
@@ -397,49 +353,3 @@ MIN_LENGTH = 8
 @functools.cache
 def field_types() -> dict:
     return typing.get_type_hints(TrainConfig)
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def coerce(name: str, value, tp, where: str):
-    """A setting's value as its field's type: numbers written as text ('1e-5', "8") are read as numbers, a single
-    path as a list of one; anything else of the wrong type is a ValueError naming where and the setting."""
-
-    def bad(expected: str):
-        return SettingsError(
-            f"{where}: setting {name.replace('_', '-')!r}: expected {expected}, got {value!r}. Fix: "
-            f"write {expected} (see rankrm train --help)"
-        )
-
-    if typing.get_origin(tp) is list:
-        if isinstance(value, (str, Path)):
-            return [str(value)]
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, (str, Path)) for v in value):
-            raise bad("a list of strings")
-        return [str(v) for v in value]
-    if tp is bool:
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
-            return value.lower() in ("true", "yes", "1")
-        if not isinstance(value, bool):
-            raise bad("true or false")
-        return value
-    if tp in (int, float):
-        if isinstance(value, bool):
-            raise bad("a number")
-        if isinstance(value, str):
-            try:
-                value = float(value.strip())
-            except ValueError:
-                raise bad("an integer" if tp is int else "a number") from None
-        if not isinstance(value, (int, float)):
-            raise bad("an integer" if tp is int else "a number")
-        if tp is int:
-            if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
-                raise bad("an integer")
-            return int(value)
-        return float(value)
-    if tp is str and not isinstance(value, str):
-        raise bad("a string")
-    return value

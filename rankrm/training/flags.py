@@ -1,5 +1,5 @@
 """The command line and YAML face of TrainConfig: one flag per setting, a --config file, and their merge
-(dataclass defaults < YAML < command-line flags), each value read as its setting's type (config.coerce)."""
+(dataclass defaults < YAML < command-line flags), each value read as its setting's type (checks.coerce)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 import yaml
 
 from rankrm.errors import SettingsError
-from rankrm.training.config import ALIASES, TrainConfig, coerce, field_types
+from rankrm.training.checks import coerce
+from rankrm.training.config import ALIASES, TrainConfig, field_types
 
 
 def train_flags() -> argparse.ArgumentParser:
