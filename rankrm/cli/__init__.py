@@ -98,7 +98,10 @@ def cmd_normalize(args) -> int:
     from rankrm.modeling.ratings import parse_weights, set_reward_weights
 
     if args.demonstrations is None and args.calibrate is None and args.weights is None:
-        raise SettingsError("normalize needs --weights, --demonstrations, --calibrate or some of them. Fix: give one")
+        raise SettingsError(
+            "normalize has nothing to do. Fix: give --demonstrations FILE (the bias), --calibrate DATA (a "
+            "temperature), --weights NAME=W,... (an attributes model's reward), or several of them"
+        )
     given = parse_weights(args.weights, "--weights") if args.weights is not None else None
     if args.demonstrations is not None:  # read before any weights load: a bad file is said at once
         prompts, responses, source = demonstrations(args.demonstrations, args.format)

@@ -38,4 +38,4 @@ def test_calibrating_lowers_the_ece_on_other_held_out_data(model_dirs, tmp_path,
     assert after.metrics["accuracy"] == pytest.approx(before.metrics["accuracy"])
     assert "Calibrated: every reward is divided by the temperature" in (cold / "README.md").read_text()
     assert main(["normalize", "--model", str(cold)]) == 2
-    assert "needs --demonstrations, --calibrate or both" in capsys.readouterr().err
+    assert "nothing to do. Fix: give --demonstrations FILE" in capsys.readouterr().err
