@@ -166,14 +166,7 @@ def stated_pair_counts(groups: list[TokenizedGroup]) -> torch.Tensor | None:
     disagreed); None when ranks state every comparison once."""
     if all(g.stated_pairs is None for g in groups):
         return None
-    n = sum(len(g.ids) for g in groups)
-    counts = torch.zeros((n, n), dtype=torch.float32)  # (N, N)
-    at = 0
-    for g in groups:
-        for (w, l), c in zip(g.comparisons(), g.votes()):
-            counts[at + w, at + l] = c
-        at += len(g.ids)
-    return counts
+    return pair_matrix(groups, lambda g: g.votes())
 
 
 def stated_pair_margins(groups: list[TokenizedGroup]) -> torch.Tensor | None:
@@ -181,14 +174,20 @@ def stated_pair_margins(groups: list[TokenizedGroup]) -> torch.Tensor | None:
     group gives margins (the loss is then the one without)."""
     if all(g.margins is None for g in groups):
         return None
+    return pair_matrix(groups, lambda g: g.margins or [])
+
+
+def pair_matrix(groups: list[TokenizedGroup], values) -> torch.Tensor:
+    """(N, N) float over the batch's completions: values(g)[k] at (winner, loser) of each group's k-th comparison
+    (TokenizedGroup.comparisons() order), 0 elsewhere."""
     n = sum(len(g.ids) for g in groups)
-    margins = torch.zeros((n, n), dtype=torch.float32)  # (N, N)
+    out = torch.zeros((n, n), dtype=torch.float32)  # (N, N)
     at = 0
     for g in groups:
-        for (w, l), m in zip(g.comparisons(), g.margins or []):
-            margins[at + w, at + l] = m
+        for (w, l), v in zip(g.comparisons(), values(g)):
+            out[at + w, at + l] = v
         at += len(g.ids)
-    return margins
+    return out
 
 
 def _padded(rows: list[list[int]], pad_id: int, padding_side: str, with_segments: bool = True) -> dict:
