@@ -1,7 +1,7 @@
 """Attention that fits each layout: a segment-aware function that computes only the (query, key) pairs a layout
 allows, and which transformers attention implementations can run which layout.
 
-`rankrm_varlen`, registered in transformers' AttentionInterface, reads the batch's Segments (batch.py): each
+`rankrm_varlen`, registered in transformers' AttentionInterface, reads the batch's Segments (segments.py): each
 segment's queries and keys are gathered from the layer's (B, H, T, D) tensors, attended with bottom-right causal
 alignment, and the outputs scattered back; no (B, T, T) mask is built or read. On CUDA in bf16/fp16 it runs
 flash-attn's varlen kernel where flash_attn imports, else torch's (torch.nn.attention.varlen, flash inside); on a
@@ -16,7 +16,7 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
-from rankrm.modeling.batch import Segments
+from rankrm.modeling.segments import Segments
 
 VARLEN = "rankrm_varlen"
 SEGMENT_AWARE = (VARLEN,)  # read batch.segments; no dense mask

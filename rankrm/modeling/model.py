@@ -16,11 +16,12 @@ from rankrm.errors import ModelError, NonFiniteError, SettingsError
 from rankrm.files import TMP_PREFIX, atomic_dir
 from rankrm.modeling.attention import SEGMENT_AWARE, layout_problem
 from rankrm.modeling.attention import register as register_attention
-from rankrm.modeling.batch import Batch, Segments
+from rankrm.modeling.batch import Batch
 from rankrm.modeling.card import CARD_FILE, model_card
 from rankrm.modeling.heads import HeadSpec, add_reward_bias, label_config
 from rankrm.modeling.hub import DEFAULT_MODEL, resolve
 from rankrm.modeling.scoring import Scoring, batch_outputs, batch_rewards
+from rankrm.modeling.segments import Segments
 from rankrm.progress import library_bars
 
 __all__ = ["RewardModel", "batch_outputs", "batch_rewards"]  # the batch paths live in scoring.py, imported from here
