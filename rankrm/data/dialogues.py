@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from rankrm.data.groups import ReadReport, iter_records
-from rankrm.data.pairwise import Comparison, _check_sides, _margin, _subset, _votes, merge_stream, record_fields
+from rankrm.data.pairwise import _check_sides, merge_stream, stated_comparison
 from rankrm.data.validate import check_prompt, require_fields
 from rankrm.errors import DataError
 
@@ -148,17 +148,7 @@ def _implicit_comparisons(path: Path, report: ReadReport, skip_invalid: bool):
                     "give both as dialogue strings or both as message lists",
                     reason="chosen and rejected of different types",
                 )
-            c = Comparison(
-                prompt,
-                chosen,
-                rejected,
-                _margin(obj, path, line),
-                line,
-                _subset(obj, path, line),
-                seq,
-                record_fields(obj),
-            )
-            votes = _votes(obj, path, line)
+            c, votes = stated_comparison(obj, prompt, chosen, rejected, path, line, seq)
         except DataError as e:
             report.skip(e, skip_invalid)
             continue

@@ -296,21 +296,20 @@ def _pairwise_comparisons(path: Path, report: ReadReport, skip_invalid: bool):
             else:
                 chosen, rejected = _reply(c, path, line, "chosen"), _reply(r, path, line, "rejected")
             _check_sides(chosen, rejected, path, line)
-            c = Comparison(
-                prompt,
-                chosen,
-                rejected,
-                _margin(obj, path, line),
-                line,
-                _subset(obj, path, line),
-                seq,
-                record_fields(obj),
-            )
-            votes = _votes(obj, path, line)
+            c, votes = stated_comparison(obj, prompt, chosen, rejected, path, line, seq)
         except DataError as e:
             report.skip(e, skip_invalid)
             continue
         yield [c] * votes
+
+
+def stated_comparison(obj: dict, prompt, chosen: str, rejected: str, path, line: int, seq) -> tuple[Comparison, int]:
+    """A record's comparison of chosen over rejected (its margin, subset and fields read and checked) and how many
+    times it states it (its votes)."""
+    c = Comparison(
+        prompt, chosen, rejected, _margin(obj, path, line), line, _subset(obj, path, line), seq, record_fields(obj)
+    )
+    return c, _votes(obj, path, line)
 
 
 def _subset(obj: dict, path, line) -> str | None:
