@@ -22,7 +22,7 @@ from rankrm.data.encode import TextEncoder
 from rankrm.data.prepare import native_line
 from rankrm.errors import SettingsError
 from rankrm.evaluation.attributes import evaluate_attributes, format_attributes, train_means
-from rankrm.evaluation.evaluate import EvalResult, compare, format_metrics
+from rankrm.evaluation.evaluate import EvalResult, compare, format_length, format_metrics
 from rankrm.evaluation.plots import plotting_missing, write_training_report
 from rankrm.evaluation.uncertainty import format_spread
 from rankrm.files import remove_leftovers
@@ -341,6 +341,8 @@ def report(r: TrainResult, steps: int, out: Path) -> None:
     ch = r.change
     log.info(f"before training: {format_metrics(r.before)}")
     log.info(f"after training:  {format_metrics(r.after)}")
+    for line in format_length(r.after["length"], r.after["accuracy"]) if "length" in r.after else ():
+        (log.warning if line.startswith("warning:") else log.info)(line)  # the length baseline, and its warning
     if "attributes" in r.after:
         log.info("held-out attributes:\n" + "\n".join(format_attributes(r.after["attributes"])))
     for line in format_spread(r.after["ensemble"]) if r.after.get("ensemble") else ():

@@ -307,6 +307,10 @@ def test_train_into_a_log_file_shows_progress_lines_and_no_carriage_return(model
     i = [next(j for j, x in enumerate(lines) if x.startswith(p)) for p in ("train data:", "before training:", "after")]
     assert i == sorted(i)  # in the order the run says them
     res = json.loads((out / "eval_results.json").read_text())
+    after = lines.index(next(x for x in lines if x.startswith("after training:")))
+    length = res["after"]["length"]  # the length baseline follows the final metrics, its warning when not beaten
+    assert lines[after + 1].startswith(f"length: the model {res['after']['accuracy']:.4f}; the longer completion wins")
+    assert (length.get("warning") in lines) == bool(length.get("warning"))
     model = RewardModel.from_pretrained(str(model_dirs["llama-chat"]), max_length=64)
     groups = [json.loads(x) for x in synth[0].read_text().splitlines()]
     tok, _ = tokenize_groups(
