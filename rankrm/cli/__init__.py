@@ -35,7 +35,8 @@ def cmd_eval(args) -> int:
     from rankrm.data.encode import tokenize_processes
     from rankrm.data.prepare import open_data
     from rankrm.data.store import default_cache
-    from rankrm.evaluation.evaluate import compare, evaluate_groups, format_report
+    from rankrm.evaluation.evaluate import compare, evaluate_groups
+    from rankrm.evaluation.formatting import format_report
     from rankrm.modeling.model import RewardModel
 
     results, out = [], {"data": args.data, "models": []}

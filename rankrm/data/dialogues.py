@@ -8,8 +8,9 @@ import functools
 import re
 from pathlib import Path
 
+from rankrm.data.comparisons import merge_stream
 from rankrm.data.groups import ReadReport, iter_records
-from rankrm.data.pairwise import _check_sides, merge_stream, stated_comparison
+from rankrm.data.pairwise import _check_sides, stated_comparison
 from rankrm.data.validate import check_prompt, require_fields
 from rankrm.errors import DataError
 

@@ -8,18 +8,20 @@ counted in the report. The readers of the other formats live in pairwise.py, sco
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from rankrm.data.attributes import check_attributes, count_rated, has_rated_layout, iter_rated
+from rankrm.data.comparisons import REPEATED
 from rankrm.data.containers import HUB_PREFIX, check_source
 from rankrm.data.dialogues import iter_implicit
 from rankrm.data.groups import RankedGroup, ReadReport, iter_records
 from rankrm.data.judgments import check_conflicts, count_conflicts, find_cycle
 from rankrm.data.merge import judgment, merge_groups
 from rankrm.data.oasst import read_oasst
-from rankrm.data.pairwise import REPEATED, iter_pairwise
+from rankrm.data.pairwise import iter_pairwise
 from rankrm.data.scored import iter_scored
 from rankrm.data.splits import group_digest
 from rankrm.data.validate import make_group, require_fields
@@ -52,7 +54,8 @@ def iter_native(
                 raise DataError(path, line, "tree", "expected a string", "give the conversation id as a string")
             subset = obj.get("subset", obj.get("category"))
             rated = obj.get("attributes") is not None
-            g = make_group(
+            build = functools.partial(
+                make_group,
                 obj["prompt"],
                 obj["completions"],
                 obj.get("ranks"),
@@ -61,27 +64,11 @@ def iter_native(
                 tree,
                 obj.get("pairs"),
                 obj.get("margins"),
-                obj.get("counts"),
-                subset,
-                conflicts,
-                min_k=1 if rated else 2,
             )
+            g = build(obj.get("counts"), subset, conflicts, min_k=1 if rated else 2)
             if g.counts is not None and conflicts != "keep":  # each comparison once, as without counts
                 report.skipped[REPEATED] += sum(g.counts) - len(g.counts)
-                g = make_group(
-                    obj["prompt"],
-                    obj["completions"],
-                    obj.get("ranks"),
-                    path,
-                    line,
-                    tree,
-                    obj.get("pairs"),
-                    obj.get("margins"),
-                    None,
-                    subset,
-                    conflicts,
-                    min_k=1 if rated else 2,
-                )
+                g = build(None, subset, conflicts, min_k=1 if rated else 2)
             if rated:
                 g = dataclasses.replace(g, attributes=check_attributes(obj["attributes"], g.k, path, line))
         except DataError as e:

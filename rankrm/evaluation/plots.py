@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from rankrm.errors import SettingsError
-from rankrm.evaluation.evaluate import EvalResult, format_report
+from rankrm.evaluation.evaluate import EvalResult
+from rankrm.evaluation.formatting import format_report
 from rankrm.files import atomic_dir, atomic_file, write_text
 
 log = logging.getLogger(__name__)
@@ -73,30 +74,59 @@ def write_report(
     plt = _pyplot()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    figures = {
+        "curves": curves_figure(plt, curves) if curves else None,
+        "reliability": reliability_figure(plt, names, results),
+        "rewards": rewards_figure(plt, names, results),
+        "subsets": subsets_figure(plt, names, results),
+        "length": length_figure(plt, names, results) if all("length" in r.metrics for r in results) else None,
+    }
     written = []
+    for stem, fig in figures.items():
+        if fig is not None:
+            _save(fig, out / f"{stem}.png")
+            written.append(out / f"{stem}.png")
+            plt.close(fig)
+    lines = [f"# {title}", "", f"Data: {data}", "", *[x for n in notes for x in (n, "")]]
+    for name, res in zip(names, results):
+        lines += [f"## {name}", "", "```", format_report(res.metrics), "```", ""]
+    for d in differences or []:
+        lines += [
+            f"**{d['model']} minus {d['against']}** (paired bootstrap over prompts, 95% CI): accuracy "
+            f"{d['accuracy_gain']:+.4f} [{d['accuracy_gain_ci95'][0]:+.4f}, {d['accuracy_gain_ci95'][1]:+.4f}],"
+            f" log loss {d['log_loss_change']:+.4f} [{d['log_loss_change_ci95'][0]:+.4f}, "
+            f"{d['log_loss_change_ci95'][1]:+.4f}]",
+            "",
+        ]
+    lines += [f"![{p.stem}]({p.name})" for p in written]
+    write_text(out / "summary.md", "\n".join(lines) + "\n")
+    return written + [out / "summary.md"]
 
-    if curves:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-        for ax, train_key, held_key, chance, what in (
-            (axes[0], "train_loss", "log_loss", np.log(2), "loss"),
-            (axes[1], "train_accuracy", "accuracy", 0.5, "accuracy"),
-        ):
-            pts = [(c["step"], c[train_key]) for c in curves if c.get(train_key) is not None]
-            if pts:  # each point: the mean over the steps since the evaluation before it
-                ax.plot(*zip(*pts), marker=".", label="training (mean since the last evaluation)")
-            ax.plot(
-                [c["step"] for c in curves],
-                [c[held_key] for c in curves],
-                marker="o",
-                label=f"validation (held-out {'log loss' if what == 'loss' else 'pair accuracy'})",
-            )
-            ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label="chance")
-            ax.set(xlabel="optimizer step", ylabel=what, title=f"{what.capitalize()} over training")
-            ax.legend(fontsize=8)
-        _save(fig, out / "curves.png")
-        written.append(out / "curves.png")
-        plt.close(fig)
 
+def curves_figure(plt, curves: list[dict]):
+    """Training and validation loss and accuracy over the optimizer steps, with chance marked."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, train_key, held_key, chance, what in (
+        (axes[0], "train_loss", "log_loss", np.log(2), "loss"),
+        (axes[1], "train_accuracy", "accuracy", 0.5, "accuracy"),
+    ):
+        pts = [(c["step"], c[train_key]) for c in curves if c.get(train_key) is not None]
+        if pts:  # each point: the mean over the steps since the evaluation before it
+            ax.plot(*zip(*pts), marker=".", label="training (mean since the last evaluation)")
+        ax.plot(
+            [c["step"] for c in curves],
+            [c[held_key] for c in curves],
+            marker="o",
+            label=f"validation (held-out {'log loss' if what == 'loss' else 'pair accuracy'})",
+        )
+        ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label="chance")
+        ax.set(xlabel="optimizer step", ylabel=what, title=f"{what.capitalize()} over training")
+        ax.legend(fontsize=8)
+    return fig
+
+
+def reliability_figure(plt, names: list[str], results: list[EvalResult]):
+    """Each model's reliability curve against the diagonal, with its ECE and fitted temperature."""
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0.5, 1.0], [0.5, 1.0], color="grey", linestyle="--", label="perfectly calibrated")
     for name, res in zip(names, results):
@@ -112,10 +142,11 @@ def write_report(
         title="Reliability of P(preferred beats rejected)",
     )
     ax.legend(fontsize=8)
-    _save(fig, out / "reliability.png")
-    written.append(out / "reliability.png")
-    plt.close(fig)
+    return fig
 
+
+def rewards_figure(plt, names: list[str], results: list[EvalResult]):
+    """Histograms of the preferred and rejected completions' rewards, weighted by votes, one panel per model."""
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.5), squeeze=False)
     for ax, name, res in zip(axes[0], names, results):
         w, l, n = preferred_and_rejected(res)  # noqa: E741
@@ -124,45 +155,24 @@ def write_report(
         ax.hist(l, bins=bins, weights=n, alpha=0.6, label="rejected")
         ax.set(xlabel="reward", ylabel="votes", title=Path(name).name)
         ax.legend(fontsize=8)
-    _save(fig, out / "rewards.png")
-    written.append(out / "rewards.png")
-    plt.close(fig)
+    return fig
 
+
+def subsets_figure(plt, names: list[str], results: list[EvalResult]):
+    """Accuracy per subset, a bar per model; None when the data names no subsets."""
     subsets = sorted({s for res in results for s in res.metrics.get("subsets", {})})
-    if subsets:
-        fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(subsets) * len(results)), 4))
-        width = 0.8 / len(results)
-        for i, (name, res) in enumerate(zip(names, results)):
-            acc = [res.metrics["subsets"].get(s, {}).get("accuracy", np.nan) for s in subsets]
-            ax.bar(np.arange(len(subsets)) + i * width, acc, width, label=Path(name).name)
-        ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
-        ax.set_xticks(np.arange(len(subsets)) + 0.4 - width / 2, subsets, rotation=45, ha="right")
-        ax.set(ylabel="accuracy", ylim=(0, 1), title="Accuracy per subset")
-        ax.legend(fontsize=8)
-        _save(fig, out / "subsets.png")
-        written.append(out / "subsets.png")
-        plt.close(fig)
-
-    if all("length" in res.metrics for res in results):
-        fig = length_figure(plt, names, results)
-        _save(fig, out / "length.png")
-        written.append(out / "length.png")
-        plt.close(fig)
-
-    lines = [f"# {title}", "", f"Data: {data}", "", *[x for n in notes for x in (n, "")]]
-    for name, res in zip(names, results):
-        lines += [f"## {name}", "", "```", format_report(res.metrics), "```", ""]
-    for d in differences or []:
-        lines += [
-            f"**{d['model']} minus {d['against']}** (paired bootstrap over prompts, 95% CI): accuracy "
-            f"{d['accuracy_gain']:+.4f} [{d['accuracy_gain_ci95'][0]:+.4f}, {d['accuracy_gain_ci95'][1]:+.4f}],"
-            f" log loss {d['log_loss_change']:+.4f} [{d['log_loss_change_ci95'][0]:+.4f}, "
-            f"{d['log_loss_change_ci95'][1]:+.4f}]",
-            "",
-        ]
-    lines += [f"![{p.stem}]({p.name})" for p in written]
-    write_text(out / "summary.md", "\n".join(lines) + "\n")
-    return written + [out / "summary.md"]
+    if not subsets:
+        return None
+    fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(subsets) * len(results)), 4))
+    width = 0.8 / len(results)
+    for i, (name, res) in enumerate(zip(names, results)):
+        acc = [res.metrics["subsets"].get(s, {}).get("accuracy", np.nan) for s in subsets]
+        ax.bar(np.arange(len(subsets)) + i * width, acc, width, label=Path(name).name)
+    ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
+    ax.set_xticks(np.arange(len(subsets)) + 0.4 - width / 2, subsets, rotation=45, ha="right")
+    ax.set(ylabel="accuracy", ylim=(0, 1), title="Accuracy per subset")
+    ax.legend(fontsize=8)
+    return fig
 
 
 def length_figure(plt, names: list[str], results: list[EvalResult]):

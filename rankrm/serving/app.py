@@ -119,13 +119,14 @@ def build_app(model, name: str, opts: ServeOptions, version: str) -> FastAPI:
     )
     add_error_handlers(app)
     add_reward_routes(app, served)
+    add_classify_route(app, served)
     add_status_routes(app, served)
     app.add_middleware(Guard, opts=opts, metrics=metrics, routes={r.path for r in app.routes})
     return app
 
 
 def add_reward_routes(app: FastAPI, s: Served) -> None:
-    """/score, /rank, /get_reward, /classify: each ends in RewardModel.score or score_groups."""
+    """/score, /rank, /get_reward: each ends in RewardModel.score or score_groups."""
 
     @app.post("/score", response_model=ScoreResponse, response_model_exclude_none=True)
     async def score(body: ScoreRequest):
@@ -166,6 +167,10 @@ def add_reward_routes(app: FastAPI, s: Served) -> None:
             # per-query values OpenRLHF logs: a multi-output head's others too (an ensemble's reward_std, ...)
             "extra_logs": {"rankrm_truncated": [float(f) for f in flags], **fields},
         }
+
+
+def add_classify_route(app: FastAPI, s: Served) -> None:
+    """/classify (vLLM's path) and /v1/classify (SGLang's): the reward in the classification response shape."""
 
     async def classify(body: ClassifyRequest):
         """vLLM's /classify: probs [reward] with use_activation false, [sigmoid(reward)] otherwise."""

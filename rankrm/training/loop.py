@@ -15,7 +15,8 @@ import torch
 
 from rankrm.data.encode import TokenizedGroup
 from rankrm.errors import CheckpointError, NonFiniteError
-from rankrm.evaluation.evaluate import EvalResult, Labels, evaluate_groups, format_metrics
+from rankrm.evaluation.evaluate import EvalResult, Labels, evaluate_groups
+from rankrm.evaluation.formatting import format_metrics
 from rankrm.modeling.frozen import FrozenLayerCache
 from rankrm.modeling.heads import tie_reward_row
 from rankrm.modeling.model import batch_outputs

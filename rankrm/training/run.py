@@ -22,7 +22,8 @@ from rankrm.data.encode import TextEncoder
 from rankrm.data.prepare import native_line
 from rankrm.errors import SettingsError
 from rankrm.evaluation.attributes import evaluate_attributes, format_attributes, train_means
-from rankrm.evaluation.evaluate import EvalResult, compare, format_length, format_metrics
+from rankrm.evaluation.evaluate import EvalResult, compare
+from rankrm.evaluation.formatting import format_length, format_metrics
 from rankrm.evaluation.plots import plotting_missing, write_training_report
 from rankrm.evaluation.uncertainty import format_spread
 from rankrm.files import remove_leftovers

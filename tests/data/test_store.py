@@ -17,8 +17,8 @@ import pytest
 import torch
 from conftest import OASST_TREES, SHIPPED, synthetic_groups, write_jsonl
 
+from rankrm.data.comparisons import merge_comparisons
 from rankrm.data.encode import TextEncoder, tokenize_groups
-from rankrm.data.pairwise import merge_comparisons
 from rankrm.data.prepare import open_data, prepare
 from rankrm.data.readers import read_groups
 from rankrm.data.store import Store, fingerprint, is_store

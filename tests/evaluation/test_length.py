@@ -11,7 +11,8 @@ from conftest import write_jsonl
 
 from rankrm.cli import main
 from rankrm.data.readers import read_groups
-from rankrm.evaluation.evaluate import EvalResult, Labels, format_report
+from rankrm.evaluation.evaluate import EvalResult, Labels
+from rankrm.evaluation.formatting import format_report
 from rankrm.evaluation.length import average_ranks, spearman
 from rankrm.modeling.model import RewardModel
 

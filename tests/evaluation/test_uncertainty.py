@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from rankrm.evaluation.evaluate import EvalResult, Labels, format_report
+from rankrm.evaluation.evaluate import EvalResult, Labels
+from rankrm.evaluation.formatting import format_report
 from rankrm.evaluation.uncertainty import spread_metrics
 
 # four K = 2 groups, completion 0 preferred; members (K, M = 2) and the margins r_m(0) - r_m(1) they give:
