@@ -169,6 +169,7 @@ def test_the_stage_is_the_recipes_and_unhonoured_settings_are_refused():
     [
         (dict(lora_r=4), "--lora-r with DeepSpeed ZeRO-3.*Fix: launch LoRA with configs/accelerate/ddp.yaml"),
         (dict(layout="kv"), "--layout kv with DeepSpeed ZeRO-3.*Fix: --layout auto"),
+        (dict(length_head=True), "--length-head with DeepSpeed ZeRO-3: .*partitioned.*Fix: .*deepspeed_zero2.yaml"),
     ],
 )
 def test_what_zero_cannot_run_is_refused_before_anything_loads(model_dirs, data, tmp_path, monkeypatch, kw, message):
