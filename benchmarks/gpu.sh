@@ -15,11 +15,11 @@
 #      past them); on any GPU, each recipe's measured per-GPU peak memory at 1 process for $SHAPE, next to the
 #      formula's predicted figure at N = 1, 2, 8 (DeepSpeed's recipes are skipped, and said so, without deepspeed)
 # Results under $OUT (default benchmarks/results/gpu). On a CPU, SHAPE=tiny checks the scripts' logic only (fp32,
-# the varlen function through its exact SDPA emulation; about 12 minutes on a busy 2-core CPU, 7 of them in stage 4):
+# the varlen function through its exact SDPA emulation; about 19 minutes on a busy 2-core CPU, 7 in stage 4, 7 in 5):
 #   SHAPE=tiny bash benchmarks/gpu.sh
 # STAGES="attention probe throughput utilization sharding" (the default) picks the stages; tests/test_gpu_script.py
 #   runs SHAPE=tiny STAGES=attention bash benchmarks/gpu.sh
-# The sharding stage on a CPU (2 gloo processes for the parity, 1 per recipe for the memory; about 6 minutes on a
+# The sharding stage on a CPU (2 gloo processes for the parity, 1 per recipe for the memory; 411 s on a
 #   busy 2-core CPU, run by hand: not in the tests): SHAPE=tiny STAGES=sharding bash benchmarks/gpu.sh
 # NOT RUN ON A GPU YET: no GPU was lent to issues 12, 21 and 22; the logic was checked on a CPU with SHAPE=tiny.
 set -euo pipefail

@@ -25,13 +25,16 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.sharding_memory import RECIPES, launch, write_data
+from benchmarks.sharding_memory import RECIPES, launch, numel, write_data
 
 PARITY = {"FSDP2 full shard": "fsdp_full_shard.yaml", "DeepSpeed ZeRO-3": "deepspeed_zero3.yaml"}
-# (largest |w_2 - w_1|, |w_2 - w_1| / |w_1 - w_0|): fp32 as the CPU tests hold it (1e-5 after 7 steps, measured
-# here with gloo), with room for nccl's reduction order; bf16: the sharded runs compute in bf16 from their own
-# gathers (FSDP2: bf16 parameters; ZeRO-3: autocast), so each rounds differently from the one process
-TOLERANCE = {"fp32": (1e-4, 1e-3), "bf16": (2e-2, 5e-2)}
+# (largest |w_2 - w_1|, |w_2 - w_1| / |w_1 - w_0|): fp32 as the CPU tests hold it (1e-5 after 7 steps), with room
+# for nccl's reduction order (SHAPE=tiny on CPU processes measured 2.5e-7 and 6e-6). bf16: the sharded runs
+# compute in bf16 from their own gathers (FSDP2: bf16 parameters; ZeRO-3: autocast around fp32 weights, as the one
+# process does), so each rounds differently; SHAPE=tiny measured 3.5e-4 and a relative 0.105 (FSDP2) and 0.049
+# (ZeRO-3) after 3 steps at a learning rate of 1e-4: the bound is ~2.5 times that, set on a CPU, not yet on a GPU.
+# Still caught: a gradient scaled by N (relative ~1), a lost update (1), a process training alone
+TOLERANCE = {"fp32": (1e-4, 1e-3), "bf16": (2e-2, 0.25)}
 
 
 def skipped(name: str) -> bool:
@@ -111,7 +114,7 @@ def memory(model: Path, tmp: Path, steps: int, cpu: bool, tokens: int) -> tuple[
     from safetensors import safe_open
 
     with safe_open(str(model / "model.safetensors"), "pt") as f:
-        params = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())
+        params = sum(numel(f.get_slice(k).get_shape()) for k in f.keys())
     train, held = write_data(tmp, steps, 0), write_data(tmp, 2, 1)
     rows, payload = [], {"parameters": params}
     for name, (recipe, formula, per_param) in RECIPES.items():
@@ -126,8 +129,8 @@ def memory(model: Path, tmp: Path, steps: int, cpu: bool, tokens: int) -> tuple[
         predicted = {n: per_param(n) * params / 2**20 for n in (1, 2, 8)}
         payload[name] = {"recipe": recipe, "formula": formula, "measured_mib": measured, "predicted_mib": predicted}
         rows.append(
-            f"| {name} | {measured:.0f} | {formula} | "
-            + " | ".join(f"{predicted[n]:.0f}" for n in (1, 2, 8))
+            f"| {name} | {measured:.1f} | {formula} | "
+            + " | ".join(f"{predicted[n]:.1f}" for n in (1, 2, 8))
             + f" | {measured / predicted[1]:.2f} |"
         )
         shutil.rmtree(out, ignore_errors=True)
@@ -166,7 +169,7 @@ def main() -> None:
             n = payload["parameters"]
             what = "resident memory above the baseline (CPU)" if cpu else "torch.cuda.max_memory_allocated"
             head = (
-                f"Per-process peak memory while training, 1 process per recipe on {where}: {n / 1e9:.2f}B "
+                f"Per-process peak memory while training, 1 process per recipe on {where}: {n / 1e6:.1f}M "
                 f"parameters, fp32, AdamW, 2 steps of 1 group. MEASURED: {what} at N = 1; PREDICTED: the formula "
                 "(weights + gradients + AdamW state, docs/several-gpus.md) at N = 1, 2, 8, not measured\n\n"
                 "| recipe | measured at N=1 (MiB) | formula | predicted N=1 (MiB) | predicted N=2 | predicted N=8 | "
@@ -175,13 +178,6 @@ def main() -> None:
             save(a.out, "sharding_memory_gpu", head, rows, payload, "sharding_gpu")
     if not ok:
         raise SystemExit(f"sharding parity failed: see {a.out / 'sharding_parity.md'}")
-
-
-def _numel(shape) -> int:
-    out = 1
-    for s in shape:
-        out *= s
-    return out
 
 
 if __name__ == "__main__":

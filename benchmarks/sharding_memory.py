@@ -160,7 +160,7 @@ def main() -> None:
         from safetensors import safe_open
 
         with safe_open(str(model / "model.safetensors"), "pt") as f:
-            params = sum(_prod(f.get_slice(k).get_shape()) for k in f.keys())
+            params = sum(numel(f.get_slice(k).get_shape()) for k in f.keys())
         train, held = write_data(tmp, 2 * a.steps, 0), write_data(tmp, 2, 1)
         rows, payload = [], {"parameters": params, "processes": a.processes, "steps": a.steps, "recipes": {}}
         n = a.processes
@@ -209,7 +209,8 @@ def main() -> None:
     save(a.out, "sharding_memory", head, rows, payload, "sharding_memory")
 
 
-def _prod(shape) -> int:
+def numel(shape) -> int:
+    """The number of elements of a tensor of this shape (read from a safetensors header, without loading it)."""
     out = 1
     for s in shape:
         out *= s

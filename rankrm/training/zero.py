@@ -109,10 +109,11 @@ def engine_process_group(kwargs: dict):
 
 def skip_shm_comm() -> None:
     """DeepSpeed's CPU accelerator compiles its shared-memory all-reduce (deepspeed_shm_comm: a C++ op, JIT-built
-    into ~/.cache/torch_extensions, ~7 minutes on a busy 2-core machine, once per machine) when its comm backend
-    starts, for tensor-parallel inference only (deepspeed.comm.inference_all_reduce); ZeRO's collectives go
-    through torch.distributed (gloo here), so the op changes nothing rankrm runs. Marked incompatible in the
-    probe's table, which DeepSpeed reads before it builds, it is not built. GPUs: the op is not there to build."""
+    into ~/.cache/torch_extensions, 234 s measured on a busy 2-core machine, once per machine) when its comm
+    backend starts, for tensor-parallel inference only (deepspeed.comm.inference_all_reduce); ZeRO's collectives
+    go through torch.distributed (gloo), so the op changes nothing rankrm runs. Marked incompatible in the probed
+    op table (deepspeed.ops.__compatible_ops__, which TorchBackend reads before it builds), it is not built.
+    GPUs: the CUDA accelerator has no such op."""
     import deepspeed.ops
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # the probed table, one dict kept by the module

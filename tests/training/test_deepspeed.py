@@ -7,7 +7,7 @@ checkpoint holds the one-process tensors (gathered from the engine's partitions)
 SIGTERM to the launcher + `--resume latest` by 2 ZeRO processes ends bit-identical to the uninterrupted run (both
 stages); the saved model is a plain Hugging Face directory that scores as RewardModel.score; a diverging run's NaN
 steps are dropped by the engine and counted. The launch, resume and signal helpers are test_sharding.py's
-(sharded_runs.py).
+(launches.py).
 
 Cost: two launches of 2 processes (one per stage, at the same time, each running its cases in sequence through
 tests/multi_runs.py) while the 1-process references run here, then the signal test's two launches per stage:
@@ -19,9 +19,17 @@ import json
 import pytest
 import torch
 from conftest import ROOT
-from safetensors.torch import load_file
-from sharded_runs import resumes_in_one_process, sigterm_then_resume, train_launched_and_alone, write_data
-from test_multiprocess import flags, results, settings, weights
+from launches import (
+    flags,
+    results,
+    resumes_in_one_process,
+    settings,
+    sigterm_then_resume,
+    train_launched_and_alone,
+    two_train_as_one,
+    weights,
+    write_data,
+)
 
 from rankrm.errors import SettingsError
 from rankrm.training.config import TrainConfig
@@ -63,25 +71,7 @@ def runs(model_dirs, data, tmp_path_factory):
 @pytest.mark.parametrize("name", list(CASES))
 def test_two_zero_processes_train_as_one(runs, model_dirs, name):
     root, log = runs
-    start = load_file(str(model_dirs["llama-chat"] / "model.safetensors"))
-    one, two = root / f"one-{name}", root / f"two-{name}"
-    a, b = weights(one), weights(two)
-    assert a.keys() == b.keys()
-    for n in a:
-        assert b[n].dtype == a[n].dtype, n
-        torch.testing.assert_close(b[n], a[n], rtol=0, atol=1e-5, msg=n)
-    backbone = [n for n in start if n in b]
-    trained = [n for n in backbone if not torch.equal(b[n], start[n])]
-    assert len(trained) == (10 if "top-layer" in name else len(backbone))  # top layer: its 9 tensors + final norm
-    ra, rb = results(one), results(two)
-    assert rb["before"] == ra["before"]  # exact: each reward of the spread evaluation is the one process's
-    assert rb["after"]["accuracy"] == ra["after"]["accuracy"]
-    assert rb["after"]["log_loss"] == pytest.approx(ra["after"]["log_loss"], abs=1e-6)
-    assert [h["step"] for h in rb["history"]] == [h["step"] for h in ra["history"]] == [3, 6]
-    for ha, hb in zip(ra["history"], rb["history"]):
-        assert hb["accuracy"] == ha["accuracy"]
-        assert hb["train_loss"] == pytest.approx(ha["train_loss"], abs=1e-6)
-    assert rb["steps"] == ra["steps"] == 7
+    two_train_as_one(root, name, model_dirs)
     stage = CASES[name][0]
     runs_of_stage = sum(s == stage for s, _ in CASES.values()) + (stage == 2)  # + the diverging run
     assert log.count(f"DeepSpeed ZeRO-{stage} over 2 processes: each holds 1/2 of ") == runs_of_stage

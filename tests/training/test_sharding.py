@@ -5,7 +5,7 @@ part with a zero-weight pass) and micro-batch counts that differ between the pro
 every collective matched), for the scalar head and the ensemble, ODIN and attributes heads; the saved model is a
 plain Hugging Face directory that transformers loads and that scores as RewardModel.score; a checkpoint holds the
 one-process state, so a sharded checkpoint resumes in one process as that process's own would, and a SIGTERM to
-the launcher + `--resume latest` ends bit-identical to the uninterrupted sharded run (sharded_runs.py, shared with
+the launcher + `--resume latest` ends bit-identical to the uninterrupted sharded run (launches.py, shared with
 test_deepspeed.py).
 
 Cost: two launches of 2 processes (one per recipe, at the same time, each running its cases in sequence through
@@ -17,9 +17,14 @@ import json
 import pytest
 import torch
 from conftest import ROOT
-from safetensors.torch import load_file
-from sharded_runs import resumes_in_one_process, sigterm_then_resume, train_launched_and_alone, write_data
-from test_multiprocess import results, settings, weights
+from launches import (
+    resumes_in_one_process,
+    settings,
+    sigterm_then_resume,
+    train_launched_and_alone,
+    two_train_as_one,
+    write_data,
+)
 
 from rankrm.training.config import TrainConfig
 from rankrm.training.run import train
@@ -57,25 +62,7 @@ def runs(model_dirs, data, tmp_path_factory):
 @pytest.mark.parametrize("name", list(CASES))
 def test_two_sharded_processes_train_as_one(runs, model_dirs, name):
     root, log = runs
-    start = load_file(str(model_dirs["llama-chat"] / "model.safetensors"))
-    one, two = root / f"one-{name}", root / f"two-{name}"
-    a, b = weights(one), weights(two)
-    assert a.keys() == b.keys()
-    for n in a:  # every tensor, in the precision it trained in
-        assert b[n].dtype == a[n].dtype, n
-        torch.testing.assert_close(b[n], a[n], rtol=0, atol=1e-5, msg=n)
-    backbone = [n for n in start if n in b]  # (not the LM head, which a reward model drops)
-    trained = [n for n in backbone if not torch.equal(b[n], start[n])]
-    assert len(trained) == (10 if "top-layer" in name else len(backbone))  # top layer: its 9 tensors + final norm
-    ra, rb = results(one), results(two)
-    assert rb["before"] == ra["before"]  # exact: each reward of the spread evaluation is the one process's
-    assert rb["after"]["accuracy"] == ra["after"]["accuracy"]
-    assert rb["after"]["log_loss"] == pytest.approx(ra["after"]["log_loss"], abs=1e-6)
-    assert [h["step"] for h in rb["history"]] == [h["step"] for h in ra["history"]] == [3, 6]
-    for ha, hb in zip(ra["history"], rb["history"]):
-        assert hb["accuracy"] == ha["accuracy"]
-        assert hb["train_loss"] == pytest.approx(ha["train_loss"], abs=1e-6)
-    assert rb["steps"] == ra["steps"] == 7
+    two_train_as_one(root, name, model_dirs)
     recipe = CASES[name][0]
     what = "full shard" if recipe == "full" else "shard-grad-op"
     runs_of_recipe = sum(r == recipe for r, _ in CASES.values())  # each run of the launch sharded, not only the first
