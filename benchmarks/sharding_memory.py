@@ -51,6 +51,8 @@ def worker(args_file: str) -> None:
     """Under accelerate launch: rankrm's train on the given settings, with the memory probes around its phases."""
     import resource
 
+    import torch
+
     import rankrm.training.loop as loop_module
     import rankrm.training.run as run_module
     from rankrm.training.config import TrainConfig
@@ -71,11 +73,18 @@ def worker(args_file: str) -> None:
         probe["baseline"] = rss()
         return build(*a, **kw)
 
+    cuda = torch.cuda.is_available()
+
     def run_loop(*a, **kw):
         probe["phase"] = "train"
+        if cuda:  # the GPU's figure: what the allocator held at most while the steps ran (benchmarks/sharding_gpu.py)
+            probe["cuda_before"] = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
         return loop(*a, **kw)
 
     def final_checkpoint(*a, **kw):
+        if cuda and probe["phase"] == "train":
+            probe["cuda_train_peak"] = torch.cuda.max_memory_allocated()
         probe["phase"] = "save"
         return checkpoint(*a, **kw)
 
@@ -88,6 +97,9 @@ def worker(args_file: str) -> None:
         "train_peak_mib": probe["train_peak"] / 2**20,
         "overall_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+    if cuda:
+        figures["cuda_train_peak_mib"] = probe.get("cuda_train_peak", 0) / 2**20
+        figures["cuda_before_train_mib"] = probe.get("cuda_before", 0) / 2**20
     Path(spec["out"], f"rank{rank}.json").write_text(json.dumps(figures))
 
 
@@ -104,14 +116,15 @@ def write_data(d: Path, n: int, seed: int) -> Path:
     return path
 
 
-def launch(recipe: str, settings: dict, work: Path, n: int) -> list[dict]:
-    """One `accelerate launch` of the worker with a shipped recipe on n CPU processes; each process's figures."""
+def launch(recipe: str, settings: dict, work: Path, n: int, cpu: bool = True) -> list[dict]:
+    """One `accelerate launch` of the worker with a shipped recipe on n processes (cpu: CPU processes, gloo; else
+    one GPU each, nccl); each process's figures."""
     work.mkdir(parents=True, exist_ok=True)
     (work / "args.json").write_text(json.dumps({"settings": settings, "out": str(work)}))
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
-        "ACCELERATE_USE_CPU": "1",
+        **({"ACCELERATE_USE_CPU": "1"} if cpu else {}),
         "OMP_NUM_THREADS": "1",
         "TOKENIZERS_PARALLELISM": "false",
         "MALLOC_MMAP_THRESHOLD_": "131072",
@@ -147,7 +160,7 @@ def main() -> None:
         from safetensors import safe_open
 
         with safe_open(str(model / "model.safetensors"), "pt") as f:
-            params = sum(_prod(f.get_slice(k).get_shape()) for k in f.keys())
+            params = sum(numel(f.get_slice(k).get_shape()) for k in f.keys())
         train, held = write_data(tmp, 2 * a.steps, 0), write_data(tmp, 2, 1)
         rows, payload = [], {"parameters": params, "processes": a.processes, "steps": a.steps, "recipes": {}}
         n = a.processes
@@ -196,7 +209,8 @@ def main() -> None:
     save(a.out, "sharding_memory", head, rows, payload, "sharding_memory")
 
 
-def _prod(shape) -> int:
+def numel(shape) -> int:
+    """The number of elements of a tensor of this shape (read from a safetensors header, without loading it)."""
     out = 1
     for s in shape:
         out *= s

@@ -110,19 +110,33 @@ def reward_rows(spec: HeadSpec) -> slice:
     return slice(None) if spec.kind == "ensemble" else slice(0, 1)
 
 
+def reward_mix(spec: HeadSpec) -> torch.Tensor | None:
+    """(E,) float64: row 0 as a mix of rows 1..E (the ensemble's mean, the attributes' reward weights); None where
+    row 0 is a row of its own."""
+    if spec.kind == "ensemble":
+        return torch.full((len(spec.names),), 1.0 / len(spec.names), dtype=torch.float64)
+    if spec.kind == "attributes" and spec.weights:
+        return torch.tensor(spec.weights, dtype=torch.float64)
+    return None
+
+
+@torch.no_grad()
+def tie_row(t: torch.Tensor, mix: torch.Tensor) -> None:
+    """t[0] = mix @ t[1:] in float64, in place: a head's (O, H) weight or (O,) bias, held whole."""
+    t[0] = (mix.to(t.device) @ t[1:].double()).to(t.dtype)  # (E,) @ (E, H) -> (H,); a bias row: ()
+
+
 @torch.no_grad()
 def tie_reward_row(head: nn.Linear, spec: HeadSpec) -> None:
     """Re-set row 0 from the rows it is defined by: the ensemble's mean, or the attributes' weighted sum (with
-    weights). Called after each optimizer step and before a trained model is saved; a no-op for other heads."""
-    if spec.kind == "ensemble":
-        mix = torch.full((len(spec.names),), 1.0 / len(spec.names), dtype=torch.float64)
-    elif spec.kind == "attributes" and spec.weights:
-        mix = torch.tensor(spec.weights, dtype=torch.float64)
-    else:
+    weights). Called after each optimizer step and before a trained model is saved; a no-op for other heads.
+    A sharded head: training/sharding.tie_reward_row."""
+    mix = reward_mix(spec)
+    if mix is None:
         return
     for t in (head.weight, head.bias):
         if t is not None:
-            t[0] = (mix.to(t.device) @ t[1:].double()).to(t.dtype)  # (E,) @ (E, H) -> (H,); a bias row: ()
+            tie_row(t, mix)
 
 
 def output_fields(out: torch.Tensor, spec: HeadSpec) -> dict[str, list[float]]:

@@ -16,7 +16,6 @@ import logging
 
 import torch
 
-from rankrm.errors import SettingsError
 from rankrm.loss import PAIRWISE, GroupStats, Objective, StepLoss, objective_loss
 from rankrm.modeling.heads import HeadSpec
 from rankrm.modeling.ratings import attribute_targets, choose_attributes, parse_weights, reward_weights
@@ -25,15 +24,10 @@ from rankrm.regression import regression_loss, regression_stats
 log = logging.getLogger(__name__)
 
 
-def attribute_head(asked: str, weights: str, ranking_weight: float, rated: dict[str, int], sharded: bool = False):
+def attribute_head(asked: str, weights: str, ranking_weight: float, rated: dict[str, int]):
     """The head of an --attributes run: the attributes chosen from what the training data rates (rated: name ->
     ratings), and the reward's weights (--attribute-weights; without them the mean when the ranking is off, else
-    output 0 untied). Refused under FSDP (sharded), whose head rows are not held whole for the re-set."""
-    if sharded:
-        raise SettingsError(
-            "--attributes under FSDP: the reward's row is re-set from the attribute rows after each step, which a "
-            "sharded head does not hold whole. Fix: launch with configs/accelerate/ddp.yaml (or one process)"
-        )
+    output 0 untied)."""
     names = choose_attributes(asked, rated)
     given = parse_weights(weights)
     head = HeadSpec("attributes", names, reward_weights(names, given) if given or not ranking_weight else ())

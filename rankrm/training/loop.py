@@ -18,7 +18,6 @@ from rankrm.errors import CheckpointError, NonFiniteError
 from rankrm.evaluation.evaluate import EvalResult, Labels, evaluate_groups
 from rankrm.evaluation.formatting import format_metrics
 from rankrm.modeling.frozen import FrozenLayerCache
-from rankrm.modeling.heads import tie_reward_row
 from rankrm.modeling.model import batch_outputs
 from rankrm.modeling.planning import plan_batches
 from rankrm.progress import Progress
@@ -26,7 +25,7 @@ from rankrm.training.checkpoint import save_checkpoint
 from rankrm.training.config import TrainConfig
 from rankrm.training.objective import HeadLoss, micro_batch_loss
 from rankrm.training.prefetch import EpochPlan, StepBatches, StepRecipe, step_prefetcher, unit_groups
-from rankrm.training.sharding import agree_passes, backward, full_training_state, is_sharded, reshard
+from rankrm.training.sharding import agree_passes, backward, full_training_state, is_sharded, reshard, tie_reward_row
 from rankrm.training.signals import TrainingInterrupted
 from rankrm.training.state import Prepared, Run, RunState, StepStats
 from rankrm.training.tracking import scalars
@@ -222,7 +221,7 @@ def steps(cfg: TrainConfig, parts: Prepared, run: Run, held, signals, bar: Progr
             nonfinite(cfg, run.state, step, ag.loss, float(norm))
         else:
             run.optimizer.step()
-            tie_reward_row(core.head, core.head_spec)  # an ensemble's mean, a weighted reward follow (else a no-op)
+            tie_reward_row(core)  # an ensemble's mean, a weighted reward follow (else a no-op); sharded or whole
             losses.append(ag.loss)
             accs.append((ag.correct, ag.pairs))
         run.scheduler.step()

@@ -152,9 +152,7 @@ def attribute_head_of(cfg: TrainConfig, data: Data) -> HeadSpec | None:
     """An --attributes run's head (training/attributes.py), chosen from what the training store rates; else None."""
     if not cfg.attributes:
         return None
-    rated = data.train.store.attributes
-    sharded = sharding.engine_from_launch() is not None
-    return attribute_head(cfg.attributes, cfg.attribute_weights, cfg.ranking_loss_weight, rated, sharded)
+    return attribute_head(cfg.attributes, cfg.attribute_weights, cfg.ranking_loss_weight, data.train.store.attributes)
 
 
 def build_model(cfg: TrainConfig, encoder: TextEncoder, head: HeadSpec | None = None) -> tuple[RewardModel, list[str]]:

@@ -17,6 +17,8 @@ What sharding changes elsewhere, each with its reason:
   formats a one-process run writes, so a checkpoint resumes exactly on any number of processes (or on one);
 - after an evaluation every gathered parameter is freed (`reshard`): shard-grad-op keeps them after a forward
   without backward, and its next step then trained 2.5e-3 away from one process (measured);
+- heads: an ensemble's and a weighted attributes head's reward row is re-tied after each step on the gathered
+  rows (tie_reward_row); ODIN's root stays gathered from forward to backward (shard_model);
 - refused: LoRA (merged on whole weights for the save) and training with the kv layout (its prompt keys and values
   reach the backward outside the layers' outputs); off: the frozen-layer cache (it calls layers one by one).
 Limits, not yet measured on GPUs: every process loads the whole backbone into CPU memory before sharding (no
@@ -35,6 +37,7 @@ import torch
 from torch import nn
 
 from rankrm.errors import SettingsError
+from rankrm.modeling.heads import reward_mix, tie_row
 from rankrm.training import zero
 
 FULL, GRAD_OP = "full shard", "shard-grad-op"
@@ -140,11 +143,12 @@ def check_supported(lora_r: int, layout: str, what: str = "FSDP", head: str = "s
             "where sharding gathers a layer's weights again. Fix: --layout auto (sharded, it trains with padded or "
             "packed rows, and evaluates with kv where cheaper), packed or padded"
         )
-    if head != "scalar":
+    if head == "odin" and what.endswith("ZeRO-3"):
         raise SettingsError(
-            f"a {head} head with {what}: its loss terms and its tied reward row read the whole head, which rankrm "
-            "does not gather from sharded weights yet. Fix: launch it with configs/accelerate/ddp.yaml, or train "
-            f"the scalar head under {what}"
+            f"--length-head with {what}: ODIN's orthogonality term |w_q . w_l| reads the head's two rows after the "
+            "forward, where ZeRO-3 has partitioned them again (each process holds an empty placeholder), and a "
+            "gradient reaching them outside a module's forward is not reduced by the engine. Fix: launch it with "
+            "configs/accelerate/deepspeed_zero2.yaml or fsdp_full_shard.yaml (both train it as one process does)"
         )
     if lora_r:
         raise SettingsError(
@@ -154,9 +158,35 @@ def check_supported(lora_r: int, layout: str, what: str = "FSDP", head: str = "s
         )
 
 
+def tie_reward_row(core) -> None:
+    """heads.tie_reward_row on the head as it trains, after each step (collective: every process calls it): held
+    whole (one process, DDP); sharded by FSDP2 (each process holds some of its rows, so the rows are gathered,
+    tied, and each process's own written back); under ZeRO, the optimizer's fp32 master copy, which the engine
+    copies into the model at its next step (zero.tie_reward_row)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    mix = reward_mix(core.head_spec)
+    if mix is None:
+        return
+    if zero.engine_of(core) is not None:
+        return zero.tie_reward_row(core.head, mix)
+    for t in (core.head.weight, core.head.bias):
+        if isinstance(t, DTensor):
+            full = t.detach().full_tensor().clone()
+            tie_row(full, mix)
+            with torch.no_grad():
+                t.to_local().detach().copy_(distribute_tensor(full, t.device_mesh, t.placements).to_local())
+        elif t is not None:
+            tie_row(t, mix)
+
+
 def shard_model(model, engine: Sharding, accelerator, bf16: bool) -> nn.Module:
     """fully_shard each decoder layer, then the root (the RewardModel: embeddings, final norm, head), on a mesh of
-    all processes; bf16: parameters all-gathered and computed in bf16, gradients reduced and kept in fp32."""
+    all processes; bf16: parameters all-gathered and computed in bf16, gradients reduced and kept in fp32.
+
+    ODIN's orthogonality term reads the head's rows after the forward: its root stays gathered from forward to
+    backward (FSDP2's own default for a root), so the term reads the whole rows and its gradient is reduced with
+    the rest. Full shard would reshard it: the loss would then meet the sharded DTensor rows."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -170,7 +200,9 @@ def shard_model(model, engine: Sharding, accelerator, bf16: bool) -> nn.Module:
     layers = decoder_layers(model)
     for layer in layers:
         fully_shard(layer, **kw)
-    fully_shard(model, **kw)
+    fully_shard(
+        model, **{**kw, "reshard_after_forward": kw["reshard_after_forward"] and model.head_spec.kind != "odin"}
+    )
     total = sum(p.numel() for p in model.parameters())
     mine = sum(p.to_local().numel() for p in model.parameters())
     log.info(

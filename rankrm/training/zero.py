@@ -15,7 +15,9 @@ Accelerate builds DeepSpeed's engine from the recipe; rankrm drives it so that i
   builds the Accelerator without that setting and with a gloo process group, so the same recipe runs on CPU
   processes (tests) and GPUs.
 Refused, with why: ZeRO stages 0 and 1, offloading, zero.Init at load (zero3_init_flag), a DeepSpeed JSON config
-file, recipe gradient accumulation, fp16; LoRA and the kv layout (as under FSDP2: sharding.check_supported)."""
+file, recipe gradient accumulation, fp16; LoRA and the kv layout (as under FSDP2: sharding.check_supported), ODIN's
+length head under ZeRO-3 (its loss reads the head's rows after the forward, partitioned again by then). A tied
+reward row (ensemble, weighted attributes) is re-set on the engine's fp32 master copy (tie_reward_row)."""
 
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import torch
 from torch import nn
 
 from rankrm.errors import SettingsError
+from rankrm.modeling.heads import tie_row
 
 log = logging.getLogger(__name__)
 _engines: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # the RewardModel -> its DeepSpeed engine
@@ -95,12 +98,25 @@ def engine_process_group(kwargs: dict):
     saved = os.environ.pop("ACCELERATE_USE_CPU", None)
     if not torch.cuda.is_available():
         kwargs = {**kwargs, "kwargs_handlers": [*kwargs.get("kwargs_handlers", []), InitProcessGroupKwargs("gloo")]}
+        skip_shm_comm()
     try:
         yield kwargs
     finally:
         unset_hf_deepspeed_config()
         if saved is not None:
             os.environ["ACCELERATE_USE_CPU"] = saved
+
+
+def skip_shm_comm() -> None:
+    """DeepSpeed's CPU accelerator compiles its shared-memory all-reduce (deepspeed_shm_comm: a C++ op, JIT-built
+    into ~/.cache/torch_extensions, 234 s measured on a busy 2-core machine, once per machine) when its comm
+    backend starts, for tensor-parallel inference only (deepspeed.comm.inference_all_reduce); ZeRO's collectives
+    go through torch.distributed (gloo), so the op changes nothing rankrm runs. Marked incompatible in the probed
+    op table (deepspeed.ops.__compatible_ops__, which TorchBackend reads before it builds), it is not built.
+    GPUs: the CUDA accelerator has no such op."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # the probed table, one dict kept by the module
 
 
 def configure(accelerator, max_grad_norm: float) -> None:
@@ -227,6 +243,20 @@ def load_training_state(model, trainable: dict, optimizer_state: dict) -> None:
                 safe_set_full_optimizer_state(params[n], s[k].to(params[n].device), k)
     for g, s in zip(inner.param_groups, optimizer_state["param_groups"]):
         g.update({k: v for k, v in s.items() if k != "params"})
+
+
+def tie_reward_row(head: nn.Linear, mix: torch.Tensor) -> None:
+    """heads.tie_row on the head's fp32 master weights (the optimizer's partitions, gathered) and on the model's
+    own copy, which the forward reads; collective. Tied on the model's copy alone, it would be overwritten by the
+    untied master copy at the next step."""
+    from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
+
+    for p in (head.weight, head.bias):
+        if p is not None:
+            full = safe_get_full_fp32_param(p).detach().clone()
+            tie_row(full, mix)
+            safe_set_full_fp32_param(p, full)
+            _set_model_weight(p, full)
 
 
 def _flat_partitions(engine) -> list[torch.Tensor]:

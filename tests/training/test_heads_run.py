@@ -136,11 +136,14 @@ def test_a_saved_scalar_model_cannot_continue_as_an_ensemble(model_dirs, small, 
         train(cfg(model_dirs, small, tmp_path / "e", model=str(tmp_path / "s"), ensemble=2, epochs=0.2))
 
 
-def test_fsdp_refuses_a_multi_output_head_at_start_with_the_fix():
+def test_sharding_refuses_only_odin_under_zero3_at_start_with_the_fix():
+    """Every head trains under FSDP2 and ZeRO-2 (tests/training/test_sharding.py, test_deepspeed.py); ODIN's
+    orthogonality term reads the head's rows outside the forward, where ZeRO-3 has partitioned them again."""
     from rankrm.training.sharding import check_supported
 
-    check_supported(0, "auto")  # the scalar head shards as before
-    for kind in ("ensemble", "odin"):
-        for what in ("FSDP", "DeepSpeed ZeRO-3"):
-            with pytest.raises(SettingsError, match=f"a {kind} head with {what}.*Fix: launch it with configs/acc"):
+    for what in ("FSDP", "DeepSpeed ZeRO-2", "DeepSpeed ZeRO-3"):
+        for kind in ("scalar", "ensemble", "attributes", "odin"):
+            if (kind, what) != ("odin", "DeepSpeed ZeRO-3"):
                 check_supported(0, "auto", what, kind)
+    with pytest.raises(SettingsError, match="--length-head with DeepSpeed ZeRO-3: .*Fix: .*deepspeed_zero2.yaml"):
+        check_supported(0, "auto", "DeepSpeed ZeRO-3", "odin")

@@ -12,38 +12,25 @@ The references run on one thread, as each launched process does (accelerate sets
 split over other threads rounds differently (~1e-9), and the held-out metrics before training are then equal to the
 last bit, which shows the evaluation spread over the processes computes what one process does."""
 
-import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-from conftest import ROOT, synthetic_groups, write_jsonl
-from safetensors.torch import load_file
+from launches import (
+    flags,
+    free_port,
+    launch,
+    results,
+    settings,
+    sigterm_then_resume,
+    train_launched_and_alone,
+    weights,
+    write_data,
+)
 
 from rankrm.errors import SettingsError
-from rankrm.training.checkpoint import checkpoints, verify
+from rankrm.training.checkpoint import checkpoints
 from rankrm.training.config import TrainConfig
 from rankrm.training.run import train
 
-# 19 training groups in steps of 3: six full steps and a last step of 1 group, which leaves the second process a
-# zero-weight stand-in; micro-batches of 200 tokens split each step; eval every 3 steps, spread over the processes
-COMMON = dict(
-    epochs=1,
-    batch_size=3,
-    max_length=64,
-    learning_rate=3e-3,
-    warmup_ratio=0.1,
-    seed=0,
-    micro_batch_tokens=200,
-    eval_batch_tokens=300,
-    eval_steps=3,
-    keep_checkpoints=10,
-)
 CASES = {
     "padded-shuffled-pairs": dict(layout="padded", regime="shuffled-pairs"),
     "packed-frozen-cache": dict(layout="packed", train_layers=1),
@@ -54,91 +41,15 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("mp")
-    return write_jsonl(d / "train.jsonl", synthetic_groups(19, 1)), write_jsonl(
-        d / "eval.jsonl", synthetic_groups(9, 2)
-    )
-
-
-def settings(model_dirs, data, out, **kw) -> dict:
-    return dict(
-        model=str(model_dirs["llama-chat"]),
-        train_data=[str(data[0])],
-        eval_data=[str(data[1])],
-        output_dir=str(out),
-        **COMMON,
-        **kw,
-    )
-
-
-def flags(values: dict) -> list[str]:
-    args = []
-    for k, v in values.items():
-        args += [f"--{k.replace('_', '-')}", *(map(str, v) if isinstance(v, list) else [str(v)])]
-    return args
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(
-    args: list[str], script: list[str], config: str = "ddp.yaml", port: int | None = None, machine: list[str] = ()
-) -> subprocess.Popen:
-    """`accelerate launch` with a shipped recipe (DDP by default), 2 processes on the CPU (gloo), a free rendezvous
-    port; machine: the launcher flags of one machine of several."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
-        "ACCELERATE_USE_CPU": "1",
-        "PYTHONUNBUFFERED": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "OMP_NUM_THREADS": "1",
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ROOT / "configs" / "accelerate" / config),
-        "--num_processes",
-        "2",
-        "--main_process_port",
-        str(port or free_port()),
-        *machine,
-        *script,
-        *args,
-    ]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-
-
-def weights(out: Path) -> dict:
-    return load_file(str(out / "model.safetensors"))
-
-
-def results(out: Path) -> dict:
-    return json.loads((out / "eval_results.json").read_text())
+    return write_data(tmp_path_factory.mktemp("mp"))
 
 
 @pytest.fixture(scope="module")
 def runs(model_dirs, data, tmp_path_factory):
     """Each case trained by 2 launched processes (one launch for all) and by 1 process here."""
     root = tmp_path_factory.mktemp("runs")
-    arglists = [flags(settings(model_dirs, data, root / f"two-{name}", **kw)) for name, kw in CASES.items()]
-    (root / "args.json").write_text(json.dumps(arglists))
-    proc = launch([str(root / "args.json")], [str(ROOT / "tests" / "training" / "multi_runs.py")])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for name, kw in CASES.items():
-            train(TrainConfig(**settings(model_dirs, data, root / f"one-{name}", **kw)))
-    finally:
-        torch.set_num_threads(threads)
-        _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-3000:]
-    return root, err  # rankrm's lines go through logging to stderr
+    cases = {name: ("ddp", kw) for name, kw in CASES.items()}
+    return root, train_launched_and_alone(model_dirs, data, root, cases, {"ddp": "ddp.yaml"}, timeout=600)
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -169,29 +80,7 @@ def test_sigterm_to_the_launcher_stops_both_processes_with_one_checkpoint_then_r
     """The launcher (torchrun's agent) passes SIGTERM to both processes; they agree to stop after the step, the main
     process alone writes checkpoint step-1; `--resume latest` by 2 processes ends bit-identical to the run above."""
     root, _ = runs
-    out = tmp_path / "stopped"
-    args = flags(settings(model_dirs, data, out, save_steps=1, **CASES["auto"]))
-    proc = launch(args, ["-m", "rankrm", "train"])
-    try:
-        for line in proc.stderr:  # logged after both processes met in the first evaluation: both handle signals
-            if line.startswith("before training"):
-                proc.send_signal(signal.SIGTERM)
-                break
-        err = line + proc.communicate(timeout=300)[1]
-    finally:
-        proc.kill()
-    assert proc.returncode != 0  # torchrun's agent re-raises the signal as its own failure
-    assert err.count("stopped by SIGTERM after step 1") == 2, err[-3000:]  # both processes, at the same step
-    assert [c.name for c in checkpoints(out / "checkpoints")] == ["step-1"]
-    verify(out / "checkpoints" / "step-1")
-    assert not (out / "model.safetensors").exists()  # the run did not finish
-    proc = launch(args + ["--resume", "latest"], ["-m", "rankrm", "train"])
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-3000:]
-    assert "resumed from" in err and "at step 1" in err
-    a, b = weights(root / "two-auto"), weights(out)
-    assert all(torch.equal(a[n], b[n]) for n in a), "resumed 2-process run differs from the uninterrupted one"
-    assert results(out)["after"] == results(root / "two-auto")["after"]
+    sigterm_then_resume(root, "auto", CASES["auto"], "ddp.yaml", model_dirs, data, tmp_path)
 
 
 def test_the_multinode_recipe_two_machines_of_one_process_on_this_host_train_as_one(runs, model_dirs, data, tmp_path):

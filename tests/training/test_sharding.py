@@ -2,26 +2,30 @@
 configs/accelerate/fsdp_full_shard.yaml and fsdp_shard_grad_op.yaml, against one unsharded process on the same data
 and seed: weights within 1e-5 and the same metrics, with a last step of 1 group for 2 processes (the second takes
 part with a zero-weight pass) and micro-batch counts that differ between the processes (stand-in passes keep
-every collective matched); the saved model is a plain Hugging Face directory that transformers loads and that
-scores as RewardModel.score; a checkpoint holds the one-process state, so a sharded checkpoint resumes in one
-process as that process's own would, and a SIGTERM to the launcher + `--resume latest` ends bit-identical to the
-uninterrupted sharded run.
+every collective matched), for the scalar head and the ensemble, ODIN and attributes heads; the saved model is a
+plain Hugging Face directory that transformers loads and that scores as RewardModel.score; a checkpoint holds the
+one-process state, so a sharded checkpoint resumes in one process as that process's own would, and a SIGTERM to
+the launcher + `--resume latest` ends bit-identical to the uninterrupted sharded run (launches.py, shared with
+test_deepspeed.py).
 
 Cost: two launches of 2 processes (one per recipe, at the same time, each running its cases in sequence through
-tests/multi_runs.py) while the 1-process references run here, then the signal test's two launches: ~2-4 minutes
+tests/multi_runs.py) while the 1-process references run here, then the signal test's two launches: ~3-4 minutes
 on 2 busy cores."""
 
 import json
-import shutil
-import signal
 
 import pytest
 import torch
-from conftest import ROOT, synthetic_groups, write_jsonl
-from safetensors.torch import load_file
-from test_multiprocess import flags, launch, results, settings, weights
+from conftest import ROOT
+from launches import (
+    resumes_in_one_process,
+    settings,
+    sigterm_then_resume,
+    train_launched_and_alone,
+    two_train_as_one,
+    write_data,
+)
 
-from rankrm.training.checkpoint import checkpoints, verify
 from rankrm.training.config import TrainConfig
 from rankrm.training.run import train
 
@@ -32,67 +36,33 @@ CASES = {  # (recipe, layout settings): padded and packed rows (kv trains unshar
     "full-top-layer-padded": ("full", dict(layout="padded", train_layers=1)),
     "full-padded-shuffled-pairs": ("full", dict(layout="padded", regime="shuffled-pairs")),
     "grad-op-auto": ("grad-op", dict(layout="auto", gradient_checkpointing=True)),  # auto: padded or packed
+    # heads: the ensemble's and the weighted attributes' reward row is re-tied after each step from rows that
+    # FSDP2 holds sharded (sharding.tie_reward_row); ODIN's orthogonality term reads the head after the forward.
+    # ODIN's length term is a correlation over a micro-batch's completions: one group per micro-batch (1 token:
+    # each group alone) makes the micro-batches the same however the groups are dealt to the processes
+    "full-ensemble": ("full", dict(layout="packed", ensemble=2)),
+    "full-odin": ("full", dict(layout="padded", length_head=True, micro_batch_tokens=1)),
+    "grad-op-attributes": ("grad-op", dict(layout="packed", attributes="auto", attribute_weights="goodness=1")),
 }
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """test_multiprocess's data: 19 training groups (steps of 3, a last step of 1), 9 held out."""
-    d = tmp_path_factory.mktemp("fsdp-data")
-    return write_jsonl(d / "train.jsonl", synthetic_groups(19, 1)), write_jsonl(
-        d / "eval.jsonl", synthetic_groups(9, 2)
-    )
+    return write_data(tmp_path_factory.mktemp("fsdp-data"))
 
 
 @pytest.fixture(scope="module")
 def runs(model_dirs, data, tmp_path_factory):
     """Each case trained by 2 launched FSDP2 processes and by 1 unsharded process here."""
     root = tmp_path_factory.mktemp("sharded")
-    procs = []
-    for recipe, config in RECIPES.items():
-        arglists = [
-            flags(settings(model_dirs, data, root / f"two-{name}", **kw))
-            for name, (r, kw) in CASES.items()
-            if r == recipe
-        ]
-        (root / f"{recipe}.json").write_text(json.dumps(arglists))
-        script = [str(ROOT / "tests" / "training" / "multi_runs.py")]
-        procs.append(launch([str(root / f"{recipe}.json")], script, config))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each launched process runs (OMP_NUM_THREADS=1): the same float sums
-    try:
-        for name, (_, kw) in CASES.items():
-            train(TrainConfig(**settings(model_dirs, data, root / f"one-{name}", **kw)))
-    finally:
-        torch.set_num_threads(threads)
-        logs = [p.communicate(timeout=900) for p in procs]
-    for p, (_, err) in zip(procs, logs):
-        assert p.returncode == 0, err[-3000:]
-    return root, "".join(err for _, err in logs)  # rankrm's lines go through logging to stderr
+    return root, train_launched_and_alone(model_dirs, data, root, CASES, RECIPES)
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_two_sharded_processes_train_as_one(runs, model_dirs, name):
     root, log = runs
-    start = load_file(str(model_dirs["llama-chat"] / "model.safetensors"))
-    one, two = root / f"one-{name}", root / f"two-{name}"
-    a, b = weights(one), weights(two)
-    assert a.keys() == b.keys()
-    for n in a:  # every tensor, in the precision it trained in
-        assert b[n].dtype == a[n].dtype, n
-        torch.testing.assert_close(b[n], a[n], rtol=0, atol=1e-5, msg=n)
-    backbone = [n for n in start if n in b]  # (not the LM head, which a reward model drops)
-    trained = [n for n in backbone if not torch.equal(b[n], start[n])]
-    assert len(trained) == (10 if "top-layer" in name else len(backbone))  # top layer: its 9 tensors + final norm
-    ra, rb = results(one), results(two)
-    assert rb["before"] == ra["before"]  # exact: each reward of the spread evaluation is the one process's
-    assert rb["after"]["accuracy"] == ra["after"]["accuracy"]
-    assert rb["after"]["log_loss"] == pytest.approx(ra["after"]["log_loss"], abs=1e-6)
-    assert [h["step"] for h in rb["history"]] == [h["step"] for h in ra["history"]] == [3, 6]
-    for ha, hb in zip(ra["history"], rb["history"]):
-        assert hb["accuracy"] == ha["accuracy"]
-        assert hb["train_loss"] == pytest.approx(ha["train_loss"], abs=1e-6)
-    assert rb["steps"] == ra["steps"] == 7
+    two_train_as_one(root, name, model_dirs)
     recipe = CASES[name][0]
     what = "full shard" if recipe == "full" else "shard-grad-op"
     runs_of_recipe = sum(r == recipe for r, _ in CASES.values())  # each run of the launch sharded, not only the first
@@ -106,26 +76,7 @@ def test_a_sharded_checkpoint_holds_the_one_process_state_and_resumes_in_one_pro
     checkpoint (weights and AdamW moments within 1e-5, the same names); resumed by one unsharded process it ends
     where the uninterrupted 1-process run ends."""
     root, _ = runs
-    name = "full-packed"
-    mine, theirs = (root / f"{w}-{name}" / "checkpoints" / "step-3" for w in ("two", "one"))
-    verify(mine)
-    for f in ("trainable.safetensors", "optimizer.safetensors"):
-        a, b = load_file(str(theirs / f)), load_file(str(mine / f))
-        assert a.keys() == b.keys(), f
-        for n in a:
-            torch.testing.assert_close(b[n], a[n], rtol=0, atol=1e-5, msg=f"{f}: {n}")
-    out = tmp_path / "resumed"
-    shutil.copytree(mine, out / "checkpoints" / "step-3")
-    cfg = settings(model_dirs, data, out, **CASES[name][1], resume="latest")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train(TrainConfig(**cfg))
-    finally:
-        torch.set_num_threads(threads)
-    a, b = weights(root / f"one-{name}"), weights(out)
-    for n in a:
-        torch.testing.assert_close(b[n], a[n], rtol=0, atol=1e-5, msg=n)
+    resumes_in_one_process(root, "full-packed", CASES["full-packed"][1], model_dirs, data, tmp_path)
 
 
 def test_the_sharded_model_is_a_plain_hugging_face_model_that_scores_as_reward_model(runs):
@@ -156,29 +107,7 @@ def test_sigterm_to_a_sharded_launch_then_resume_is_bit_identical(runs, model_di
     writes one checkpoint (the gathered state); `--resume latest` by 2 sharded processes ends bit-identical to the
     uninterrupted sharded run."""
     root, _ = runs
-    name = "full-packed"
-    out = tmp_path / "stopped"
-    args = flags(settings(model_dirs, data, out, **{**CASES[name][1], "save_steps": 1}))
-    proc = launch(args, ["-m", "rankrm", "train"], RECIPES["full"])
-    try:
-        for line in proc.stderr:  # logged after both processes met in the first evaluation: both handle signals
-            if line.startswith("before training"):
-                proc.send_signal(signal.SIGTERM)
-                break
-        err = line + proc.communicate(timeout=300)[1]
-    finally:
-        proc.kill()
-    assert proc.returncode != 0
-    assert err.count("stopped by SIGTERM after step 1") == 2, err[-3000:]
-    assert [c.name for c in checkpoints(out / "checkpoints")] == ["step-1"]
-    assert not (out / "model.safetensors").exists()
-    proc = launch(args + ["--resume", "latest"], ["-m", "rankrm", "train"], RECIPES["full"])
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-3000:]
-    assert "resumed from" in err and "at step 1" in err
-    a, b = weights(root / f"two-{name}"), weights(out)
-    assert all(torch.equal(a[n], b[n]) for n in a), "resumed sharded run differs from the uninterrupted one"
-    assert results(out)["after"] == results(root / f"two-{name}")["after"]
+    sigterm_then_resume(root, "full-packed", CASES["full-packed"][1], RECIPES["full"], model_dirs, data, tmp_path)
 
 
 RECIPE_ENV = {  # what `accelerate launch` sets from each shipped recipe (and from FSDP1 recipes)
