@@ -20,8 +20,8 @@ import torch
 from benchmarks._results import save
 from benchmarks.throughput import PeakMemory, synthetic_groups
 from rankrm.modeling.model import RewardModel
+from rankrm.training.build import disable_dropout
 from rankrm.training.loop import backward_step
-from rankrm.training.run import disable_dropout
 
 ROOT = Path(__file__).resolve().parents[1]
 

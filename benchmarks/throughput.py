@@ -46,10 +46,10 @@ from rankrm.data.encode import TokenizedGroup
 from rankrm.modeling.frozen import layer_stack
 from rankrm.modeling.hub import DEFAULT_MODEL
 from rankrm.modeling.model import RewardModel
+from rankrm.training.build import disable_dropout
 from rankrm.training.config import TrainConfig
 from rankrm.training.loop import backward_step
 from rankrm.training.prefetch import Prefetcher, StepRecipe
-from rankrm.training.run import disable_dropout
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYOUTS = ["padded", "packed", "kv", "auto"]

@@ -23,8 +23,8 @@ from benchmarks._results import save
 from benchmarks.throughput import MICRO_BATCH_TOKENS, sync, synthetic_groups
 from rankrm.modeling.hub import DEFAULT_MODEL
 from rankrm.modeling.model import RewardModel
+from rankrm.training.build import disable_dropout
 from rankrm.training.loop import backward_step
-from rankrm.training.run import disable_dropout
 
 ROOT = Path(__file__).resolve().parents[1]
 
