@@ -247,6 +247,7 @@ def test_training_from_a_store_is_bit_identical_to_training_from_the_file(tmp_pa
         "1",
         "--learning-rate",
         "1e-3",
+        "--no-plots",
     ]
     env = {
         **os.environ,

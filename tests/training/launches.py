@@ -44,6 +44,7 @@ COMMON = dict(
     eval_batch_tokens=300,
     eval_steps=3,
     keep_checkpoints=10,
+    plots=False,  # the report's PNGs (matplotlib, ~4 s a run here) are tested in test_run.py, not under every engine
 )
 
 

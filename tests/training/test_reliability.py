@@ -36,6 +36,7 @@ KW = dict(
     seed=0,
     learning_rate=3e-3,
     eval_fraction=0.25,
+    plots=False,  # the report is tested in test_run.py
 )
 
 
