@@ -38,10 +38,11 @@ from rankrm.training.checkpoint import RunLock, check_identity, find_checkpoint,
 from rankrm.training.config import TrainConfig
 from rankrm.training.data import Data, check_tokens, load_data
 from rankrm.training.determinism import setup_determinism
-from rankrm.training.loop import all_sum, evaluate_shared, loop
+from rankrm.training.loop import loop
 from rankrm.training.signals import StopSignals
 from rankrm.training.state import Prepared, Run, RunState, TrainResult, plan_run
 from rankrm.training.tracking import accelerator_kwargs, end_trackers, scalars, start_trackers
+from rankrm.training.validation import all_sum, evaluate_shared
 
 log = logging.getLogger(__name__)
 
