@@ -14,7 +14,7 @@ from torch import nn
 from rankrm.data.encode import PAD_TOKEN, TextEncoder, add_pad_token
 from rankrm.errors import ModelError, NonFiniteError, SettingsError
 from rankrm.files import TMP_PREFIX, atomic_dir
-from rankrm.modeling.attention import SEGMENT_AWARE, layout_problem
+from rankrm.modeling.attention import OWN_PASS, SEGMENT_AWARE, layout_problem
 from rankrm.modeling.attention import register as register_attention
 from rankrm.modeling.batch import Batch
 from rankrm.modeling.card import CARD_FILE, model_card
@@ -86,6 +86,7 @@ class RewardModel(Scoring, nn.Module):
         """tokenizer and max_length make the model's TextEncoder; or give the encoder itself (its tokenizer and max
         length), the one a training run prepared its data with. head: what the head's outputs mean (scalar)."""
         super().__init__()
+        register_attention()  # a backbone built by hand (not from_pretrained) reaches rankrm's sdpa too
         encoder = encoder or TextEncoder(tokenizer, max_length)
         ensure_pad_token(hf_model, encoder.tokenizer)
         if not isinstance(getattr(hf_model, "score", None), nn.Linear):
@@ -148,8 +149,7 @@ class RewardModel(Scoring, nn.Module):
         verbosity = hf_logging.get_verbosity()
         if not meta:  # a fresh head is expected to be missing from an LM checkpoint: no load report for it
             hf_logging.set_verbosity_error()
-        if attn_implementation in SEGMENT_AWARE:
-            register_attention()
+        register_attention()  # rankrm_varlen, and sdpa's rankrm passes (attention.py)
         try:
             extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
             with library_bars("transformers"):  # its "Loading weights" bar: on a terminal only
@@ -309,14 +309,15 @@ class RewardModel(Scoring, nn.Module):
     def _attention(self, mask: torch.Tensor, segments: Segments | None) -> dict:
         """The attention arguments of one backbone pass: the batch's segments for a segment-aware function (which
         transformers hands the mask unread); else the mask as the implementation takes it: eager adds a 4D mask to the
-        scores (allowed 0, masked the most negative float); sdpa and the others take the bool mask as it is."""
+        scores (allowed 0, masked the most negative float); sdpa and the others take the bool mask as it is, sdpa
+        marked as a rankrm pass (attention.sdpa_attention: grouped key/value heads unrepeated on a CPU)."""
         impl = self.hf.config._attn_implementation
         if impl in SEGMENT_AWARE:
             return {"attention_mask": mask, "rankrm_segments": segments}
         if mask.dim() == 4 and impl == "eager":
             dtype = next(self.parameters()).dtype
             mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
-        return {"attention_mask": mask}
+        return {"attention_mask": mask, **({OWN_PASS: True} if impl == "sdpa" else {})}
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """The head's outputs (N, O) at the flat positions batch.end_index of the (B, T) batch; output 0 is the reward,
