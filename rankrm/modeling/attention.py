@@ -163,6 +163,16 @@ def sdpa_attention(
     return out.transpose(1, 2).contiguous(), None  # (B, T, Hq, Dv), as transformers' function returns it
 
 
+def sdpa_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A pass's 4D bool mask as the additive float mask SDPA makes of it (0 allowed, -inf masked), made once for all
+    the layers: on a CPU SDPA converts a bool mask in every layer (a torch.where over (B, 1, T, S), kept for the
+    backward), and a float mask gives the same outputs and gradients to the last bit. A CPU outside autocast only,
+    where the query's dtype is the weights' (dtype), which a float mask must have; elsewhere the mask as it is."""
+    if mask.dim() != 4 or mask.dtype != torch.bool or mask.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
+        return mask
+    return torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask, float("-inf"))
+
+
 def register() -> None:
     """Make `rankrm_varlen` an attn_implementation every transformers backbone can load (Llama, Qwen2, GPT-2, ...),
     and `sdpa` sdpa_attention (transformers' own function for every caller but a rankrm pass);
