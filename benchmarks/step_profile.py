@@ -15,6 +15,7 @@ profiler adds a few microseconds per op: the figures are shares, not the unprofi
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import tempfile
 import time
@@ -136,6 +137,7 @@ def main() -> None:
         "kv": p_len + k * c,
     }
     cols: dict[str, dict[str, float]] = {}
+    load = os.getloadavg()[0]  # other work on the machine, stated with the figures
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
         start = {n: v.clone() for n, v in model.state_dict().items()}
@@ -162,7 +164,8 @@ def main() -> None:
         rows.append(f"| {cat} | " + " | ".join(cells) + " |")
     counted = ", ".join(f"{m}: {cols[m]['tokens']}" for m in names)
     head = (
-        f"# Where a training step's time goes (torch.profiler, self CPU time)\n\ncpu, {torch.get_num_threads()} "
+        f"# Where a training step's time goes (torch.profiler, self CPU time)\n\ncpu (load average {load:.1f} "
+        f"at the start, {os.getloadavg()[0]:.1f} at the end), {torch.get_num_threads()} "
         f"thread(s); {Path(args.model).name}, {model.hf.config.num_hidden_layers} layers; K = {k}, P = {p_len}, "
         f"C = {c}, {args.groups_per_step} prompts a step, {args.steps} steps (rankrm: the last {args.steps - 1}); "
         f"{args.attn_implementation}. Per method: ms per optimizer step | ns per token the bound counts "

@@ -33,6 +33,7 @@ packed row costs more than its tokens and the fixed optimizer step less.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 from math import comb
@@ -176,6 +177,7 @@ def main() -> None:
     )
 
     rows, results = [], []
+    load_before = os.getloadavg()[0]  # other work on the machine: stated with the figures
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)  # TRL trains the same weights, loaded as a plain transformers model
         start_state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -202,8 +204,9 @@ def main() -> None:
                     rows.append(table_row(line))
                     print(rows[-1], flush=True)
 
+    load = f"load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (1-minute)"
     head = (
-        f"# Training throughput: rankrm layouts vs TRL RewardTrainer\n\n{device}, "
+        f"# Training throughput: rankrm layouts vs TRL RewardTrainer\n\n{device}, {load}, "
         f"{torch.get_num_threads()} threads; {Path(args.model).name}, first {n_layers} layers "
         f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters), {dtype}, "
         f"{'whole model' if args.train_embeddings else 'all but the input embeddings'} trained, AdamW; {args.groups_per_step} prompts per optimizer step, {args.steps - 1} timed steps after a warm-up "
@@ -228,6 +231,7 @@ def main() -> None:
         {
             "settings": {n: v for n, v in vars(args).items() if n != "tokenizer"} | {"out": str(args.out)},
             "device": str(device),
+            "load_average": [load_before, os.getloadavg()[0]],
             "results": results,
         },
         "throughput",
