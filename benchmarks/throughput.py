@@ -14,7 +14,10 @@ gradient clipping) on the same groups for the same optimizer steps of --groups-p
   accumulated per optimizer step, so a step covers the same comparisons; TRL's own defaults of bf16 and gradient
   checkpointing are turned off to compare like with like.
 Time: from the end of the first (warm-up) optimizer step to the end of the last, so it covers collation, forward,
-backward and the optimizer, and not loading or data preparation. Peak memory: above the level at the start of each
+backward and the optimizer, and not loading or data preparation; wall seconds, and the process's CPU seconds (all
+its threads) over the same steps, which a loaded machine disturbs less. --repeats R runs every method R times in
+rounds (each round every method once, the order rotated from round to round); the figures are medians over the
+rounds, the speedups the median of each round's own ratio (paired, as the machine's speed drifts). Peak memory: above the level at the start of each
 run (CUDA allocator peak on a GPU; on a CPU the resident set size sampled every 2 ms, after freed heap is returned
 to the OS).
 
@@ -23,192 +26,95 @@ K (P + C) padded or P + K C packed and kv. A layout whose cost is proportional t
 packed row costs more than its tokens and the fixed optimizer step less.
 
     python -m benchmarks.throughput     # 14 min measured on 2 CPU cores; needs trl (a dev dependency)
+    python -m benchmarks.throughput --model DIR --layers 0 --ks 9 --prompt-factors 4 --steps 8 --repeats 3
     python -m benchmarks.throughput --model DIR --ks 2 --prompt-factors 1 --steps 2   # a quick check
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import os
-import random
+import statistics
 import tempfile
-import threading
-import time
 from math import comb
 from pathlib import Path
 
 import torch
 
 from benchmarks._results import save
-from rankrm.data.encode import TokenizedGroup
+from benchmarks._throughput_runs import MICRO_BATCH_TOKENS, PeakMemory, run_rankrm, run_trl, sync, synthetic_groups
 from rankrm.modeling.frozen import layer_stack
 from rankrm.modeling.hub import DEFAULT_MODEL
 from rankrm.modeling.model import RewardModel
 from rankrm.training.build import disable_dropout
-from rankrm.training.config import TrainConfig
-from rankrm.training.loop import backward_step
-from rankrm.training.prefetch import Prefetcher, StepRecipe
 
+__all__ = ["MICRO_BATCH_TOKENS", "PeakMemory", "sync", "synthetic_groups"]  # other benchmarks import them from here
 ROOT = Path(__file__).resolve().parents[1]
 LAYOUTS = ["padded", "packed", "kv", "auto"]
-MICRO_BATCH_TOKENS = TrainConfig(train_data=["synthetic"]).micro_batch_tokens  # `rankrm train`'s default
 
 
-def sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+def measure(model, start_state: dict, tmp: str, steps: list, args, device) -> dict[str, list[dict]]:
+    """Each method's runs over the same steps: args.repeats rounds of every rankrm layout and TRL, the order rotated
+    by one each round (no method always first or last), rankrm's weights reset before each of its runs."""
+    methods = list(args.layouts) + ([] if args.no_trl else ["trl"])
+    runs: dict[str, list[dict]] = {m: [] for m in methods}
+    for r in range(args.repeats):
+        for name in methods[r % len(methods) :] + methods[: r % len(methods)]:
+            if name == "trl":
+                runs[name].append(run_trl(tmp, args.tokenizer, steps, device, args.train_embeddings))
+            else:
+                model.load_state_dict(start_state)
+                runs[name].append(run_rankrm(model, steps, name, device, prefetch=not args.no_prefetch))
+    return runs
 
 
-class PeakMemory:
-    """Peak memory above the level at entry, in MiB (self.mib)."""
+def summarize(runs: dict[str, list[dict]], tokens: dict[str, int], n_groups: int) -> dict[str, dict]:
+    """Per method: wall and CPU seconds, host share as medians over the rounds, the largest peak; its speedups over
+    TRL and padded as the median of each round's own ratio (both ran in that round, under the same load)."""
 
-    def __init__(self, device):
-        self.device, self.mib = device, 0.0
+    def med(name: str, key: str) -> float:
+        return statistics.median(r[key] for r in runs[name])
 
-    @staticmethod
-    def rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    def paired(name: str, base: str, key: str = "seconds") -> float:
+        return statistics.median(b[key] / a[key] for a, b in zip(runs[name], runs[base]))
 
-    def _sample(self):
-        while not self.done.is_set():
-            self.peak = max(self.peak, self.rss())
-            time.sleep(0.002)
-
-    def __enter__(self):
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-        else:
-            try:
-                ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed heap back, so this run's peak shows
-            except OSError:
-                pass
-            self.base = self.peak = self.rss()
-            self.done = threading.Event()
-            self.thread = threading.Thread(target=self._sample, daemon=True)
-            self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            peak = torch.cuda.max_memory_allocated()
-        else:
-            self.done.set()
-            self.thread.join()
-            peak = max(self.peak, self.rss())
-        self.mib = (peak - self.base) / 2**20
-
-
-def synthetic_groups(k: int, p: int, c: int, n: int, vocab: list[int], eos: int, seed: int) -> list[TokenizedGroup]:
-    """n groups: a prompt of p random tokens shared by k completions of c tokens (c - 1 random, then EOS), ranked
-    in a random order."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        prompt = [rng.choice(vocab) for _ in range(p)]
-        ranks = list(range(k))
-        rng.shuffle(ranks)
-        out.append(
-            TokenizedGroup([prompt + [rng.choice(vocab) for _ in range(c - 1)] + [eos] for _ in range(k)], ranks)
-        )
+    out = {}
+    for name, rs in runs.items():
+        used = "+".join(sorted({u for r in rs for u in r.get("layouts_used", "trl").split("+")}))
+        s = {"rounds": len(rs), "seconds": med(name, "seconds"), "cpu_seconds": med(name, "cpu_seconds")}
+        s |= {"timed_steps": rs[0]["timed_steps"], "peak_mib": max(r["peak_mib"] for r in rs)}
+        if name != "trl":
+            s |= {"layouts_used": used, "host_share": med(name, "host_share")}
+        s["tokens_per_group"] = tokens.get(used, tokens["padded"])  # a mix of layouts: counted as padded rows
+        s["groups_per_s"] = n_groups / s["seconds"]
+        s["tokens_per_s"] = s["groups_per_s"] * s["tokens_per_group"]
+        if "trl" in runs and name != "trl":
+            s["token_ratio_bound"] = tokens["trl"] / s["tokens_per_group"]
+            for kind, key in (("", "seconds"), ("cpu_", "cpu_seconds")):
+                s[f"{kind}speedup_vs_trl"] = paired(name, "trl", key)
+                s[f"{kind}share_of_bound"] = s[f"{kind}speedup_vs_trl"] / s["token_ratio_bound"]
+        if "padded" in runs:
+            s["vs_padded"] = paired(name, "padded")
+        out[name] = s | {"runs": rs}
     return out
 
 
-def run_rankrm(
-    model: RewardModel, steps: list[list[TokenizedGroup]], layout: str, device, prefetch: bool = True
-) -> dict:
-    """The trainer's step over `steps`; with prefetch, each next step planned and collated in the background
-    thread as `rankrm train` does (training/prefetch.py). host_share: the planning and collating left on the
-    critical path (the wait for the thread, or all of it inline), as a share of the timed steps' time."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-6)
-    recipe = StepRecipe(MICRO_BATCH_TOKENS, layout, model.attention_per_token, model.tokenizer.pad_token_id)
-    ahead = Prefetcher(lambda s: recipe.prepare(steps[s], device), len(steps)) if prefetch else None
-    ends, chosen, host = [], set(), []
-    with PeakMemory(device) as mem:
-        for s, groups in enumerate(steps):
-            st = backward_step(
-                model,
-                groups,
-                1 / len(groups),
-                micro_batch_tokens=MICRO_BATCH_TOKENS,
-                layout=layout,
-                attention_per_token=model.attention_per_token,
-                pad_id=model.tokenizer.pad_token_id,
-                prepared=ahead.get(s) if ahead else None,
-            )
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            sync(device)
-            ends.append(time.perf_counter())
-            host.append(st.host_seconds)
-            chosen.update(st.layouts)  # the layouts the micro-batches ran in
-    del opt
-    return {
-        "seconds": ends[-1] - ends[0],
-        "timed_steps": len(steps) - 1,
-        "peak_mib": mem.mib,
-        "layouts_used": "+".join(sorted(chosen)),
-        "host_share": sum(host[1:]) / (ends[-1] - ends[0]),
-    }
-
-
-def run_trl(model_dir: str, tokenizer, steps: list[list[TokenizedGroup]], device, train_embeddings: bool) -> dict:
-    from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, TrainerCallback
-    from trl import RewardConfig, RewardTrainer
-
-    ends = []
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            sync(device)
-            ends.append(time.perf_counter())
-
-    k = len(steps[0][0].ids)
-    pairs = [
-        {"chosen_ids": g.ids[w], "rejected_ids": g.ids[l]}
-        for groups in steps
-        for g in groups
-        for w, l in g.comparisons()
-    ]
-    hf = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, dtype=torch.float32)
-    hf.get_input_embeddings().requires_grad_(train_embeddings)
-    with tempfile.TemporaryDirectory() as tmp:
-        args = RewardConfig(
-            output_dir=tmp,
-            per_device_train_batch_size=comb(k, 2),
-            gradient_accumulation_steps=len(steps[0]),
-            max_steps=len(steps),
-            learning_rate=1e-6,
-            lr_scheduler_type="constant",
-            max_grad_norm=1.0,
-            bf16=False,
-            gradient_checkpointing=False,
-            max_length=None,
-            save_strategy="no",
-            eval_strategy="no",
-            report_to=[],
-            logging_steps=10**9,
-            disable_tqdm=True,
-            dataloader_num_workers=0,
-            use_cpu=device.type == "cpu",
-            seed=0,
+def table_row(r: dict) -> str:
+    """One method's line of the Markdown table."""
+    if "speedup_vs_trl" in r:
+        su = (
+            f"{r['speedup_vs_trl']:.2f}x | {r['token_ratio_bound']:.2f}x | {100 * r['share_of_bound']:.0f}% | "
+            f"{r['cpu_speedup_vs_trl']:.2f}x | {100 * r['cpu_share_of_bound']:.0f}%"
         )
-        trainer = RewardTrainer(
-            model=hf, args=args, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer, callbacks=[Clock()]
-        )
-        with PeakMemory(device) as mem:
-            trainer.train()
-    del trainer, hf
-    return {"seconds": ends[-1] - ends[0], "timed_steps": len(ends) - 1, "peak_mib": mem.mib}
+    else:
+        su = "- | - | - | - | -"
+    shown = f"{r['method']} ({r['layouts_used']})" if r["method"] == "auto" else r["method"]
+    host = f"{100 * r['host_share']:.1f}%" if "host_share" in r else "-"
+    vs = f"{r['vs_padded']:.2f}" if "vs_padded" in r else "-"
+    return (
+        f"| {r['K']} | {r['P']} | {r['C']} | {shown} | {r['groups_per_s']:.2f} | {r['tokens_per_s']:.0f} | "
+        f"{r['peak_mib']:.0f} | {su} | {vs} | {host} |"
+    )
 
 
 def main() -> None:
@@ -246,6 +152,7 @@ def main() -> None:
     p.add_argument("--attn-implementation", default="sdpa", help="rankrm's attention (sdpa, rankrm_varlen, ...)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--name", default="throughput", help="results file stem")
+    p.add_argument("--repeats", type=int, default=1, help="rounds of every method (medians; paired ratios)")
     args = p.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -270,9 +177,11 @@ def main() -> None:
     )
 
     rows, results = [], []
+    load_before = os.getloadavg()[0]  # other work on the machine: stated with the figures
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)  # TRL trains the same weights, loaded as a plain transformers model
         start_state = {k: v.clone() for k, v in model.state_dict().items()}
+        args.tokenizer = tok
         c = args.completion_tokens
         for k in args.ks:
             for f in args.prompt_factors:
@@ -288,55 +197,16 @@ def main() -> None:
                     "packed": p_len + k * c,
                     "kv": p_len + k * c,
                 }
-                runs = {}
-                for layout in args.layouts:
-                    model.load_state_dict(start_state)
-                    runs[layout] = run_rankrm(model, steps, layout, device, prefetch=not args.no_prefetch)
-                if not args.no_trl:
-                    runs["trl"] = run_trl(tmp, tok, steps, device, args.train_embeddings)
+                runs = summarize(measure(model, start_state, tmp, steps, args, device), tokens, n_groups)
                 for name, r in runs.items():
-                    r["groups_per_s"] = n_groups / r["seconds"]
-                    per_group = (
-                        tokens[r.get("layouts_used", "trl")]
-                        if name != "auto" or "+" not in r["layouts_used"]
-                        else tokens["padded"]
-                    )
-                    r["tokens_per_group"] = per_group
-                    r["tokens_per_s"] = r["groups_per_s"] * per_group
-                base = runs.get("trl")
-                for name, r in runs.items():
-                    line = {
-                        "K": k,
-                        "P": p_len,
-                        "C": c,
-                        "method": name,
-                        **{x: round(v, 4) if isinstance(v, float) else v for x, v in r.items()},
-                    }
-                    if base is not None and name != "trl":
-                        line["speedup_vs_trl"] = r["groups_per_s"] / base["groups_per_s"]
-                        line["token_ratio_bound"] = tokens["trl"] / r["tokens_per_group"]
-                        line["share_of_bound"] = line["speedup_vs_trl"] / line["token_ratio_bound"]
-                    padded = runs.get("padded", r)
-                    line["vs_padded"] = r["groups_per_s"] / padded["groups_per_s"]
+                    line = {"K": k, "P": p_len, "C": c, "method": name, **r}
                     results.append(line)
-                    su = (
-                        (
-                            f"{line['speedup_vs_trl']:.2f}x | {line['token_ratio_bound']:.2f}x | "
-                            f"{100 * line['share_of_bound']:.0f}%"
-                        )
-                        if "speedup_vs_trl" in line
-                        else "- | - | -"
-                    )
-                    shown = f"{name} ({r['layouts_used']})" if name == "auto" else name
-                    rows.append(
-                        f"| {k} | {p_len} | {c} | {shown} | {r['groups_per_s']:.2f} | {r['tokens_per_s']:.0f} | "
-                        f"{r['peak_mib']:.0f} | {su} | {line['vs_padded']:.2f} | "
-                        + (f"{100 * r['host_share']:.1f}% |" if "host_share" in r else "- |")
-                    )
+                    rows.append(table_row(line))
                     print(rows[-1], flush=True)
 
+    load = f"load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (1-minute)"
     head = (
-        f"# Training throughput: rankrm layouts vs TRL RewardTrainer\n\n{device}, "
+        f"# Training throughput: rankrm layouts vs TRL RewardTrainer\n\n{device}, {load}, "
         f"{torch.get_num_threads()} threads; {Path(args.model).name}, first {n_layers} layers "
         f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters), {dtype}, "
         f"{'whole model' if args.train_embeddings else 'all but the input embeddings'} trained, AdamW; {args.groups_per_step} prompts per optimizer step, {args.steps - 1} timed steps after a warm-up "
@@ -345,16 +215,25 @@ def main() -> None:
         "Tokens per prompt: TRL 2 C(K,2) (P + C); padded K (P + C); packed and kv P + K C. The bound is TRL's tokens "
         "over the layout's; share of bound = speedup / bound. Peak memory: above the level at the run's start. Host share: "
         f"the planning and collating left on the critical path, as a share of the step "
-        f"({'inline, --no-prefetch' if args.no_prefetch else 'the next step prefetched by a background thread'}).\n\n"
+        f"({'inline, --no-prefetch' if args.no_prefetch else 'the next step prefetched by a background thread'}). "
+        f"{args.repeats} round(s) of every method, the order rotated from round to round: medians over the rounds; "
+        "the speedups the median of the rounds' own ratios, by wall time and by the process's CPU time (all its "
+        "threads; less disturbed by other jobs on a loaded machine).\n\n"
         "| K | P | C | method | prompts/s | tokens/s | peak memory (MiB) | speedup vs TRL | token-ratio bound | "
-        "share of bound | vs padded | host share |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        "share of bound | speedup by CPU time | its share of bound | vs padded | host share |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     )
     save(
         args.out,
         args.name,
         head,
         rows,
-        {"settings": vars(args) | {"out": str(args.out)}, "device": str(device), "results": results},
+        {
+            "settings": {n: v for n, v in vars(args).items() if n != "tokenizer"} | {"out": str(args.out)},
+            "device": str(device),
+            "load_average": [load_before, os.getloadavg()[0]],
+            "results": results,
+        },
         "throughput",
     )
 

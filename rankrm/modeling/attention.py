@@ -123,9 +123,61 @@ def emulate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seg: Segments, sc
     return o.transpose(1, 2)[q_real]  # (Nq, Hq, Dv): segment after segment, as q_index orders them
 
 
+# SDPA takes grouped key/value heads itself (enable_gqa) from torch 2.5
+SDPA_TAKES_GQA = "enable_gqa" in (F.scaled_dot_product_attention.__doc__ or "")
+OWN_PASS = "rankrm_pass"  # the keyword RewardModel.forward gives sdpa: a rankrm pass, which sdpa_attention may change
+# keywords backbones hand the attention function that transformers' sdpa function leaves unread (the mask already
+# holds the sliding window); any other (softcap, position_bias, sinks, ...) goes to transformers' own function
+SDPA_READS_NOT = {"sliding_window", "position_ids", "use_cache", "cache_position"}
+
+
+def sdpa_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    rankrm_pass: bool = False,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """transformers' sdpa attention, with one change for rankrm's own passes on a CPU: a grouped-query backbone's
+    keys and values go to SDPA as they are (enable_gqa), not repeated per query head.
+
+    transformers repeats them (repeat_kv: a copy of every key and value per query head, summed back in the
+    backward) whenever a mask is given, as CUDA's masked kernels would fall back to the math kernel for grouped
+    heads. On a CPU, SDPA's flash kernel takes the mask and the grouped heads together, with the same outputs and
+    gradients to the last bit (tests/modeling/test_attention.py); the copies were the kv layout's largest extra
+    cost, its keys (P + T per completion row) five times its queries in benchmarks/throughput.py's K = 9 setting
+    (docs/benchmarks.md). Everywhere else (CUDA, no mask, dropout, another caller) transformers' own function runs."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    mine = rankrm_pass and SDPA_TAKES_GQA and query.device.type == "cpu" and attention_mask is not None
+    if not mine or getattr(module, "num_key_value_groups", 1) == 1 or dropout > 0 or set(kwargs) - SDPA_READS_NOT:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+        )
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling, enable_gqa=True)
+    return out.transpose(1, 2).contiguous(), None  # (B, T, Hq, Dv), as transformers' function returns it
+
+
+def sdpa_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A pass's 4D bool mask as the additive float mask SDPA makes of it (0 allowed, -inf masked), made once for all
+    the layers: on a CPU SDPA converts a bool mask in every layer (a torch.where over (B, 1, T, S), kept for the
+    backward), and a float mask gives the same outputs and gradients to the last bit. A CPU outside autocast only,
+    where the query's dtype is the weights' (dtype), which a float mask must have; elsewhere the mask as it is."""
+    if mask.dim() != 4 or mask.dtype != torch.bool or mask.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
+        return mask
+    return torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask, float("-inf"))
+
+
 def register() -> None:
-    """Make `rankrm_varlen` an attn_implementation every transformers backbone can load (Llama, Qwen2, GPT-2, ...);
+    """Make `rankrm_varlen` an attn_implementation every transformers backbone can load (Llama, Qwen2, GPT-2, ...),
+    and `sdpa` sdpa_attention (transformers' own function for every caller but a rankrm pass);
     RewardModel.from_pretrained calls it (transformers is imported only then)."""
     from transformers import AttentionInterface
 
     AttentionInterface.register(VARLEN, varlen_attention)
+    AttentionInterface.register("sdpa", sdpa_attention)

@@ -14,12 +14,13 @@ from torch import nn
 from rankrm.data.encode import PAD_TOKEN, TextEncoder, add_pad_token
 from rankrm.errors import ModelError, NonFiniteError, SettingsError
 from rankrm.files import TMP_PREFIX, atomic_dir
-from rankrm.modeling.attention import SEGMENT_AWARE, layout_problem
+from rankrm.modeling.attention import OWN_PASS, SEGMENT_AWARE, layout_problem, sdpa_mask
 from rankrm.modeling.attention import register as register_attention
 from rankrm.modeling.batch import Batch
 from rankrm.modeling.card import CARD_FILE, model_card
 from rankrm.modeling.heads import HeadSpec, add_reward_bias, label_config
 from rankrm.modeling.hub import DEFAULT_MODEL, resolve
+from rankrm.modeling.kvcache import select_rows
 from rankrm.modeling.scoring import Scoring, batch_outputs, batch_rewards
 from rankrm.modeling.segments import Segments
 from rankrm.progress import library_bars
@@ -54,22 +55,6 @@ def ensure_pad_token(hf, tokenizer) -> None:
     hf.config.pad_token_id = tokenizer.pad_token_id
 
 
-def select_rows(cache, index: torch.Tensor) -> None:
-    """Each row of a key/value cache its group's prompt: cache.batch_select_indices, made deterministic.
-
-    batch_select_indices gathers with keys[index]; that gather's backward (index_put_ with accumulate) adds the
-    gradients of a group's K rows with float atomics from several threads on CPUs, in an order that depends on
-    thread timing, so two runs of one command differed, more when the machine was busy (docs/reproducibility.md).
-    index_select's backward (index_add_) adds them in index order."""
-    for layer in getattr(cache, "layers", ()):
-        if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
-            continue
-        layer.keys = layer.keys.index_select(0, index)
-        layer.values = layer.values.index_select(0, index)
-    if not getattr(cache, "layers", None):  # a cache of another shape: its own gather
-        cache.batch_select_indices(index)
-
-
 class RewardModel(Scoring, nn.Module):
     """A Hugging Face backbone without its LM head plus a linear head (heads.py; output 0 is the reward r(x, y)),
     read at y's last token (EOS). Its scoring methods (score, score_groups, ...) are in scoring.py."""
@@ -86,6 +71,7 @@ class RewardModel(Scoring, nn.Module):
         """tokenizer and max_length make the model's TextEncoder; or give the encoder itself (its tokenizer and max
         length), the one a training run prepared its data with. head: what the head's outputs mean (scalar)."""
         super().__init__()
+        register_attention()  # a backbone built by hand (not from_pretrained) reaches rankrm's sdpa too
         encoder = encoder or TextEncoder(tokenizer, max_length)
         ensure_pad_token(hf_model, encoder.tokenizer)
         if not isinstance(getattr(hf_model, "score", None), nn.Linear):
@@ -148,8 +134,7 @@ class RewardModel(Scoring, nn.Module):
         verbosity = hf_logging.get_verbosity()
         if not meta:  # a fresh head is expected to be missing from an LM checkpoint: no load report for it
             hf_logging.set_verbosity_error()
-        if attn_implementation in SEGMENT_AWARE:
-            register_attention()
+        register_attention()  # rankrm_varlen, and sdpa's rankrm passes (attention.py)
         try:
             extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
             with library_bars("transformers"):  # its "Loading weights" bar: on a terminal only
@@ -309,13 +294,17 @@ class RewardModel(Scoring, nn.Module):
     def _attention(self, mask: torch.Tensor, segments: Segments | None) -> dict:
         """The attention arguments of one backbone pass: the batch's segments for a segment-aware function (which
         transformers hands the mask unread); else the mask as the implementation takes it: eager adds a 4D mask to the
-        scores (allowed 0, masked the most negative float); sdpa and the others take the bool mask as it is."""
+        scores (allowed 0, masked the most negative float); sdpa, marked as a rankrm pass (attention.sdpa_attention:
+        grouped key/value heads unrepeated on a CPU), takes it as SDPA's additive mask, made once for all layers on a
+        CPU (attention.sdpa_mask); the others take the bool mask as it is."""
         impl = self.hf.config._attn_implementation
         if impl in SEGMENT_AWARE:
             return {"attention_mask": mask, "rankrm_segments": segments}
         if mask.dim() == 4 and impl == "eager":
             dtype = next(self.parameters()).dtype
             mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+        if impl == "sdpa":  # a rankrm pass (attention.sdpa_attention), its mask converted once (sdpa_mask)
+            return {"attention_mask": sdpa_mask(mask, next(self.parameters()).dtype), OWN_PASS: True}
         return {"attention_mask": mask}
 
     def forward(self, batch: Batch) -> torch.Tensor:

@@ -128,6 +128,44 @@ def token_budget_batches(lengths: list[int], budget: int, rows_per_item: list[in
     return batches
 
 
+def kv_budget_batches(groups: list[TokenizedGroup], order: list[int], budget: int) -> list[list[int]]:
+    """Groups taken in `order`, cut into kv passes whose token slots (groups x longest prompt + completions x
+    longest tail: both passes, as slots() counts them) stay within budget; a group larger than the budget gets a
+    pass of its own."""
+    batches, cur, p_len, t_len, rows = [], [], 0, 0, 0
+    for i in order:
+        g = groups[i]
+        p, t = g.prompt_length, max(len(r) for r in g.ids) - g.prompt_length
+        new_p, new_t, new_rows = max(p_len, p), max(t_len, t), rows + len(g.ids)
+        if cur and (len(cur) + 1) * new_p + new_rows * new_t > budget:
+            batches.append(cur)
+            cur, new_p, new_t, new_rows = [], p, t, len(g.ids)
+        cur.append(i)
+        p_len, t_len, rows = new_p, new_t, new_rows
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def refill_kv(
+    groups: list[TokenizedGroup], plan: list[tuple[list[int], str]], budget: int
+) -> list[tuple[list[int], str]]:
+    """A plan whose kv passes are sized by the kv slots they really take: each run of consecutive kv passes (sized
+    as padded rows, K (P + T) slots a group) refilled by kv_budget_batches in the same order. A kv group takes
+    P + K T slots, so a pass then holds up to K times as many groups and a step runs fewer passes (each pass costs
+    a fixed overhead: two backbone calls, the cache's setup, kernel launches). Other passes are kept as they are."""
+    out, run = [], []
+    for idx, how in [*plan, ([], "end")]:
+        if how == "kv":
+            run += idx
+            continue
+        out += [(b, "kv") for b in kv_budget_batches(groups, run, budget)] if run else []
+        run = []
+        if how != "end":
+            out.append((idx, how))
+    return out
+
+
 def plan_batches(
     groups: list[TokenizedGroup],
     budget: int,
@@ -138,11 +176,12 @@ def plan_batches(
 ) -> list[tuple[list[int], str]]:
     """The forward passes over groups: (group indices, layout) for each, within budget token slots per pass.
 
-    padded and kv: groups sorted by their longest completion, filled while completions x longest stays within the
-    budget. packed: groups sorted by packed length, filled while groups x longest stays within it (shared rows then
-    take fewer slots). auto: both plans, the first with the cheapest layout for each pass (choose_layout), and the
-    cheaper plan by batch_cost kept (segment_aware: the attention counted as batch_cost counts it). A group that
-    alone exceeds the budget gets a pass of its own."""
+    padded: groups sorted by their longest completion, filled while completions x longest stays within the budget;
+    kv likewise, then refilled by the slots a kv pass takes (refill_kv: groups x longest prompt + completions x
+    longest tail). packed: groups sorted by packed length, filled while groups x longest stays within it (shared
+    rows then take fewer slots). auto: both plans, the first with the cheapest layout for each pass (choose_layout)
+    and its kv passes refilled, and the cheaper plan by batch_cost kept (segment_aware: the attention counted as
+    batch_cost counts it). A group that alone exceeds the budget gets a pass of its own."""
 
     def by_rows():
         return token_budget_batches([max(len(r) for r in g.ids) for g in groups], budget, [len(g.ids) for g in groups])
@@ -152,13 +191,19 @@ def plan_batches(
 
     if layout == "packed":
         return [(idx, "packed") for idx in by_packed()]
+    if layout == "kv":
+        return refill_kv(groups, [(idx, "kv") for idx in by_rows()], budget)
     if layout != "auto":
         return [(idx, layout) for idx in by_rows()]
     plans = [
-        [
-            (idx, choose_layout([groups[i] for i in idx], "auto", attention_per_token, kv, segment_aware))
-            for idx in by_rows()
-        ],
+        refill_kv(
+            groups,
+            [
+                (idx, choose_layout([groups[i] for i in idx], "auto", attention_per_token, kv, segment_aware))
+                for idx in by_rows()
+            ],
+            budget,
+        ),
         [(idx, "packed") for idx in by_packed()],
     ]
 

@@ -2,7 +2,7 @@
 
 On one machine, the same command, seed and software give bit-identical weights and metrics whatever else runs,
 without any flag: every op rankrm's training uses on CPUs sums in an order fixed by the data and the thread count
-(the one that did not, the kv layout's prompt gather, is an index_select: modeling/model.py select_rows). The float
+(the one that did not, the kv layout's prompt gather, adds in index order now: modeling/kvcache.py). The float
 arithmetic does depend on the thread count (torch splits matmuls and reductions by it), so --threads fixes it where
 machines or launchers differ. On GPUs some kernels add with atomics; --full-determinism turns on PyTorch's
 deterministic algorithms, as transformers' enable_full_determinism does (docs/reproducibility.md)."""

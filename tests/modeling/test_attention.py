@@ -178,3 +178,48 @@ def test_auto_counts_the_pairs_a_segment_aware_kernel_computes():
     assert choose_layout([g], "auto", 1e-2, segment_aware=True) == "packed"
     assert plan_batches([g, g], 10_000, "auto", 1e-2) == [([0, 1], "kv")]
     assert plan_batches([g, g], 10_000, "auto", 1e-2, segment_aware=True) == [([0, 1], "packed")]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_rankrm_sdpa_leaves_grouped_heads_unrepeated(model_dirs, arch, monkeypatch):
+    """A rankrm pass through sdpa on a CPU hands SDPA the 2 key/value heads of the 4 query heads as they are
+    (enable_gqa) instead of transformers' repeat_kv copies: repeat_kv then runs 0 times (it ran in every layer
+    before). In every layout (K = 2..9, ties, mixed lengths, left padding) the rewards equal transformers' own sdpa
+    function's to the last bit, and the gradients to 1e-6 relative (1e-7 absolute for entries near 0): SDPA adds a
+    key/value head's gradient over its query heads inside the kernel, in another order than repeat_kv's backward
+    sums the copies (measured: the key, value, norm and embedding gradients differ by at most 6e-8)."""
+    from transformers import AttentionInterface
+    from transformers.integrations import sdpa_attention as hf_sdpa
+
+    torch.manual_seed(0)
+    m = RewardModel.from_pretrained(str(model_dirs[f"{arch}-chat"]), max_length=256)
+    tok, _ = tokenize_groups(m, groups_k2_to_9())
+    repeats = []
+    repeat_kv = hf_sdpa.repeat_kv
+    monkeypatch.setattr(hf_sdpa, "repeat_kv", lambda x, n: repeats.append(n) or repeat_kv(x, n))
+    cases = [("padded", "right"), ("padded", "left"), ("packed", "right"), ("kv", "right")]
+    ours = {case: _rewards_and_grads(m, tok, case[0], padding_side=case[1]) for case in cases}
+    assert repeats == []
+    monkeypatch.setitem(AttentionInterface._global_mapping, "sdpa", hf_sdpa.sdpa_attention_forward)
+    for case in cases:
+        want_r, want_g = _rewards_and_grads(m, tok, case[0], padding_side=case[1])
+        r, g = ours[case]
+        assert want_r.std() > 0 and torch.equal(r, want_r), case
+        assert g.keys() == want_g.keys()
+        for n, w in want_g.items():
+            torch.testing.assert_close(g[n], w, rtol=1e-6, atol=1e-7, msg=f"{case} {n}")
+        assert not all(torch.equal(g[n], want_g[n]) for n in g)  # another summation order, not the same path
+    assert repeats and set(repeats) == {2}  # transformers' own path repeated the heads
+
+
+def test_rankrm_sdpa_is_transformers_own_for_other_callers(model_dirs, monkeypatch):
+    """A backbone called without rankrm's batch (another library's model in the same process, as TRL's in
+    benchmarks/throughput.py) gets transformers' sdpa function unchanged: repeat_kv runs, as it always did."""
+    from transformers.integrations import sdpa_attention as hf_sdpa
+
+    m = RewardModel.from_pretrained(str(model_dirs["llama-chat"]))
+    repeats = []
+    repeat_kv = hf_sdpa.repeat_kv
+    monkeypatch.setattr(hf_sdpa, "repeat_kv", lambda x, n: repeats.append(n) or repeat_kv(x, n))
+    m.backbone(input_ids=torch.tensor([[5, 6, 7], [5, 6, 0]]), attention_mask=torch.tensor([[1, 1, 1], [1, 1, 0]]))
+    assert repeats == [2, 2] * 2  # keys and values, in each of the 2 layers

@@ -12,7 +12,7 @@ from rankrm.loss import group_stats
 from rankrm.modeling.batch import collate
 from rankrm.modeling.frozen import FrozenLayerCache
 from rankrm.modeling.model import RewardModel, batch_rewards
-from rankrm.modeling.planning import choose_layout, layout_cost
+from rankrm.modeling.planning import choose_layout, layout_cost, plan_batches
 
 WORDS = "the sky is blue and the grass is green while a cat sleeps on a warm red rock by the sea".split()
 
@@ -241,6 +241,27 @@ def test_auto_layout_packs_long_prompts_and_pads_long_completions():
     assert choose_layout([long_comps], "auto", 1e-2) == "kv"
     # by hand: padded 9 x 205 x (1 + 0.01 x 205) = 5627.25; one packed row 1805 x (1 + 0.01 x 1805) = 34385.25
     assert layout_cost(9, 205, 1e-2) == pytest.approx(5627.25) and layout_cost(1, 1805, 1e-2) == pytest.approx(34385.25)
+
+
+def test_kv_passes_are_sized_by_the_slots_they_take():
+    """Groups of a prompt of 8 and 3 completions of 4 more tokens: 36 slots as padded rows, 8 + 3 x 4 = 20 in the
+    kv layout. Budget 60: one group per pass by padded rows (72 > 60), three by kv slots (3 x 8 + 9 x 4 = 60); the
+    fourth gets a pass of its own. In a mixed plan only the runs of consecutive kv passes are refilled, around a
+    padded pass kept as it is; a group larger than the budget keeps a pass of its own."""
+    from rankrm.modeling.planning import kv_budget_batches, refill_kv, slots
+
+    g = [TokenizedGroup([[1] * 8 + [i] * 3 + [2] for i in range(3, 6)], [0, 1, 2]) for _ in range(5)]
+    assert slots(g[:3], "kv") == 60 and slots(g[:3], "padded") == 108
+    assert plan_batches(g[:4], 60, "kv", 1e-3) == [([0, 1, 2], "kv"), ([3], "kv")]
+    assert plan_batches(g[:4], 60, "padded", 1e-3) == [
+        ([0], "padded"),
+        ([1], "padded"),
+        ([2], "padded"),
+        ([3], "padded"),
+    ]
+    mixed = [([0], "kv"), ([1], "kv"), ([4], "padded"), ([2], "kv"), ([3], "kv")]
+    assert refill_kv(g, mixed, 60) == [([0, 1], "kv"), ([4], "padded"), ([2, 3], "kv")]
+    assert kv_budget_batches(g, [0, 1, 2], 19) == [[0], [1], [2]]  # each alone exceeds 19 slots
 
 
 def test_a_kv_batch_without_a_shared_prompt_token_is_collated_padded(model_dirs):
