@@ -14,17 +14,14 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import OASST_TREES, SHIPPED, synthetic_groups, write_jsonl
+from samples import _pairwise_far_apart
 
-from rankrm.data.comparisons import merge_comparisons
 from rankrm.data.encode import TextEncoder, tokenize_groups
 from rankrm.data.prepare import open_data, prepare
 from rankrm.data.readers import read_groups
 from rankrm.data.store import Store, fingerprint, is_store
 from rankrm.errors import DataError
-from rankrm.modeling.batch import collate
-from rankrm.modeling.frozen import FrozenLayerCache
 from rankrm.modeling.model import RewardModel
 
 HH = SHIPPED / "hh_harmless_base_test.jsonl.gz"
@@ -32,32 +29,6 @@ HH = SHIPPED / "hh_harmless_base_test.jsonl.gz"
 
 def _encoder(model_dirs, kind="llama-chat", max_length=128):
     return TextEncoder.from_pretrained(str(model_dirs[kind]), max_length)
-
-
-def _pairwise_far_apart(path: Path) -> Path:
-    """Pairwise records whose prompts repeat far apart (merged late), with a repeat and a contradiction."""
-    rows = []
-    for i in range(30):
-        rows.append({"prompt": f"question {i % 10}", "chosen": f"good answer {i}", "rejected": f"bad answer {i}"})
-    rows.append({"prompt": "question 3", "chosen": "good answer 3", "rejected": "bad answer 3"})  # a repeat
-    rows.append({"prompt": "question 4", "chosen": "bad answer 4", "rejected": "good answer 4"})  # disagrees
-    return write_jsonl(path, rows)
-
-
-def test_stream_merge_matches_merging_all_records_at_once(tmp_path):
-    """Records of one prompt far apart in the file: the two-pass merge gives the groups (and order) of merging all
-    records in memory."""
-    from rankrm.data.groups import ReadReport
-    from rankrm.data.pairwise import _pairwise_comparisons
-
-    path = _pairwise_far_apart(tmp_path / "p.jsonl")
-    report = ReadReport()
-    streamed = read_groups([path], report=report)
-    comps = [c for cs in _pairwise_comparisons(path, ReadReport(), False) for c in cs]
-    at_once = merge_comparisons(comps, path, ReadReport(), False)
-    assert streamed == at_once
-    assert len(streamed) == 10 and report.groups == 10 and report.records == 32
-    assert next(g for g in streamed if g.prompt == "question 3").counts is not None
 
 
 def test_store_tokens_are_the_models_and_the_report_is_kept(tmp_path, model_dirs):
@@ -205,31 +176,6 @@ def test_interrupted_prepare_leaves_no_store(tmp_path, model_dirs):
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert is_store(out) and Store(out).manifest["groups"] == 3000
-
-
-def test_frozen_cache_keeps_to_its_budget(model_dirs, caplog):
-    model = RewardModel.from_pretrained(str(model_dirs["llama-chat"]), max_length=64)
-    groups = read_groups([OASST_TREES])[:12]
-    tok, _ = tokenize_groups(model, groups)
-    unbounded = FrozenLayerCache(model.backbone, 1)
-    for g in tok:
-        b = collate([g], model.tokenizer.pad_token_id)
-        with torch.no_grad():
-            unbounded.outputs(model, b)
-    full = sum(t.numel() * t.element_size() for t in unbounded.store.values())
-    budget = full // 3
-    cache = FrozenLayerCache(model.backbone, 1, budget)
-    for _ in range(2):
-        for g in tok:
-            b = collate([g], model.tokenizer.pad_token_id)
-            with torch.no_grad():
-                r = cache.outputs(model, b)
-                torch.testing.assert_close(r, model(b), rtol=1e-4, atol=1e-5)
-    held = sum(t.numel() * t.element_size() for t in cache.store.values())
-    assert 0 < held <= budget and cache.held == held
-    assert len(cache.store) < len(unbounded.store)
-    said = [r.getMessage() for r in caplog.records if r.name == "rankrm.modeling.frozen"]
-    assert len(said) == 1 and "budget" in said[0]
 
 
 def test_training_from_a_store_is_bit_identical_to_training_from_the_file(tmp_path, model_dirs):
