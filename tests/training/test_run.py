@@ -3,7 +3,6 @@
 import json
 import logging
 import os
-import random
 import subprocess
 import sys
 from collections import Counter
@@ -177,22 +176,6 @@ def test_shuffled_pairs_regime_forwards_each_completion_k_minus_1_times(model_di
 def test_bf16_autocast_trains(model_dirs, synth, tmp_path):
     res = train(tiny_cfg(model_dirs, synth, tmp_path / "b", max_steps=2, bf16=True))
     assert_trained(res, model_dirs["llama-chat"], tmp_path / "b", lambda n: True)  # the whole model trains
-
-
-def test_epoch_steps_with_length_buckets_keep_every_unit_once_and_group_similar_lengths():
-    from rankrm.modeling.planning import epoch_steps
-
-    rng = random.Random(0)
-    lengths = [rng.randint(10, 500) for _ in range(203)]
-    plain = epoch_steps(lengths, 8, seed=1, epoch=0)
-    bucketed = epoch_steps(lengths, 8, seed=1, epoch=0, sort_window=5)
-    for steps in (plain, bucketed):
-        assert sorted(i for st in steps for i in st) == list(range(203))
-        assert [len(st) for st in steps] == [8] * 25 + [3]
-    spread = lambda steps: sum(max(lengths[i] for i in st) - min(lengths[i] for i in st) for st in steps)  # noqa: E731
-    assert spread(bucketed) < spread(plain) / 3
-    assert bucketed == epoch_steps(lengths, 8, seed=1, epoch=0, sort_window=5)  # a resumed run repeats it
-    assert bucketed != epoch_steps(lengths, 8, seed=1, epoch=1, sort_window=5)
 
 
 def _step_gradients(model_dirs, rows, arch="llama-chat", attn=None, checkpointing=False, frozen=False, **cfg_kw):
