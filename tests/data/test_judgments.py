@@ -1,6 +1,16 @@
 """data/judgments.py: cycles, ranks from pairs, conflict counts."""
 
-from rankrm.data.judgments import conflict_counts, depth_ranks, find_cycle, net_win_ranks
+import pytest
+
+from rankrm.data.judgments import (
+    check_conflicts,
+    conflict_counts,
+    depth_ranks,
+    find_cycle,
+    group_from_pairs,
+    net_win_ranks,
+)
+from rankrm.errors import DataError, SettingsError
 
 
 def test_find_cycle_reads_a_cycle_from_its_lowest_index_in_the_winners_direction():
@@ -24,3 +34,36 @@ def test_conflict_counts_and_net_win_ranks():
     assert conflict_counts(pairs, counts) == {"repeated": 1, "contradictory": 1, "cyclic": 1}
     assert net_win_ranks(4, pairs, counts) == (0, 2, 1, 1)
     assert conflict_counts([(0, 1), (1, 2)]) == {"repeated": 0, "contradictory": 0, "cyclic": 0}
+
+
+def test_group_from_pairs_keeps_only_what_a_ranking_cannot_state():
+    """1 > 2, 0 > 1, 0 > 2 is the ranking 0 > 1 > 2 stated out of order: a plain group, its margins reordered to
+    comparisons() (0,1), (0,2), (1,2): 2.0, 1.0, 0.5. 0 > 2 with 1 > 2 is the ranking (0, 0, 1), a tie on top.
+    0 > 1 > 2 stated as two pairs leaves 0 > 2 unstated: the pairs are kept, ranks their depths (0, 1, 2)."""
+    full = group_from_pairs("p", "abc", [(1, 2), (0, 1), (0, 2)], [0.5, 2.0, 1.0], "f.jsonl", 3)
+    assert full.ranks == (0, 1, 2) and full.stated_pairs is None and full.margins == (2.0, 1.0, 0.5)
+    assert full.source == "f.jsonl:3" and full.completions == ("a", "b", "c")
+    tie = group_from_pairs("p", "abc", [(0, 2), (1, 2)], None, "f.jsonl", 3)
+    assert tie.ranks == (0, 0, 1) and tie.stated_pairs is None
+    chain = group_from_pairs("p", "abc", [(0, 1), (1, 2)], None, "f.jsonl", 3)
+    assert (
+        chain.ranks == (0, 1, 2) and chain.stated_pairs == ((0, 1), (1, 2)) and chain.comparisons() == [(0, 1), (1, 2)]
+    )
+
+
+def test_group_from_pairs_refuses_a_cycle_unless_votes_are_kept():
+    """a > b > c > a: an error naming the completions; kept with a > b stated twice, ranked by net wins."""
+    cycle = [(0, 1), (1, 2), (2, 0)]
+    with pytest.raises(
+        DataError, match=r"f.jsonl:4: field 'pairs': cyclic comparisons: completion 0 > completion 1 > completion 2"
+    ):
+        group_from_pairs("p", "abc", cycle, None, "f.jsonl", 4)
+    kept = group_from_pairs("p", "abc", cycle, None, "f.jsonl", 4, counts=[2, 1, 1], conflicts="keep")
+    # net wins a 2 - 1 = +1, b 1 - 2 = -1, c 1 - 1 = 0 -> ranks a 0, c 1, b 2
+    assert kept.ranks == (0, 2, 1) and kept.stated_pairs == tuple(cycle) and kept.counts == (2, 1, 1)
+
+
+def test_conflicts_policy_is_checked_by_name():
+    assert [check_conflicts(c) for c in ("keep", "drop", "error")] == ["keep", "drop", "error"]
+    with pytest.raises(SettingsError, match=r"conflicts 'vote' unknown. Fix: use keep"):
+        check_conflicts("vote")
