@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import OASST_TREES, SHIPPED, synthetic_groups, write_jsonl
-from samples import _pairwise_far_apart
+from conftest import OASST_TREES, synthetic_groups, write_jsonl
+from samples import HH, _pairwise_far_apart
 
 from rankrm.data.encode import TextEncoder, tokenize_groups
 from rankrm.data.prepare import open_data, prepare
@@ -23,8 +23,6 @@ from rankrm.data.readers import read_groups
 from rankrm.data.store import Store, fingerprint, is_store
 from rankrm.errors import DataError
 from rankrm.modeling.model import RewardModel
-
-HH = SHIPPED / "hh_harmless_base_test.jsonl.gz"
 
 
 def _encoder(model_dirs, kind="llama-chat", max_length=128):
@@ -46,38 +44,6 @@ def test_store_tokens_are_the_models_and_the_report_is_kept(tmp_path, model_dirs
         assert int(view.column("cut").sum()) == cut
         assert list(view.lengths) == [g.tokens for g in tok]
         assert [json.loads(r)["prompt"] for r in view.records()] == [g.prompt for g in groups]
-
-
-def test_prompts_tokenized_once_give_the_tokens_of_the_whole_text(tokenizers_dir, tmp_path):
-    """TextEncoder.tokenize cuts each rendered prompt before its last special token and tokenizes that head once
-    for all its completions: the tokens must be those of tokenizing each whole text, on all the shipped data, for
-    tokenizers with and without a chat template, with a pad token added, and one whose special token takes the
-    space before it (lstrip), where no cut may be made."""
-    from tokenizers import AddedToken
-
-    groups = [g for src in (HH, OASST_TREES, SHIPPED / "oasst1_en_validation.jsonl") for g in read_groups([src])]
-    prompts = [g.prompt for g in groups for _ in g.completions]
-    completions = [c for g in groups for c in g.completions]
-    encoders = {k: TextEncoder(_fresh(t, tmp_path / k), 10**6) for k, t in tokenizers_dir.items()}
-    odd = _fresh(tokenizers_dir["chat"], tmp_path / "odd")
-    odd.add_special_tokens({"additional_special_tokens": [AddedToken("<|im_start|>", lstrip=True, special=True)]})
-    encoders["lstrip"] = TextEncoder(odd, 10**6)
-    for kind, enc in encoders.items():
-        whole = enc.tokenizer([enc.render(p, c) for p, c in zip(prompts, completions)], add_special_tokens=False)[
-            "input_ids"
-        ]
-        ids, _ = enc.tokenize(prompts, completions)
-        assert ids == whole, kind
-    assert encoders["chat"].split_prompt(encoders["chat"].render_prompt([{"role": "user", "content": "hi"}]))[0]
-    assert encoders["lstrip"].split_prompt("a <|im_start|>b") == ("", "a <|im_start|>b")
-
-
-def _fresh(tok, path: Path):
-    """A copy of a tokenizer, loaded from disk (TextEncoder changes the one it gets)."""
-    from transformers import AutoTokenizer
-
-    tok.save_pretrained(path)
-    return AutoTokenizer.from_pretrained(path)
 
 
 def test_fingerprint_changes_with_what_matters_only(tmp_path, model_dirs):
