@@ -5,6 +5,7 @@ from pathlib import Path
 
 from conftest import SHIPPED, write_jsonl
 
+from rankrm.data.encode import TextEncoder
 from rankrm.data.groups import ReadReport
 from rankrm.data.readers import read_groups
 
@@ -95,3 +96,7 @@ def _pairwise_far_apart(path: Path) -> Path:
     rows.append({"prompt": "question 3", "chosen": "good answer 3", "rejected": "bad answer 3"})  # a repeat
     rows.append({"prompt": "question 4", "chosen": "bad answer 4", "rejected": "good answer 4"})  # disagrees
     return write_jsonl(path, rows)
+
+
+def _encoder(model_dirs, kind="llama-chat", max_length=128):
+    return TextEncoder.from_pretrained(str(model_dirs[kind]), max_length)
