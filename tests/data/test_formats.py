@@ -1,4 +1,7 @@
-"""Readers of every format and container: real-shaped samples, partial orders, bad input, training from each."""
+"""Across the readers of every format: bad input named by file, line, field and fix, malformed records raising only
+DataErrors, partial orders reaching the loss, and training from each format. Each format's own reading is specified
+in its module's file (tests/data/test_pairwise.py, test_dialogues.py, test_scored.py, test_oasst.py,
+test_containers.py, test_readers.py for the native format)."""
 
 import gzip
 import json
@@ -26,14 +29,6 @@ from rankrm.errors import DataError
 from rankrm.loss import group_stats, kwise_loss
 from rankrm.modeling.batch import collate, stated_pair_counts
 from rankrm.training.config import TrainConfig
-
-# ----------------------------------------------------------------------------------------------------------------
-# Each format on a small real-shaped sample
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Containers: JSON, gzip, Parquet, CSV, datasets directories, hub ids
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # Bad input: every kind names the file, the line (or record), the field and the fix
@@ -266,7 +261,7 @@ def test_every_reader_raises_only_data_errors_on_malformed_records(tmp_path_fact
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Partial orders reach the loss; identical prompts across files
+# Partial orders reach the loss
 
 
 def test_pair_counts_of_a_partial_order_and_its_loss():

@@ -1,5 +1,5 @@
-"""The prepared data store: fingerprints, atomic prepares, tokens equal to the model's, bounded reading, the
-frozen-layer cache's budget, and training from a store bit-identical to training from the files."""
+"""The prepared data store: fingerprints, tokens equal to the model's, damage found and prepared again, and training
+from a store bit-identical to training from the files (preparing it: test_prepare.py)."""
 
 from __future__ import annotations
 
