@@ -1,15 +1,15 @@
-"""Reading ranked groups: the native format, the OpenAssistant exports, validation errors, splitting by prompt."""
+"""data/readers.py: the native format, detection of a file's format, validation errors named by line."""
 
 import gzip
 import json
 
 import pytest
-from conftest import OASST_FLAT, OASST_TREES, write_jsonl
+from conftest import write_jsonl
+from samples import CONVERSATIONAL, IMPLICIT_MESSAGES, PAIRWISE, SCORED, UF_BINARIZED, ULTRAFEEDBACK, read
 
 from rankrm.data.groups import ReadReport
-from rankrm.data.judgments import depth_ranks, find_cycle
-from rankrm.data.readers import read_groups
-from rankrm.data.splits import overlap, split_by_prompt, write_native
+from rankrm.data.readers import detect_format, read_groups
+from rankrm.data.splits import write_native
 from rankrm.errors import DataError
 
 GOOD = {"prompt": "Say hi", "completions": ["Hi!", "Hello there.", "Go away."], "ranks": [0, 0, 1]}
@@ -72,19 +72,6 @@ def test_non_utf8_bytes_name_the_line(tmp_path):
         read_groups(f)
 
 
-def test_find_cycle_reads_a_cycle_from_its_lowest_index_in_the_winners_direction():
-    """1 > 2 > 0 > 1 is one 3-cycle whichever pair comes first, read from completion 0; 0 > 1 with 1 > 0 is a
-    2-cycle; a cycle among 2, 3, 4 next to an order on 0, 1 starts at 2. A diamond 0 > {1, 2} > 3 > 4 has no
-    cycle, and each completion's rank is its longest chain of winners (0 > 4 directly does not lift 4)."""
-    assert find_cycle([(1, 2), (2, 0), (0, 1)]) == [0, 1, 2, 0]
-    assert find_cycle([(2, 0), (0, 1), (1, 2)]) == [0, 1, 2, 0]
-    assert find_cycle([(1, 0), (0, 1)]) == [0, 1, 0]
-    assert find_cycle([(0, 1), (3, 4), (4, 2), (2, 3)]) == [2, 3, 4, 2]
-    diamond = [(0, 1), (0, 2), (1, 3), (2, 3), (3, 4), (0, 4)]
-    assert find_cycle(diamond) is None
-    assert depth_ranks(6, diamond) == (0, 1, 1, 2, 3, 0)
-
-
 def test_cyclic_and_contradictory_labels_name_their_lines(tmp_path):
     """Records a > b (line 2), b > c (line 3), c > a (line 5) of one prompt make a 3-cycle: "cyclic", naming the
     three lines, raised at the last; b > a (line 3) after a > b (line 1) is a 2-cycle: "contradictory". In the
@@ -121,52 +108,46 @@ def test_cyclic_and_contradictory_labels_name_their_lines(tmp_path):
         read_groups(f, conflicts="error")
 
 
-def test_oasst_nested_trees_match_sources_counts():
-    """SOURCES.md: 212 ranked sibling groups, K=2: 57, K=3: 117, K=4: 27, K=5: 3, K=6: 6, K=8: 1, K=9: 1;
-    every one ranks assistant replies, and none contains a deleted message."""
-    report = ReadReport()
-    g = read_groups(OASST_TREES, report=report)
-    ks = {}
-    for x in g:
-        ks[x.k] = ks.get(x.k, 0) + 1
-    assert ks == {2: 57, 3: 117, 4: 27, 5: 3, 6: 6, 8: 1, 9: 1}
-    assert all(x.prompt[-1]["role"] == "user" and x.prompt[0]["role"] == "user" for x in g)
-    assert len({x.tree for x in g}) == 100
-
-
-def test_oasst_flat_export_drops_deleted_and_reports_it():
-    """SOURCES.md counts 416 groups after dropping deleted messages; one of them lists the same reply text
-    twice, which a ranking cannot compare, so 415 are kept and the other is reported."""
-    report = ReadReport()
-    g = read_groups(OASST_FLAT, report=report)
-    assert len(g) == 415
-    assert report.skipped["groups with duplicate replies"] == 1
-    assert report.skipped["deleted messages"] == 25
-    # a multi-turn prompt alternates user and assistant and ends with the user
-    deep = max(g, key=lambda x: len(x.prompt))
-    roles = [m["role"] for m in deep.prompt]
-    assert roles[-1] == "user" and all(a != b for a, b in zip(roles, roles[1:]))
-
-
-def test_two_oasst_files_share_groups_that_are_read_once():
-    report = ReadReport()
-    g = read_groups([OASST_TREES, OASST_FLAT], report=report)
-    dupes = report.skipped["duplicate groups (same prompt and completions in an earlier record or file)"]
-    assert dupes > 0 and len(g) == 212 + 415 - dupes
-
-
-def test_split_by_prompt_never_puts_a_tree_on_both_sides():
-    g = read_groups([OASST_TREES, OASST_FLAT])
-    train, held = split_by_prompt(g, 0.2, seed=3)
-    assert len(train) + len(held) == len(g)
-    assert overlap(train, held) == 0
-    assert not {x.tree for x in train} & {x.tree for x in held}
-    assert split_by_prompt(g, 0.2, seed=3)[1] == held  # seeded
-    assert split_by_prompt(g, 0.2, seed=4)[1] != held
-
-
-def test_write_native_round_trips(tmp_path):
-    g = read_groups(OASST_TREES)[:20]
+def test_native_pairs_and_margins_round_trip(tmp_path):
+    g, _ = read(write_jsonl(tmp_path / "p.jsonl", PAIRWISE))
     write_native(g, tmp_path / "n.jsonl")
-    back = read_groups(tmp_path / "n.jsonl")
-    assert [(x.prompt, x.completions, x.ranks) for x in back] == [(x.prompt, x.completions, x.ranks) for x in g]
+    rows = [json.loads(x) for x in (tmp_path / "n.jsonl").read_text().splitlines()]
+    assert rows[0]["pairs"] == [[0, 1], [1, 2]] and rows[0]["margins"] == [2.0, 0.5] and "pairs" not in rows[1]
+    back, _ = read(tmp_path / "n.jsonl")
+    assert back[0].stated_pairs == g[0].stated_pairs and back[0].margins == g[0].margins
+    assert back[1].comparisons() == [(0, 1)]
+
+
+def test_native_pairs_must_be_acyclic_and_agree_with_ranks(tmp_path):
+    base = {"prompt": "p", "completions": ["a", "b", "c"]}
+    f = write_jsonl(tmp_path / "n.jsonl", [{**base, "pairs": [[0, 1], [1, 0]]}])
+    with pytest.raises(DataError, match=r"n.jsonl:1: field 'pairs': contradictory comparisons"):
+        read_groups(f, conflicts="error")
+    f = write_jsonl(tmp_path / "n.jsonl", [{**base, "ranks": [0, 1, 2], "pairs": [[2, 1]]}])
+    with pytest.raises(DataError, match=r"n.jsonl:1: field 'pairs\[0\]': says completion 2 beats 1"):
+        read_groups(f)
+
+
+@pytest.mark.parametrize(
+    "rows, fmt",
+    [
+        (PAIRWISE, "pairwise"),
+        (CONVERSATIONAL, "pairwise"),
+        (UF_BINARIZED, "pairwise"),
+        (IMPLICIT_MESSAGES, "implicit"),
+        (SCORED, "scored"),
+        (ULTRAFEEDBACK, "scored"),
+        ([{"prompt": "p", "completions": ["a", "b"]}], "native"),
+    ],
+)
+def test_detection_from_fields(tmp_path, rows, fmt):
+    assert detect_format(write_jsonl(tmp_path / "d.jsonl", rows)) == fmt
+
+
+def test_detection_of_an_unknown_record_says_how_to_choose(tmp_path):
+    with pytest.raises(
+        DataError,
+        match=r"d.jsonl:1: unrecognised record with fields \['answer', 'question'\]"
+        r".*--format",
+    ):
+        read_groups(write_jsonl(tmp_path / "d.jsonl", [{"question": "q", "answer": "a"}]))

@@ -1,5 +1,5 @@
-"""The prepared data store: fingerprints, atomic prepares, tokens equal to the model's, bounded reading, the
-frozen-layer cache's budget, and training from a store bit-identical to training from the files."""
+"""The prepared data store: fingerprints, tokens equal to the model's, damage found and prepared again, and training
+from a store bit-identical to training from the files (preparing it: test_prepare.py)."""
 
 from __future__ import annotations
 
@@ -7,57 +7,20 @@ import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import OASST_TREES, SHIPPED, synthetic_groups, write_jsonl
+from conftest import OASST_TREES, synthetic_groups, write_jsonl
+from samples import HH, _encoder, _pairwise_far_apart
 
-from rankrm.data.comparisons import merge_comparisons
 from rankrm.data.encode import TextEncoder, tokenize_groups
 from rankrm.data.prepare import open_data, prepare
 from rankrm.data.readers import read_groups
-from rankrm.data.store import Store, fingerprint, is_store
+from rankrm.data.store import Store, fingerprint
 from rankrm.errors import DataError
-from rankrm.modeling.batch import collate
-from rankrm.modeling.frozen import FrozenLayerCache
 from rankrm.modeling.model import RewardModel
-
-HH = SHIPPED / "hh_harmless_base_test.jsonl.gz"
-
-
-def _encoder(model_dirs, kind="llama-chat", max_length=128):
-    return TextEncoder.from_pretrained(str(model_dirs[kind]), max_length)
-
-
-def _pairwise_far_apart(path: Path) -> Path:
-    """Pairwise records whose prompts repeat far apart (merged late), with a repeat and a contradiction."""
-    rows = []
-    for i in range(30):
-        rows.append({"prompt": f"question {i % 10}", "chosen": f"good answer {i}", "rejected": f"bad answer {i}"})
-    rows.append({"prompt": "question 3", "chosen": "good answer 3", "rejected": "bad answer 3"})  # a repeat
-    rows.append({"prompt": "question 4", "chosen": "bad answer 4", "rejected": "good answer 4"})  # disagrees
-    return write_jsonl(path, rows)
-
-
-def test_stream_merge_matches_merging_all_records_at_once(tmp_path):
-    """Records of one prompt far apart in the file: the two-pass merge gives the groups (and order) of merging all
-    records in memory."""
-    from rankrm.data.groups import ReadReport
-    from rankrm.data.pairwise import _pairwise_comparisons
-
-    path = _pairwise_far_apart(tmp_path / "p.jsonl")
-    report = ReadReport()
-    streamed = read_groups([path], report=report)
-    comps = [c for cs in _pairwise_comparisons(path, ReadReport(), False) for c in cs]
-    at_once = merge_comparisons(comps, path, ReadReport(), False)
-    assert streamed == at_once
-    assert len(streamed) == 10 and report.groups == 10 and report.records == 32
-    assert next(g for g in streamed if g.prompt == "question 3").counts is not None
 
 
 def test_store_tokens_are_the_models_and_the_report_is_kept(tmp_path, model_dirs):
@@ -75,38 +38,6 @@ def test_store_tokens_are_the_models_and_the_report_is_kept(tmp_path, model_dirs
         assert int(view.column("cut").sum()) == cut
         assert list(view.lengths) == [g.tokens for g in tok]
         assert [json.loads(r)["prompt"] for r in view.records()] == [g.prompt for g in groups]
-
-
-def test_prompts_tokenized_once_give_the_tokens_of_the_whole_text(tokenizers_dir, tmp_path):
-    """TextEncoder.tokenize cuts each rendered prompt before its last special token and tokenizes that head once
-    for all its completions: the tokens must be those of tokenizing each whole text, on all the shipped data, for
-    tokenizers with and without a chat template, with a pad token added, and one whose special token takes the
-    space before it (lstrip), where no cut may be made."""
-    from tokenizers import AddedToken
-
-    groups = [g for src in (HH, OASST_TREES, SHIPPED / "oasst1_en_validation.jsonl") for g in read_groups([src])]
-    prompts = [g.prompt for g in groups for _ in g.completions]
-    completions = [c for g in groups for c in g.completions]
-    encoders = {k: TextEncoder(_fresh(t, tmp_path / k), 10**6) for k, t in tokenizers_dir.items()}
-    odd = _fresh(tokenizers_dir["chat"], tmp_path / "odd")
-    odd.add_special_tokens({"additional_special_tokens": [AddedToken("<|im_start|>", lstrip=True, special=True)]})
-    encoders["lstrip"] = TextEncoder(odd, 10**6)
-    for kind, enc in encoders.items():
-        whole = enc.tokenizer([enc.render(p, c) for p, c in zip(prompts, completions)], add_special_tokens=False)[
-            "input_ids"
-        ]
-        ids, _ = enc.tokenize(prompts, completions)
-        assert ids == whole, kind
-    assert encoders["chat"].split_prompt(encoders["chat"].render_prompt([{"role": "user", "content": "hi"}]))[0]
-    assert encoders["lstrip"].split_prompt("a <|im_start|>b") == ("", "a <|im_start|>b")
-
-
-def _fresh(tok, path: Path):
-    """A copy of a tokenizer, loaded from disk (TextEncoder changes the one it gets)."""
-    from transformers import AutoTokenizer
-
-    tok.save_pretrained(path)
-    return AutoTokenizer.from_pretrained(path)
 
 
 def test_fingerprint_changes_with_what_matters_only(tmp_path, model_dirs):
@@ -138,23 +69,6 @@ def test_fingerprint_changes_with_what_matters_only(tmp_path, model_dirs):
     assert len({fp for fp, _ in variants.values()}) == len(variants)
 
 
-def test_open_data_prepares_once_then_finds_it(tmp_path, model_dirs, caplog):
-    caplog.set_level(logging.INFO, logger="rankrm")
-    data = write_jsonl(tmp_path / "a.jsonl", synthetic_groups(20, seed=1))
-    enc = _encoder(model_dirs)
-    first = open_data([data], enc, tmp_path / "cache")
-    said = caplog.messages
-    assert any("preparing" in s for s in said) and any("MB" in s and "rm -r" in s for s in said)
-    caplog.clear()
-    again = open_data([data], enc, tmp_path / "cache")
-    assert again.path == first.path and any("prepared before" in s for s in caplog.messages)
-    data.write_text(data.read_text() + json.dumps(synthetic_groups(1, seed=9)[0]) + "\n")
-    changed = open_data([data], enc, tmp_path / "cache")
-    assert changed.path != first.path and changed.manifest["groups"] == 21
-    with pytest.raises(DataError, match="another tokenizer"):  # a store given directly, for another max length
-        open_data([first.path], _encoder(model_dirs, max_length=64), tmp_path / "cache")
-
-
 def test_damaged_store_is_not_trusted_and_is_prepared_again(tmp_path, model_dirs, caplog):
     data = write_jsonl(tmp_path / "a.jsonl", synthetic_groups(20, seed=1))
     enc = _encoder(model_dirs)
@@ -168,68 +82,6 @@ def test_damaged_store_is_not_trusted_and_is_prepared_again(tmp_path, model_dirs
     again = open_data([data], enc, tmp_path / "cache")
     assert any("preparing it again" in s for s in caplog.messages)
     assert len(again.view()) == 20
-
-
-def test_interrupted_prepare_leaves_no_store(tmp_path, model_dirs):
-    """A prepare killed while it writes leaves nothing a later run trusts, and the later run cleans up and
-    prepares."""
-    rows = synthetic_groups(3000, seed=2)
-    data = write_jsonl(tmp_path / "big.jsonl", rows)
-    out = tmp_path / "store"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    cmd = [
-        sys.executable,
-        "-m",
-        "rankrm",
-        "data",
-        "prepare",
-        str(data),
-        "--model",
-        str(model_dirs["llama-chat"]),
-        "--out",
-        str(out),
-        "--num-proc",
-        "1",
-    ]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while time.time() < deadline and not any(out.parent.glob(".rankrm-tmp*")) and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.3)
-    assert proc.poll() is None, "prepare ended before it could be killed: give it more data"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not is_store(out) and not out.exists()
-    leftovers = list(out.parent.glob(".rankrm-tmp*"))
-    assert leftovers  # the dead writer's temporary directory
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    assert is_store(out) and Store(out).manifest["groups"] == 3000
-
-
-def test_frozen_cache_keeps_to_its_budget(model_dirs, caplog):
-    model = RewardModel.from_pretrained(str(model_dirs["llama-chat"]), max_length=64)
-    groups = read_groups([OASST_TREES])[:12]
-    tok, _ = tokenize_groups(model, groups)
-    unbounded = FrozenLayerCache(model.backbone, 1)
-    for g in tok:
-        b = collate([g], model.tokenizer.pad_token_id)
-        with torch.no_grad():
-            unbounded.outputs(model, b)
-    full = sum(t.numel() * t.element_size() for t in unbounded.store.values())
-    budget = full // 3
-    cache = FrozenLayerCache(model.backbone, 1, budget)
-    for _ in range(2):
-        for g in tok:
-            b = collate([g], model.tokenizer.pad_token_id)
-            with torch.no_grad():
-                r = cache.outputs(model, b)
-                torch.testing.assert_close(r, model(b), rtol=1e-4, atol=1e-5)
-    held = sum(t.numel() * t.element_size() for t in cache.store.values())
-    assert 0 < held <= budget and cache.held == held
-    assert len(cache.store) < len(unbounded.store)
-    said = [r.getMessage() for r in caplog.records if r.name == "rankrm.modeling.frozen"]
-    assert len(said) == 1 and "budget" in said[0]
 
 
 def test_training_from_a_store_is_bit_identical_to_training_from_the_file(tmp_path, model_dirs):

@@ -10,7 +10,6 @@ from conftest import write_jsonl
 from rankrm.data.convert import convert_data
 from rankrm.data.encode import TokenizedGroup, shuffled_pairs
 from rankrm.data.groups import ReadReport
-from rankrm.data.judgments import conflict_counts, net_win_ranks
 from rankrm.data.readers import read_groups
 from rankrm.errors import DataError
 from rankrm.loss import group_stats
@@ -110,16 +109,6 @@ def test_native_counts_are_validated(tmp_path):
     ):
         with pytest.raises(DataError, match=match):
             read(write_jsonl(tmp_path / "n.jsonl", [{**base, **bad}]))
-
-
-def test_conflict_counts_and_net_win_ranks():
-    """Pairs a > b (x2), b > a, b > c, c > d, d > b: one contradictory pair (a, b), 1 extra vote, and b > c > d > b
-    is a cycle once the contradicted pair is set aside. Net wins: a 2 - 1 = +1, b 1 + 1 - 2 - 1 = -1, c 0, d 0 ->
-    dense ranks a 0, c and d 1, b 2."""
-    pairs, counts = [(0, 1), (1, 0), (1, 2), (2, 3), (3, 1)], [2, 1, 1, 1, 1]
-    assert conflict_counts(pairs, counts) == {"repeated": 1, "contradictory": 1, "cyclic": 1}
-    assert net_win_ranks(4, pairs, counts) == (0, 2, 1, 1)
-    assert conflict_counts([(0, 1), (1, 2)]) == {"repeated": 0, "contradictory": 0, "cyclic": 0}
 
 
 def test_counts_reach_the_batch_the_loss_and_the_shuffled_pairs():

@@ -648,21 +648,6 @@ def test_api_key_busy_queue_and_graceful_shutdown(rm_dir):
         s.stop()
 
 
-def test_listening_socket_is_tcp_with_nodelay():
-    """asyncio sets TCP_NODELAY only on sockets made with proto IPPROTO_TCP; without it a kept-alive connection
-    waited ~40 ms per response (Nagle + delayed ACK), as the load benchmark found."""
-    import socket
-
-    from rankrm.serving.server import bind
-
-    sock = bind("127.0.0.1", 0)
-    try:
-        assert sock.proto == socket.IPPROTO_TCP
-        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
-    finally:
-        sock.close()
-
-
 def test_refuses_a_public_address_without_a_key(rm_dir):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("RANKRM_API_KEY", None)

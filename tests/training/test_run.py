@@ -3,7 +3,6 @@
 import json
 import logging
 import os
-import random
 import subprocess
 import sys
 from collections import Counter
@@ -179,22 +178,6 @@ def test_bf16_autocast_trains(model_dirs, synth, tmp_path):
     assert_trained(res, model_dirs["llama-chat"], tmp_path / "b", lambda n: True)  # the whole model trains
 
 
-def test_epoch_steps_with_length_buckets_keep_every_unit_once_and_group_similar_lengths():
-    from rankrm.modeling.planning import epoch_steps
-
-    rng = random.Random(0)
-    lengths = [rng.randint(10, 500) for _ in range(203)]
-    plain = epoch_steps(lengths, 8, seed=1, epoch=0)
-    bucketed = epoch_steps(lengths, 8, seed=1, epoch=0, sort_window=5)
-    for steps in (plain, bucketed):
-        assert sorted(i for st in steps for i in st) == list(range(203))
-        assert [len(st) for st in steps] == [8] * 25 + [3]
-    spread = lambda steps: sum(max(lengths[i] for i in st) - min(lengths[i] for i in st) for st in steps)  # noqa: E731
-    assert spread(bucketed) < spread(plain) / 3
-    assert bucketed == epoch_steps(lengths, 8, seed=1, epoch=0, sort_window=5)  # a resumed run repeats it
-    assert bucketed != epoch_steps(lengths, 8, seed=1, epoch=1, sort_window=5)
-
-
 def _step_gradients(model_dirs, rows, arch="llama-chat", attn=None, checkpointing=False, frozen=False, **cfg_kw):
     from rankrm.data.encode import tokenize_groups
     from rankrm.data.groups import RankedGroup
@@ -355,56 +338,6 @@ def test_tokens_read_count_a_shared_prompt_once_in_the_packed_and_kv_layouts(mod
         "packed": (["packed"], 19, 27, 5),
         "kv": (["kv"], 19, 27, 5),
     }
-
-
-def _word_model(out):
-    """A Llama backbone whose tokenizer knows a few words only: every other word is <unk>."""
-    from conftest import build_model_dir
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    words = ["<|im_end|>", "<unk>", "<pad>", "hello", "good", "bad"]
-    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", unk_token="<unk>", pad_token="<pad>")
-    return build_model_dir(out, "llama", tok)
-
-
-def test_identical_completions_are_named_by_their_cause(tmp_path, caplog):
-    """With max length 8, worked by hand (hello, good, bad known; E the EOS):
-    - "hello " + "red fish" / "blue bird": [hello unk unk E] both, 4 tokens, nothing cut: the tokenizer's doing;
-    - "hello " + "good" / "bad" + 9 x: [hello good unk x 9 E], 12 tokens, cut to the last 8, [unk x 7 E] both: the
-      cut's doing;
-    - "hello " + "good" / "bad": [hello good E], [hello bad E]: told apart."""
-    from rankrm.data.prepare import prepare
-    from rankrm.modeling.model import TextEncoder
-    from rankrm.training.data import identical_completions
-
-    model = _word_model(tmp_path / "m")
-    rows = [
-        {"prompt": "hello ", "completions": ["red fish", "blue bird"], "ranks": [0, 1]},
-        {"prompt": "hello ", "completions": ["good" + " x" * 9, "bad" + " x" * 9], "ranks": [0, 1]},
-        {"prompt": "hello ", "completions": ["good", "bad"], "ranks": [0, 1]},
-    ]
-    data, held = write_jsonl(tmp_path / "t.jsonl", rows), write_jsonl(tmp_path / "h.jsonl", rows[2:])
-    store = prepare([data], TextEncoder.from_pretrained(str(model), 8), tmp_path / "store")
-    assert identical_completions(store.view(), 8) == (1, 1)
-    caplog.set_level(logging.INFO, logger="rankrm")
-    kw = dict(model=str(model), eval_data=[str(held)], max_steps=1, data_cache=str(tmp_path / "cache"), plots=False)
-    train(TrainConfig(train_data=[str(data)], output_dir=str(tmp_path / "run"), max_length=8, **kw))
-    warned = [m for m in caplog.messages if m.startswith("warning:") and "completions" in m]
-    assert warned == [
-        "warning: 1 groups have completions identical after tokenization: the tokenizer maps different completions "
-        "to the same ids (nothing was cut)",
-        "warning: 1 groups have completions made identical by --max-length 8",
-    ]
-    only = write_jsonl(tmp_path / "o.jsonl", rows[:1])
-    with pytest.raises(ValueError, match="the tokenizer maps different completions to the same ids .* every group"):
-        train(
-            TrainConfig(
-                **{**kw, "train_data": [str(only)], "eval_data": [str(only)], "output_dir": str(tmp_path / "o")}
-            )
-        )
 
 
 @pytest.mark.parametrize("layout", ["packed", "kv"])
