@@ -7,9 +7,9 @@ import pytest
 
 from rankrm.errors import NonFiniteError
 from rankrm.training.config import TrainConfig
-from rankrm.training.loop import accuracy_of
 from rankrm.training.loop import nonfinite as on_nonfinite
 from rankrm.training.state import RunState
+from rankrm.training.validation import accuracy_of
 
 
 def test_the_running_accuracy_weighs_steps_by_their_pairs():
