@@ -296,7 +296,7 @@ class RewardModel(Scoring, nn.Module):
         transformers hands the mask unread); else the mask as the implementation takes it: eager adds a 4D mask to the
         scores (allowed 0, masked the most negative float); sdpa, marked as a rankrm pass (attention.sdpa_attention:
         grouped key/value heads unrepeated on a CPU), takes it as SDPA's additive mask, made once for all layers on a
-        CPU (attention.sdpa_mask); the others take the bool mask as it is."""
+        CPU where every layer computes in one dtype (attention.sdpa_mask); the others take the bool mask as it is."""
         impl = self.hf.config._attn_implementation
         if impl in SEGMENT_AWARE:
             return {"attention_mask": mask, "rankrm_segments": segments}
@@ -304,7 +304,8 @@ class RewardModel(Scoring, nn.Module):
             dtype = next(self.parameters()).dtype
             mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
         if impl == "sdpa":  # a rankrm pass (attention.sdpa_attention), its mask converted once (sdpa_mask)
-            return {"attention_mask": sdpa_mask(mask, next(self.parameters()).dtype), OWN_PASS: True}
+            dtypes = {p.dtype for p in self.hf.parameters()}  # bf16 frozen layers under fp32 trained ones: mixed
+            return {"attention_mask": sdpa_mask(mask, dtypes.pop()) if len(dtypes) == 1 else mask, OWN_PASS: True}
         return {"attention_mask": mask}
 
     def forward(self, batch: Batch) -> torch.Tensor:
