@@ -231,3 +231,23 @@ def two_train_as_one(root: Path, name: str, model_dirs) -> None:
         assert hb["accuracy"] == ha["accuracy"]
         assert hb["train_loss"] == pytest.approx(ha["train_loss"], abs=1e-6)
     assert rb["steps"] == ra["steps"] == 7
+
+
+def scores_as_reward_model(path: Path):
+    """The saved model, loaded by plain transformers, gives RewardModel.score's rewards (to 1e-5) on a few texts;
+    returns the RewardModel."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rankrm.modeling.model import RewardModel
+
+    hf = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    rm = RewardModel.from_pretrained(str(path))
+    prompts = [[{"role": "user", "content": "Say something good, please."}]] * 3
+    completions = ["good good good", "bad red cat", "good dog"]
+    ours = rm.score(prompts, completions)
+    for p, c, r in zip(prompts, completions, ours):
+        enc = tok(rm.render(p, c), add_special_tokens=False, return_tensors="pt")
+        with torch.no_grad():
+            assert hf(**enc).logits[0, 0].item() == pytest.approx(r, abs=1e-5)
+    return rm

@@ -23,6 +23,7 @@ from launches import (
     flags,
     results,
     resumes_in_one_process,
+    scores_as_reward_model,
     settings,
     sigterm_then_resume,
     train_launched_and_alone,
@@ -32,6 +33,7 @@ from launches import (
 )
 
 from rankrm.errors import SettingsError
+from rankrm.modeling.model import RewardModel
 from rankrm.training.config import TrainConfig
 from rankrm.training.run import train
 
@@ -92,22 +94,8 @@ def test_the_zero3_model_is_a_plain_hugging_face_model_that_scores_as_reward_mod
     """The gathered save: transformers' AutoModelForSequenceClassification loads it (no rankrm code) and its logit
     at the completion's end is RewardModel.score's reward; the config (reward_bias included) is the 1-process one,
     and the same files are written."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from rankrm.modeling.model import RewardModel
-
     root, _ = runs
-    path = root / "two-zero3-packed"
-    hf = AutoModelForSequenceClassification.from_pretrained(path).eval()
-    tok = AutoTokenizer.from_pretrained(path)
-    rm = RewardModel.from_pretrained(str(path))
-    prompts = [[{"role": "user", "content": "Say something good, please."}]] * 3
-    completions = ["good good good", "bad red cat", "good dog"]
-    ours = rm.score(prompts, completions)
-    for p, c, r in zip(prompts, completions, ours):
-        enc = tok(rm.render(p, c), add_special_tokens=False, return_tensors="pt")
-        with torch.no_grad():
-            assert hf(**enc).logits[0, 0].item() == pytest.approx(r, abs=1e-5)
+    rm = scores_as_reward_model(root / "two-zero3-packed")
     for name in ("config.json", "rankrm.json"):  # reward_bias: in config.json when not 0
         a, b = (json.loads((root / f"{w}-zero3-packed" / name).read_text()) for w in ("one", "two"))
         assert a == b, name

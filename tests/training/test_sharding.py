@@ -15,10 +15,10 @@ on 2 busy cores."""
 import json
 
 import pytest
-import torch
 from conftest import ROOT
 from launches import (
     resumes_in_one_process,
+    scores_as_reward_model,
     settings,
     sigterm_then_resume,
     train_launched_and_alone,
@@ -82,22 +82,8 @@ def test_a_sharded_checkpoint_holds_the_one_process_state_and_resumes_in_one_pro
 def test_the_sharded_model_is_a_plain_hugging_face_model_that_scores_as_reward_model(runs):
     """The gathered save: transformers' AutoModelForSequenceClassification loads it (no rankrm code) and its logit
     at the completion's end is RewardModel.score's reward; the config (reward_bias included) is the 1-process one."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from rankrm.modeling.model import RewardModel
-
     root, _ = runs
-    path = root / "two-full-packed"
-    hf = AutoModelForSequenceClassification.from_pretrained(path).eval()
-    tok = AutoTokenizer.from_pretrained(path)
-    rm = RewardModel.from_pretrained(str(path))
-    prompts = [[{"role": "user", "content": "Say something good, please."}]] * 3
-    completions = ["good good good", "bad red cat", "good dog"]
-    ours = rm.score(prompts, completions)
-    for p, c, r in zip(prompts, completions, ours):
-        enc = tok(rm.render(p, c), add_special_tokens=False, return_tensors="pt")
-        with torch.no_grad():
-            assert hf(**enc).logits[0, 0].item() == pytest.approx(r, abs=1e-5)
+    scores_as_reward_model(root / "two-full-packed")
     config = [json.loads((root / f"{w}-full-packed" / "config.json").read_text()) for w in ("one", "two")]
     assert config[0] == config[1]
 
