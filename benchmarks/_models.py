@@ -34,3 +34,15 @@ def tiny_reward_model(
     tok.save_pretrained(out / "lm")
     RewardModel.from_pretrained(str(out / "lm"), max_length=max_length).save_pretrained(out / "rm")
     return out / "rm"
+
+
+def bottom_layers(model, layers: int) -> None:
+    """Keep a RewardModel's first `layers` decoder layers (0: all), as the throughput benchmarks time a cut model."""
+    import torch
+
+    from rankrm.modeling.frozen import layer_stack
+
+    if layers:
+        name, stack = layer_stack(model.backbone)
+        setattr(model.backbone, name, torch.nn.ModuleList(list(stack)[:layers]))
+        model.hf.config.num_hidden_layers = layers

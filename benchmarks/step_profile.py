@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from benchmarks._models import bottom_layers
 from benchmarks._results import save
 from benchmarks._throughput_runs import MICRO_BATCH_TOKENS, run_trl, synthetic_groups
-from rankrm.modeling.frozen import layer_stack
 from rankrm.modeling.hub import DEFAULT_MODEL
 from rankrm.modeling.model import RewardModel
 from rankrm.training.build import disable_dropout
@@ -118,10 +118,7 @@ def main() -> None:
     device = torch.device("cpu")  # the profile reads CPU op times
     torch.manual_seed(0)
     model = RewardModel.from_pretrained(args.model, attn_implementation=args.attn_implementation)
-    if args.layers:
-        name, layers = layer_stack(model.backbone)
-        setattr(model.backbone, name, torch.nn.ModuleList(list(layers)[: args.layers]))
-        model.hf.config.num_hidden_layers = args.layers
+    bottom_layers(model, args.layers)
     disable_dropout(model)
     model.hf.get_input_embeddings().requires_grad_(False)
     model.train()

@@ -41,9 +41,9 @@ from pathlib import Path
 
 import torch
 
+from benchmarks._models import bottom_layers
 from benchmarks._results import save
 from benchmarks._throughput_runs import MICRO_BATCH_TOKENS, PeakMemory, run_rankrm, run_trl, sync, synthetic_groups
-from rankrm.modeling.frozen import layer_stack
 from rankrm.modeling.hub import DEFAULT_MODEL
 from rankrm.modeling.model import RewardModel
 from rankrm.training.build import disable_dropout
@@ -158,10 +158,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     model = RewardModel.from_pretrained(args.model, attn_implementation=args.attn_implementation)
-    if args.layers:
-        name, layers = layer_stack(model.backbone)
-        setattr(model.backbone, name, torch.nn.ModuleList(list(layers)[: args.layers]))
-        model.hf.config.num_hidden_layers = args.layers
+    bottom_layers(model, args.layers)
     disable_dropout(model)
     if not args.train_embeddings:
         model.hf.get_input_embeddings().requires_grad_(False)
