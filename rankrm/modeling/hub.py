@@ -49,18 +49,25 @@ def gguf_fallback() -> Path:
     return out
 
 
+_REACHABLE: dict[str, bool] = {}  # host -> whether it answered: one probe a process, not one per model load
+_TOLD: set[str] = set()  # models whose offline fallback was already logged in this process
+
+
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the model hub answers at all (checked once, quickly, instead of waiting out its retries)."""
+    """Whether the model hub answers at all (checked once a process and host, quickly, instead of waiting out its
+    retries: a run resolves its backbone several times, and each probe of an unreachable host can take timeout)."""
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return False
     from urllib.parse import urlparse
 
     host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
+    if host not in _REACHABLE:
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            _REACHABLE[host] = True
+        except OSError:
+            _REACHABLE[host] = False
+    return _REACHABLE[host]
 
 
 def resolve(name_or_path: str) -> str:
@@ -87,11 +94,13 @@ def resolve(name_or_path: str) -> str:
         )
     except Exception as e:  # offline and not cached, unknown id, no access, ...
         if name_or_path == DEFAULT_MODEL:
-            log.info(
-                "%s: %s; using the offline GGUF copy",
-                name_or_path,
-                "hub unreachable" if not online else type(e).__name__,
-            )
+            if name_or_path not in _TOLD:  # said once a process, not at every load of the same backbone
+                _TOLD.add(name_or_path)
+                log.info(
+                    "%s: %s; using the offline GGUF copy",
+                    name_or_path,
+                    "hub unreachable" if not online else type(e).__name__,
+                )
             return str(gguf_fallback())
         raise ModelError(
             f"cannot load model {name_or_path!r}: not a local path, and the hub "

