@@ -6,6 +6,7 @@ import importlib.util
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 
 import torch
@@ -49,25 +50,29 @@ def gguf_fallback() -> Path:
     return out
 
 
-_REACHABLE: dict[str, bool] = {}  # host -> whether it answered: one probe a process, not one per model load
+_REACHABLE: dict[str, tuple[float, bool]] = {}  # host -> (when probed, whether it answered)
+PROBE_TTL_S = 60.0  # a run's several loads of its backbone share one probe; a later retry probes again
 _TOLD: set[str] = set()  # models whose offline fallback was already logged in this process
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the model hub answers at all (checked once a process and host, quickly, instead of waiting out its
-    retries: a run resolves its backbone several times, and each probe of an unreachable host can take timeout)."""
+    """Whether the model hub answers at all (checked quickly, instead of waiting out its retries, and once a minute
+    and host: a run resolves its backbone several times at its start, and each probe of an unreachable host can
+    take timeout; a caller who retries later, the network back, gets a new probe)."""
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return False
     from urllib.parse import urlparse
 
     host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
-    if host not in _REACHABLE:
+    seen = _REACHABLE.get(host)
+    if seen is None or time.monotonic() - seen[0] > PROBE_TTL_S:
         try:
             socket.create_connection((host, 443), timeout=timeout).close()
-            _REACHABLE[host] = True
+            seen = (time.monotonic(), True)
         except OSError:
-            _REACHABLE[host] = False
-    return _REACHABLE[host]
+            seen = (time.monotonic(), False)
+        _REACHABLE[host] = seen
+    return seen[1]
 
 
 def resolve(name_or_path: str) -> str:
